@@ -1,0 +1,19 @@
+import type { Knex } from 'knex';
+import * as createCaTables from './20261126150000_create_ca_tables';
+
+/**
+ * Every migration, in order. An explicit list (rather than a directory scan) works the same from
+ * TypeScript sources under jest and from the compiled build, and cannot pick up stray files.
+ * Never edit a shipped migration: add a new one.
+ */
+export const migrations: ReadonlyArray<{
+  name: string;
+  up(k: Knex): Promise<void>;
+  down(k: Knex): Promise<void>;
+}> = [{ name: '20261126150000_create_ca_tables', ...createCaTables }];
+
+export const migrationSource: Knex.MigrationSource<(typeof migrations)[number]> = {
+  getMigrations: async () => [...migrations],
+  getMigrationName: (m) => m.name,
+  getMigration: async (m) => m,
+};

@@ -1,0 +1,85 @@
+import type { Knex } from 'knex';
+import type { InitConfig, StorageConfig } from './config';
+import { createIntermediateCa, createRootCa } from './domain/ca-hierarchy';
+import type { Clock } from './domain/clock';
+import { BatonError } from './domain/errors';
+import { type Keyring, loadKeyring } from './domain/keyring';
+import type { Installation, Storage } from './domain/ports';
+import { resolveKek } from './kek-source';
+import { migrateLatest, openDatabase } from './storage/knex/database';
+import { knexStorage } from './storage/knex/knex-storage';
+
+export interface OpenCa {
+  knex: Knex;
+  storage: Storage;
+  installation: Installation;
+  keyring: Keyring;
+}
+
+/** Opens the database and runs pending migrations. */
+export async function openStorage(cfg: StorageConfig): Promise<{ knex: Knex; storage: Storage }> {
+  const knex = openDatabase(cfg);
+  try {
+    await migrateLatest(knex);
+  } catch (e) {
+    await knex.destroy();
+    const code = (e as { code?: string }).code;
+    throw new BatonError(
+      'ERR_DATABASE_UNAVAILABLE',
+      `cannot open the database: ${(e as Error).message}${code ? ` (${code})` : ''}`,
+    );
+  }
+  return { knex, storage: knexStorage(knex) };
+}
+
+/** Opens an initialized CA: database, installation, and CA keys unwrapped with the KEK. */
+export async function openCa(cfg: StorageConfig, opts: { publicUrl?: string } = {}): Promise<OpenCa> {
+  const { knex, storage } = await openStorage(cfg);
+  try {
+    const installation = await storage.cas.getInstallation();
+    if (!installation)
+      throw new BatonError(
+        'ERR_NOT_INITIALIZED',
+        'the CA is not initialized: run `baton ca init --trust-domain TD` first',
+      );
+    const kek = resolveKek(cfg, { create: false });
+    const keyring = loadKeyring(await storage.cas.listCas(), kek, opts.publicUrl ?? installation.publicUrl);
+    return { knex, storage, installation, keyring };
+  } catch (e) {
+    await knex.destroy();
+    throw e;
+  }
+}
+
+/** `baton ca init`: creates the root and signing CA, refusing if the CA exists already. */
+export async function initCa(cfg: InitConfig, clock: Clock): Promise<OpenCa> {
+  const { knex, storage } = await openStorage(cfg);
+  try {
+    if (await storage.cas.getInstallation())
+      throw new BatonError('ERR_ALREADY_INITIALIZED', 'the CA is already initialized');
+    const kek = resolveKek(cfg, { create: true });
+    const now = clock.now();
+    const installation: Installation = {
+      trustDomain: cfg.trustDomain,
+      publicUrl: cfg.publicUrl,
+      nodeTtlMs: cfg.nodeTtlMs,
+      workloadTtlMs: cfg.workloadTtlMs,
+      adminTtlMs: cfg.adminTtlMs,
+      createdAt: now,
+    };
+    const root = createRootCa({ trustDomain: cfg.trustDomain, now, kek });
+    const intermediate = createIntermediateCa({
+      trustDomain: cfg.trustDomain,
+      now,
+      kek,
+      root,
+      publicUrl: cfg.publicUrl,
+    });
+    await storage.cas.initialize(installation, [root.record, intermediate.record]);
+    const keyring = loadKeyring([root.record, intermediate.record], kek, cfg.publicUrl);
+    return { knex, storage, installation, keyring };
+  } catch (e) {
+    await knex.destroy();
+    throw e;
+  }
+}

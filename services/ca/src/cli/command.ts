@@ -1,0 +1,60 @@
+import type { Flags } from '../config';
+
+export interface OptionSpec {
+  type: 'string' | 'boolean';
+  multiple?: boolean;
+  description: string;
+  /** Shown in help, e.g. "URL" or "24h". */
+  value?: string;
+}
+
+export interface CommandContext {
+  flags: Flags;
+  positionals: string[];
+  env: Readonly<Record<string, string | undefined>>;
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+  /** Resolves when the process is asked to stop (SIGTERM/SIGINT). */
+  stopSignal: Promise<string>;
+}
+
+export interface Command {
+  /** Words that select the command, e.g. ['ca', 'init']. */
+  words: string[];
+  summary: string;
+  /** Positional arguments, e.g. ['ID']; a trailing '?' marks an optional one. */
+  args?: string[];
+  options: Record<string, OptionSpec>;
+  run(ctx: CommandContext): Promise<number | undefined>;
+}
+
+export const STORAGE_OPTIONS: Record<string, OptionSpec> = {
+  'data-dir': {
+    type: 'string',
+    value: 'DIR',
+    description: 'data directory (env BATON_DATA_DIR, default ./baton-data)',
+  },
+  'database-url': {
+    type: 'string',
+    value: 'URL',
+    description: 'postgres:// URL (env BATON_DATABASE_URL); unset: embedded PGlite in <data-dir>',
+  },
+};
+
+export const JSON_OPTION: Record<string, OptionSpec> = {
+  json: { type: 'boolean', description: 'machine-readable JSON output' },
+};
+
+export function helpText(c: Command): string {
+  const args = (c.args ?? []).map((a) => (a.endsWith('?') ? ` [${a.slice(0, -1)}]` : ` ${a}`)).join('');
+  const lines = [`usage: baton ${c.words.join(' ')}${args} [options]`, '', c.summary, '', 'options:'];
+  const all: Record<string, OptionSpec> = {
+    ...c.options,
+    help: { type: 'boolean', description: 'show this help' },
+  };
+  for (const [name, o] of Object.entries(all)) {
+    const left = `  --${name}${o.type === 'string' ? ` ${o.value ?? 'VALUE'}` : ''}`;
+    lines.push(`${left.padEnd(34)} ${o.description}${o.multiple ? ' (repeatable)' : ''}`);
+  }
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,72 @@
+import { join } from 'node:path';
+import { writeAdminCredentials } from '../../admin-credentials';
+import { initCa } from '../../ca-service';
+import { loadInitConfig } from '../../config';
+import { systemClock } from '../../domain/clock';
+import { type Command, JSON_OPTION, STORAGE_OPTIONS } from '../command';
+
+export const caInit: Command = {
+  words: ['ca', 'init'],
+  summary:
+    'Initialize the CA: run migrations, create the root (10 years) and signing CA (1 year), write the admin credential to <data-dir>/admin and print the trust domain and the root pin.',
+  options: {
+    'trust-domain': {
+      type: 'string',
+      value: 'TD',
+      description: 'trust domain, e.g. prod.example.org (required)',
+    },
+    'public-url': {
+      type: 'string',
+      value: 'URL',
+      description: 'public https URL of the CA (CRL and OCSP URLs; default https://127.0.0.1:8443)',
+    },
+    'node-ttl': {
+      type: 'string',
+      value: '24h',
+      description: 'default node certificate lifetime (min 1m, max 30d)',
+    },
+    'workload-ttl': {
+      type: 'string',
+      value: '1h',
+      description: 'default workload certificate lifetime (min 1m, max 7d)',
+    },
+    'admin-ttl': {
+      type: 'string',
+      value: '8h',
+      description: 'default admin certificate lifetime (min 1m, max 7d)',
+    },
+    ...STORAGE_OPTIONS,
+    ...JSON_OPTION,
+  },
+  async run(ctx) {
+    const cfg = loadInitConfig(ctx.flags, ctx.env);
+    const ca = await initCa(cfg, systemClock);
+    try {
+      const adminDir = join(cfg.dataDir, 'admin');
+      await writeAdminCredentials(
+        {
+          clock: systemClock,
+          keyring: ca.keyring,
+          installation: ca.installation,
+          certificates: ca.storage.certificates,
+        },
+        { name: 'admin', role: 'admin', dir: adminDir },
+      );
+      const out = {
+        trust_domain: ca.installation.trustDomain,
+        root_pin: ca.keyring.pin,
+        root_ca_id: ca.keyring.roots[0]!.record.id,
+        signing_ca_id: ca.keyring.signing.record.id,
+        admin_dir: adminDir,
+      };
+      ctx.stdout.write(
+        ctx.flags.json
+          ? `${JSON.stringify(out)}\n`
+          : `trust domain: ${out.trust_domain}\nroot pin: ${out.root_pin}\nadmin credentials: ${adminDir}\n`,
+      );
+      return 0;
+    } finally {
+      await ca.storage.close();
+    }
+  },
+};

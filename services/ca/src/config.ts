@@ -1,0 +1,171 @@
+import { isIP } from 'node:net';
+import { join, resolve } from 'node:path';
+import { DAY, HOUR, MINUTE, parseDuration } from './domain/duration';
+import { BatonError } from './domain/errors';
+import { validateTrustDomain } from './domain/trust-domain';
+
+/**
+ * Configuration is parsed once, from flags then environment, validated, and frozen. This is the
+ * only module that interprets environment variables; callers pass `process.env` in.
+ * Every setting: flag, environment variable, default.
+ */
+export type Env = Readonly<Record<string, string | undefined>>;
+export type Flags = Readonly<Record<string, string | boolean | string[] | undefined>>;
+
+export interface StorageConfig {
+  /** --data-dir / BATON_DATA_DIR, default ./baton-data */
+  readonly dataDir: string;
+  /** --database-url / BATON_DATABASE_URL; unset: embedded PGlite in <data-dir>/pgdata */
+  readonly databaseUrl?: string;
+  /** BATON_KEK (base64 of 32 bytes); unset with the embedded default: <data-dir>/kek */
+  readonly kekBase64?: string;
+}
+
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface ServerConfig extends StorageConfig {
+  /** --listen / BATON_LISTEN, default 127.0.0.1:8443 */
+  readonly listen: ListenAddress;
+  /** --public-url / BATON_PUBLIC_URL; default: the installation's public URL */
+  readonly publicUrl?: string;
+  /** BATON_LOG_LEVEL: trace|debug|info|warn|error, default info */
+  readonly logLevel: LogLevel;
+  /** BATON_SERVER_CERT_TTL, default 24h: lifetime of the server's own TLS certificate */
+  readonly serverCertTtlMs: number;
+}
+
+export interface InitConfig extends StorageConfig {
+  readonly trustDomain: string;
+  readonly publicUrl: string;
+  readonly nodeTtlMs: number;
+  readonly workloadTtlMs: number;
+  readonly adminTtlMs: number;
+}
+
+export interface AdminClientConfig {
+  /** --server / BATON_SERVER, default https://127.0.0.1:8443 */
+  readonly server: string;
+  /** --admin-dir / BATON_ADMIN_DIR, default <data-dir>/admin */
+  readonly adminDir: string;
+}
+
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'silent';
+const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'silent'];
+
+/** Upper bounds a TTL may take (server maxima); a leaf is further capped by its CA's notAfter. */
+export const MAX_TTL = { node: 30 * DAY, workload: 7 * DAY, admin: 7 * DAY } as const;
+export const MIN_TTL_MS = MINUTE;
+export const DEFAULT_LISTEN = '127.0.0.1:8443';
+
+const invalid = (message: string): never => {
+  throw new BatonError('ERR_CONFIG_INVALID', message);
+};
+
+function str(flags: Flags, name: string, env: Env, envName: string | undefined): string | undefined {
+  const v = flags[name];
+  if (typeof v === 'string') return v;
+  return envName ? env[envName] || undefined : undefined;
+}
+
+export function parseTtl(text: string, what: string, max: number): number {
+  const ms = parseDuration(text, what);
+  if (ms < MIN_TTL_MS) invalid(`${what}: must be at least 1m`);
+  if (ms > max) invalid(`${what}: must be at most ${max / DAY}d`);
+  return ms;
+}
+
+export function parseListen(text: string): ListenAddress {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text.trim());
+  const host = m?.[1] ?? m?.[2];
+  const port = Number(m?.[3]);
+  if (!m || !host || !(port >= 0 && port <= 65535)) invalid(`--listen: expected HOST:PORT, got "${text}"`);
+  return { host: host!, port };
+}
+
+export function parseUrl(text: string, what: string): string {
+  let u: URL;
+  try {
+    u = new URL(text);
+  } catch {
+    return invalid(`${what}: not a URL: "${text}"`);
+  }
+  if (u.protocol !== 'https:') invalid(`${what}: must be an https:// URL`);
+  if (u.search || u.hash || u.username || u.password)
+    invalid(`${what}: must not have a query, fragment or credentials`);
+  return u.toString().replace(/\/+$/, '');
+}
+
+function parseDatabaseUrl(text: string | undefined): string | undefined {
+  if (text === undefined) return undefined;
+  if (!/^postgres(ql)?:\/\//.test(text)) invalid('--database-url: expected a postgres:// URL');
+  return text;
+}
+
+export function loadStorageConfig(flags: Flags, env: Env): StorageConfig {
+  return Object.freeze({
+    dataDir: resolve(str(flags, 'data-dir', env, 'BATON_DATA_DIR') ?? 'baton-data'),
+    databaseUrl: parseDatabaseUrl(str(flags, 'database-url', env, 'BATON_DATABASE_URL')),
+    kekBase64: env.BATON_KEK || undefined,
+  });
+}
+
+export function urlForListen(listen: ListenAddress): string {
+  const host =
+    isIP(listen.host) === 6 ? `[${listen.host}]` : listen.host === '0.0.0.0' ? '127.0.0.1' : listen.host;
+  return `https://${host}:${listen.port}`;
+}
+
+export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
+  const level = (env.BATON_LOG_LEVEL ?? 'info') as LogLevel;
+  if (!LOG_LEVELS.includes(level)) invalid(`BATON_LOG_LEVEL: one of ${LOG_LEVELS.join(', ')}`);
+  const publicUrl = str(flags, 'public-url', env, 'BATON_PUBLIC_URL');
+  return Object.freeze({
+    ...loadStorageConfig(flags, env),
+    listen: parseListen(str(flags, 'listen', env, 'BATON_LISTEN') ?? DEFAULT_LISTEN),
+    publicUrl: publicUrl === undefined ? undefined : parseUrl(publicUrl, '--public-url'),
+    logLevel: level,
+    serverCertTtlMs: parseTtl(env.BATON_SERVER_CERT_TTL ?? '24h', 'BATON_SERVER_CERT_TTL', 30 * DAY),
+  });
+}
+
+export function loadInitConfig(flags: Flags, env: Env): InitConfig {
+  const td = str(flags, 'trust-domain', env, undefined);
+  if (!td) throw new BatonError('ERR_USAGE', '--trust-domain is required');
+  let trustDomain: string;
+  try {
+    trustDomain = validateTrustDomain(td);
+  } catch (e) {
+    return invalid(`--trust-domain: ${(e as Error).message}`);
+  }
+  return Object.freeze({
+    ...loadStorageConfig(flags, env),
+    trustDomain,
+    publicUrl: parseUrl(
+      str(flags, 'public-url', env, 'BATON_PUBLIC_URL') ?? urlForListen(parseListen(DEFAULT_LISTEN)),
+      '--public-url',
+    ),
+    nodeTtlMs: parseTtl(str(flags, 'node-ttl', env, undefined) ?? '24h', '--node-ttl', MAX_TTL.node),
+    workloadTtlMs: parseTtl(
+      str(flags, 'workload-ttl', env, undefined) ?? '1h',
+      '--workload-ttl',
+      MAX_TTL.workload,
+    ),
+    adminTtlMs: parseTtl(str(flags, 'admin-ttl', env, undefined) ?? '8h', '--admin-ttl', MAX_TTL.admin),
+  });
+}
+
+export function loadAdminClientConfig(flags: Flags, env: Env): AdminClientConfig {
+  const storage = loadStorageConfig(flags, env);
+  return Object.freeze({
+    server: parseUrl(
+      str(flags, 'server', env, 'BATON_SERVER') ?? urlForListen(parseListen(DEFAULT_LISTEN)),
+      '--server',
+    ),
+    adminDir: resolve(str(flags, 'admin-dir', env, 'BATON_ADMIN_DIR') ?? join(storage.dataDir, 'admin')),
+  });
+}
+
+export const DEFAULTS = { nodeTtlMs: 24 * HOUR, workloadTtlMs: HOUR, adminTtlMs: 8 * HOUR } as const;

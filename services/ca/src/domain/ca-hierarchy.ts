@@ -1,0 +1,101 @@
+import { type KeyObject, generateKeyPairSync } from 'node:crypto';
+import { buildCaCertificate } from '../pki/ca-certificates';
+import { randomSerial } from '../pki/certificate';
+import { wrapKey, type Kek } from '../pki/kek';
+import { keyIdentifier, spkiOf } from '../pki/keys';
+import { readCertificate } from '../pki/certificate-reader';
+import { keyObjectSigner } from '../pki/signer';
+import type { CaRecord } from './ports';
+import { DAY } from './duration';
+import { crlUrl } from './urls';
+
+/** CONTRACT "Certificate profile": a 10-year root and a 1-year signing intermediate. */
+export const ROOT_LIFETIME_MS = 3650 * DAY;
+export const INTERMEDIATE_LIFETIME_MS = 365 * DAY;
+/** Backdating absorbs small clock differences between Baton and its verifiers. */
+export const BACKDATE_MS = 60_000;
+
+export interface CreatedCa {
+  record: CaRecord;
+  privateKey: KeyObject;
+}
+
+export const caIdFor = (publicKey: KeyObject): string =>
+  `ca-${keyIdentifier(spkiOf(publicKey)).subarray(0, 8).toString('hex')}`;
+
+export function createRootCa(params: { trustDomain: string; now: Date; kek: Kek }): CreatedCa {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const id = caIdFor(publicKey);
+  const notBefore = new Date(params.now.getTime() - BACKDATE_MS);
+  const notAfter = new Date(params.now.getTime() + ROOT_LIFETIME_MS);
+  const der = buildCaCertificate({
+    subject: { O: params.trustDomain, OU: 'baton', CN: `Baton Root CA ${id.slice(3)}` },
+    publicKey,
+    selfKey: privateKey,
+    serial: randomSerial(),
+    notBefore,
+    notAfter,
+    pathLen: 1,
+  });
+  return { record: caRecord(id, 'root', null, der, notBefore, notAfter, privateKey, params), privateKey };
+}
+
+/** A signing intermediate under `root`; its notAfter never passes the root's (RFC 5280 §6.1.3). */
+export function createIntermediateCa(params: {
+  trustDomain: string;
+  now: Date;
+  kek: Kek;
+  root: CreatedCa;
+  publicUrl: string;
+  lifetimeMs?: number;
+}): CreatedCa {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const id = caIdFor(publicKey);
+  const root = params.root.record;
+  const notBefore = new Date(params.now.getTime() - BACKDATE_MS);
+  const wanted = params.now.getTime() + (params.lifetimeMs ?? INTERMEDIATE_LIFETIME_MS);
+  const notAfter = new Date(Math.min(wanted, root.notAfter.getTime()));
+  const rootFields = readCertificate(root.certificateDer);
+  const der = buildCaCertificate({
+    subject: { O: params.trustDomain, OU: 'baton', CN: `Baton Signing CA ${id.slice(3)}` },
+    publicKey,
+    issuer: {
+      name: rootFields.subjectRaw,
+      keyId: keyIdentifier(rootFields.spkiRaw),
+      signer: keyObjectSigner(params.root.privateKey),
+    },
+    serial: randomSerial(),
+    notBefore,
+    notAfter,
+    pathLen: 0,
+    crlUrl: crlUrl(params.publicUrl, root.id),
+  });
+  return {
+    record: caRecord(id, 'intermediate', root.id, der, notBefore, notAfter, privateKey, params),
+    privateKey,
+  };
+}
+
+function caRecord(
+  id: string,
+  kind: CaRecord['kind'],
+  parentId: string | null,
+  der: Buffer,
+  notBefore: Date,
+  notAfter: Date,
+  privateKey: KeyObject,
+  p: { now: Date; kek: Kek },
+): CaRecord {
+  const pkcs8 = privateKey.export({ type: 'pkcs8', format: 'der' });
+  return {
+    id,
+    kind,
+    parentId,
+    certificateDer: der,
+    notBefore,
+    notAfter,
+    active: true,
+    wrappedKey: wrapKey(p.kek, pkcs8, id),
+    createdAt: p.now,
+  };
+}

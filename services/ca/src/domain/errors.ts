@@ -1,0 +1,49 @@
+/**
+ * The one error type of Baton. Codes are part of the public contract (HTTP bodies, CLI lines):
+ * never rename one. The HTTP status for each code lives in http/errors.ts, not here.
+ */
+export type BatonErrorCode =
+  | 'ERR_USAGE'
+  | 'ERR_BAD_REQUEST'
+  | 'ERR_BODY_TOO_LARGE'
+  | 'ERR_CONFIG_INVALID'
+  | 'ERR_NOT_INITIALIZED'
+  | 'ERR_ALREADY_INITIALIZED'
+  | 'ERR_KEK_MISSING'
+  | 'ERR_KEK_INVALID'
+  | 'ERR_CA_UNAVAILABLE'
+  | 'ERR_CSR_INVALID'
+  | 'ERR_CSR_KEY_UNSUPPORTED'
+  | 'ERR_KEY_REUSED'
+  | 'ERR_TTL_INVALID'
+  | 'ERR_TOKEN_INVALID'
+  | 'ERR_ATTESTATION_METHOD_UNKNOWN'
+  | 'ERR_ATTESTATION_FAILED'
+  | 'ERR_NOT_AUTHENTICATED'
+  | 'ERR_NOT_AUTHORIZED'
+  | 'ERR_NOT_FOUND'
+  | 'ERR_CONFLICT'
+  | 'ERR_NODE_REVOKED'
+  | 'ERR_CERT_REVOKED'
+  | 'ERR_CERT_SUPERSEDED'
+  | 'ERR_CERT_EXPIRED'
+  | 'ERR_PIN_MISMATCH'
+  | 'ERR_SERVER_UNREACHABLE'
+  | 'ERR_DATABASE_UNAVAILABLE'
+  | 'ERR_RATE_LIMITED'
+  | 'ERR_INTERNAL';
+
+export class BatonError extends Error {
+  override readonly name = 'BatonError';
+  constructor(
+    readonly code: BatonErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export function isBatonError(e: unknown, code?: BatonErrorCode): e is BatonError {
+  return e instanceof BatonError && (code === undefined || e.code === code);
+}

@@ -1,0 +1,82 @@
+import { type KeyObject, createPrivateKey } from 'node:crypto';
+import type { IssuerTemplate } from '../pki/certificate';
+import { readCertificate } from '../pki/certificate-reader';
+import { toPem } from '../pki/der';
+import { authorityInfoAccess, authorityKeyIdentifier, crlDistributionPoints } from '../pki/extensions';
+import { type Kek, unwrapKey } from '../pki/kek';
+import { keyIdentifier } from '../pki/keys';
+import { rootPin } from '../pki/pin';
+import { keyObjectSigner } from '../pki/signer';
+import { BatonError } from './errors';
+import type { CaRecord } from './ports';
+import { crlUrl, ocspUrl } from './urls';
+
+/** A CA whose key has been unwrapped and parsed once, ready to sign. */
+export interface SigningCa {
+  record: CaRecord;
+  privateKey: KeyObject;
+  certPem: string;
+  subjectName: Buffer;
+  keyId: Buffer;
+  spki: Buffer;
+  /** Pre-encoded issuer parts for every leaf this CA signs. */
+  template: IssuerTemplate;
+}
+
+export interface Keyring {
+  roots: SigningCa[];
+  /** The active signing intermediate. */
+  signing: SigningCa;
+  all: SigningCa[];
+  /** PEM of the trust bundle: the root(s). */
+  bundlePem: string;
+  /** CONTRACT "Join tokens": the pin of the current root. */
+  pin: string;
+}
+
+/**
+ * Unwraps every CA key with the KEK, refusing to start on a wrong or missing KEK
+ * (there is no fallback: a CA that cannot sign must say so, not improvise).
+ */
+export function loadKeyring(cas: CaRecord[], kek: Kek, publicUrl: string): Keyring {
+  if (cas.length === 0)
+    throw new BatonError('ERR_NOT_INITIALIZED', 'the CA is not initialized: run `baton ca init` first');
+  const loaded = cas.map((record) => {
+    const pkcs8 = unwrapKey(kek, record.wrappedKey, record.id);
+    const privateKey = createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' });
+    const fields = readCertificate(record.certificateDer);
+    const keyId = keyIdentifier(fields.spkiRaw);
+    const signer = keyObjectSigner(privateKey);
+    const template: IssuerTemplate = {
+      issuerName: fields.subjectRaw,
+      signer,
+      issuerExtensions: [
+        authorityKeyIdentifier(keyId),
+        crlDistributionPoints(crlUrl(publicUrl, record.id)),
+        authorityInfoAccess(ocspUrl(publicUrl)),
+      ],
+    };
+    return {
+      record,
+      privateKey,
+      certPem: toPem('CERTIFICATE', record.certificateDer),
+      subjectName: fields.subjectRaw,
+      keyId,
+      spki: fields.spkiRaw,
+      template,
+    } satisfies SigningCa;
+  });
+  const roots = loaded
+    .filter((c) => c.record.kind === 'root')
+    .sort((a, b) => +b.record.createdAt - +a.record.createdAt);
+  const signing = loaded.find((c) => c.record.kind === 'intermediate' && c.record.active);
+  if (roots.length === 0 || !signing)
+    throw new BatonError('ERR_CA_UNAVAILABLE', 'no active root and signing CA found');
+  return {
+    roots,
+    signing,
+    all: loaded,
+    bundlePem: roots.map((r) => r.certPem).join(''),
+    pin: rootPin(roots[0]!.spki),
+  };
+}

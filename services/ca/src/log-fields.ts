@@ -1,0 +1,19 @@
+/** Log field names, one place (spire telemetry/names.go). Never add a field for a secret. */
+export const F = {
+  requestId: 'req_id',
+  method: 'method',
+  route: 'route',
+  status: 'status',
+  durationMs: 'duration_ms',
+  errorCode: 'error_code',
+  serial: 'serial',
+  spiffeId: 'spiffe_id',
+  nodeId: 'node_id',
+  caId: 'ca_id',
+  url: 'url',
+  trustDomain: 'trust_domain',
+  remoteAddress: 'remote_addr',
+  peer: 'peer_spiffe_id',
+  notAfter: 'not_after',
+  err: 'err',
+} as const;

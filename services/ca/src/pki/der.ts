@@ -1,0 +1,140 @@
+/**
+ * A minimal DER encoder (X.690 §10). Baton builds certificates and CRLs from pre-encoded parts
+ * instead of an object model: the generic ASN.1 layer costs milliseconds per certificate and grows
+ * faster than linearly on large CRLs, while concatenating buffers costs microseconds.
+ */
+
+export const TAG = {
+  BOOLEAN: 0x01,
+  INTEGER: 0x02,
+  BIT_STRING: 0x03,
+  OCTET_STRING: 0x04,
+  NULL: 0x05,
+  OID: 0x06,
+  ENUMERATED: 0x0a,
+  UTF8_STRING: 0x0c,
+  PRINTABLE_STRING: 0x13,
+  IA5_STRING: 0x16,
+  UTC_TIME: 0x17,
+  GENERALIZED_TIME: 0x18,
+  SEQUENCE: 0x30,
+  SET: 0x31,
+} as const;
+
+function lengthBytes(len: number): Buffer {
+  if (len < 0x80) return Buffer.from([len]);
+  const bytes: number[] = [];
+  for (let n = len; n > 0; n = Math.floor(n / 256)) bytes.unshift(n & 0xff);
+  return Buffer.from([0x80 | bytes.length, ...bytes]);
+}
+
+/** One TLV. `content` may be several buffers, concatenated without an intermediate copy. */
+export function tlv(tag: number, ...content: Uint8Array[]): Buffer {
+  let len = 0;
+  for (const c of content) len += c.length;
+  const head = lengthBytes(len);
+  const out = Buffer.allocUnsafe(1 + head.length + len);
+  out[0] = tag;
+  head.copy(out, 1);
+  let off = 1 + head.length;
+  for (const c of content) {
+    out.set(c, off);
+    off += c.length;
+  }
+  return out;
+}
+
+export const seq = (...items: Uint8Array[]): Buffer => tlv(TAG.SEQUENCE, ...items);
+export const set = (...items: Uint8Array[]): Buffer => tlv(TAG.SET, ...items);
+export const octets = (b: Uint8Array): Buffer => tlv(TAG.OCTET_STRING, b);
+export const nullValue = (): Buffer => Buffer.from([TAG.NULL, 0]);
+export const bool = (v: boolean): Buffer => Buffer.from([TAG.BOOLEAN, 1, v ? 0xff : 0]);
+/** Context-specific tag [n]: constructed (explicit or constructed implicit) or primitive (implicit). */
+export const ctx = (n: number, constructed: boolean, ...content: Uint8Array[]): Buffer =>
+  tlv((constructed ? 0xa0 : 0x80) | n, ...content);
+
+/** BIT STRING with no unused bits (keys, signatures). */
+export const bitString = (b: Uint8Array): Buffer => tlv(TAG.BIT_STRING, Buffer.from([0]), b);
+
+/**
+ * A named-bit BIT STRING (keyUsage): DER requires trailing zero bits to be removed
+ * (X.690 §11.2.2), so the unused-bits count depends on the highest bit set.
+ */
+export function namedBits(bits: number[]): Buffer {
+  const max = Math.max(...bits);
+  const nBytes = Math.floor(max / 8) + 1;
+  const bytes = Buffer.alloc(nBytes);
+  for (const b of bits) bytes[Math.floor(b / 8)]! |= 0x80 >> (b % 8);
+  const unused = 7 - (max % 8);
+  return tlv(TAG.BIT_STRING, Buffer.from([unused]), bytes);
+}
+
+/** A non-negative INTEGER from big-endian magnitude bytes (a 0x00 is prepended when the high bit is set). */
+export function uintBytes(magnitude: Uint8Array): Buffer {
+  let i = 0;
+  while (i < magnitude.length - 1 && magnitude[i] === 0) i++;
+  const m = magnitude.subarray(i);
+  return m[0]! & 0x80 ? tlv(TAG.INTEGER, Buffer.from([0]), m) : tlv(TAG.INTEGER, m);
+}
+
+export function int(n: number | bigint): Buffer {
+  let v = BigInt(n);
+  if (v < 0n) throw new RangeError('negative integers are not used by Baton');
+  const bytes: number[] = [];
+  do {
+    bytes.unshift(Number(v & 0xffn));
+    v >>= 8n;
+  } while (v > 0n);
+  return uintBytes(Buffer.from(bytes));
+}
+
+export function enumerated(n: number): Buffer {
+  return tlv(TAG.ENUMERATED, int(n).subarray(2));
+}
+
+export function oid(dotted: string): Buffer {
+  const parts = dotted.split('.').map((p) => BigInt(p));
+  if (parts.length < 2) throw new RangeError(`bad OID ${dotted}`);
+  const body: number[] = [];
+  const arcs = [parts[0]! * 40n + parts[1]!, ...parts.slice(2)];
+  for (const arc of arcs) {
+    const chunk: number[] = [];
+    let v = arc;
+    do {
+      chunk.unshift(Number(v & 0x7fn));
+      v >>= 7n;
+    } while (v > 0n);
+    for (let k = 0; k < chunk.length - 1; k++) chunk[k]! |= 0x80;
+    body.push(...chunk);
+  }
+  return tlv(TAG.OID, Buffer.from(body));
+}
+
+export const utf8 = (s: string): Buffer => tlv(TAG.UTF8_STRING, Buffer.from(s, 'utf8'));
+export const printable = (s: string): Buffer => tlv(TAG.PRINTABLE_STRING, Buffer.from(s, 'latin1'));
+export const ia5 = (s: string): Buffer => tlv(TAG.IA5_STRING, Buffer.from(s, 'latin1'));
+
+const pad = (n: number, w = 2): string => String(n).padStart(w, '0');
+
+/**
+ * RFC 5280 §4.1.2.5: UTCTime for dates through 2049, GeneralizedTime from 2050 on, always in
+ * Zulu time with seconds and no fractions.
+ */
+export function time(d: Date): Buffer {
+  const y = d.getUTCFullYear();
+  const rest = `${pad(d.getUTCMonth() + 1)}${pad(d.getUTCDate())}${pad(d.getUTCHours())}${pad(d.getUTCMinutes())}${pad(d.getUTCSeconds())}Z`;
+  if (y >= 1950 && y < 2050) return tlv(TAG.UTC_TIME, Buffer.from(`${pad(y % 100)}${rest}`, 'latin1'));
+  return tlv(TAG.GENERALIZED_TIME, Buffer.from(`${pad(y, 4)}${rest}`, 'latin1'));
+}
+
+/** GeneralizedTime always (OCSP, RFC 6960 §4.2.2.1, and CRL entry fields from 2050). */
+export function generalizedTime(d: Date): Buffer {
+  const s = `${pad(d.getUTCFullYear(), 4)}${pad(d.getUTCMonth() + 1)}${pad(d.getUTCDate())}${pad(d.getUTCHours())}${pad(d.getUTCMinutes())}${pad(d.getUTCSeconds())}Z`;
+  return tlv(TAG.GENERALIZED_TIME, Buffer.from(s, 'latin1'));
+}
+
+export function toPem(label: string, der: Uint8Array): string {
+  const b64 = Buffer.from(der).toString('base64');
+  const lines = b64.match(/.{1,64}/g) ?? [];
+  return `-----BEGIN ${label}-----\n${lines.join('\n')}\n-----END ${label}-----\n`;
+}

@@ -1,0 +1,63 @@
+import type { Knex } from 'knex';
+import type { CertificateRecord, CertificateRepository } from '../../domain/ports';
+import { db, toBuffer } from './db-errors';
+
+export interface CertificateRow {
+  serial: string;
+  ca_id: string;
+  kind: CertificateRecord['kind'];
+  spiffe_id: string;
+  node_id: string | null;
+  issued_via: string | null;
+  not_before: Date;
+  not_after: Date;
+  key_fingerprint: string;
+  der: Uint8Array;
+  status: CertificateRecord['status'];
+  created_at: Date;
+}
+
+export const toCertificate = (r: CertificateRow): CertificateRecord => ({
+  serial: r.serial,
+  caId: r.ca_id,
+  kind: r.kind,
+  spiffeId: r.spiffe_id,
+  nodeId: r.node_id,
+  issuedVia: r.issued_via,
+  notBefore: new Date(r.not_before),
+  notAfter: new Date(r.not_after),
+  keyFingerprint: r.key_fingerprint,
+  der: toBuffer(r.der),
+  status: r.status,
+  createdAt: new Date(r.created_at),
+});
+
+const fromCertificate = (c: CertificateRecord): CertificateRow => ({
+  serial: c.serial,
+  ca_id: c.caId,
+  kind: c.kind,
+  spiffe_id: c.spiffeId,
+  node_id: c.nodeId,
+  issued_via: c.issuedVia,
+  not_before: c.notBefore,
+  not_after: c.notAfter,
+  key_fingerprint: c.keyFingerprint,
+  der: c.der,
+  status: c.status,
+  created_at: c.createdAt,
+});
+
+export function knexCertificateRepository(k: Knex | Knex.Transaction): CertificateRepository {
+  return {
+    insert: (rec) => db(async () => void (await k('certificates').insert(fromCertificate(rec)))),
+    findBySerial: (serial) =>
+      db(async () => {
+        const row = await k<CertificateRow>('certificates').where({ serial }).first();
+        return row ? toCertificate(row) : null;
+      }),
+    findByKeyFingerprint: (fp) =>
+      db(async () =>
+        (await k<CertificateRow>('certificates').where({ key_fingerprint: fp })).map(toCertificate),
+      ),
+  };
+}

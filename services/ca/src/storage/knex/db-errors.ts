@@ -1,0 +1,43 @@
+import { BatonError } from '../../domain/errors';
+
+interface DbErrorLike {
+  code?: string;
+  message?: string;
+}
+
+/** SQLSTATE class 08 (connection), 57P0x (shutdown), 53 (resources), and socket errors. */
+function isUnavailable(code: string | undefined, message: string): boolean {
+  if (!code)
+    return /Knex: Timeout acquiring a connection|Connection terminated|connect ECONNREFUSED/.test(message);
+  return (
+    /^(08|57P0|53)/.test(code) ||
+    ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND'].includes(code)
+  );
+}
+
+/**
+ * Translates driver errors into Baton's codes at the storage boundary: a unique violation is
+ * ERR_CONFLICT, an unreachable database ERR_DATABASE_UNAVAILABLE (503, retry later); anything
+ * else stays an internal error.
+ */
+export function mapDbError(e: unknown): unknown {
+  if (e instanceof BatonError) return e;
+  const err = (e ?? {}) as DbErrorLike;
+  if (err.code === '23505') return new BatonError('ERR_CONFLICT', 'the record already exists', { cause: e });
+  if (isUnavailable(err.code, String(err.message ?? ''))) {
+    return new BatonError('ERR_DATABASE_UNAVAILABLE', 'the database is unavailable', { cause: e });
+  }
+  return e;
+}
+
+export async function db<T>(op: () => Promise<T>): Promise<T> {
+  try {
+    return await op();
+  } catch (e) {
+    throw mapDbError(e);
+  }
+}
+
+/** bytea comes back as Buffer from pg and as Uint8Array from PGlite. */
+export const toBuffer = (v: Uint8Array): Buffer =>
+  Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);

@@ -1,0 +1,19 @@
+import type { Knex } from 'knex';
+import type { Repositories, Storage } from '../../domain/ports';
+import { knexCaRepository } from './ca-repository';
+import { knexCertificateRepository } from './certificate-repository';
+import { db } from './db-errors';
+
+function repositories(k: Knex | Knex.Transaction): Repositories {
+  return { cas: knexCaRepository(k), certificates: knexCertificateRepository(k) };
+}
+
+/** The Storage port over knex: PGlite or PostgreSQL, one dialect. */
+export function knexStorage(knex: Knex): Storage {
+  return {
+    ...repositories(knex),
+    transaction: (fn) => db(() => knex.transaction((trx) => fn(repositories(trx)))),
+    ping: () => db(async () => void (await knex.raw('select 1'))),
+    close: () => knex.destroy(),
+  };
+}

@@ -1,0 +1,53 @@
+import { request, type Agent } from 'node:https';
+
+export interface HttpsResult {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+  json<T = unknown>(): T;
+}
+
+export interface HttpsOptions {
+  method?: string;
+  body?: string | Buffer;
+  headers?: Record<string, string>;
+  /** PEM trust anchors; when absent the server certificate is not checked. */
+  ca?: string;
+  cert?: string;
+  key?: string;
+  agent?: Agent;
+}
+
+/** A small HTTPS client for tests: no retries, no magic. */
+export function https(url: string, opts: HttpsOptions = {}): Promise<HttpsResult> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      {
+        method: opts.method ?? 'GET',
+        headers: { ...(opts.body ? { 'content-type': 'application/json' } : {}), ...opts.headers },
+        ca: opts.ca,
+        cert: opts.cert,
+        key: opts.key,
+        rejectUnauthorized: opts.ca !== undefined,
+        agent: opts.agent,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => {
+          const body = Buffer.concat(chunks);
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body,
+            json: () => JSON.parse(body.toString('utf8')),
+          });
+        });
+      },
+    );
+    req.on('error', reject);
+    if (opts.body) req.write(opts.body);
+    req.end();
+  });
+}

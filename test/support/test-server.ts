@@ -1,0 +1,79 @@
+import { randomBytes } from 'node:crypto';
+import type { OpenCa } from '../../services/ca/src/ca-service';
+import { loadServerConfig } from '../../services/ca/src/config';
+import { createIntermediateCa, createRootCa } from '../../services/ca/src/domain/ca-hierarchy';
+import { FakeClock } from '../../services/ca/src/domain/clock';
+import { loadKeyring } from '../../services/ca/src/domain/keyring';
+import type { Installation } from '../../services/ca/src/domain/ports';
+import { createLogger } from '../../services/ca/src/logger';
+import { kekFromBase64 } from '../../services/ca/src/pki/kek';
+import { migrateLatest } from '../../services/ca/src/storage/knex/database';
+import { knexStorage } from '../../services/ca/src/storage/knex/knex-storage';
+import { type RunningServer, startServer } from '../../services/ca/src/server/start-server';
+import { type Backend, createTestDatabase, type TestDatabase } from './database';
+
+export interface TestServer {
+  url: string;
+  ca: OpenCa;
+  db: TestDatabase;
+  clock: FakeClock;
+  running: RunningServer;
+  /** The trust bundle (roots) PEM. */
+  bundle: string;
+  close(): Promise<void>;
+}
+
+/**
+ * An in-process Baton on 127.0.0.1:0 over a fresh database (PGlite in memory, or a new
+ * PostgreSQL database), with an injected clock that tests move by hand.
+ */
+export async function startTestServer(
+  opts: {
+    backend?: Backend;
+    trustDomain?: string;
+    now?: string;
+    logLevel?: 'silent' | 'trace' | 'info';
+    logStream?: NodeJS.WritableStream;
+  } = {},
+): Promise<TestServer> {
+  const db = await createTestDatabase(opts.backend ?? 'pglite');
+  await migrateLatest(db.knex);
+  const storage = knexStorage(db.knex);
+  const clock = new FakeClock(opts.now ?? new Date().toISOString());
+  const kek = kekFromBase64(randomBytes(32).toString('base64'), 'test');
+  const trustDomain = opts.trustDomain ?? 'test.example.org';
+  const installation: Installation = {
+    trustDomain,
+    publicUrl: 'https://127.0.0.1:8443',
+    nodeTtlMs: 24 * 3600_000,
+    workloadTtlMs: 3600_000,
+    adminTtlMs: 8 * 3600_000,
+    createdAt: clock.now(),
+  };
+  const root = createRootCa({ trustDomain, now: clock.now(), kek });
+  const inter = createIntermediateCa({
+    trustDomain,
+    now: clock.now(),
+    kek,
+    root,
+    publicUrl: installation.publicUrl,
+  });
+  await storage.cas.initialize(installation, [root.record, inter.record]);
+  const keyring = loadKeyring([root.record, inter.record], kek, installation.publicUrl);
+  const ca: OpenCa = { knex: db.knex, storage, installation, keyring };
+  const config = loadServerConfig({ listen: '127.0.0.1:0' }, { BATON_DATA_DIR: '/nonexistent' });
+  const log = createLogger(opts.logLevel ?? 'silent', opts.logStream);
+  const running = await startServer({ config, ca, clock, log });
+  return {
+    url: running.url,
+    ca,
+    db,
+    clock,
+    running,
+    bundle: keyring.bundlePem,
+    close: async () => {
+      await running.close();
+      await db.drop();
+    },
+  };
+}
