@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import * as createCaTables from './20261126150000_create_ca_tables';
+import * as createNodesAndTokens from './20261126160000_create_nodes_and_tokens';
 
 /**
  * Every migration, in order. An explicit list (rather than a directory scan) works the same from
@@ -10,7 +11,10 @@ export const migrations: ReadonlyArray<{
   name: string;
   up(k: Knex): Promise<void>;
   down(k: Knex): Promise<void>;
-}> = [{ name: '20261126150000_create_ca_tables', ...createCaTables }];
+}> = [
+  { name: '20261126150000_create_ca_tables', ...createCaTables },
+  { name: '20261126160000_create_nodes_and_tokens', ...createNodesAndTokens },
+];
 
 export const migrationSource: Knex.MigrationSource<(typeof migrations)[number]> = {
   getMigrations: async () => [...migrations],

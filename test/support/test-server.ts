@@ -1,4 +1,8 @@
-import { randomBytes } from 'node:crypto';
+import { createPublicKey, randomBytes } from 'node:crypto';
+import type { AdminRole } from '../../services/ca/src/admin-credentials';
+import { issueLeaf } from '../../services/ca/src/domain/issue';
+import { adminSpiffeId } from '../../services/ca/src/domain/trust-domain';
+import { describePublicKey, generateP256, spkiOf } from '../../services/ca/src/pki/keys';
 import type { OpenCa } from '../../services/ca/src/ca-service';
 import { loadServerConfig } from '../../services/ca/src/config';
 import { createIntermediateCa, createRootCa } from '../../services/ca/src/domain/ca-hierarchy';
@@ -20,6 +24,8 @@ export interface TestServer {
   running: RunningServer;
   /** The trust bundle (roots) PEM. */
   bundle: string;
+  /** An admin credential (cert chain + key PEM) issued by this CA. */
+  issueAdmin(role?: AdminRole, name?: string): Promise<{ cert: string; key: string; serial: string }>;
   close(): Promise<void>;
 }
 
@@ -34,6 +40,7 @@ export async function startTestServer(
     now?: string;
     logLevel?: 'silent' | 'trace' | 'info';
     logStream?: NodeJS.WritableStream;
+    random?: () => number;
   } = {},
 ): Promise<TestServer> {
   const db = await createTestDatabase(opts.backend ?? 'pglite');
@@ -63,7 +70,7 @@ export async function startTestServer(
   const ca: OpenCa = { knex: db.knex, storage, installation, keyring };
   const config = loadServerConfig({ listen: '127.0.0.1:0' }, { BATON_DATA_DIR: '/nonexistent' });
   const log = createLogger(opts.logLevel ?? 'silent', opts.logStream);
-  const running = await startServer({ config, ca, clock, log });
+  const running = await startServer({ config, ca, clock, log, random: opts.random });
   return {
     url: running.url,
     ca,
@@ -71,6 +78,24 @@ export async function startTestServer(
     clock,
     running,
     bundle: keyring.bundlePem,
+    issueAdmin: async (role = 'admin', name = role) => {
+      const { privateKey } = generateP256();
+      const leaf = await issueLeaf(
+        { clock, issuer: keyring.signing, certificates: storage.certificates },
+        {
+          kind: 'admin',
+          spiffeId: adminSpiffeId(trustDomain, name),
+          subject: { O: trustDomain, OU: role, CN: name },
+          key: describePublicKey(spkiOf(createPublicKey(privateKey))),
+          ttlMs: 8 * 3600_000,
+        },
+      );
+      return {
+        cert: leaf.chainPem,
+        key: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string,
+        serial: leaf.record.serial,
+      };
+    },
     close: async () => {
       await running.close();
       await db.drop();

@@ -119,7 +119,7 @@ export function urlForListen(listen: ListenAddress): string {
 }
 
 export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
-  const level = (env.BATON_LOG_LEVEL ?? 'info') as LogLevel;
+  const level = (env.BATON_LOG_LEVEL || 'info') as LogLevel;
   if (!LOG_LEVELS.includes(level)) invalid(`BATON_LOG_LEVEL: one of ${LOG_LEVELS.join(', ')}`);
   const publicUrl = str(flags, 'public-url', env, 'BATON_PUBLIC_URL');
   return Object.freeze({

@@ -58,3 +58,37 @@ export function helpText(c: Command): string {
   }
   return `${lines.join('\n')}\n`;
 }
+
+export const ADMIN_OPTIONS: Record<string, OptionSpec> = {
+  server: {
+    type: 'string',
+    value: 'URL',
+    description: 'Baton server (env BATON_SERVER, default https://127.0.0.1:8443)',
+  },
+  'admin-dir': {
+    type: 'string',
+    value: 'DIR',
+    description:
+      'admin credential dir with cert.pem, key.pem, bundle.pem (env BATON_ADMIN_DIR, default <data-dir>/admin)',
+  },
+  'data-dir': {
+    type: 'string',
+    value: 'DIR',
+    description: 'data directory, for the default admin dir (env BATON_DATA_DIR)',
+  },
+  ...JSON_OPTION,
+};
+
+/** Prints rows as aligned columns (the human form of list commands). */
+export function table(headers: string[], rows: (string | null | undefined)[][]): string {
+  const cells = [headers, ...rows.map((r) => r.map((c) => c ?? '-'))];
+  const widths = headers.map((_, i) => Math.max(...cells.map((r) => String(r[i]).length)));
+  return `${cells
+    .map((r) =>
+      r
+        .map((c, i) => String(c).padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n')}\n`;
+}

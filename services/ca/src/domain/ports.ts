@@ -69,17 +69,97 @@ export interface CaRepository {
   initialize(installation: Installation, cas: CaRecord[]): Promise<void>;
 }
 
+export interface CertificateFilter {
+  nodeId?: string;
+  kind?: CertificateKind;
+  status?: CertificateStatus;
+  /** 'expired' filters on notAfter <= now. */
+  expiredAt?: Date;
+  validAt?: Date;
+  limit?: number;
+}
+
 export interface CertificateRepository {
-  /** ERR_CONFLICT when the serial exists (the caller draws a new one). */
+  /**
+   * ERR_CONFLICT when the serial exists (the caller draws a new one); ERR_KEY_REUSED when the
+   * public key is already certified (one key, one identity, enforced by a unique index).
+   */
   insert(record: CertificateRecord): Promise<void>;
   findBySerial(serial: string): Promise<CertificateRecord | null>;
+  /** Reads and row-locks a certificate for the rest of the transaction (SELECT … FOR UPDATE). */
+  lockBySerial(serial: string): Promise<CertificateRecord | null>;
   /** Certificates that certify this key, any identity (key reuse checks). */
   findByKeyFingerprint(fingerprint: string): Promise<CertificateRecord[]>;
+  /** Moves the node's valid certificates of `kind` to superseded; returns how many. */
+  supersedeForNode(nodeId: string, kind: CertificateKind): Promise<number>;
+  list(filter: CertificateFilter): Promise<CertificateRecord[]>;
+}
+
+export type NodeRole = 'worker' | 'manager';
+export const NODE_ROLES: readonly NodeRole[] = ['worker', 'manager'];
+export type NodeStatus = 'active' | 'revoked';
+
+export interface NodeRecord {
+  id: string;
+  role: NodeRole;
+  status: NodeStatus;
+  attestationMethod: string;
+  /** Node certificate lifetime chosen at join (token --node-ttl); null: the installation default. */
+  certTtlMs: number | null;
+  createdAt: Date;
+  lastAttestedAt: Date;
+  lastSeenAt: Date | null;
+  revokedAt: Date | null;
+  revocationReason: number | null;
+}
+
+export interface NodeRepository {
+  /** ERR_CONFLICT when the id exists. */
+  insert(node: NodeRecord): Promise<void>;
+  findById(id: string): Promise<NodeRecord | null>;
+  /** Reads and row-locks a node for the rest of the transaction. */
+  lockById(id: string): Promise<NodeRecord | null>;
+  list(): Promise<NodeRecord[]>;
+  recordAttestation(id: string, at: Date, method: string): Promise<void>;
+  recordSeen(id: string, at: Date): Promise<void>;
+}
+
+export interface TokenRecord {
+  id: string;
+  /** SHA-256 of the secret; the secret itself is never stored. */
+  secretHash: Buffer;
+  role: NodeRole;
+  expiresAt: Date;
+  usesAllowed: number;
+  usesLeft: number;
+  nodeName: string | null;
+  nodeTtlMs: number | null;
+  createdBy: string;
+  createdAt: Date;
+}
+
+export interface TokenRepository {
+  insert(token: TokenRecord): Promise<void>;
+  findById(id: string): Promise<TokenRecord | null>;
+  /**
+   * Spends one use atomically (one conditional UPDATE): returns the token after the decrement, or
+   * null when it is unknown, expired or used up. N concurrent calls on a 1-use token: one non-null.
+   */
+  consume(id: string, now: Date): Promise<TokenRecord | null>;
+}
+
+export interface NonceRepository {
+  insert(nonce: string, method: string, expiresAt: Date): Promise<void>;
+  /** Marks an unexpired, unused nonce as used; false when it was not (one use, atomically). */
+  use(nonce: string, method: string, now: Date): Promise<boolean>;
 }
 
 export interface Repositories {
   cas: CaRepository;
   certificates: CertificateRepository;
+  nodes: NodeRepository;
+  tokens: TokenRepository;
+  nonces: NonceRepository;
 }
 
 export interface Storage extends Repositories {

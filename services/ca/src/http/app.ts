@@ -1,5 +1,6 @@
 import express, { type Express } from 'express';
 import type { Logger } from 'pino';
+import type { Attestor } from '../domain/attestation/attestor';
 import type { Clock } from '../domain/clock';
 import { BatonError } from '../domain/errors';
 import type { Keyring } from '../domain/keyring';
@@ -7,8 +8,11 @@ import type { Installation, Storage } from '../domain/ports';
 import { errorHandler } from './errors';
 import type { Metrics } from './metrics';
 import { requestContext, secureHeaders } from './request-context';
+import { attestChallengeRoutes } from './routes/attest-challenge';
 import { bundleRoutes } from './routes/bundle';
+import { adminNodeRoutes } from './routes/admin-nodes';
 import { healthRoutes } from './routes/health';
+import { nodeIdentityRoutes } from './routes/node-identity';
 
 export interface AppDeps {
   clock: Clock;
@@ -18,6 +22,10 @@ export interface AppDeps {
   keyring: () => Keyring;
   log: Logger;
   metrics: Metrics;
+  /** Attestation methods by name (join_token, x509pop …). */
+  attestors: ReadonlyMap<string, Attestor>;
+  /** Jitter source for refresh_at (injected so tests are deterministic). */
+  random: () => number;
 }
 
 /** JSON bodies are small (a CSR is ~500 bytes of PEM); anything large is refused early. */
@@ -33,6 +41,9 @@ export function buildApp(deps: AppDeps): Express {
   app.use(express.json({ limit: BODY_LIMIT, type: ['application/json', 'application/*+json'] }));
   app.use(bundleRoutes(deps));
   app.use(healthRoutes(deps));
+  app.use(attestChallengeRoutes(deps));
+  app.use(nodeIdentityRoutes(deps));
+  app.use(adminNodeRoutes(deps));
   app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));
   app.use(errorHandler(deps.log));
   return app;

@@ -4,6 +4,8 @@ import type { SecureContextOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import type { OpenCa } from '../ca-service';
 import { type ServerConfig, urlForListen } from '../config';
+import type { Attestor } from '../domain/attestation/attestor';
+import { defaultAttestors } from '../domain/attestation/registry';
 import type { Clock } from '../domain/clock';
 import { buildApp } from '../http/app';
 import { createMetrics, type Metrics } from '../http/metrics';
@@ -33,6 +35,8 @@ export async function startServer(p: {
   ca: OpenCa;
   clock: Clock;
   log: Logger;
+  attestors?: ReadonlyMap<string, Attestor>;
+  random?: () => number;
 }): Promise<RunningServer> {
   const { config, ca, clock, log } = p;
   const publicUrl = config.publicUrl ?? ca.installation.publicUrl;
@@ -44,6 +48,8 @@ export async function startServer(p: {
     keyring: () => ca.keyring,
     log,
     metrics,
+    attestors: p.attestors ?? defaultAttestors(),
+    random: p.random ?? Math.random,
   });
   const issue = () =>
     issueServerCredential({

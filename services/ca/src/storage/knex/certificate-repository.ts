@@ -55,6 +55,26 @@ export function knexCertificateRepository(k: Knex | Knex.Transaction): Certifica
         const row = await k<CertificateRow>('certificates').where({ serial }).first();
         return row ? toCertificate(row) : null;
       }),
+    lockBySerial: (serial) =>
+      db(async () => {
+        const row = await k<CertificateRow>('certificates').where({ serial }).forUpdate().first();
+        return row ? toCertificate(row) : null;
+      }),
+    supersedeForNode: (nodeId, kind) =>
+      db(async () =>
+        k('certificates').where({ node_id: nodeId, kind, status: 'valid' }).update({ status: 'superseded' }),
+      ),
+    list: (f) =>
+      db(async () => {
+        const q = k<CertificateRow>('certificates').orderBy('created_at', 'desc');
+        if (f.nodeId) q.where((w) => w.where('node_id', f.nodeId!).orWhere('issued_via', f.nodeId!));
+        if (f.kind) q.where('kind', f.kind);
+        if (f.status) q.where('status', f.status);
+        if (f.expiredAt) q.where('not_after', '<=', f.expiredAt);
+        if (f.validAt) q.where('not_after', '>', f.validAt);
+        q.limit(f.limit ?? 1000);
+        return (await q).map(toCertificate);
+      }),
     findByKeyFingerprint: (fp) =>
       db(async () =>
         (await k<CertificateRow>('certificates').where({ key_fingerprint: fp })).map(toCertificate),

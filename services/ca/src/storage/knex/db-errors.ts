@@ -2,6 +2,7 @@ import { BatonError } from '../../domain/errors';
 
 interface DbErrorLike {
   code?: string;
+  constraint?: string;
   message?: string;
 }
 
@@ -23,6 +24,11 @@ function isUnavailable(code: string | undefined, message: string): boolean {
 export function mapDbError(e: unknown): unknown {
   if (e instanceof BatonError) return e;
   const err = (e ?? {}) as DbErrorLike;
+  if (err.code === '23505' && err.constraint === 'certificates_key_fingerprint_unique') {
+    return new BatonError('ERR_KEY_REUSED', 'this public key is already certified: use a new key', {
+      cause: e,
+    });
+  }
   if (err.code === '23505') return new BatonError('ERR_CONFLICT', 'the record already exists', { cause: e });
   if (isUnavailable(err.code, String(err.message ?? ''))) {
     return new BatonError('ERR_DATABASE_UNAVAILABLE', 'the database is unavailable', { cause: e });

@@ -3,9 +3,17 @@ import type { Repositories, Storage } from '../../domain/ports';
 import { knexCaRepository } from './ca-repository';
 import { knexCertificateRepository } from './certificate-repository';
 import { db } from './db-errors';
+import { knexNodeRepository } from './node-repository';
+import { knexNonceRepository, knexTokenRepository } from './token-repository';
 
 function repositories(k: Knex | Knex.Transaction): Repositories {
-  return { cas: knexCaRepository(k), certificates: knexCertificateRepository(k) };
+  return {
+    cas: knexCaRepository(k),
+    certificates: knexCertificateRepository(k),
+    nodes: knexNodeRepository(k),
+    tokens: knexTokenRepository(k),
+    nonces: knexNonceRepository(k),
+  };
 }
 
 /** The Storage port over knex: PGlite or PostgreSQL, one dialect. */

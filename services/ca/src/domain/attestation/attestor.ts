@@ -1,0 +1,47 @@
+import type { Clock } from '../clock';
+import type { NodeRole, Repositories } from '../ports';
+
+/**
+ * What a successful attestation proves: who the node is and what it may be issued.
+ * Attestation yields policy, never a certificate (smallstep sign_options; SPIRE node attestors).
+ */
+export interface IssuancePolicy {
+  method: string;
+  /** The node id to issue for: bound by the token or derived from the evidence; null: a new id. */
+  nodeId: string | null;
+  role: NodeRole;
+  /** Node certificate lifetime requested by the evidence (token --node-ttl); null: default. */
+  certTtlMs: number | null;
+  /**
+   * Spends the evidence inside the issuance transaction (a token use, a nonce), so that a refused
+   * issuance spends nothing and an issued certificate always spent its evidence.
+   */
+  commit(tx: Repositories): Promise<void>;
+}
+
+export interface AttestorDeps {
+  clock: Clock;
+  repos: Repositories;
+  /** Base32 SHA-256 of the current root's SPKI. */
+  pin: string;
+  /**
+   * The DER of the CSR being attested (already parsed and verified), so that evidence can be bound
+   * to the requested key: x509pop signs its hash, and a stolen nonce and signature then cannot be
+   * replayed with another key.
+   */
+  csrDer: Buffer;
+}
+
+/** A server nonce for methods that prove possession (x509pop); recorded in the database, not in memory. */
+export interface AttestationChallenge {
+  nonce: string;
+  expiresAt: Date;
+}
+
+export interface Attestor {
+  readonly method: string;
+  /** Checks the evidence; throws BatonError (ERR_TOKEN_INVALID, ERR_ATTESTATION_FAILED …). */
+  verify(deps: AttestorDeps, payload: Record<string, unknown>): Promise<IssuancePolicy>;
+  /** Present on methods that need a fresh server nonce (POST /v1/attest/challenge). */
+  challenge?(deps: Pick<AttestorDeps, 'clock' | 'repos'>): Promise<AttestationChallenge>;
+}

@@ -1,0 +1,160 @@
+import { randomBytes } from 'node:crypto';
+import { MAX_TTL } from '../config';
+import { base32 } from '../pki/base32';
+import { type ParsedCsr, parseCsr } from '../pki/csr';
+import type { Attestor } from './attestation/attestor';
+import type { Clock } from './clock';
+import { BatonError } from './errors';
+import { type IssuedLeaf, issueLeaf } from './issue';
+import type { Keyring } from './keyring';
+import type { Installation, NodeRecord, NodeRole, Repositories, Storage } from './ports';
+import { refreshAt } from './refresh';
+import { nodeSpiffeId } from './trust-domain';
+
+export interface NodeIdentityDeps {
+  clock: Clock;
+  storage: Storage;
+  keyring: Keyring;
+  installation: Installation;
+  attestors: ReadonlyMap<string, Attestor>;
+  random: () => number;
+}
+
+export interface Issuance {
+  leaf: IssuedLeaf;
+  bundlePem: string;
+  refreshAt: Date;
+  nodeId: string;
+}
+
+export interface AttestParams {
+  method: unknown;
+  payload: Record<string, unknown>;
+  csr: unknown;
+}
+
+const newNodeId = (): string => base32(randomBytes(10));
+
+function csrFrom(input: unknown): ParsedCsr {
+  if (typeof input !== 'string')
+    throw new BatonError('ERR_CSR_INVALID', 'csr: a PEM certificate request is required');
+  return parseCsr(input);
+}
+
+async function issueNodeCertificate(
+  deps: NodeIdentityDeps,
+  tx: Repositories,
+  node: NodeRecord,
+  csr: ParsedCsr,
+): Promise<Issuance> {
+  const td = deps.installation.trustDomain;
+  const ttlMs = Math.min(node.certTtlMs ?? deps.installation.nodeTtlMs, MAX_TTL.node);
+  await tx.certificates.supersedeForNode(node.id, 'node');
+  const leaf = await issueLeaf(
+    { clock: deps.clock, issuer: deps.keyring.signing, certificates: tx.certificates },
+    {
+      kind: 'node',
+      spiffeId: nodeSpiffeId(td, node.id),
+      // The role comes from the token or the node record, never from the CSR (CONTRACT).
+      subject: { O: td, OU: node.role, CN: node.id },
+      key: csr.key,
+      ttlMs,
+      nodeId: node.id,
+    },
+  );
+  return {
+    leaf,
+    bundlePem: deps.keyring.bundlePem,
+    refreshAt: refreshAt(deps.clock.now(), leaf.record.notAfter, deps.random),
+    nodeId: node.id,
+  };
+}
+
+/**
+ * POST /v1/attest: check the evidence, then in one transaction spend it, create or update the node,
+ * and issue and record its certificate. A refusal at any step spends nothing and issues nothing.
+ */
+export async function attestNode(deps: NodeIdentityDeps, p: AttestParams): Promise<Issuance> {
+  const attestor = typeof p.method === 'string' ? deps.attestors.get(p.method) : undefined;
+  if (!attestor) {
+    throw new BatonError(
+      'ERR_ATTESTATION_METHOD_UNKNOWN',
+      `unknown attestation method; supported: ${[...deps.attestors.keys()].join(', ')}`,
+    );
+  }
+  const csr = csrFrom(p.csr);
+  const policy = await attestor.verify(
+    { clock: deps.clock, repos: deps.storage, pin: deps.keyring.pin, csrDer: csr.der },
+    p.payload,
+  );
+  return deps.storage.transaction(async (tx) => {
+    await policy.commit(tx);
+    const now = deps.clock.now();
+    const nodeId = policy.nodeId ?? newNodeId();
+    let node = await tx.nodes.lockById(nodeId);
+    if (node) {
+      if (node.status === 'revoked') throw new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
+      if (node.role !== policy.role)
+        throw new BatonError('ERR_ATTESTATION_FAILED', 'the node exists with another role');
+      await tx.nodes.recordAttestation(node.id, now, policy.method);
+    } else {
+      node = newNode(nodeId, policy.role, policy.method, policy.certTtlMs, now);
+      await tx.nodes.insert(node);
+    }
+    return issueNodeCertificate(deps, tx, node, csr);
+  });
+}
+
+function newNode(
+  id: string,
+  role: NodeRole,
+  method: string,
+  certTtlMs: number | null,
+  now: Date,
+): NodeRecord {
+  return {
+    id,
+    role,
+    status: 'active',
+    attestationMethod: method,
+    certTtlMs,
+    createdAt: now,
+    lastAttestedAt: now,
+    lastSeenAt: now,
+    revokedAt: null,
+    revocationReason: null,
+  };
+}
+
+/**
+ * POST /v1/renew: the identity is the presented certificate's, never the CSR's. Only the node's
+ * current, unexpired, unrevoked certificate renews; it becomes superseded in the same transaction
+ * (row-locked, so two concurrent renewals of one certificate give one new certificate).
+ */
+export async function renewNode(
+  deps: NodeIdentityDeps,
+  p: { peerSerial: string; csr: unknown },
+): Promise<Issuance> {
+  const csr = csrFrom(p.csr);
+  return deps.storage.transaction(async (tx) => {
+    const now = deps.clock.now();
+    const current = await tx.certificates.lockBySerial(p.peerSerial);
+    if (!current || current.kind !== 'node' || !current.nodeId) {
+      throw new BatonError('ERR_NOT_AUTHENTICATED', 'a node certificate is required');
+    }
+    assertCurrent(current.status, current.notAfter, now);
+    const node = await tx.nodes.lockById(current.nodeId);
+    if (!node || node.status !== 'active')
+      throw new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
+    await tx.nodes.recordSeen(node.id, now);
+    return issueNodeCertificate(deps, tx, node, csr);
+  });
+}
+
+export function assertCurrent(status: string, notAfter: Date, now: Date): void {
+  if (status === 'revoked') throw new BatonError('ERR_CERT_REVOKED', 'this certificate has been revoked');
+  if (status === 'superseded')
+    throw new BatonError('ERR_CERT_SUPERSEDED', 'this certificate has been replaced by a newer one');
+  if (notAfter.getTime() <= now.getTime())
+    throw new BatonError('ERR_CERT_EXPIRED', 'this certificate has expired: attest again');
+}

@@ -1,0 +1,98 @@
+import type { Request, RequestHandler } from 'express';
+import type { AdminRole } from '../admin-credentials';
+import { BatonError } from '../domain/errors';
+import type { NodeRecord, Repositories } from '../domain/ports';
+import { assertCurrent } from '../domain/node-identity';
+import type { Clock } from '../domain/clock';
+import { peerCertificate } from './peer-cert';
+
+/**
+ * Who may call which admin route: one table, checked on every request, also on a reused
+ * keep-alive connection (never cached per connection: CVE-2018-1002105 came from trusting
+ * a connection's earlier authorization). `auditor` reads only.
+ */
+export const ADMIN_ROUTES = {
+  'POST /v1/admin/tokens': ['admin', 'operator'],
+  'GET /v1/admin/nodes': ['admin', 'operator', 'auditor'],
+  'GET /v1/admin/nodes/:id': ['admin', 'operator', 'auditor'],
+  'POST /v1/admin/nodes/:id/revoke': ['admin', 'operator'],
+  'GET /v1/admin/certificates': ['admin', 'operator', 'auditor'],
+  'POST /v1/admin/certificates/:serial/revoke': ['admin', 'operator'],
+  'GET /v1/admin/entries': ['admin', 'operator', 'auditor'],
+  'POST /v1/admin/entries': ['admin', 'operator'],
+  'DELETE /v1/admin/entries/:name': ['admin', 'operator'],
+  'POST /v1/admin/admins': ['admin'],
+  'GET /v1/admin/audit': ['admin', 'auditor'],
+} as const satisfies Record<string, readonly AdminRole[]>;
+
+export type AdminRoute = keyof typeof ADMIN_ROUTES;
+
+export interface AdminIdentity {
+  name: string;
+  role: AdminRole;
+  spiffeId: string;
+  serial: string;
+}
+
+export interface AuthDeps {
+  clock: Clock;
+  repos: Repositories;
+  trustDomain: string;
+}
+
+/** The admin certificate must be ours, current (not revoked or expired) and carry an admin SPIFFE ID. */
+export async function authenticateAdmin(deps: AuthDeps, req: Request): Promise<AdminIdentity> {
+  const peer = peerCertificate(req);
+  const prefix = `spiffe://${deps.trustDomain}/admin/`;
+  if (!peer.spiffeId.startsWith(prefix))
+    throw new BatonError('ERR_NOT_AUTHORIZED', 'an admin certificate is required');
+  const record = await deps.repos.certificates.findBySerial(peer.serial);
+  if (!record || record.kind !== 'admin' || record.spiffeId !== peer.spiffeId) {
+    throw new BatonError('ERR_NOT_AUTHENTICATED', 'unknown admin certificate');
+  }
+  if (record.status === 'revoked')
+    throw new BatonError('ERR_CERT_REVOKED', 'this certificate has been revoked');
+  return {
+    name: peer.spiffeId.slice(prefix.length),
+    role: peer.subject.OU as AdminRole,
+    spiffeId: peer.spiffeId,
+    serial: peer.serial,
+  };
+}
+
+export function requireAdmin(deps: AuthDeps, route: AdminRoute): RequestHandler {
+  const allowed: readonly string[] = ADMIN_ROUTES[route];
+  return async (req, res, next) => {
+    const admin = await authenticateAdmin(deps, req);
+    if (!allowed.includes(admin.role))
+      throw new BatonError('ERR_NOT_AUTHORIZED', `role ${admin.role} may not call ${route}`);
+    res.locals.admin = admin;
+    next();
+  };
+}
+
+/** A node certificate that is the node's current one, for an active node. */
+export async function authenticateNode(
+  deps: AuthDeps,
+  req: Request,
+): Promise<{ node: NodeRecord; serial: string }> {
+  const peer = peerCertificate(req);
+  const prefix = `spiffe://${deps.trustDomain}/node/`;
+  if (!peer.spiffeId.startsWith(prefix))
+    throw new BatonError('ERR_NOT_AUTHORIZED', 'a node certificate is required');
+  const record = await deps.repos.certificates.findBySerial(peer.serial);
+  if (!record || record.kind !== 'node' || !record.nodeId)
+    throw new BatonError('ERR_NOT_AUTHENTICATED', 'unknown node certificate');
+  assertCurrent(record.status, record.notAfter, deps.clock.now());
+  const node = await deps.repos.nodes.findById(record.nodeId);
+  if (!node || node.status !== 'active')
+    throw new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
+  return { node, serial: peer.serial };
+}
+
+export function requireNode(deps: AuthDeps): RequestHandler {
+  return async (req, res, next) => {
+    res.locals.node = await authenticateNode(deps, req);
+    next();
+  };
+}

@@ -1,0 +1,46 @@
+import type { Issuance } from '../domain/node-identity';
+import type { CertificateRecord, NodeRecord } from '../domain/ports';
+
+/** CONTRACT "HTTP API": the issuance response. */
+export function renderIssuance(i: Issuance, opts: { withNodeId: boolean }) {
+  return {
+    spiffe_id: i.leaf.record.spiffeId,
+    serial: i.leaf.record.serial,
+    certificate_chain: i.leaf.chainPem,
+    bundle: i.bundlePem,
+    expires_at: i.leaf.record.notAfter.toISOString(),
+    refresh_at: i.refreshAt.toISOString(),
+    ...(opts.withNodeId ? { node_id: i.nodeId } : {}),
+  };
+}
+
+const iso = (d: Date | null) => (d ? d.toISOString() : null);
+
+export function renderNode(n: NodeRecord) {
+  return {
+    id: n.id,
+    role: n.role,
+    status: n.status,
+    attestation_method: n.attestationMethod,
+    created_at: iso(n.createdAt),
+    last_attested_at: iso(n.lastAttestedAt),
+    last_seen_at: iso(n.lastSeenAt),
+    revoked_at: iso(n.revokedAt),
+    revocation_reason: n.revocationReason,
+  };
+}
+
+export function renderCertificate(c: CertificateRecord, now: Date) {
+  const status = c.status === 'valid' && c.notAfter.getTime() <= now.getTime() ? 'expired' : c.status;
+  return {
+    serial: c.serial,
+    kind: c.kind,
+    spiffe_id: c.spiffeId,
+    node_id: c.nodeId,
+    issued_via: c.issuedVia,
+    ca_id: c.caId,
+    not_before: c.notBefore.toISOString(),
+    not_after: c.notAfter.toISOString(),
+    status,
+  };
+}

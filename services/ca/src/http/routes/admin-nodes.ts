@@ -1,0 +1,54 @@
+import { Router } from 'express';
+import { MAX_TTL } from '../../config';
+import { DAY, MINUTE } from '../../domain/duration';
+import { BatonError } from '../../domain/errors';
+import { createJoinToken } from '../../domain/join-token';
+import { NODE_ROLES } from '../../domain/ports';
+import type { AppDeps } from '../app';
+import { type AdminIdentity, requireAdmin } from '../authorization';
+import { renderCertificate, renderNode } from '../render';
+import { body, oneOf, optionalDurationMs, optionalInt, optionalString } from '../validate';
+
+/** Join tokens and nodes, for admins (CONTRACT "HTTP API", admin mTLS). */
+export function adminNodeRoutes(deps: AppDeps): Router {
+  const r = Router();
+  const auth = { clock: deps.clock, repos: deps.storage, trustDomain: deps.installation.trustDomain };
+
+  r.post('/v1/admin/tokens', requireAdmin(auth, 'POST /v1/admin/tokens'), async (req, res) => {
+    const b = body(req);
+    const admin = res.locals.admin as AdminIdentity;
+    const { token, record } = await createJoinToken(
+      { clock: deps.clock, tokens: deps.storage.tokens },
+      {
+        role: oneOf(b, 'role', NODE_ROLES),
+        ttlMs: optionalDurationMs(b, 'ttl', MINUTE, 30 * DAY) ?? 15 * MINUTE,
+        uses: optionalInt(b, 'uses', 1, 10_000) ?? 1,
+        nodeName: optionalString(b, 'node_name', 63) ?? null,
+        nodeTtlMs: optionalDurationMs(b, 'node_ttl', MINUTE, MAX_TTL.node) ?? null,
+        createdBy: admin.spiffeId,
+        pin: deps.keyring().pin,
+      },
+    );
+    res.status(201).json({
+      token,
+      id: record.id,
+      role: record.role,
+      expires_at: record.expiresAt.toISOString(),
+      uses: record.usesAllowed,
+      node_name: record.nodeName,
+    });
+  });
+
+  r.get('/v1/admin/nodes', requireAdmin(auth, 'GET /v1/admin/nodes'), async (_req, res) => {
+    res.json({ nodes: (await deps.storage.nodes.list()).map(renderNode) });
+  });
+
+  r.get('/v1/admin/nodes/:id', requireAdmin(auth, 'GET /v1/admin/nodes/:id'), async (req, res) => {
+    const node = await deps.storage.nodes.findById(String(req.params.id));
+    if (!node) throw new BatonError('ERR_NOT_FOUND', 'no such node');
+    const certs = await deps.storage.certificates.list({ nodeId: node.id });
+    const now = deps.clock.now();
+    res.json({ node: renderNode(node), certificates: certs.map((c) => renderCertificate(c, now)) });
+  });
+  return r;
+}

@@ -1,0 +1,73 @@
+import type { Request } from 'express';
+import { parseDuration } from '../domain/duration';
+import { BatonError } from '../domain/errors';
+
+/** Small DTO readers: each refusal is a 400 ERR_BAD_REQUEST naming the field, never echoing it. */
+export function body(req: Request): Record<string, unknown> {
+  const b: unknown = req.body;
+  if (b === undefined || b === null || typeof b !== 'object' || Array.isArray(b)) {
+    throw new BatonError('ERR_BAD_REQUEST', 'a JSON object body is required');
+  }
+  return b as Record<string, unknown>;
+}
+
+const bad = (field: string, why: string): BatonError => new BatonError('ERR_BAD_REQUEST', `${field}: ${why}`);
+
+export function optionalString(b: Record<string, unknown>, field: string, max = 256): string | undefined {
+  const v = b[field];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string' || v.length > max) throw bad(field, `a string of at most ${max} characters`);
+  return v;
+}
+
+export function requiredString(b: Record<string, unknown>, field: string, max = 256): string {
+  const v = optionalString(b, field, max);
+  if (v === undefined || v === '') throw bad(field, 'required');
+  return v;
+}
+
+export function optionalInt(
+  b: Record<string, unknown>,
+  field: string,
+  min: number,
+  max: number,
+): number | undefined {
+  const v = b[field];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
+    throw bad(field, `an integer from ${min} to ${max}`);
+  return v;
+}
+
+/** A duration field: "15m" style string or a number of seconds. */
+export function optionalDurationMs(
+  b: Record<string, unknown>,
+  field: string,
+  minMs: number,
+  maxMs: number,
+): number | undefined {
+  const v = b[field];
+  if (v === undefined || v === null) return undefined;
+  let ms: number;
+  if (typeof v === 'number' && Number.isFinite(v)) ms = v * 1000;
+  else if (typeof v === 'string' && v.length <= 32) {
+    try {
+      ms = parseDuration(v, field);
+    } catch {
+      throw bad(field, 'a duration such as 15m, 24h or 7d');
+    }
+  } else throw bad(field, 'a duration such as 15m, 24h or 7d');
+  if (ms < minMs || ms > maxMs) throw bad(field, `must be between ${minMs / 1000}s and ${maxMs / 1000}s`);
+  return ms;
+}
+
+export function oneOf<T extends string>(
+  b: Record<string, unknown>,
+  field: string,
+  values: readonly T[],
+  fallback?: T,
+): T {
+  const v = b[field] ?? fallback;
+  if (typeof v !== 'string' || !values.includes(v as T)) throw bad(field, `one of ${values.join(', ')}`);
+  return v as T;
+}
