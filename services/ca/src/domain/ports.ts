@@ -154,7 +154,38 @@ export interface NonceRepository {
   use(nonce: string, method: string, now: Date): Promise<boolean>;
 }
 
+/** A selector the agent matches workloads by (`unix:uid:N`, `unix:gid:N`). */
+export interface Selector {
+  type: 'unix';
+  key: 'uid' | 'gid';
+  value: number;
+}
+
+export interface EntryRecord {
+  name: string;
+  spiffeId: string;
+  parentNodeId: string;
+  selectors: Selector[];
+  dnsNames: string[];
+  allowWildcardDns: boolean;
+  /** null: the installation's workload TTL. */
+  ttlMs: number | null;
+  createdBy: string;
+  createdAt: Date;
+}
+
+export interface EntryRepository {
+  /** ERR_CONFLICT when the name, or the SPIFFE ID under that parent, exists. */
+  insert(entry: EntryRecord): Promise<void>;
+  findByName(name: string): Promise<EntryRecord | null>;
+  list(filter?: { parentNodeId?: string }): Promise<EntryRecord[]>;
+  findForNode(parentNodeId: string, spiffeId: string): Promise<EntryRecord | null>;
+  /** true when it existed. */
+  delete(name: string): Promise<boolean>;
+}
+
 export interface Repositories {
+  entries: EntryRepository;
   cas: CaRepository;
   certificates: CertificateRepository;
   nodes: NodeRepository;

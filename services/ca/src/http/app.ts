@@ -10,9 +10,11 @@ import type { Metrics } from './metrics';
 import { requestContext, secureHeaders } from './request-context';
 import { attestChallengeRoutes } from './routes/attest-challenge';
 import { bundleRoutes } from './routes/bundle';
+import { adminEntryRoutes } from './routes/admin-entries';
 import { adminNodeRoutes } from './routes/admin-nodes';
 import { healthRoutes } from './routes/health';
 import { nodeIdentityRoutes } from './routes/node-identity';
+import { workloadIdentityRoutes } from './routes/workload-identity';
 
 export interface AppDeps {
   clock: Clock;
@@ -43,7 +45,9 @@ export function buildApp(deps: AppDeps): Express {
   app.use(healthRoutes(deps));
   app.use(attestChallengeRoutes(deps));
   app.use(nodeIdentityRoutes(deps));
+  app.use(workloadIdentityRoutes(deps));
   app.use(adminNodeRoutes(deps));
+  app.use(adminEntryRoutes(deps));
   app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));
   app.use(errorHandler(deps.log));
   return app;

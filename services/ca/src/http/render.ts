@@ -1,5 +1,6 @@
 import type { Issuance } from '../domain/node-identity';
-import type { CertificateRecord, NodeRecord } from '../domain/ports';
+import { formatSelector } from '../domain/entries';
+import type { CertificateRecord, EntryRecord, NodeRecord } from '../domain/ports';
 
 /** CONTRACT "HTTP API": the issuance response. */
 export function renderIssuance(i: Issuance, opts: { withNodeId: boolean }) {
@@ -42,5 +43,18 @@ export function renderCertificate(c: CertificateRecord, now: Date) {
     not_before: c.notBefore.toISOString(),
     not_after: c.notAfter.toISOString(),
     status,
+  };
+}
+
+export function renderEntry(e: EntryRecord, defaultTtlMs: number) {
+  return {
+    name: e.name,
+    spiffe_id: e.spiffeId,
+    parent: e.parentNodeId,
+    selectors: e.selectors.map(formatSelector),
+    dns_names: e.dnsNames,
+    allow_wildcard_dns: e.allowWildcardDns,
+    ttl_seconds: Math.round(Math.min(e.ttlMs ?? defaultTtlMs, 7 * 86_400_000) / 1000),
+    created_at: e.createdAt.toISOString(),
   };
 }

@@ -1,10 +1,24 @@
 import type { Command } from '../command';
+import { agent } from './agent';
 import { adminRecover } from './admin-recover';
 import { caInit } from './ca-init';
+import { entryCreate, entryDelete, entryList } from './entry';
 import { migrate } from './migrate';
 import { nodeList, nodeShow } from './node';
 import { server } from './server';
 import { tokenCreate } from './token';
 
 /** Every command of `baton`, in the order `baton --help` lists them. */
-export const COMMANDS: Command[] = [caInit, server, migrate, adminRecover, tokenCreate, nodeList, nodeShow];
+export const COMMANDS: Command[] = [
+  caInit,
+  server,
+  migrate,
+  adminRecover,
+  tokenCreate,
+  nodeList,
+  nodeShow,
+  entryCreate,
+  entryList,
+  entryDelete,
+  agent,
+];

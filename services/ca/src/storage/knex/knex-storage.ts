@@ -3,11 +3,13 @@ import type { Repositories, Storage } from '../../domain/ports';
 import { knexCaRepository } from './ca-repository';
 import { knexCertificateRepository } from './certificate-repository';
 import { db } from './db-errors';
+import { knexEntryRepository } from './entry-repository';
 import { knexNodeRepository } from './node-repository';
 import { knexNonceRepository, knexTokenRepository } from './token-repository';
 
 function repositories(k: Knex | Knex.Transaction): Repositories {
   return {
+    entries: knexEntryRepository(k),
     cas: knexCaRepository(k),
     certificates: knexCertificateRepository(k),
     nodes: knexNodeRepository(k),

@@ -1,0 +1,40 @@
+import { Router } from 'express';
+import type { NodeRecord } from '../../domain/ports';
+import { issueWorkloadSvid } from '../../domain/workload-identity';
+import type { AppDeps } from '../app';
+import { requireNode } from '../authorization';
+import { renderEntry, renderIssuance } from '../render';
+import { body } from '../validate';
+
+/** Node mTLS: the entries a node may mint, and minting them. Authorization runs per request. */
+export function workloadIdentityRoutes(deps: AppDeps): Router {
+  const r = Router();
+  const auth = requireNode({
+    clock: deps.clock,
+    repos: deps.storage,
+    trustDomain: deps.installation.trustDomain,
+  });
+  const nodeOf = (locals: Record<string, unknown>) => (locals.node as { node: NodeRecord }).node;
+
+  r.get('/v1/entries', auth, async (_req, res) => {
+    const entries = await deps.storage.entries.list({ parentNodeId: nodeOf(res.locals).id });
+    res.json({ entries: entries.map((e) => renderEntry(e, deps.installation.workloadTtlMs)) });
+  });
+
+  r.post('/v1/workload-svids', auth, async (req, res) => {
+    const b = body(req);
+    const issued = await issueWorkloadSvid(
+      {
+        clock: deps.clock,
+        storage: deps.storage,
+        keyring: deps.keyring(),
+        installation: deps.installation,
+        random: deps.random,
+      },
+      { node: nodeOf(res.locals), spiffeId: b.spiffe_id, csr: b.csr },
+    );
+    deps.metrics.certificatesIssued.inc({ kind: 'workload' });
+    res.status(201).json(renderIssuance(issued, { withNodeId: false }));
+  });
+  return r;
+}
