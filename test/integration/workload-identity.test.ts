@@ -1,6 +1,5 @@
 import { execFileSync } from 'node:child_process';
 import { Agent } from 'node:https';
-import { join } from 'node:path';
 import { describeEachBackend } from '../support/database';
 import { https } from '../support/https';
 import { attestedNode, type IssuanceBody, keyAndCsr } from '../support/node-client';

@@ -4,7 +4,7 @@ import { issueLeaf } from '../../services/ca/src/domain/issue';
 import { adminSpiffeId } from '../../services/ca/src/domain/trust-domain';
 import { describePublicKey, generateP256, spkiOf } from '../../services/ca/src/pki/keys';
 import type { OpenCa } from '../../services/ca/src/ca-service';
-import { loadServerConfig } from '../../services/ca/src/config';
+import { type Flags, loadServerConfig } from '../../services/ca/src/config';
 import { createIntermediateCa, createRootCa } from '../../services/ca/src/domain/ca-hierarchy';
 import { FakeClock } from '../../services/ca/src/domain/clock';
 import { loadKeyring } from '../../services/ca/src/domain/keyring';
@@ -41,6 +41,8 @@ export async function startTestServer(
     logLevel?: 'silent' | 'trace' | 'info';
     logStream?: NodeJS.WritableStream;
     random?: () => number;
+    /** Extra `baton server` flags, e.g. { 'x509pop-ca': FILE }. */
+    serverFlags?: Flags;
   } = {},
 ): Promise<TestServer> {
   const db = await createTestDatabase(opts.backend ?? 'pglite');
@@ -68,7 +70,10 @@ export async function startTestServer(
   await storage.cas.initialize(installation, [root.record, inter.record]);
   const keyring = loadKeyring([root.record, inter.record], kek, installation.publicUrl);
   const ca: OpenCa = { knex: db.knex, storage, installation, keyring };
-  const config = loadServerConfig({ listen: '127.0.0.1:0' }, { BATON_DATA_DIR: '/nonexistent' });
+  const config = loadServerConfig(
+    { listen: '127.0.0.1:0', ...opts.serverFlags },
+    { BATON_DATA_DIR: '/nonexistent' },
+  );
   const log = createLogger(opts.logLevel ?? 'silent', opts.logStream);
   const running = await startServer({ config, ca, clock, log, random: opts.random });
   return {

@@ -1,7 +1,10 @@
+import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import { DAY, HOUR, MINUTE, parseDuration } from './domain/duration';
+import { parseProvisioningCas, type X509popSettings } from './domain/attestation/x509pop-attestor';
 import { BatonError } from './domain/errors';
+import { NODE_ROLES, type NodeRole } from './domain/ports';
 import { validateTrustDomain } from './domain/trust-domain';
 
 /**
@@ -35,6 +38,17 @@ export interface ServerConfig extends StorageConfig {
   readonly logLevel: LogLevel;
   /** BATON_SERVER_CERT_TTL, default 24h: lifetime of the server's own TLS certificate */
   readonly serverCertTtlMs: number;
+  /** Set when --x509pop-ca is: the x509pop attestation method is offered (docs/attestation.md). */
+  readonly x509pop?: X509popConfig;
+}
+
+export interface X509popConfig extends X509popSettings {
+  /**
+   * --x509pop-ca FILE / BATON_X509POP_CA, default unset (method not offered): a PEM bundle of the
+   * provisioning CA certificates, read and checked once here so a bad file stops the server at start.
+   * The role is --x509pop-role / BATON_X509POP_ROLE: worker (default) or manager.
+   */
+  readonly caFile: string;
 }
 
 export interface InitConfig extends StorageConfig {
@@ -118,6 +132,30 @@ export function urlForListen(listen: ListenAddress): string {
   return `https://${host}:${listen.port}`;
 }
 
+function loadX509popConfig(flags: Flags, env: Env): X509popConfig | undefined {
+  const file = str(flags, 'x509pop-ca', env, 'BATON_X509POP_CA');
+  const role = str(flags, 'x509pop-role', env, 'BATON_X509POP_ROLE');
+  if (role !== undefined && !NODE_ROLES.includes(role as NodeRole))
+    invalid(`--x509pop-role: one of ${NODE_ROLES.join(', ')}`);
+  if (file === undefined) {
+    // Cross-field: a role without a provisioning CA would silently offer nothing.
+    if (role !== undefined) invalid('--x509pop-role: needs --x509pop-ca (the provisioning CA bundle)');
+    return undefined;
+  }
+  const caFile = resolve(file);
+  let pem = '';
+  try {
+    pem = readFileSync(caFile, 'utf8');
+  } catch (e) {
+    invalid(`--x509pop-ca: cannot read ${caFile} (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  return Object.freeze({
+    caFile,
+    cas: Object.freeze(parseProvisioningCas(pem, `--x509pop-ca ${caFile}`)),
+    role: (role ?? 'worker') as NodeRole,
+  });
+}
+
 export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
   const level = (env.BATON_LOG_LEVEL || 'info') as LogLevel;
   if (!LOG_LEVELS.includes(level)) invalid(`BATON_LOG_LEVEL: one of ${LOG_LEVELS.join(', ')}`);
@@ -128,6 +166,7 @@ export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
     publicUrl: publicUrl === undefined ? undefined : parseUrl(publicUrl, '--public-url'),
     logLevel: level,
     serverCertTtlMs: parseTtl(env.BATON_SERVER_CERT_TTL ?? '24h', 'BATON_SERVER_CERT_TTL', 30 * DAY),
+    x509pop: loadX509popConfig(flags, env),
   });
 }
 

@@ -6,6 +6,7 @@ import type { OpenCa } from '../ca-service';
 import { type ServerConfig, urlForListen } from '../config';
 import type { Attestor } from '../domain/attestation/attestor';
 import { defaultAttestors } from '../domain/attestation/registry';
+import { x509popAttestor } from '../domain/attestation/x509pop-attestor';
 import type { Clock } from '../domain/clock';
 import { buildApp } from '../http/app';
 import { createMetrics, type Metrics } from '../http/metrics';
@@ -48,7 +49,8 @@ export async function startServer(p: {
     keyring: () => ca.keyring,
     log,
     metrics,
-    attestors: p.attestors ?? defaultAttestors(),
+    // x509pop is offered only when a provisioning CA is configured (--x509pop-ca).
+    attestors: p.attestors ?? defaultAttestors(config.x509pop ? [x509popAttestor(config.x509pop)] : []),
     random: p.random ?? Math.random,
   });
   const issue = () =>

@@ -23,6 +23,18 @@ export const server: Command = {
       value: 'URL',
       description: 'public https URL (env BATON_PUBLIC_URL; default: the one given at ca init)',
     },
+    'x509pop-ca': {
+      type: 'string',
+      value: 'FILE',
+      description:
+        'PEM bundle of provisioning CA certificates; set, the x509pop attestation method is offered (env BATON_X509POP_CA)',
+    },
+    'x509pop-role': {
+      type: 'string',
+      value: 'ROLE',
+      description:
+        'role of nodes attested by x509pop: worker|manager (env BATON_X509POP_ROLE, default worker)',
+    },
     'init-trust-domain': {
       type: 'string',
       value: 'TD',
@@ -56,6 +68,11 @@ export const server: Command = {
     ctx.stdout.write(`listening on ${running.url}\n`);
     ctx.stdout.write(`trust domain: ${ca.installation.trustDomain}\n`);
     ctx.stdout.write(`admin credentials: ${join(cfg.dataDir, 'admin')}\n`);
+    if (cfg.x509pop) {
+      ctx.stdout.write(
+        `x509pop attestation: ${cfg.x509pop.cas.length} provisioning CA certificate(s), role ${cfg.x509pop.role}\n`,
+      );
+    }
     const signal = await ctx.stopSignal;
     log.info({ signal }, 'Shutting down');
     await running.close();

@@ -20,7 +20,8 @@ export function attestChallengeRoutes(deps: AppDeps): Router {
         `unknown attestation method; supported: ${[...deps.attestors.keys()].join(', ')}`,
       );
     }
-    if (!attestor.challenge) throw new BatonError('ERR_BAD_REQUEST', 'method: this method takes no challenge');
+    if (!attestor.challenge)
+      throw new BatonError('ERR_BAD_REQUEST', 'method: this method takes no challenge');
     const c = await attestor.challenge({ clock: deps.clock, repos: deps.storage });
     res.status(201).json({ nonce: c.nonce, expires_at: c.expiresAt.toISOString() });
   });
