@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import * as createCaTables from './20261126150000_create_ca_tables';
 import * as createNodesAndTokens from './20261126160000_create_nodes_and_tokens';
 import * as createEntries from './20261126170000_create_entries';
+import * as createRevocationAndAudit from './20261126180000_create_revocation_and_audit';
 
 /**
  * Every migration, in order. An explicit list (rather than a directory scan) works the same from
@@ -16,6 +17,7 @@ export const migrations: ReadonlyArray<{
   { name: '20261126150000_create_ca_tables', ...createCaTables },
   { name: '20261126160000_create_nodes_and_tokens', ...createNodesAndTokens },
   { name: '20261126170000_create_entries', ...createEntries },
+  { name: '20261126180000_create_revocation_and_audit', ...createRevocationAndAudit },
 ];
 
 export const migrationSource: Knex.MigrationSource<(typeof migrations)[number]> = {

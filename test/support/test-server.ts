@@ -72,7 +72,8 @@ export async function startTestServer(
   const ca: OpenCa = { knex: db.knex, storage, installation, keyring };
   const config = loadServerConfig(
     { listen: '127.0.0.1:0', ...opts.serverFlags },
-    { BATON_DATA_DIR: '/nonexistent' },
+    // Background jobs run when a test says so (running.jobs.runOnce()), never on a timer.
+    { BATON_DATA_DIR: '/nonexistent', BATON_BACKGROUND_INTERVAL: '1h' },
   );
   const log = createLogger(opts.logLevel ?? 'silent', opts.logStream);
   const running = await startServer({ config, ca, clock, log, random: opts.random });

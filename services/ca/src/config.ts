@@ -38,6 +38,10 @@ export interface ServerConfig extends StorageConfig {
   readonly logLevel: LogLevel;
   /** BATON_SERVER_CERT_TTL, default 24h: lifetime of the server's own TLS certificate */
   readonly serverCertTtlMs: number;
+  /** --crl-next-update / BATON_CRL_NEXT_UPDATE, default 1h: CRL validity; rebuilt at half of it */
+  readonly crlNextUpdateMs: number;
+  /** BATON_BACKGROUND_INTERVAL, default 10s: CRL freshness and audit sealing period */
+  readonly backgroundIntervalMs: number;
   /** Set when --x509pop-ca is: the x509pop attestation method is offered (docs/attestation.md). */
   readonly x509pop?: X509popConfig;
 }
@@ -166,6 +170,12 @@ export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
     publicUrl: publicUrl === undefined ? undefined : parseUrl(publicUrl, '--public-url'),
     logLevel: level,
     serverCertTtlMs: parseTtl(env.BATON_SERVER_CERT_TTL ?? '24h', 'BATON_SERVER_CERT_TTL', 30 * DAY),
+    crlNextUpdateMs: parseTtl(
+      str(flags, 'crl-next-update', env, 'BATON_CRL_NEXT_UPDATE') ?? '1h',
+      '--crl-next-update',
+      7 * DAY,
+    ),
+    backgroundIntervalMs: parseDuration(env.BATON_BACKGROUND_INTERVAL ?? '10s', 'BATON_BACKGROUND_INTERVAL'),
     x509pop: loadX509popConfig(flags, env),
   });
 }

@@ -122,6 +122,7 @@ export interface NodeRepository {
   list(): Promise<NodeRecord[]>;
   recordAttestation(id: string, at: Date, method: string): Promise<void>;
   recordSeen(id: string, at: Date): Promise<void>;
+  markRevoked(id: string, at: Date, reason: number): Promise<void>;
 }
 
 export interface TokenRecord {
@@ -146,6 +147,8 @@ export interface TokenRepository {
    * null when it is unknown, expired or used up. N concurrent calls on a 1-use token: one non-null.
    */
   consume(id: string, now: Date): Promise<TokenRecord | null>;
+  /** Spends every remaining use of the tokens bound to this node name; returns how many tokens. */
+  spendBoundTo(nodeName: string): Promise<number>;
 }
 
 export interface NonceRepository {
@@ -184,7 +187,101 @@ export interface EntryRepository {
   delete(name: string): Promise<boolean>;
 }
 
+export interface RevokedEntry {
+  serial: string;
+  revokedAt: Date;
+  reason: number;
+}
+
+export interface RevocationEvent {
+  id: number;
+  kind: 'node' | 'certificate';
+  nodeId: string | null;
+  serials: string[];
+  reason: number;
+  actor: string;
+  createdAt: Date;
+}
+
+export interface RevocationRepository {
+  /**
+   * Marks revoked every unexpired, not yet revoked certificate that is `serial`, or that identifies
+   * `nodeId` or was issued through it. Returns the serials it revoked.
+   */
+  revokeCertificates(
+    target: { serial: string } | { nodeId: string },
+    at: Date,
+    reason: number,
+  ): Promise<string[]>;
+  appendEvent(e: Omit<RevocationEvent, 'id'>): Promise<RevocationEvent>;
+  eventsSince(id: number, limit: number): Promise<RevocationEvent[]>;
+  lastEventId(): Promise<number>;
+  /** Revoked certificates of a CA that have not expired at `now` (RFC 5280 §5: expired ones drop off). */
+  revokedForCa(caId: string, now: Date): Promise<RevokedEntry[]>;
+}
+
+export interface CrlRecord {
+  caId: string;
+  crlNumber: bigint;
+  thisUpdate: Date;
+  nextUpdate: Date;
+  entries: number;
+  der: Buffer;
+}
+
+export interface CrlRepository {
+  latest(caId: string): Promise<CrlRecord | null>;
+  /** Within a transaction: waits for and holds the one CRL-builder lock (all replicas). */
+  lockBuilder(): Promise<void>;
+  /** The next CRL number from the shared sequence: only grows, never repeats. */
+  nextNumber(): Promise<bigint>;
+  insert(crl: CrlRecord): Promise<void>;
+}
+
+export interface AuditEvent {
+  at: Date;
+  event: string;
+  /** SPIFFE ID of the caller, `cli:<user>` for direct database commands, or `anonymous`. */
+  actor: string;
+  source: string | null;
+  subject: string | null;
+  outcome: 'success' | 'failure';
+  details: Record<string, unknown>;
+}
+
+export interface AuditRecord extends AuditEvent {
+  id: number;
+  sealSeq: number | null;
+  prevHash: Buffer | null;
+  hash: Buffer | null;
+}
+
+export interface AuditFilter {
+  actor?: string;
+  subject?: string;
+  event?: string;
+  since?: Date;
+  until?: Date;
+  limit?: number;
+}
+
+export interface AuditRepository {
+  append(e: AuditEvent): Promise<void>;
+  /**
+   * Seals up to `limit` unsealed rows into the hash chain, holding the one sealer lock; `hashOf`
+   * computes a row's hash from its content and the previous hash. Returns how many it sealed.
+   */
+  seal(limit: number, hashOf: (row: AuditRecord, prevHash: Buffer | null) => Buffer): Promise<number>;
+  list(filter: AuditFilter): Promise<AuditRecord[]>;
+  /** Sealed rows in chain order, from seal_seq > after, at most `limit`. */
+  sealedAfter(after: number, limit: number): Promise<AuditRecord[]>;
+  countUnsealed(): Promise<number>;
+}
+
 export interface Repositories {
+  revocations: RevocationRepository;
+  crls: CrlRepository;
+  audit: AuditRepository;
   entries: EntryRepository;
   cas: CaRepository;
   certificates: CertificateRepository;

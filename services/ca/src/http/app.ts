@@ -6,14 +6,18 @@ import { BatonError } from '../domain/errors';
 import type { Keyring } from '../domain/keyring';
 import type { Installation, Storage } from '../domain/ports';
 import { errorHandler } from './errors';
+import type { CrlService } from '../server/crl-service';
+import type { RevocationFeed } from '../server/revocation-feed';
 import type { Metrics } from './metrics';
 import { requestContext, secureHeaders } from './request-context';
 import { attestChallengeRoutes } from './routes/attest-challenge';
 import { bundleRoutes } from './routes/bundle';
+import { crlRoutes } from './routes/crl';
 import { adminEntryRoutes } from './routes/admin-entries';
 import { adminNodeRoutes } from './routes/admin-nodes';
 import { healthRoutes } from './routes/health';
 import { nodeIdentityRoutes } from './routes/node-identity';
+import { revocationRoutes } from './routes/revocation';
 import { workloadIdentityRoutes } from './routes/workload-identity';
 
 export interface AppDeps {
@@ -28,6 +32,10 @@ export interface AppDeps {
   attestors: ReadonlyMap<string, Attestor>;
   /** Jitter source for refresh_at (injected so tests are deterministic). */
   random: () => number;
+  crls: CrlService;
+  feed: RevocationFeed;
+  /** Publishes new CRLs and wakes the feed; called after a revocation commits. */
+  afterRevocation(): Promise<void>;
 }
 
 /** JSON bodies are small (a CSR is ~500 bytes of PEM); anything large is refused early. */
@@ -48,6 +56,8 @@ export function buildApp(deps: AppDeps): Express {
   app.use(workloadIdentityRoutes(deps));
   app.use(adminNodeRoutes(deps));
   app.use(adminEntryRoutes(deps));
+  app.use(crlRoutes(deps));
+  app.use(revocationRoutes(deps));
   app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));
   app.use(errorHandler(deps.log));
   return app;

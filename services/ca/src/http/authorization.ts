@@ -18,6 +18,7 @@ export const ADMIN_ROUTES = {
   'POST /v1/admin/nodes/:id/revoke': ['admin', 'operator'],
   'GET /v1/admin/certificates': ['admin', 'operator', 'auditor'],
   'POST /v1/admin/certificates/:serial/revoke': ['admin', 'operator'],
+  'GET /v1/admin/crls': ['admin', 'operator', 'auditor'],
   'GET /v1/admin/entries': ['admin', 'operator', 'auditor'],
   'POST /v1/admin/entries': ['admin', 'operator'],
   'DELETE /v1/admin/entries/:name': ['admin', 'operator'],

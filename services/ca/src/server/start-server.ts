@@ -11,6 +11,9 @@ import type { Clock } from '../domain/clock';
 import { buildApp } from '../http/app';
 import { createMetrics, type Metrics } from '../http/metrics';
 import { F } from '../log-fields';
+import { type BackgroundJobs, startBackgroundJobs } from './background-jobs';
+import { CrlService } from './crl-service';
+import { RevocationFeed } from './revocation-feed';
 import { issueServerCredential, type ServerCredential } from './server-certificate';
 
 export interface RunningServer {
@@ -18,6 +21,9 @@ export interface RunningServer {
   url: string;
   server: Server;
   metrics: Metrics;
+  crls: CrlService;
+  feed: RevocationFeed;
+  jobs: BackgroundJobs;
   /** The serial of the certificate new TLS handshakes get. */
   currentCertificateSerial(): string;
   /** Issues a new server certificate and swaps it in for new handshakes (open connections stay). */
@@ -42,6 +48,14 @@ export async function startServer(p: {
   const { config, ca, clock, log } = p;
   const publicUrl = config.publicUrl ?? ca.installation.publicUrl;
   const metrics = createMetrics();
+  const crlDeps = () => ({
+    clock,
+    storage: ca.storage,
+    keyring: ca.keyring,
+    nextUpdateMs: config.crlNextUpdateMs,
+  });
+  const crls = new CrlService(crlDeps);
+  const feed = new RevocationFeed(ca.storage.revocations, log);
   const app = buildApp({
     clock,
     storage: ca.storage,
@@ -52,6 +66,12 @@ export async function startServer(p: {
     // x509pop is offered only when a provisioning CA is configured (--x509pop-ca).
     attestors: p.attestors ?? defaultAttestors(config.x509pop ? [x509popAttestor(config.x509pop)] : []),
     random: p.random ?? Math.random,
+    crls,
+    feed,
+    afterRevocation: async () => {
+      await crls.republish();
+      feed.notify();
+    },
   });
   const issue = () =>
     issueServerCredential({
@@ -116,6 +136,12 @@ export async function startServer(p: {
     });
   });
   schedule(halfLife(credential));
+  const jobs = startBackgroundJobs({
+    crls,
+    audit: ca.storage.audit,
+    log,
+    intervalMs: config.backgroundIntervalMs,
+  });
   const port = (server.address() as AddressInfo).port;
   const url = urlForListen({ host: config.listen.host, port });
   log.info({ [F.url]: url, [F.trustDomain]: ca.installation.trustDomain }, 'Server listening');
@@ -124,6 +150,9 @@ export async function startServer(p: {
     url,
     server,
     metrics,
+    crls,
+    feed,
+    jobs,
     currentCertificateSerial: () => credential.issued.record.serial,
     renewCertificate: async () => {
       if (timer) clearTimeout(timer);
@@ -131,6 +160,8 @@ export async function startServer(p: {
     },
     close: async () => {
       if (timer) clearTimeout(timer);
+      jobs.stop();
+      feed.close();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         // Idle keep-alive sockets would hold close() open; in-flight requests finish first.

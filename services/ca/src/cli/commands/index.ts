@@ -5,6 +5,7 @@ import { caInit } from './ca-init';
 import { entryCreate, entryDelete, entryList } from './entry';
 import { migrate } from './migrate';
 import { nodeList, nodeShow } from './node';
+import { certList, certRevoke, crlShow, nodeRevoke } from './revocation';
 import { server } from './server';
 import { tokenCreate } from './token';
 
@@ -17,6 +18,10 @@ export const COMMANDS: Command[] = [
   tokenCreate,
   nodeList,
   nodeShow,
+  nodeRevoke,
+  certList,
+  certRevoke,
+  crlShow,
   entryCreate,
   entryList,
   entryDelete,

@@ -35,6 +35,11 @@ export const server: Command = {
       description:
         'role of nodes attested by x509pop: worker|manager (env BATON_X509POP_ROLE, default worker)',
     },
+    'crl-next-update': {
+      type: 'string',
+      value: '1h',
+      description: 'CRL validity (env BATON_CRL_NEXT_UPDATE); rebuilt at half of it and on every revocation',
+    },
     'init-trust-domain': {
       type: 'string',
       value: 'TD',

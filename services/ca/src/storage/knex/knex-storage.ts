@@ -3,12 +3,17 @@ import type { Repositories, Storage } from '../../domain/ports';
 import { knexCaRepository } from './ca-repository';
 import { knexCertificateRepository } from './certificate-repository';
 import { db } from './db-errors';
+import { knexAuditRepository } from './audit-repository';
 import { knexEntryRepository } from './entry-repository';
+import { knexCrlRepository, knexRevocationRepository } from './revocation-repository';
 import { knexNodeRepository } from './node-repository';
 import { knexNonceRepository, knexTokenRepository } from './token-repository';
 
 function repositories(k: Knex | Knex.Transaction): Repositories {
   return {
+    revocations: knexRevocationRepository(k),
+    crls: knexCrlRepository(k),
+    audit: knexAuditRepository(k),
     entries: knexEntryRepository(k),
     cas: knexCaRepository(k),
     certificates: knexCertificateRepository(k),

@@ -59,6 +59,13 @@ export function knexNodeRepository(k: Knex | Knex.Transaction): NodeRepository {
         async () =>
           void (await k('nodes').where({ id }).update({ last_attested_at: at, attestation_method: method })),
       ),
+    markRevoked: (id, at, reason) =>
+      db(
+        async () =>
+          void (await k('nodes')
+            .where({ id })
+            .update({ status: 'revoked', revoked_at: at, revocation_reason: reason })),
+      ),
     recordSeen: (id, at) =>
       db(async () => void (await k('nodes').where({ id }).update({ last_seen_at: at }))),
   };

@@ -62,6 +62,13 @@ export function knexTokenRepository(k: Knex | Knex.Transaction): TokenRepository
           .returning('*')) as TokenRow[];
         return rows[0] ? toToken(rows[0]) : null;
       }),
+    spendBoundTo: (nodeName) =>
+      db(async () =>
+        k('join_tokens')
+          .where({ node_name: nodeName })
+          .andWhere('uses_left', '>', 0)
+          .update({ uses_left: 0 }),
+      ),
   };
 }
 

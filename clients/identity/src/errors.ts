@@ -1,0 +1,31 @@
+/**
+ * The one error class of the identity library, with a stable code (as jose's JOSEError): callers
+ * and tests branch on `code`, never on the message.
+ */
+export type IdentityErrorCode =
+  /** A file of the identity could not be read. */
+  | 'ERR_IDENTITY_FILES'
+  /** key.pem does not hold the private key of the first certificate of cert.pem. */
+  | 'ERR_KEY_MISMATCH'
+  /** The chain does not lead to a root of the bundle. */
+  | 'ERR_CHAIN_INVALID'
+  /** A certificate of the chain is expired or not yet valid. */
+  | 'ERR_CERT_EXPIRED'
+  /** The leaf is not an X.509-SVID (SPIFFE X.509-SVID §2, §5.2). */
+  | 'ERR_NOT_SVID'
+  /** A peer presented no certificate, or one that the TLS stack did not verify. */
+  | 'ERR_PEER_UNVERIFIED'
+  /** A verified peer whose SPIFFE ID the authorizer refused. */
+  | 'ERR_PEER_NOT_AUTHORIZED';
+
+export class IdentityError extends Error {
+  override readonly name = 'IdentityError';
+  constructor(
+    readonly code: IdentityErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export const isIdentityError = (e: unknown): e is IdentityError => e instanceof IdentityError;

@@ -1,0 +1,46 @@
+/**
+ * The service side of Baton: a workload's or node's own identity read from the agent's files,
+ * peer authorization by SPIFFE ID, and mutual TLS that follows rotation. Explicit named exports
+ * (as jose's src/index.ts): everything else in this folder is internal.
+ */
+export {
+  type Authorizer,
+  authorizeAll,
+  authorizeAny,
+  authorizeIds,
+  authorizePeer,
+  authorizePrefix,
+  authorizeTrustDomain,
+  isManagerNode,
+  isNode,
+  isWorkerNode,
+  type Peer,
+  peerOf,
+} from './authorize';
+export { IdentityError, type IdentityErrorCode, isIdentityError } from './errors';
+export { Identity, type IdentityEvents, type IdentityOptions, type Timers } from './identity';
+export {
+  type IdentityFiles,
+  type IdentityPaths,
+  type IdentitySnapshot,
+  readIdentityFiles,
+  verifyIdentity,
+} from './load';
+export { parseSpiffeId, type SubjectParts } from './svid';
+export {
+  bindServer,
+  type ClientAuthorization,
+  clientTlsOptions,
+  createMtlsServer,
+  MtlsAgent,
+  type MtlsAgentOptions,
+  type MtlsRequestOptions,
+  type MtlsResponse,
+  mtlsAgent,
+  mtlsRequest,
+  requestPeer,
+  type ServerAuthorization,
+  serverTlsOptions,
+  type TlsVersions,
+  tlsPeer,
+} from './tls';

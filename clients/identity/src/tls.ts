@@ -1,0 +1,305 @@
+import { X509Certificate } from 'node:crypto';
+import type { IncomingHttpHeaders, IncomingMessage, RequestListener } from 'node:http';
+import {
+  Agent,
+  type AgentOptions,
+  createServer,
+  request,
+  type RequestOptions,
+  type Server,
+} from 'node:https';
+import type { Duplex } from 'node:stream';
+import {
+  type ConnectionOptions,
+  createSecureContext,
+  type PeerCertificate,
+  type SecureContext,
+  type SecureContextOptions,
+  type SecureVersion,
+  type TLSSocket,
+  type TlsOptions,
+  type Server as TlsServer,
+} from 'node:tls';
+import { type Authorizer, authorizePeer, type Peer, peerOf } from './authorize';
+import { IdentityError, isIdentityError } from './errors';
+import type { Identity } from './identity';
+import type { IdentitySnapshot } from './load';
+
+/**
+ * TLS for services that hold an Identity: mutual TLS where both sides verify the other's chain
+ * against the bundle and then authorize its SPIFFE ID (SPIFFE X.509-SVID §5), and where a rotation
+ * reaches new connections without touching open ones.
+ */
+
+export interface TlsVersions {
+  /**
+   * Default 'TLSv1.3': every Baton client and server speaks it, and TLS 1.3 encrypts the client
+   * certificate (RFC 8446 §4.4.2), which in TLS 1.2 crosses the network in clear.
+   */
+  minVersion?: SecureVersion;
+  maxVersion?: SecureVersion;
+}
+
+const DEFAULT_MIN_VERSION: SecureVersion = 'TLSv1.3';
+
+function contextOptions(id: IdentitySnapshot, v: TlsVersions): SecureContextOptions {
+  return {
+    cert: id.certChainPem,
+    key: id.keyPem,
+    ca: id.bundlePem,
+    minVersion: v.minVersion ?? DEFAULT_MIN_VERSION,
+    ...(v.maxVersion ? { maxVersion: v.maxVersion } : {}),
+  };
+}
+
+/** One SecureContext per snapshot and version range, built on first use (parsing keys per connection is waste). */
+const contexts = new WeakMap<IdentitySnapshot, Map<string, SecureContext>>();
+
+function secureContextFor(id: IdentitySnapshot, v: TlsVersions): SecureContext {
+  const key = `${v.minVersion ?? DEFAULT_MIN_VERSION}/${v.maxVersion ?? ''}`;
+  const byVersion = contexts.get(id) ?? new Map<string, SecureContext>();
+  contexts.set(id, byVersion);
+  const ctx = byVersion.get(key) ?? createSecureContext(contextOptions(id, v));
+  byVersion.set(key, ctx);
+  return ctx;
+}
+
+/** The verified, authorized peer of each connection, recorded at the handshake. */
+const peers = new WeakMap<TLSSocket, Peer>();
+
+/**
+ * The peer of a TLS connection: the one recorded when a bound server authorized it, else read
+ * from its verified certificate. undefined when the peer is unverified or not an SVID.
+ */
+export function tlsPeer(socket: TLSSocket): Peer | undefined {
+  const known = peers.get(socket);
+  if (known) return known;
+  const cert = socket.authorized ? socket.getPeerX509Certificate() : undefined;
+  if (!cert) return undefined;
+  try {
+    return peerOf(cert);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The peer of an HTTP request on a server made by createMtlsServer (or bound by bindServer). */
+export function requestPeer(req: IncomingMessage): Peer {
+  const peer = tlsPeer(req.socket as TLSSocket);
+  if (!peer) throw new IdentityError('ERR_PEER_UNVERIFIED', 'the request has no verified peer');
+  return peer;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server side
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Options for tls.createServer / https.createServer: the current identity, the bundle as the only
+ * trust anchors, and a client certificate required and verified. TLS options cannot authorize a
+ * peer by itself (Node has no verify callback on servers) nor follow a rotation: pass the server
+ * to bindServer, or use createMtlsServer, which does both.
+ */
+export function serverTlsOptions(identity: Identity, versions: TlsVersions = {}): TlsOptions {
+  return { ...contextOptions(identity.current(), versions), requestCert: true, rejectUnauthorized: true };
+}
+
+export interface ServerAuthorization extends TlsVersions {
+  authorize: Authorizer;
+  /** Called with the reason when a connection is refused, before it is destroyed: for logs and metrics. */
+  onRefused?: (error: IdentityError, socket: TLSSocket) => void;
+}
+
+/**
+ * Binds a tls.Server or https.Server to `identity`: every connection whose peer `authorize`
+ * refuses is destroyed right after the handshake, before a byte of application data is read (an
+ * unauthorized client gets no HTTP response), and each rotation becomes the server's secure
+ * context for new connections while open ones keep theirs (tls.Server#setSecureContext). Returns a
+ * function that unbinds; closing the server unbinds too.
+ */
+export function bindServer(server: TlsServer, identity: Identity, opts: ServerAuthorization): () => void {
+  const onSecureConnection = (socket: TLSSocket): void => {
+    try {
+      const cert = socket.authorized ? socket.getPeerX509Certificate() : undefined;
+      if (!cert) {
+        throw new IdentityError(
+          'ERR_PEER_UNVERIFIED',
+          `peer not verified: ${socket.authorizationError ?? 'no certificate'}`,
+        );
+      }
+      peers.set(socket, authorizePeer(cert, opts.authorize));
+    } catch (e) {
+      const err = isIdentityError(e) ? e : new IdentityError('ERR_PEER_UNVERIFIED', String(e));
+      opts.onRefused?.(err, socket);
+      socket.destroy();
+    }
+  };
+  const onRotated = (current: IdentitySnapshot): void =>
+    server.setSecureContext(contextOptions(current, opts));
+  // Prepended so it runs before https' own 'secureConnection' listener starts the HTTP parser.
+  server.prependListener('secureConnection', onSecureConnection);
+  identity.on('rotated', onRotated);
+  const unbind = (): void => {
+    server.off('secureConnection', onSecureConnection);
+    identity.off('rotated', onRotated);
+  };
+  server.once('close', unbind);
+  return unbind;
+}
+
+/** An https.Server for `identity` that authorizes every client and follows rotations (see bindServer). */
+export function createMtlsServer(
+  identity: Identity,
+  opts: ServerAuthorization,
+  requestListener?: RequestListener,
+): Server {
+  const server = createServer(serverTlsOptions(identity, opts), requestListener);
+  bindServer(server, identity, opts);
+  return server;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side
+// ---------------------------------------------------------------------------------------------
+
+export interface ClientAuthorization extends TlsVersions {
+  authorize: Authorizer;
+}
+
+/**
+ * SPIFFE X.509-SVID §5: the server is authorized by the SPIFFE ID of its verified SVID, not by
+ * the host name it was reached at (RFC 9110 §4.3.4 host name checks do not apply to SVIDs, whose
+ * one name is a URI). Node calls this only once the chain has verified against `ca`.
+ */
+function spiffeServerCheck(
+  authorize: Authorizer,
+): (host: string, cert: PeerCertificate) => Error | undefined {
+  return (_host, cert) => {
+    try {
+      authorizePeer(new X509Certificate(cert.raw), authorize);
+      return undefined;
+    } catch (e) {
+      return isIdentityError(e) ? e : new IdentityError('ERR_PEER_UNVERIFIED', String(e));
+    }
+  };
+}
+
+/**
+ * Options for tls.connect or https.request with the current identity. With https.request, pass
+ * `agent: false` or an mtlsAgent: Node's global agent pools sockets by host and TLS material,
+ * not by checkServerIdentity, so a pooled socket could skip this authorizer.
+ */
+export function clientTlsOptions(identity: Identity, opts: ClientAuthorization): ConnectionOptions {
+  return {
+    ...contextOptions(identity.current(), opts),
+    rejectUnauthorized: true,
+    checkServerIdentity: spiffeServerCheck(opts.authorize),
+  };
+}
+
+export interface MtlsAgentOptions extends ClientAuthorization {
+  /** https.Agent pool settings; keepAlive is always on. */
+  maxSockets?: number;
+  maxFreeSockets?: number;
+  keepAliveMsecs?: number;
+  /** Idle socket timeout (ms). */
+  timeout?: number;
+}
+
+/**
+ * A keep-alive https.Agent whose every new connection presents the identity current at that
+ * moment: createConnection passes a fresh secureContext, so a rotation reaches new connections and
+ * leaves pooled ones alone. TLS session caching is off: Node skips checkServerIdentity on a resumed
+ * session, and authorization must run on every handshake.
+ */
+export class MtlsAgent extends Agent {
+  readonly identity: Identity;
+  readonly #versions: TlsVersions;
+
+  constructor(identity: Identity, opts: MtlsAgentOptions) {
+    const agentOptions: AgentOptions = {
+      keepAlive: true,
+      maxCachedSessions: 0,
+      rejectUnauthorized: true,
+      checkServerIdentity: spiffeServerCheck(opts.authorize),
+      ...(opts.maxSockets !== undefined ? { maxSockets: opts.maxSockets } : {}),
+      ...(opts.maxFreeSockets !== undefined ? { maxFreeSockets: opts.maxFreeSockets } : {}),
+      ...(opts.keepAliveMsecs !== undefined ? { keepAliveMsecs: opts.keepAliveMsecs } : {}),
+      ...(opts.timeout !== undefined ? { timeout: opts.timeout } : {}),
+    };
+    super(agentOptions);
+    this.identity = identity;
+    this.#versions = { minVersion: opts.minVersion, maxVersion: opts.maxVersion };
+  }
+
+  override createConnection(
+    options: RequestOptions,
+    callback?: (err: Error | null, stream: Duplex) => void,
+  ): Duplex | null | undefined {
+    // tls.connect uses secureContext as is and ignores cert/key/ca/minVersion beside it.
+    const secureContext = secureContextFor(this.identity.current(), this.#versions);
+    return super.createConnection({ ...options, secureContext } as RequestOptions, callback);
+  }
+}
+
+/** A keep-alive agent for `identity` that authorizes servers with `authorize` (see MtlsAgent). */
+export function mtlsAgent(identity: Identity, opts: MtlsAgentOptions): MtlsAgent {
+  return new MtlsAgent(identity, opts);
+}
+
+export interface MtlsResponse {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+}
+
+interface MtlsRequestCommon extends TlsVersions {
+  method?: string;
+  headers?: Record<string, string>;
+  body?: string | Uint8Array;
+  /** Deadline for the whole exchange, connect to last byte; default 30 s. */
+  timeoutMs?: number;
+}
+
+/** Either an authorizer (one connection for this request) or an mtlsAgent that carries one. */
+export type MtlsRequestOptions = MtlsRequestCommon &
+  ({ authorize: Authorizer; agent?: undefined } | { agent: MtlsAgent; authorize?: undefined });
+
+/** One HTTPS request over mutual TLS; resolves with the whole response, whatever its status. */
+export function mtlsRequest(
+  identity: Identity,
+  url: string | URL,
+  opts: MtlsRequestOptions,
+): Promise<MtlsResponse> {
+  if (opts.agent && opts.agent.identity !== identity) {
+    throw new TypeError('mtlsRequest: the agent was made for another identity');
+  }
+  const tlsOptions: RequestOptions = opts.agent
+    ? { agent: opts.agent }
+    : { ...clientTlsOptions(identity, { ...opts, authorize: opts.authorize }), agent: false };
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      { ...tlsOptions, method: opts.method ?? 'GET', headers: opts.headers },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', fail);
+        res.on('end', () => {
+          clearTimeout(deadline);
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) });
+        });
+      },
+    );
+    const deadline = setTimeout(
+      () => req.destroy(new Error('mtlsRequest: no complete response in time')),
+      opts.timeoutMs ?? 30_000,
+    );
+    function fail(err: Error): void {
+      clearTimeout(deadline);
+      reject(err);
+    }
+    req.on('error', fail);
+    req.end(opts.body);
+  });
+}

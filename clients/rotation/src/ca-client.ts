@@ -1,0 +1,297 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import { Agent, request } from 'node:https';
+
+/**
+ * A small HTTPS JSON client for the node side of the CA API (CONTRACT "HTTP API"). The server is
+ * verified normally against a trust bundle the caller passes per call (the bundle changes as the CA
+ * rotates); only `fetchBundleUnverified` skips verification, for the pinned bootstrap, which checks
+ * what it downloaded against the token's pin before it trusts it.
+ */
+
+/** An issuance response (`POST /v1/attest`, `POST /v1/renew`). */
+export interface Issuance {
+  spiffeId: string;
+  serial: string;
+  /** Leaf + intermediate, PEM. */
+  certificateChainPem: string;
+  /** The trust bundle (roots), PEM. */
+  bundlePem: string;
+  expiresAt: Date;
+  refreshAt: Date;
+  nodeId: string;
+}
+
+export interface AttestParams {
+  token: string;
+  csrPem: string;
+  /** The roots to verify the server against (for the bootstrap: the pinned root only). */
+  trustBundlePem: string;
+}
+
+export interface RenewParams {
+  csrPem: string;
+  /** The current certificate chain and key, presented as the TLS client certificate. */
+  certificateChainPem: string;
+  keyPem: string;
+  trustBundlePem: string;
+}
+
+/** What the rotator and the bootstrap need from the CA; CaClient is the HTTPS one, tests use fakes. */
+export interface NodeCaApi {
+  fetchBundleUnverified(): Promise<string>;
+  attest(p: AttestParams): Promise<Issuance>;
+  renew(p: RenewParams): Promise<Issuance>;
+}
+
+/**
+ * A refusal of the server (`status` and its `ERR_…` code) or a transport failure: status 0 and
+ * `ERR_SERVER_UNREACHABLE` (network, timeout) or `ERR_SERVER_UNTRUSTED` (TLS verification).
+ */
+export class CaClientError extends Error {
+  override readonly name = 'CaClientError';
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly status = 0,
+    /** From Retry-After (RFC 9110 §10.2.3) on 429/503 answers. */
+    readonly retryAfterMs?: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export interface CaClientOptions {
+  /** https://HOST:PORT of the CA. */
+  serverUrl: string;
+  /** Per request, from connect to the end of the body. Default 30 s. */
+  timeoutMs?: number;
+}
+
+/** No legitimate answer is near this: a chain is ~2 KB. It bounds what a hostile server can send. */
+const MAX_BODY_BYTES = 1 << 20;
+
+/** OpenSSL verification results that mean "not the server we trust", not "could not connect". */
+const TLS_VERIFY_CODES = new Set([
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+export class CaClient implements NodeCaApi {
+  readonly serverUrl: string;
+  readonly #timeoutMs: number;
+  /**
+   * One keep-alive agent for every verified call. Node pools sockets per (host, ca, cert, key …),
+   * so a renewal with a new client certificate or a new bundle never reuses a socket set up with
+   * the old ones. Idle sockets are unref'd by the agent and do not keep the process alive.
+   */
+  readonly #agent = new Agent({ keepAlive: true, maxSockets: 4 });
+
+  constructor(opts: CaClientOptions) {
+    this.serverUrl = opts.serverUrl.replace(/\/+$/, '');
+    this.#timeoutMs = opts.timeoutMs ?? 30_000;
+  }
+
+  /**
+   * GET /v1/bundle over TLS WITHOUT verifying the server: the answer is untrusted until the caller
+   * has checked it against a pin. Nothing secret is sent on this connection.
+   */
+  async fetchBundleUnverified(): Promise<string> {
+    const res = await this.#send('GET', '/v1/bundle', { rejectUnauthorized: false, agent: false });
+    return res.body.toString('utf8');
+  }
+
+  /** GET /v1/bundle, verified against `trustBundlePem`. */
+  async fetchBundle(trustBundlePem: string): Promise<string> {
+    const res = await this.#send('GET', '/v1/bundle', { ca: trustBundlePem });
+    return res.body.toString('utf8');
+  }
+
+  async attest(p: AttestParams): Promise<Issuance> {
+    const res = await this.#send('POST', '/v1/attest', {
+      ca: p.trustBundlePem,
+      json: { method: 'join_token', token: p.token, csr: p.csrPem },
+    });
+    return parseIssuance(res.body);
+  }
+
+  async renew(p: RenewParams): Promise<Issuance> {
+    const res = await this.#send('POST', '/v1/renew', {
+      ca: p.trustBundlePem,
+      cert: p.certificateChainPem,
+      key: p.keyPem,
+      json: { csr: p.csrPem },
+    });
+    return parseIssuance(res.body);
+  }
+
+  /** Closes the pooled connections. */
+  close(): void {
+    this.#agent.destroy();
+  }
+
+  #send(
+    method: string,
+    path: string,
+    o: {
+      ca?: string;
+      cert?: string;
+      key?: string;
+      json?: unknown;
+      rejectUnauthorized?: boolean;
+      agent?: false;
+    },
+  ): Promise<{ status: number; headers: IncomingHttpHeaders; body: Buffer }> {
+    const body = o.json === undefined ? undefined : Buffer.from(JSON.stringify(o.json));
+    const url = `${this.serverUrl}${path}`;
+    return new Promise((resolve, reject) => {
+      const req = request(
+        url,
+        {
+          method,
+          headers: {
+            accept: o.json === undefined ? '*/*' : 'application/json',
+            ...(body ? { 'content-type': 'application/json', 'content-length': String(body.length) } : {}),
+          },
+          ca: o.ca,
+          cert: o.cert,
+          key: o.key,
+          rejectUnauthorized: o.rejectUnauthorized ?? true,
+          minVersion: 'TLSv1.2',
+          agent: o.agent ?? this.#agent,
+          timeout: this.#timeoutMs,
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          let size = 0;
+          res.on('data', (c: Buffer) => {
+            size += c.length;
+            if (size > MAX_BODY_BYTES) {
+              req.destroy(new CaClientError('ERR_SERVER_UNREACHABLE', `${url}: answer too large`));
+              return;
+            }
+            chunks.push(c);
+          });
+          res.on('error', (e) => reject(transportError(url, e)));
+          res.on('end', () => {
+            const status = res.statusCode ?? 0;
+            const buf = Buffer.concat(chunks);
+            if (status >= 200 && status < 300) resolve({ status, headers: res.headers, body: buf });
+            else reject(refusal(url, status, res.headers, buf));
+          });
+        },
+      );
+      // A whole-request deadline: the socket timeout alone would let a slow drip run forever.
+      const deadline = setTimeout(
+        () =>
+          req.destroy(
+            new CaClientError('ERR_SERVER_UNREACHABLE', `${url}: no answer in ${this.#timeoutMs} ms`),
+          ),
+        this.#timeoutMs,
+      );
+      deadline.unref();
+      req.on('close', () => clearTimeout(deadline));
+      req.on('timeout', () =>
+        req.destroy(
+          new CaClientError('ERR_SERVER_UNREACHABLE', `${url}: no answer in ${this.#timeoutMs} ms`),
+        ),
+      );
+      req.on('error', (e) => reject(transportError(url, e)));
+      req.end(body);
+    });
+  }
+}
+
+function transportError(url: string, e: unknown): CaClientError {
+  if (e instanceof CaClientError) return e;
+  const err = e as NodeJS.ErrnoException;
+  const code = String(err?.code ?? '');
+  if (TLS_VERIFY_CODES.has(code)) {
+    return new CaClientError(
+      'ERR_SERVER_UNTRUSTED',
+      `${url}: the server's certificate is not trusted (${code})`,
+      0,
+      undefined,
+      { cause: e },
+    );
+  }
+  return new CaClientError(
+    'ERR_SERVER_UNREACHABLE',
+    `cannot reach the CA at ${url}: ${err?.message ?? String(e)}`,
+    0,
+    undefined,
+    { cause: e },
+  );
+}
+
+function refusal(url: string, status: number, headers: IncomingHttpHeaders, body: Buffer): CaClientError {
+  let code = status >= 500 ? 'ERR_CA_UNAVAILABLE' : 'ERR_BAD_REQUEST';
+  let message = `${url}: HTTP ${status}`;
+  try {
+    const e = (JSON.parse(body.toString('utf8')) as { error?: { code?: unknown; message?: unknown } }).error;
+    if (typeof e?.code === 'string' && /^ERR_[A-Z0-9_]+$/.test(e.code)) code = e.code;
+    if (typeof e?.message === 'string') message = e.message.slice(0, 300);
+  } catch {
+    // Not our JSON error body (a proxy page, say): keep the status line.
+  }
+  return new CaClientError(code, message, status, retryAfterMs(headers['retry-after']));
+}
+
+/** RFC 9110 §10.2.3: delay-seconds or an HTTP-date. Only the seconds form is relative to our clock. */
+function retryAfterMs(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  if (/^\d+$/.test(value.trim())) return Number(value.trim()) * 1000;
+  const at = Date.parse(value);
+  return Number.isFinite(at) ? Math.max(0, at - Date.now()) : undefined;
+}
+
+function parseIssuance(body: Buffer): Issuance {
+  let j: Record<string, unknown>;
+  try {
+    j = JSON.parse(body.toString('utf8')) as Record<string, unknown>;
+  } catch {
+    throw new CaClientError('ERR_BAD_RESPONSE', 'the CA answered with something that is not JSON');
+  }
+  const str = (k: string): string => {
+    const v = j[k];
+    if (typeof v !== 'string' || v === '')
+      throw new CaClientError('ERR_BAD_RESPONSE', `the CA's answer lacks "${k}"`);
+    return v;
+  };
+  const date = (k: string): Date => {
+    const d = new Date(str(k));
+    if (!Number.isFinite(d.getTime()))
+      throw new CaClientError('ERR_BAD_RESPONSE', `the CA's answer has a bad "${k}"`);
+    return d;
+  };
+  const spiffeId = str('spiffe_id');
+  return {
+    spiffeId,
+    serial: str('serial'),
+    certificateChainPem: str('certificate_chain'),
+    bundlePem: str('bundle'),
+    expiresAt: date('expires_at'),
+    refreshAt: date('refresh_at'),
+    nodeId: typeof j.node_id === 'string' ? j.node_id : nodeIdOf(spiffeId),
+  };
+}
+
+/** `spiffe://<td>/node/<id>` → `<id>` (CONTRACT "Certificate profile"). */
+export function nodeIdOf(spiffeId: string): string {
+  const m = /^spiffe:\/\/[^/]+\/node\/([^/]+)$/.exec(spiffeId);
+  return m?.[1] ?? '';
+}
+
+/** GET `<serverUrl>/v1/bundle` without verifying the server (see CaClient.fetchBundleUnverified). */
+export function fetchBundleUnverified(serverUrl: string, opts: { timeoutMs?: number } = {}): Promise<string> {
+  return new CaClient({ serverUrl, timeoutMs: opts.timeoutMs }).fetchBundleUnverified();
+}

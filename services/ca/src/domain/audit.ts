@@ -1,0 +1,118 @@
+import { createHash } from 'node:crypto';
+import type { AuditEvent, AuditRecord, AuditRepository } from './ports';
+
+/**
+ * The tamper-evident audit log. Each security event is appended inside the transaction of the
+ * action it records (so an action and its record land together); a sealer then chains sealed rows:
+ *   hash(n) = SHA-256(prev_hash(n) || canonical JSON of row n, its id and seal_seq included)
+ * Changing, removing or reordering a sealed row breaks the chain at that row. One sealer runs at a
+ * time across replicas (an advisory lock), so the chain is total without a lock on the hot path.
+ */
+
+/** JSON with object keys sorted at every level, so the hash does not depend on key order. */
+export function canonicalJson(v: unknown): string {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v ?? null);
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  const entries = Object.entries(v as Record<string, unknown>)
+    .filter(([, x]) => x !== undefined)
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return `{${entries.map(([key, x]) => `${JSON.stringify(key)}:${canonicalJson(x)}`).join(',')}}`;
+}
+
+export function auditHash(row: Omit<AuditRecord, 'prevHash' | 'hash'>, prevHash: Buffer | null): Buffer {
+  const content = canonicalJson({
+    id: row.id,
+    seal_seq: row.sealSeq,
+    at: row.at.toISOString(),
+    event: row.event,
+    actor: row.actor,
+    source: row.source,
+    subject: row.subject,
+    outcome: row.outcome,
+    details: row.details,
+  });
+  return createHash('sha256')
+    .update(prevHash ?? Buffer.alloc(32))
+    .update(content, 'utf8')
+    .digest();
+}
+
+export type AuditVerdict =
+  | { ok: true; rows: number }
+  | {
+      ok: false;
+      rows: number;
+      rowId: number | null;
+      sealSeq: number;
+      problem: 'changed' | 'removed' | 'reordered';
+    };
+
+/**
+ * Walks sealed rows in chain order and names the first row that was changed, removed or reordered.
+ * Rows arrive in pages; call `check` for each and `result` at the end.
+ */
+export function auditVerifier() {
+  let expectedSeq = 1;
+  let prev: Buffer | null = null;
+  let rows = 0;
+  let failure: AuditVerdict | null = null;
+  return {
+    check(row: AuditRecord): boolean {
+      if (failure) return false;
+      rows += 1;
+      const seq = row.sealSeq ?? -1;
+      if (seq > expectedSeq) {
+        failure = { ok: false, rows, rowId: row.id, sealSeq: expectedSeq, problem: 'removed' };
+        return false;
+      }
+      const linkOk =
+        (row.prevHash === null && prev === null) ||
+        (row.prevHash !== null && prev !== null && row.prevHash.equals(prev));
+      const recomputed = auditHash(row, row.prevHash);
+      if (!row.hash || !recomputed.equals(row.hash)) {
+        failure = { ok: false, rows, rowId: row.id, sealSeq: seq, problem: 'changed' };
+        return false;
+      }
+      if (!linkOk || seq !== expectedSeq) {
+        failure = { ok: false, rows, rowId: row.id, sealSeq: seq, problem: 'reordered' };
+        return false;
+      }
+      prev = row.hash;
+      expectedSeq += 1;
+      return true;
+    },
+    result(): AuditVerdict {
+      return failure ?? { ok: true, rows };
+    },
+  };
+}
+
+export const SEAL_BATCH = 5000;
+
+/** Seals everything unsealed now (called periodically and before verification). */
+export async function sealAudit(audit: AuditRepository): Promise<number> {
+  let total = 0;
+  for (;;) {
+    const n = await audit.seal(SEAL_BATCH, auditHash);
+    total += n;
+    if (n < SEAL_BATCH) return total;
+  }
+}
+
+export interface AuditContext {
+  actor: string;
+  source: string | null;
+}
+
+export const SYSTEM_ACTOR: AuditContext = { actor: 'system', source: null };
+
+export function auditEvent(
+  ctx: AuditContext,
+  at: Date,
+  event: string,
+  subject: string | null,
+  outcome: AuditEvent['outcome'],
+  details: Record<string, unknown> = {},
+): AuditEvent {
+  return { at, event, actor: ctx.actor, source: ctx.source, subject, outcome, details };
+}

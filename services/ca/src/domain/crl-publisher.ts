@@ -1,0 +1,72 @@
+import { buildCrl } from '../pki/crl';
+import type { Clock } from './clock';
+import type { Keyring, SigningCa } from './keyring';
+import type { CrlRecord, Storage } from './ports';
+
+export interface CrlDeps {
+  clock: Clock;
+  storage: Storage;
+  keyring: Keyring;
+  /** thisUpdate → nextUpdate (default 1h). */
+  nextUpdateMs: number;
+}
+
+/**
+ * Publishes the CRL of one CA (RFC 5280 §5): v2, a CRL number from the shared sequence (only
+ * grows, unique across replicas), AKI, thisUpdate/nextUpdate. Revoked certificates stay listed
+ * until they expire, then drop off. One builder at a time across replicas (an advisory lock);
+ * thisUpdate never goes backwards, even if this replica's clock does.
+ * `force: false` skips the build when the latest CRL is still fresh (another replica just built).
+ */
+export async function publishCrl(
+  deps: CrlDeps,
+  ca: SigningCa,
+  opts: { force: boolean },
+): Promise<CrlRecord | null> {
+  return deps.storage.transaction(async (tx) => {
+    await tx.crls.lockBuilder();
+    const now = deps.clock.now();
+    const prev = await tx.crls.latest(ca.record.id);
+    if (!opts.force && prev && !isStale(prev, now, deps.nextUpdateMs)) return null;
+    const thisUpdate = new Date(Math.max(now.getTime(), prev?.thisUpdate.getTime() ?? 0));
+    const nextUpdate = new Date(thisUpdate.getTime() + deps.nextUpdateMs);
+    const entries = await tx.revocations.revokedForCa(ca.record.id, now);
+    const crlNumber = await tx.crls.nextNumber();
+    const der = buildCrl({
+      issuer: { name: ca.subjectName, keyId: ca.keyId, signer: ca.template.signer },
+      crlNumber,
+      thisUpdate,
+      nextUpdate,
+      entries,
+    });
+    const record: CrlRecord = {
+      caId: ca.record.id,
+      crlNumber,
+      thisUpdate,
+      nextUpdate,
+      entries: entries.length,
+      der,
+    };
+    await tx.crls.insert(record);
+    return record;
+  });
+}
+
+/** A CRL is rebuilt once half of its validity has passed, well before nextUpdate. */
+export function isStale(crl: CrlRecord, now: Date, nextUpdateMs: number): boolean {
+  return now.getTime() >= crl.thisUpdate.getTime() + nextUpdateMs / 2;
+}
+
+/** CAs that need a CRL: every root, and every intermediate that has not expired. */
+export function crlIssuers(keyring: Keyring, now: Date): SigningCa[] {
+  return keyring.all.filter((c) => c.record.kind === 'root' || c.record.notAfter.getTime() > now.getTime());
+}
+
+export async function publishAllCrls(deps: CrlDeps, opts: { force: boolean }): Promise<CrlRecord[]> {
+  const out: CrlRecord[] = [];
+  for (const ca of crlIssuers(deps.keyring, deps.clock.now())) {
+    const crl = await publishCrl(deps, ca, opts);
+    if (crl) out.push(crl);
+  }
+  return out;
+}

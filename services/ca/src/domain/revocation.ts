@@ -1,0 +1,90 @@
+import { REVOCATION_REASONS } from '../pki/crl';
+import { type AuditContext, auditEvent } from './audit';
+import type { Clock } from './clock';
+import { BatonError } from './errors';
+import type { RevocationEvent, Storage } from './ports';
+
+export interface RevocationDeps {
+  clock: Clock;
+  storage: Storage;
+}
+
+export interface RevocationResult {
+  event: RevocationEvent;
+  serials: string[];
+}
+
+/**
+ * `baton node revoke`: in one transaction, mark the node revoked (no renewal, no workload SVID, no
+ * attestation under its bound name), revoke every unexpired certificate of the node and every
+ * workload certificate issued through it, spend its unused bound tokens, record a revocation event
+ * for the feed and an audit row. The caller then publishes new CRLs.
+ */
+export async function revokeNode(
+  deps: RevocationDeps,
+  p: { nodeId: string; reason?: number; audit: AuditContext },
+): Promise<RevocationResult> {
+  const reason = p.reason ?? REVOCATION_REASONS.unspecified;
+  return deps.storage.transaction(async (tx) => {
+    const now = deps.clock.now();
+    const node = await tx.nodes.lockById(p.nodeId);
+    if (!node) throw new BatonError('ERR_NOT_FOUND', 'no such node');
+    if (node.status === 'revoked') throw new BatonError('ERR_CONFLICT', 'the node is already revoked');
+    await tx.nodes.markRevoked(node.id, now, reason);
+    const serials = await tx.revocations.revokeCertificates({ nodeId: node.id }, now, reason);
+    const tokens = await tx.tokens.spendBoundTo(node.id);
+    const event = await tx.revocations.appendEvent({
+      kind: 'node',
+      nodeId: node.id,
+      serials,
+      reason,
+      actor: p.audit.actor,
+      createdAt: now,
+    });
+    await tx.audit.append(
+      auditEvent(p.audit, now, 'node.revoked', `node/${node.id}`, 'success', {
+        reason,
+        certificates: serials.length,
+        tokens_spent: tokens,
+        event: event.id,
+      }),
+    );
+    return { event, serials };
+  });
+}
+
+/** `baton cert revoke SERIAL`: one certificate (any kind), with an RFC 5280 reason. */
+export async function revokeCertificate(
+  deps: RevocationDeps,
+  p: { serial: string; reason?: number; audit: AuditContext },
+): Promise<RevocationResult> {
+  const reason = p.reason ?? REVOCATION_REASONS.unspecified;
+  const serial = p.serial.toLowerCase();
+  if (!/^[0-9a-f]{2,40}$/.test(serial))
+    throw new BatonError('ERR_BAD_REQUEST', 'serial: hexadecimal, at most 20 bytes');
+  return deps.storage.transaction(async (tx) => {
+    const now = deps.clock.now();
+    const cert = await tx.certificates.lockBySerial(serial);
+    if (!cert) throw new BatonError('ERR_NOT_FOUND', 'no such certificate');
+    if (cert.status === 'revoked') throw new BatonError('ERR_CONFLICT', 'the certificate is already revoked');
+    if (cert.notAfter.getTime() <= now.getTime())
+      throw new BatonError('ERR_CONFLICT', 'the certificate has already expired');
+    const serials = await tx.revocations.revokeCertificates({ serial }, now, reason);
+    const event = await tx.revocations.appendEvent({
+      kind: 'certificate',
+      nodeId: cert.nodeId,
+      serials,
+      reason,
+      actor: p.audit.actor,
+      createdAt: now,
+    });
+    await tx.audit.append(
+      auditEvent(p.audit, now, 'certificate.revoked', cert.spiffeId, 'success', {
+        serial,
+        reason,
+        event: event.id,
+      }),
+    );
+    return { event, serials };
+  });
+}

@@ -1,0 +1,138 @@
+import { Router } from 'express';
+import type { AuditContext } from '../../domain/audit';
+import { crlIssuers } from '../../domain/crl-publisher';
+import { BatonError } from '../../domain/errors';
+import type { RevocationEvent } from '../../domain/ports';
+import { revokeCertificate, revokeNode } from '../../domain/revocation';
+import { parseRevocationReason, revocationReasonName } from '../../pki/crl';
+import type { AppDeps } from '../app';
+import { type AdminIdentity, authenticateNode, requireAdmin } from '../authorization';
+import { peerCertificate } from '../peer-cert';
+import { renderCertificate } from '../render';
+import { body, optionalString } from '../validate';
+
+export function renderEvent(e: RevocationEvent) {
+  return {
+    id: e.id,
+    kind: e.kind,
+    node_id: e.nodeId,
+    serials: e.serials,
+    reason: revocationReasonName(e.reason) ?? 'unspecified',
+    at: e.createdAt.toISOString(),
+  };
+}
+
+/** Revocation for admins, and the revocation feed for nodes and workloads. */
+export function revocationRoutes(deps: AppDeps): Router {
+  const r = Router();
+  const auth = { clock: deps.clock, repos: deps.storage, trustDomain: deps.installation.trustDomain };
+  const auditOf = (req: { socket: { remoteAddress?: string } }, admin: AdminIdentity): AuditContext => ({
+    actor: admin.spiffeId,
+    source: req.socket.remoteAddress ?? null,
+  });
+  const reasonOf = (b: Record<string, unknown>) => {
+    const text = optionalString(b, 'reason', 64);
+    return text === undefined ? undefined : parseRevocationReason(text);
+  };
+
+  r.post(
+    '/v1/admin/nodes/:id/revoke',
+    requireAdmin(auth, 'POST /v1/admin/nodes/:id/revoke'),
+    async (req, res) => {
+      const result = await revokeNode(
+        { clock: deps.clock, storage: deps.storage },
+        {
+          nodeId: String(req.params.id),
+          reason: reasonOf(body(req)),
+          audit: auditOf(req, res.locals.admin as AdminIdentity),
+        },
+      );
+      await deps.afterRevocation();
+      res.json({
+        node_id: req.params.id,
+        revoked_certificates: result.serials,
+        event: renderEvent(result.event),
+      });
+    },
+  );
+
+  r.post(
+    '/v1/admin/certificates/:serial/revoke',
+    requireAdmin(auth, 'POST /v1/admin/certificates/:serial/revoke'),
+    async (req, res) => {
+      const result = await revokeCertificate(
+        { clock: deps.clock, storage: deps.storage },
+        {
+          serial: String(req.params.serial),
+          reason: reasonOf(body(req)),
+          audit: auditOf(req, res.locals.admin as AdminIdentity),
+        },
+      );
+      await deps.afterRevocation();
+      res.json({ revoked_certificates: result.serials, event: renderEvent(result.event) });
+    },
+  );
+
+  r.get('/v1/admin/certificates', requireAdmin(auth, 'GET /v1/admin/certificates'), async (req, res) => {
+    const now = deps.clock.now();
+    const status = req.query.status === undefined ? undefined : String(req.query.status);
+    if (status !== undefined && !['valid', 'revoked', 'expired', 'superseded'].includes(status)) {
+      throw new BatonError('ERR_BAD_REQUEST', 'status: one of valid, revoked, expired, superseded');
+    }
+    const certs = await deps.storage.certificates.list({
+      nodeId: req.query.node === undefined ? undefined : String(req.query.node),
+      status: status === 'expired' ? undefined : (status as 'valid' | 'revoked' | 'superseded' | undefined),
+      expiredAt: status === 'expired' ? now : undefined,
+      validAt: status === 'valid' ? now : undefined,
+      limit: 10_000,
+    });
+    res.json({ certificates: certs.map((c) => renderCertificate(c, now)) });
+  });
+
+  r.get('/v1/admin/crls', requireAdmin(auth, 'GET /v1/admin/crls'), async (_req, res) => {
+    const now = deps.clock.now();
+    const kr = deps.keyring();
+    const out = [];
+    for (const ca of crlIssuers(kr, now)) {
+      const crl = await deps.crls.current(ca.record.id);
+      const revoked = await deps.storage.revocations.revokedForCa(ca.record.id, crl.thisUpdate);
+      out.push({
+        ca_id: ca.record.id,
+        issuer: ca.record.kind,
+        crl_number: crl.crlNumber.toString(),
+        this_update: crl.thisUpdate.toISOString(),
+        next_update: crl.nextUpdate.toISOString(),
+        entries: crl.entries,
+        revoked: revoked.map((e) => ({
+          serial: e.serial,
+          revoked_at: e.revokedAt.toISOString(),
+          reason: revocationReasonName(e.reason) ?? 'unspecified',
+        })),
+      });
+    }
+    res.json({ crls: out });
+  });
+
+  // CONTRACT: node mTLS. Workload SVIDs may follow the feed too: revocations are public (the CRL
+  // is unauthenticated), and a library-based service holds a workload identity, not a node's.
+  r.get('/v1/revocations', async (req, res) => {
+    const peer = peerCertificate(req);
+    if (peer.spiffeId.startsWith(`spiffe://${deps.installation.trustDomain}/node/`))
+      await authenticateNode(auth, req);
+    else {
+      const rec = await deps.storage.certificates.findBySerial(peer.serial);
+      if (!rec || rec.kind !== 'workload' || rec.status !== 'valid')
+        throw new BatonError('ERR_NOT_AUTHORIZED', 'a current node or workload certificate is required');
+    }
+    const since = req.query.since === undefined ? 0 : Number(req.query.since);
+    if (!Number.isSafeInteger(since) || since < 0)
+      throw new BatonError('ERR_BAD_REQUEST', 'since: a non-negative integer');
+    const wait = req.query.wait === undefined ? 30 : Number(req.query.wait);
+    if (!Number.isFinite(wait) || wait < 0 || wait > 30)
+      throw new BatonError('ERR_BAD_REQUEST', 'wait: 0 to 30 seconds');
+    const events = await deps.feed.wait(since, wait * 1000);
+    const last = events.length ? events[events.length - 1]!.id : since;
+    res.json({ events: events.map(renderEvent), last });
+  });
+  return r;
+}

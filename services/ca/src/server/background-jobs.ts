@@ -1,0 +1,40 @@
+import type { Logger } from 'pino';
+import { sealAudit } from '../domain/audit';
+import type { AuditRepository } from '../domain/ports';
+import { F } from '../log-fields';
+import type { CrlService } from './crl-service';
+
+export interface BackgroundJobs {
+  /** Runs every job once now (tests, and right after start). */
+  runOnce(): Promise<void>;
+  stop(): void;
+}
+
+/**
+ * Work every replica does on a timer; each job is safe to run on several replicas at once because
+ * the database serializes it (advisory locks): rebuild CRLs before nextUpdate even when nothing
+ * changed, and seal new audit rows into the hash chain.
+ */
+export function startBackgroundJobs(p: {
+  crls: CrlService;
+  audit: AuditRepository;
+  log: Logger;
+  intervalMs: number;
+}): BackgroundJobs {
+  let running = false;
+  const runOnce = async () => {
+    if (running) return;
+    running = true;
+    try {
+      await p.crls.refreshStale();
+      await sealAudit(p.audit);
+    } catch (err) {
+      p.log.warn({ [F.err]: err }, 'Background job failed');
+    } finally {
+      running = false;
+    }
+  };
+  const timer = setInterval(() => void runOnce(), p.intervalMs);
+  timer.unref();
+  return { runOnce, stop: () => clearInterval(timer) };
+}

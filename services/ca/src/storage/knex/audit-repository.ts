@@ -1,0 +1,110 @@
+import type { Knex } from 'knex';
+import type { AuditRecord, AuditRepository } from '../../domain/ports';
+import { db, toBuffer } from './db-errors';
+
+interface AuditRow {
+  id: string | number;
+  at: Date;
+  event: string;
+  actor: string;
+  source: string | null;
+  subject: string | null;
+  outcome: 'success' | 'failure';
+  details: Record<string, unknown> | string;
+  seal_seq: string | number | null;
+  prev_hash: Uint8Array | null;
+  hash: Uint8Array | null;
+}
+
+const toRecord = (r: AuditRow): AuditRecord => ({
+  id: Number(r.id),
+  at: new Date(r.at),
+  event: r.event,
+  actor: r.actor,
+  source: r.source,
+  subject: r.subject,
+  outcome: r.outcome,
+  details: typeof r.details === 'string' ? (JSON.parse(r.details) as Record<string, unknown>) : r.details,
+  sealSeq: r.seal_seq === null ? null : Number(r.seal_seq),
+  prevHash: r.prev_hash ? toBuffer(r.prev_hash) : null,
+  hash: r.hash ? toBuffer(r.hash) : null,
+});
+
+/** One sealer at a time across replicas (pg_advisory_xact_lock, released at commit). */
+const AUDIT_SEAL_LOCK = 0x61756474; // "audt"
+
+export function knexAuditRepository(k: Knex | Knex.Transaction): AuditRepository {
+  const inTx = <T>(fn: (trx: Knex.Transaction) => Promise<T>) =>
+    k.isTransaction ? fn(k as Knex.Transaction) : k.transaction(fn);
+  return {
+    append: (e) =>
+      db(async () => {
+        await k('audit_log').insert({
+          at: e.at,
+          event: e.event,
+          actor: e.actor,
+          source: e.source,
+          subject: e.subject,
+          outcome: e.outcome,
+          details: JSON.stringify(e.details),
+        });
+      }),
+    seal: (limit, hashOf) =>
+      db(() =>
+        inTx(async (trx) => {
+          await trx.raw('select pg_advisory_xact_lock(?)', [AUDIT_SEAL_LOCK]);
+          const head = (await trx('audit_log')
+            .whereNotNull('seal_seq')
+            .orderBy('seal_seq', 'desc')
+            .first()) as AuditRow | undefined;
+          const rows = (await trx('audit_log')
+            .whereNull('seal_seq')
+            .orderBy('id')
+            .limit(limit)) as AuditRow[];
+          if (rows.length === 0) return 0;
+          let seq = head ? Number(head.seal_seq) : 0;
+          let prev = head?.hash ? toBuffer(head.hash) : null;
+          const values: unknown[] = [];
+          for (const row of rows) {
+            seq += 1;
+            const rec = { ...toRecord(row), sealSeq: seq };
+            const hash = hashOf(rec, prev);
+            values.push(Number(row.id), seq, prev, hash);
+            prev = hash;
+          }
+          const tuples = rows.map(() => '(?::bigint, ?::bigint, ?::bytea, ?::bytea)').join(', ');
+          await trx.raw(
+            `update audit_log a set seal_seq = v.seq, prev_hash = v.prev, hash = v.hash
+             from (values ${tuples}) as v(id, seq, prev, hash) where a.id = v.id`,
+            values as Knex.RawBinding[],
+          );
+          return rows.length;
+        }),
+      ),
+    list: (f) =>
+      db(async () => {
+        const q = k('audit_log')
+          .orderBy('id', 'desc')
+          .limit(Math.min(f.limit ?? 100, 10_000));
+        if (f.actor) q.where('actor', f.actor);
+        if (f.subject) q.where('subject', f.subject);
+        if (f.event) q.where('event', f.event);
+        if (f.since) q.where('at', '>=', f.since);
+        if (f.until) q.where('at', '<', f.until);
+        return ((await q) as AuditRow[]).map(toRecord);
+      }),
+    sealedAfter: (after, limit) =>
+      db(async () =>
+        (
+          (await k('audit_log').where('seal_seq', '>', after).orderBy('seal_seq').limit(limit)) as AuditRow[]
+        ).map(toRecord),
+      ),
+    countUnsealed: () =>
+      db(async () => {
+        const row = (await k('audit_log').whereNull('seal_seq').count('* as n').first()) as
+          | { n: string | number }
+          | undefined;
+        return Number(row?.n ?? 0);
+      }),
+  };
+}
