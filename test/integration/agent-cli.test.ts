@@ -47,7 +47,10 @@ describeEachBackend('baton agent (CLI)', (backend: Backend) => {
     const r = baton(['agent', '--server', server.url, '--token', t, '--dir', node, '--once'], env);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/^attested node [a-z2-7]{16} \(serial [0-9a-f]+, refresh at \S+Z\)\n$/);
+    expect(r.stdout).toMatch(
+      /^attested node [a-z2-7]{16} \(serial [0-9a-f]+, refresh at \S+Z\)\ncrl updated \(2 CRLs\)\n$/,
+    );
+    expect(readFileSync(join(node, 'crl.pem'), 'utf8')).toMatch(/^-----BEGIN X509 CRL-----\n/);
     expect(statSync(join(node, 'node', 'key.pem')).mode & 0o777).toBe(0o600);
     expect(readFileSync(join(node, 'node', 'cert.pem'), 'utf8').match(/BEGIN CERTIFICATE/g)).toHaveLength(2);
     expect(readFileSync(join(node, 'bundle.pem'), 'utf8')).toBe(
@@ -85,7 +88,56 @@ describeEachBackend('baton agent (CLI)', (backend: Backend) => {
       spiffe_id: expect.stringMatching(/^spiffe:\/\/agent\.example\.org\/node\/[a-z2-7]{16}$/),
       expires_at: expect.any(String),
       refresh_at: expect.any(String),
+      workloads: [],
+      crl: { action: 'updated', crls: 2 },
     });
+  });
+
+  it('--once keeps the workload SVIDs of the entries parented to the node: one line each, or JSON', () => {
+    const node = join(dir.path, 'node-workloads');
+    const first = baton(['agent', '--server', server.url, '--token', token(), '--dir', node, '--once'], env);
+    expect(first.status).toBe(0);
+    const id = /^attested node ([a-z2-7]{16})/.exec(first.stdout)![1]!;
+    const admin = ['--server', server.url, '--admin-dir', join(dataDir, 'admin')];
+    const created = baton(
+      [
+        'entry',
+        'create',
+        '--name',
+        'web',
+        '--spiffe-id',
+        'spiffe://agent.example.org/web',
+        '--parent',
+        id,
+        ...admin,
+      ],
+      env,
+    );
+    expect(created.status).toBe(0);
+
+    const r = baton(['agent', '--server', server.url, '--dir', node, '--once'], env);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(
+      new RegExp(
+        `^nothing due until \\S+Z \\(node ${id}, serial [0-9a-f]+\\)\\nissued workload web \\(spiffe://agent\\.example\\.org/web, serial [0-9a-f]+, refresh at \\S+Z\\)\\n$`,
+      ),
+    );
+    expect(statSync(join(node, 'workloads', 'web', 'key.pem')).mode & 0o777).toBe(0o600);
+    expect(
+      readFileSync(join(node, 'workloads', 'web', 'cert.pem'), 'utf8').match(/BEGIN CERTIFICATE/g),
+    ).toHaveLength(2);
+
+    expect(baton(['entry', 'delete', 'web', ...admin], env).status).toBe(0);
+    const removed = baton(['agent', '--server', server.url, '--dir', node, '--once', '--json'], env);
+    expect(removed.status).toBe(0);
+    expect(JSON.parse(removed.stdout)).toMatchObject({
+      action: 'none',
+      node_id: id,
+      workloads: [{ name: 'web', action: 'removed' }],
+      crl: { action: 'unchanged' },
+    });
+    expect(existsSync(join(node, 'workloads', 'web'))).toBe(false);
   });
 
   const empty = join(dir.path, 'empty');
@@ -135,12 +187,46 @@ describeEachBackend('baton agent (CLI)', (backend: Backend) => {
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     for (let i = 0; i < 300 && !/next renewal at/.test(out); i++) await new Promise((r) => setTimeout(r, 50));
     expect(out).toMatch(
-      /^attested node [a-z2-7]{16} \(serial [0-9a-f]+, refresh at \S+\)\nnext renewal at \S+Z\n$/,
+      /^attested node [a-z2-7]{16} \(serial [0-9a-f]+, refresh at \S+\)\ncrl updated \(2 CRLs\)\nnext renewal at \S+Z\n$/,
     );
     expect(child.exitCode).toBeNull();
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
     expect(err).toBe('');
     expect(existsSync(join(node, 'node', 'key.pem'))).toBe(true);
+  });
+
+  it('the daemon stops on a node revocation from the feed: exit 1 with one line; --once then reports it', async () => {
+    const node = join(dir.path, 'node-revoked');
+    const child = spawn(process.execPath, [BIN, 'agent', '--server', server.url, '--dir', node], {
+      env: cliEnv({ ...env, BATON_TOKEN: token() }),
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    try {
+      for (let i = 0; i < 300 && !/next renewal at/.test(out); i++)
+        await new Promise((r) => setTimeout(r, 50));
+      const id = /^attested node ([a-z2-7]{16})/.exec(out)![1]!;
+      // Let the agent reach its long-poll, then revoke the node.
+      await new Promise((r) => setTimeout(r, 500));
+      const admin = ['--server', server.url, '--admin-dir', join(dataDir, 'admin')];
+      expect(baton(['node', 'revoke', id, '--reason', 'key-compromise', ...admin], env).status).toBe(0);
+      expect(await exited).toBe(1);
+      expect(err).toMatch(
+        /^baton: this node has been revoked \(revocation event \d+, reason key-compromise, at \S+Z\): the agent stops renewing \(ERR_NODE_REVOKED\)\n$/,
+      );
+      expect(out).toMatch(/crl updated \(2 CRLs\)\n$/);
+
+      const once = baton(['agent', '--server', server.url, '--dir', node, '--once'], env);
+      expect(once.status).toBe(1);
+      expect(once.stderr).toMatch(
+        /^baton: workloads: .*has been revoked: the agent stops renewing \(ERR_(NODE|CERT)_REVOKED\)\n$/,
+      );
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
   });
 });

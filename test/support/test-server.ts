@@ -69,7 +69,7 @@ export async function startTestServer(
   });
   await storage.cas.initialize(installation, [root.record, inter.record]);
   const keyring = loadKeyring([root.record, inter.record], kek, installation.publicUrl);
-  const ca: OpenCa = { knex: db.knex, storage, installation, keyring };
+  const ca: OpenCa = { knex: db.knex, storage, installation, keyring, kek };
   const config = loadServerConfig(
     { listen: '127.0.0.1:0', ...opts.serverFlags },
     // Background jobs run when a test says so (running.jobs.runOnce()), never on a timer.

@@ -1,4 +1,4 @@
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -28,3 +28,22 @@ export function opensslText(pem: string): string {
 }
 
 export const hasTool = (cmd: string): boolean => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+
+/**
+ * Like `run`, without blocking the event loop: for tools that talk to a server running in this
+ * test process (a spawnSync there would deadlock).
+ */
+export function runAsync(
+  cmd: string,
+  args: string[],
+  input?: string,
+): Promise<{ status: number; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args);
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    child.on('close', (code) => resolve({ status: code ?? -1, out }));
+    child.stdin.end(input ?? '');
+  });
+}

@@ -1,7 +1,8 @@
 /**
  * A minimal DER reader (X.690 §8.1): just enough to walk a certificate to its subject and its
- * extensions. node:crypto prints subjectAltName as one comma-joined string, which cannot be split
- * reliably (a DNS name may itself contain ", URI:"), so the SVID checks read the DER instead. The
+ * extensions. node:crypto gives subjectAltName as one comma-joined string whose escaping has changed
+ * between versions (CVE-2021-44532: a DNS name could carry ", URI:…"), so the SVID checks count
+ * URI SANs in the DER instead. The
  * client keeps its own reader rather than importing the CA's: clients/ must not depend on services/.
  */
 

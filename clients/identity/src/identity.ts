@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { type FSWatcher, watch as fsWatch } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { type IdentityError, isIdentityError } from './errors';
 import {
   type IdentityPaths,
@@ -102,7 +103,9 @@ export class Identity extends EventEmitter<IdentityEvents> {
         return new Identity(paths, verifyIdentity(readIdentityFiles(paths), o.clock.now()), o);
       } catch (e) {
         if (i >= attempts || !isIdentityError(e)) throw e;
-        await new Promise<void>((resolve) => o.timers.setTimeout(resolve, o.retryMs));
+        // A ref'd timer, unlike the watch timers: a service awaiting its first identity has
+        // nothing else keeping it alive yet.
+        await sleep(o.retryMs);
       }
     }
   }
@@ -158,6 +161,8 @@ export class Identity extends EventEmitter<IdentityEvents> {
     this.#watching = true;
     if (this.#o.fsWatch) this.#startFsWatch();
     this.#schedulePoll();
+    // The files may have changed between the load and now: look once right away.
+    this.#scheduleCheck(0, false);
     return this;
   }
 

@@ -130,8 +130,12 @@ export function bindServer(server: TlsServer, identity: Identity, opts: ServerAu
       peers.set(socket, authorizePeer(cert, opts.authorize));
     } catch (e) {
       const err = isIdentityError(e) ? e : new IdentityError('ERR_PEER_UNVERIFIED', String(e));
-      opts.onRefused?.(err, socket);
-      socket.destroy();
+      try {
+        opts.onRefused?.(err, socket);
+      } finally {
+        // Whatever the hook does, the connection goes.
+        socket.destroy();
+      }
     }
   };
   const onRotated = (current: IdentitySnapshot): void =>

@@ -1,5 +1,19 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { Agent, request } from 'node:https';
+import {
+  type AgentCaApi,
+  type CrlFetch,
+  type FetchCrlParams,
+  type NodeCredential,
+  parseCrlPem,
+  parseEntries,
+  parseRevocationPage,
+  type RevocationPage,
+  type RevocationsParams,
+  type WorkloadEntry,
+  type WorkloadIssuance,
+  type WorkloadSvidParams,
+} from './agent-api';
 
 /**
  * A small HTTPS JSON client for the node side of the CA API (CONTRACT "HTTP API"). The server is
@@ -86,7 +100,7 @@ const TLS_VERIFY_CODES = new Set([
   'ERR_TLS_CERT_ALTNAME_INVALID',
 ]);
 
-export class CaClient implements NodeCaApi {
+export class CaClient implements AgentCaApi {
   readonly serverUrl: string;
   readonly #timeoutMs: number;
   /**
@@ -134,6 +148,48 @@ export class CaClient implements NodeCaApi {
     return parseIssuance(res.body);
   }
 
+  /** GET /v1/entries over node mTLS: the entries parented to this node. */
+  async listEntries(p: NodeCredential): Promise<WorkloadEntry[]> {
+    const res = await this.#send('GET', '/v1/entries', mtls(p));
+    return parseEntries(res.body);
+  }
+
+  /** POST /v1/workload-svids over node mTLS: an SVID of one of this node's entries. */
+  async issueWorkloadSvid(p: WorkloadSvidParams): Promise<WorkloadIssuance> {
+    const res = await this.#send('POST', '/v1/workload-svids', {
+      ...mtls(p),
+      json: { spiffe_id: p.spiffeId, csr: p.csrPem },
+    });
+    const { nodeId: _, ...issued } = parseIssuance(res.body);
+    return issued;
+  }
+
+  /** GET /v1/crl.pem (unauthenticated, the server verified), conditional on `etag`. */
+  async fetchCrlPem(p: FetchCrlParams): Promise<CrlFetch> {
+    const res = await this.#send('GET', '/v1/crl.pem', {
+      ca: p.trustBundlePem,
+      headers: p.etag ? { 'if-none-match': p.etag } : undefined,
+      notModified: true,
+    });
+    if (res.status === 304) return { changed: false };
+    const etag = res.headers.etag;
+    return { changed: true, pem: parseCrlPem(res.body.toString('utf8')), etag: etag || undefined };
+  }
+
+  /**
+   * GET /v1/revocations?since=N&wait=S over node mTLS: a long-poll, so the deadline is the wait
+   * plus the usual timeout.
+   */
+  async revocations(p: RevocationsParams): Promise<RevocationPage> {
+    const wait = Math.min(30, Math.max(0, Math.floor(p.waitSeconds)));
+    const res = await this.#send('GET', `/v1/revocations?since=${p.since}&wait=${wait}`, {
+      ...mtls(p),
+      timeoutMs: this.#timeoutMs + wait * 1000,
+      signal: p.signal,
+    });
+    return parseRevocationPage(res.body);
+  }
+
   /** Closes the pooled connections. */
   close(): void {
     this.#agent.destroy();
@@ -149,10 +205,16 @@ export class CaClient implements NodeCaApi {
       json?: unknown;
       rejectUnauthorized?: boolean;
       agent?: false;
+      headers?: Record<string, string>;
+      /** Resolve a 304 answer instead of rejecting it (conditional GETs). */
+      notModified?: boolean;
+      timeoutMs?: number;
+      signal?: AbortSignal;
     },
   ): Promise<{ status: number; headers: IncomingHttpHeaders; body: Buffer }> {
     const body = o.json === undefined ? undefined : Buffer.from(JSON.stringify(o.json));
     const url = `${this.serverUrl}${path}`;
+    const timeoutMs = o.timeoutMs ?? this.#timeoutMs;
     return new Promise((resolve, reject) => {
       const req = request(
         url,
@@ -161,6 +223,7 @@ export class CaClient implements NodeCaApi {
           headers: {
             accept: o.json === undefined ? '*/*' : 'application/json',
             ...(body ? { 'content-type': 'application/json', 'content-length': String(body.length) } : {}),
+            ...o.headers,
           },
           ca: o.ca,
           cert: o.cert,
@@ -168,7 +231,8 @@ export class CaClient implements NodeCaApi {
           rejectUnauthorized: o.rejectUnauthorized ?? true,
           minVersion: 'TLSv1.2',
           agent: o.agent ?? this.#agent,
-          timeout: this.#timeoutMs,
+          timeout: timeoutMs,
+          signal: o.signal,
         },
         (res) => {
           const chunks: Buffer[] = [];
@@ -185,7 +249,8 @@ export class CaClient implements NodeCaApi {
           res.on('end', () => {
             const status = res.statusCode ?? 0;
             const buf = Buffer.concat(chunks);
-            if (status >= 200 && status < 300) resolve({ status, headers: res.headers, body: buf });
+            if ((status >= 200 && status < 300) || (status === 304 && o.notModified))
+              resolve({ status, headers: res.headers, body: buf });
             else reject(refusal(url, status, res.headers, buf));
           });
         },
@@ -193,17 +258,13 @@ export class CaClient implements NodeCaApi {
       // A whole-request deadline: the socket timeout alone would let a slow drip run forever.
       const deadline = setTimeout(
         () =>
-          req.destroy(
-            new CaClientError('ERR_SERVER_UNREACHABLE', `${url}: no answer in ${this.#timeoutMs} ms`),
-          ),
-        this.#timeoutMs,
+          req.destroy(new CaClientError('ERR_SERVER_UNREACHABLE', `${url}: no answer in ${timeoutMs} ms`)),
+        timeoutMs,
       );
       deadline.unref();
       req.on('close', () => clearTimeout(deadline));
       req.on('timeout', () =>
-        req.destroy(
-          new CaClientError('ERR_SERVER_UNREACHABLE', `${url}: no answer in ${this.#timeoutMs} ms`),
-        ),
+        req.destroy(new CaClientError('ERR_SERVER_UNREACHABLE', `${url}: no answer in ${timeoutMs} ms`)),
       );
       req.on('error', (e) => reject(transportError(url, e)));
       req.end(body);
@@ -211,10 +272,17 @@ export class CaClient implements NodeCaApi {
   }
 }
 
+/** The TLS client options of a node-mTLS call. */
+function mtls(p: NodeCredential): { ca: string; cert: string; key: string } {
+  return { ca: p.trustBundlePem, cert: p.certificateChainPem, key: p.keyPem };
+}
+
 function transportError(url: string, e: unknown): CaClientError {
   if (e instanceof CaClientError) return e;
   const err = e as NodeJS.ErrnoException;
   const code = String(err?.code ?? '');
+  if (err?.name === 'AbortError')
+    return new CaClientError('ERR_ABORTED', `${url}: request aborted`, 0, undefined, { cause: e });
   if (TLS_VERIFY_CODES.has(code)) {
     return new CaClientError(
       'ERR_SERVER_UNTRUSTED',

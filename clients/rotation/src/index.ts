@@ -2,7 +2,20 @@
  * The node side of Baton: pinned bootstrap, the CA client, the identity files and the rotator.
  * Explicit named exports (as jose's src/index.ts): everything else in this folder is internal.
  */
+export type {
+  AgentCaApi,
+  CrlFetch,
+  FetchCrlParams,
+  NodeCredential,
+  RevocationEvent,
+  RevocationPage,
+  RevocationsParams,
+  WorkloadEntry,
+  WorkloadIssuance,
+  WorkloadSvidParams,
+} from './agent-api';
 export { AgentError } from './agent-error';
+export { AgentState, type AgentStateData } from './agent-state';
 export { writeFileAtomic } from './atomic-file';
 export {
   bootstrap,
@@ -30,6 +43,14 @@ export {
   importPrivateKeyPem,
   type KeyPair,
 } from './csr';
+export { type CrlResult, CrlStore } from './crl-store';
+export {
+  type AgentEvent,
+  type AgentRunResult,
+  explainRefusal,
+  NodeAgent,
+  type NodeAgentOptions,
+} from './node-agent';
 export { type NodeIdentityStorage, NodeIdentityStore, type StoredNodeIdentity } from './node-identity-store';
 export { certificatePin } from './pem';
 export {
@@ -52,3 +73,21 @@ export {
   type Timers,
   unrefTimers,
 } from './rotator';
+export { RevocationFollower, type RevocationFollowerOptions } from './revocation-follower';
+export {
+  isNodeCredentialRefusal,
+  type ReconcileResult,
+  type WorkloadAction,
+  type WorkloadResult,
+  WorkloadRotator,
+  type WorkloadRotatorOptions,
+} from './workload-rotator';
+export {
+  type FileOwner,
+  type NewWorkload,
+  realWorkloadFileOps,
+  type StoredWorkload,
+  WORKLOAD_NAME_RE,
+  type WorkloadFileOps,
+  WorkloadStore,
+} from './workload-store';

@@ -1,48 +1,35 @@
 import { createPublicKey } from 'node:crypto';
+import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../../clients/rotation/src/atomic-file';
+import { type AdminRole, issueAdminCertificate } from './domain/admin-identity';
+import type { AuditContext } from './domain/audit';
 import type { Clock } from './domain/clock';
-import { BatonError } from './domain/errors';
-import { issueLeaf, type IssuedLeaf } from './domain/issue';
+import type { IssuedLeaf } from './domain/issue';
 import type { Keyring } from './domain/keyring';
-import type { CertificateRepository, Installation } from './domain/ports';
-import { adminSpiffeId } from './domain/trust-domain';
+import type { Installation, Storage } from './domain/ports';
 import { describePublicKey, generateP256, spkiOf } from './pki/keys';
 
-export type AdminRole = 'admin' | 'operator' | 'auditor';
-export const ADMIN_ROLES: readonly AdminRole[] = ['admin', 'operator', 'auditor'];
-
-export function validateAdminName(name: string): string {
-  if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name)) {
-    throw new BatonError(
-      'ERR_CONFIG_INVALID',
-      `invalid admin name "${name}": lowercase letters, digits, ".", "-", "_"`,
-    );
-  }
-  return name;
-}
+export { ADMIN_ROLES, type AdminRole, validateAdminName } from './domain/admin-identity';
 
 /**
  * Writes an admin credential to `dir`: cert.pem (leaf + intermediate), key.pem (0600) and
  * bundle.pem (the roots). The key is generated here, on the admin's side, and never stored by the CA.
  */
 export async function writeAdminCredentials(
-  deps: { clock: Clock; keyring: Keyring; installation: Installation; certificates: CertificateRepository },
-  p: { name: string; role: AdminRole; ttlMs?: number; dir: string },
+  deps: { clock: Clock; keyring: Keyring; installation: Installation; storage: Storage },
+  p: { name: string; role: AdminRole; ttlMs?: number; dir: string; audit: AuditContext; event?: string },
 ): Promise<IssuedLeaf> {
   const { privateKey } = generateP256();
   const key = describePublicKey(spkiOf(createPublicKey(privateKey)));
-  const td = deps.installation.trustDomain;
-  const issued = await issueLeaf(
-    { clock: deps.clock, issuer: deps.keyring.signing, certificates: deps.certificates },
-    {
-      kind: 'admin',
-      spiffeId: adminSpiffeId(td, validateAdminName(p.name)),
-      subject: { O: td, OU: p.role, CN: p.name },
-      key,
-      ttlMs: p.ttlMs ?? deps.installation.adminTtlMs,
-    },
-  );
+  const issued = await issueAdminCertificate(deps, {
+    name: p.name,
+    role: p.role,
+    ttlMs: p.ttlMs,
+    key,
+    audit: p.audit,
+    event: p.event,
+  });
   writeFileAtomic(
     join(p.dir, 'key.pem'),
     privateKey.export({ type: 'pkcs8', format: 'pem' }) as string,
@@ -52,3 +39,14 @@ export async function writeAdminCredentials(
   writeFileAtomic(join(p.dir, 'bundle.pem'), deps.keyring.bundlePem, 0o644);
   return issued;
 }
+
+/** The actor of commands run with direct database and KEK access (no admin certificate). */
+export const localActor = (): AuditContext => {
+  let user = 'unknown';
+  try {
+    user = userInfo().username;
+  } catch {
+    // no passwd entry (containers): keep "unknown"
+  }
+  return { actor: `cli:${user}`, source: 'local' };
+};

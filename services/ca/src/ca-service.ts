@@ -1,5 +1,8 @@
 import type { Knex } from 'knex';
+import { localActor } from './admin-credentials';
 import type { InitConfig, StorageConfig } from './config';
+import { auditEvent } from './domain/audit';
+import type { Kek } from './pki/kek';
 import { createIntermediateCa, createRootCa } from './domain/ca-hierarchy';
 import type { Clock } from './domain/clock';
 import { BatonError } from './domain/errors';
@@ -13,7 +16,9 @@ export interface OpenCa {
   knex: Knex;
   storage: Storage;
   installation: Installation;
+  /** Replaced when the CA set changes (rotation); read it through this object, never cache it. */
   keyring: Keyring;
+  kek: Kek;
 }
 
 /** Opens the database and runs pending migrations. */
@@ -44,7 +49,7 @@ export async function openCa(cfg: StorageConfig, opts: { publicUrl?: string } = 
       );
     const kek = resolveKek(cfg, { create: false });
     const keyring = loadKeyring(await storage.cas.listCas(), kek, opts.publicUrl ?? installation.publicUrl);
-    return { knex, storage, installation, keyring };
+    return { knex, storage, installation, keyring, kek };
   } catch (e) {
     await knex.destroy();
     throw e;
@@ -75,9 +80,18 @@ export async function initCa(cfg: InitConfig, clock: Clock): Promise<OpenCa> {
       root,
       publicUrl: cfg.publicUrl,
     });
-    await storage.cas.initialize(installation, [root.record, intermediate.record]);
+    await storage.transaction(async (tx) => {
+      await tx.cas.initialize(installation, [root.record, intermediate.record]);
+      await tx.audit.append(
+        auditEvent(localActor(), now, 'ca.initialized', root.record.id, 'success', {
+          trust_domain: cfg.trustDomain,
+          root: root.record.id,
+          intermediate: intermediate.record.id,
+        }),
+      );
+    });
     const keyring = loadKeyring([root.record, intermediate.record], kek, cfg.publicUrl);
-    return { knex, storage, installation, keyring };
+    return { knex, storage, installation, keyring, kek };
   } catch (e) {
     await knex.destroy();
     throw e;

@@ -1,4 +1,4 @@
-import { webcrypto, X509Certificate as NodeX509 } from 'node:crypto';
+import { KeyObject, webcrypto, X509Certificate as NodeX509 } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
@@ -9,21 +9,19 @@ import * as x509 from '@peculiar/x509';
  * uses @peculiar/x509 rather than the CA's issuer.
  */
 
-x509.cryptoProvider.set(webcrypto as unknown as Crypto);
+x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
 const EC = { name: 'ECDSA', namedCurve: 'P-256' } as const;
 const SIGN = { name: 'ECDSA', hash: 'SHA-256' } as const;
 const HOUR = 3600_000;
 
-type Keys = CryptoKeyPair;
+type Keys = webcrypto.CryptoKeyPair;
 
 const newKeys = async (): Promise<Keys> =>
   (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as unknown as Keys;
 
-async function keyPem(keys: Keys): Promise<string> {
-  const der = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey as never));
-  return `-----BEGIN PRIVATE KEY-----\n${der.toString('base64').replace(/.{64}/g, '$&\n')}\n-----END PRIVATE KEY-----\n`;
-}
+const keyPem = (keys: Keys): string =>
+  KeyObject.from(keys.privateKey).export({ type: 'pkcs8', format: 'pem' }) as string;
 
 export interface LeafParams {
   uris?: string[];
@@ -33,8 +31,6 @@ export interface LeafParams {
   notBefore?: Date;
   notAfter?: Date;
   ca?: boolean;
-  /** Reuse a key (to build "a new cert for the old key" and the like). */
-  keys?: Keys;
 }
 
 export interface TestLeaf {
@@ -90,7 +86,7 @@ export async function testPki(td = 'test.example.org'): Promise<TestPki> {
     trustDomain: td,
     bundlePem: `${root.toString('pem')}\n`,
     leaf: async (p = {}) => {
-      const keys = p.keys ?? (await newKeys());
+      const keys = await newKeys();
       const names: x509.JsonGeneralNames = [
         ...(p.uris ?? [`spiffe://${td}/web`]).map((value) => ({ type: 'url' as const, value })),
         ...(p.dns ?? []).map((value) => ({ type: 'dns' as const, value })),
@@ -109,7 +105,10 @@ export async function testPki(td = 'test.example.org'): Promise<TestPki> {
             p.ca ? x509.KeyUsageFlags.keyCertSign : x509.KeyUsageFlags.digitalSignature,
             true,
           ),
-          new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
+          new x509.ExtendedKeyUsageExtension([
+            x509.ExtendedKeyUsage.serverAuth,
+            x509.ExtendedKeyUsage.clientAuth,
+          ]),
           ...(names.length > 0 ? [new x509.SubjectAlternativeNameExtension(names)] : []),
           await x509.AuthorityKeyIdentifierExtension.create(interKeys.publicKey),
         ],
@@ -118,7 +117,7 @@ export async function testPki(td = 'test.example.org'): Promise<TestPki> {
       const cert = new NodeX509(leafPem);
       return {
         certPem: `${leafPem}\n${interPem}\n`,
-        keyPem: await keyPem(keys),
+        keyPem: keyPem(keys),
         keys,
         cert,
         serial: normalize(cert.serialNumber),

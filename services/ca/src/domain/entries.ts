@@ -1,4 +1,5 @@
 import { MAX_TTL, MIN_TTL_MS } from '../config';
+import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
 import { validateDnsName } from './dns-name';
 import { BatonError, isBatonError } from './errors';
@@ -18,6 +19,7 @@ export interface CreateEntryParams {
   allowWildcardDns?: boolean;
   ttlMs?: number | null;
   createdBy: string;
+  audit: AuditContext;
 }
 
 /** `unix:uid:N` / `unix:gid:N` (SPIRE's unix workload attestor selectors). */
@@ -85,7 +87,27 @@ export async function createEntry(
     }
     throw e;
   }
+  await deps.repos.audit.append(
+    auditEvent(p.audit, entry.createdAt, 'entry.created', entry.spiffeId, 'success', {
+      name: entry.name,
+      parent: entry.parentNodeId,
+      dns_names: entry.dnsNames,
+    }),
+  );
   return entry;
+}
+
+/** Deletes an entry; issued SVIDs stay valid until they expire or are revoked. */
+export async function deleteEntry(
+  deps: { clock: Clock; repos: Repositories },
+  p: { name: string; audit: AuditContext },
+): Promise<void> {
+  const entry = await deps.repos.entries.findByName(p.name);
+  if (!entry || !(await deps.repos.entries.delete(p.name)))
+    throw new BatonError('ERR_NOT_FOUND', 'no such entry');
+  await deps.repos.audit.append(
+    auditEvent(p.audit, deps.clock.now(), 'entry.deleted', entry.spiffeId, 'success', { name: entry.name }),
+  );
 }
 
 /** The lifetime of a workload SVID for this entry: the entry's TTL or the default, within the server maximum. */

@@ -74,6 +74,8 @@ export async function issueLeaf(deps: IssueDeps, p: IssueLeafParams): Promise<Is
       der,
       status: 'valid',
       createdAt: new Date(now),
+      revokedAt: null,
+      revocationReason: null,
     };
     try {
       await deps.certificates.insert(record);

@@ -2,7 +2,8 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { base32 } from '../pki/base32';
 import type { Clock } from './clock';
 import { BatonError } from './errors';
-import type { NodeRole, TokenRecord, TokenRepository } from './ports';
+import { type AuditContext, auditEvent } from './audit';
+import type { NodeRole, Storage, TokenRecord, TokenRepository } from './ports';
 
 /**
  * CONTRACT "Join tokens": `BATON1-<pin>-<id>.<secret>`. The pin (base32 SHA-256 of the root's
@@ -80,4 +81,25 @@ export async function createJoinToken(
   };
   await deps.tokens.insert(record);
   return { token: `${TOKEN_PREFIX}-${p.pin}-${id}.${secret}`, record };
+}
+
+/** Creates a token and its audit row in one transaction (the secret is never in the audit row). */
+export async function issueJoinToken(
+  deps: { clock: Clock; storage: Storage },
+  p: CreateTokenParams,
+  audit: AuditContext,
+): Promise<{ token: string; record: TokenRecord }> {
+  return deps.storage.transaction(async (tx) => {
+    const created = await createJoinToken({ clock: deps.clock, tokens: tx.tokens }, p);
+    const r = created.record;
+    await tx.audit.append(
+      auditEvent(audit, deps.clock.now(), 'token.created', `token/${r.id}`, 'success', {
+        role: r.role,
+        uses: r.usesAllowed,
+        expires_at: r.expiresAt.toISOString(),
+        node_name: r.nodeName,
+      }),
+    );
+    return created;
+  });
 }

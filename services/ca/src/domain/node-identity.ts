@@ -3,6 +3,7 @@ import { MAX_TTL } from '../config';
 import { base32 } from '../pki/base32';
 import { type ParsedCsr, parseCsr } from '../pki/csr';
 import type { Attestor } from './attestation/attestor';
+import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
 import { BatonError } from './errors';
 import { type IssuedLeaf, issueLeaf } from './issue';
@@ -31,6 +32,7 @@ export interface AttestParams {
   method: unknown;
   payload: Record<string, unknown>;
   csr: unknown;
+  audit: AuditContext;
 }
 
 const newNodeId = (): string => base32(randomBytes(10));
@@ -75,6 +77,25 @@ async function issueNodeCertificate(
  * and issue and record its certificate. A refusal at any step spends nothing and issues nothing.
  */
 export async function attestNode(deps: NodeIdentityDeps, p: AttestParams): Promise<Issuance> {
+  try {
+    return await attestNodeOnce(deps, p);
+  } catch (e) {
+    // A refused attestation is a security event too; the issuance transaction rolled back, so
+    // the refusal is recorded on its own.
+    const code = e instanceof BatonError ? e.code : 'ERR_INTERNAL';
+    await deps.storage.audit
+      .append(
+        auditEvent(p.audit, deps.clock.now(), 'node.attestation_refused', null, 'failure', {
+          method: String(p.method).slice(0, 64),
+          code,
+        }),
+      )
+      .catch(() => undefined);
+    throw e;
+  }
+}
+
+async function attestNodeOnce(deps: NodeIdentityDeps, p: AttestParams): Promise<Issuance> {
   const attestor = typeof p.method === 'string' ? deps.attestors.get(p.method) : undefined;
   if (!attestor) {
     throw new BatonError(
@@ -101,7 +122,16 @@ export async function attestNode(deps: NodeIdentityDeps, p: AttestParams): Promi
       node = newNode(nodeId, policy.role, policy.method, policy.certTtlMs, now);
       await tx.nodes.insert(node);
     }
-    return issueNodeCertificate(deps, tx, node, csr);
+    const issued = await issueNodeCertificate(deps, tx, node, csr);
+    await tx.audit.append(
+      auditEvent(p.audit, now, 'node.attested', issued.leaf.record.spiffeId, 'success', {
+        method: policy.method,
+        role: node.role,
+        serial: issued.leaf.record.serial,
+        ...policy.auditDetails,
+      }),
+    );
+    return issued;
   });
 }
 
@@ -133,7 +163,7 @@ function newNode(
  */
 export async function renewNode(
   deps: NodeIdentityDeps,
-  p: { peerSerial: string; csr: unknown },
+  p: { peerSerial: string; csr: unknown; audit: AuditContext },
 ): Promise<Issuance> {
   const csr = csrFrom(p.csr);
   return deps.storage.transaction(async (tx) => {
@@ -147,7 +177,14 @@ export async function renewNode(
     if (!node || node.status !== 'active')
       throw new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
     await tx.nodes.recordSeen(node.id, now);
-    return issueNodeCertificate(deps, tx, node, csr);
+    const issued = await issueNodeCertificate(deps, tx, node, csr);
+    await tx.audit.append(
+      auditEvent(p.audit, now, 'certificate.renewed', issued.leaf.record.spiffeId, 'success', {
+        serial: issued.leaf.record.serial,
+        previous: current.serial,
+      }),
+    );
+    return issued;
   });
 }
 

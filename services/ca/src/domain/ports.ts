@@ -60,6 +60,9 @@ export interface CertificateRecord {
   der: Buffer;
   status: CertificateStatus;
   createdAt: Date;
+  /** Set when status is revoked (RFC 5280 §5.3.1 reason code). */
+  revokedAt?: Date | null;
+  revocationReason?: number | null;
 }
 
 export interface CaRepository {
@@ -67,6 +70,8 @@ export interface CaRepository {
   listCas(): Promise<CaRecord[]>;
   /** Records the installation and its CAs at once; ERR_ALREADY_INITIALIZED if one exists. */
   initialize(installation: Installation, cas: CaRecord[]): Promise<void>;
+  /** Adds a signing intermediate and makes it the only active one (CA rotation). */
+  addActiveIntermediate(ca: CaRecord): Promise<void>;
 }
 
 export interface CertificateFilter {

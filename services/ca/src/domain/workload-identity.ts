@@ -1,4 +1,5 @@
 import { parseCsr } from '../pki/csr';
+import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
 import { entryTtlMs } from './entries';
 import { BatonError } from './errors';
@@ -23,7 +24,7 @@ export interface WorkloadDeps {
  */
 export async function issueWorkloadSvid(
   deps: WorkloadDeps,
-  p: { node: NodeRecord; spiffeId: unknown; csr: unknown },
+  p: { node: NodeRecord; spiffeId: unknown; csr: unknown; audit: AuditContext },
 ): Promise<Issuance> {
   if (typeof p.spiffeId !== 'string' || p.spiffeId.length > 2048)
     throw new BatonError('ERR_BAD_REQUEST', 'spiffe_id: required');
@@ -39,7 +40,7 @@ export async function issueWorkloadSvid(
     const node = await tx.nodes.lockById(p.node.id);
     if (!node || node.status !== 'active')
       throw new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
-    return issueLeaf(
+    const issued = await issueLeaf(
       { clock: deps.clock, issuer: deps.keyring.signing, certificates: tx.certificates },
       {
         kind: 'workload',
@@ -51,6 +52,15 @@ export async function issueWorkloadSvid(
         issuedVia: node.id,
       },
     );
+    await tx.audit.append(
+      auditEvent(p.audit, deps.clock.now(), 'certificate.issued', entry.spiffeId, 'success', {
+        kind: 'workload',
+        serial: issued.record.serial,
+        entry: entry.name,
+        node: node.id,
+      }),
+    );
+    return issued;
   });
   return {
     leaf,

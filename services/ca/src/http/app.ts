@@ -13,10 +13,13 @@ import { requestContext, secureHeaders } from './request-context';
 import { attestChallengeRoutes } from './routes/attest-challenge';
 import { bundleRoutes } from './routes/bundle';
 import { crlRoutes } from './routes/crl';
+import { adminAdminRoutes } from './routes/admin-admins';
+import { adminAuditRoutes } from './routes/admin-audit';
 import { adminEntryRoutes } from './routes/admin-entries';
 import { adminNodeRoutes } from './routes/admin-nodes';
 import { healthRoutes } from './routes/health';
 import { nodeIdentityRoutes } from './routes/node-identity';
+import { ocspRoutes } from './routes/ocsp';
 import { revocationRoutes } from './routes/revocation';
 import { workloadIdentityRoutes } from './routes/workload-identity';
 
@@ -48,6 +51,8 @@ export function buildApp(deps: AppDeps): Express {
   app.set('etag', false);
   app.use(requestContext(deps.log, deps.metrics));
   app.use(secureHeaders);
+  // OCSP bodies are DER, parsed by their own route before the JSON parser sees them.
+  app.use(ocspRoutes(deps));
   app.use(express.json({ limit: BODY_LIMIT, type: ['application/json', 'application/*+json'] }));
   app.use(bundleRoutes(deps));
   app.use(healthRoutes(deps));
@@ -56,6 +61,8 @@ export function buildApp(deps: AppDeps): Express {
   app.use(workloadIdentityRoutes(deps));
   app.use(adminNodeRoutes(deps));
   app.use(adminEntryRoutes(deps));
+  app.use(adminAuditRoutes(deps));
+  app.use(adminAdminRoutes(deps));
   app.use(crlRoutes(deps));
   app.use(revocationRoutes(deps));
   app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));

@@ -11,6 +11,8 @@ import type { Clock } from '../domain/clock';
 import { buildApp } from '../http/app';
 import { createMetrics, type Metrics } from '../http/metrics';
 import { F } from '../log-fields';
+import { caSetVersion } from '../domain/ca-rotation';
+import { loadKeyring } from '../domain/keyring';
 import { type BackgroundJobs, startBackgroundJobs } from './background-jobs';
 import { CrlService } from './crl-service';
 import { RevocationFeed } from './revocation-feed';
@@ -136,7 +138,17 @@ export async function startServer(p: {
     });
   });
   schedule(halfLife(credential));
+  let caVersion = caSetVersion(ca.keyring.all.map((c) => c.record));
+  const reloadKeyring = async () => {
+    const cas = await ca.storage.cas.listCas();
+    const version = caSetVersion(cas);
+    if (version === caVersion) return;
+    ca.keyring = loadKeyring(cas, ca.kek, publicUrl);
+    caVersion = version;
+    log.info({ [F.caId]: ca.keyring.signing.record.id }, 'CA set changed: keyring reloaded');
+  };
   const jobs = startBackgroundJobs({
+    reloadKeyring,
     crls,
     audit: ca.storage.audit,
     log,

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { ADMIN_ROLES, type AdminRole, writeAdminCredentials } from '../../admin-credentials';
+import { ADMIN_ROLES, type AdminRole, writeAdminCredentials, localActor } from '../../admin-credentials';
 import { openCa } from '../../ca-service';
 import { loadStorageConfig, MAX_TTL, parseTtl } from '../../config';
 import { systemClock } from '../../domain/clock';
@@ -38,9 +38,9 @@ export const adminRecover: Command = {
           clock: systemClock,
           keyring: ca.keyring,
           installation: ca.installation,
-          certificates: ca.storage.certificates,
+          storage: ca.storage,
         },
-        { name, role, ttlMs, dir },
+        { name, role, ttlMs, dir, audit: localActor(), event: 'admin.recovered' },
       );
       const out = {
         spiffe_id: issued.record.spiffeId,

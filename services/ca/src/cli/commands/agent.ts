@@ -1,13 +1,15 @@
 import { resolve } from 'node:path';
 import {
   AgentError,
+  type AgentEvent,
+  type AgentRunResult,
   CaClient,
-  NodeIdentityStore,
-  NodeRotator,
-  type RotatorEvent,
-  type RunOnceResult,
+  NodeAgent,
+  type NodeIdentitySummary,
   parseJoinToken,
+  type RunOnceResult,
   type Timers,
+  type WorkloadResult,
 } from '../../../../../clients/rotation/src';
 import { loadAdminClientConfig } from '../../config';
 import { systemClock } from '../../domain/clock';
@@ -15,8 +17,13 @@ import { BatonError } from '../../domain/errors';
 import { type Command, JSON_OPTION } from '../command';
 
 /**
- * `baton agent` (CONTRACT "Command line", node side): the node identity. Workload SVIDs and CRLs
- * come with later issues. The token is a secret: it is never printed, not even in an error.
+ * `baton agent` (CONTRACT "Command line", node side): the node identity, the workload SVIDs of
+ * the entries parented to the node, DIR/crl.pem and, as a daemon, the revocation feed
+ * (clients/rotation NodeAgent; docs/agent.md). The token is a secret: it is never printed, not
+ * even in an error.
+ *
+ * `--once` prints one line per thing done (the node line is always there), or one JSON object
+ * with --json; each failure is one line on stderr and makes the exit status 1.
  */
 
 /** Ref'd: the daemon's own purpose is to stay alive between renewals. */
@@ -27,42 +34,95 @@ const processTimers: Timers = {
 
 const ACTION_WORDS = { attested: 'attested', renewed: 'renewed', 're-attested': 're-attested' } as const;
 
-function line(r: RunOnceResult): string {
+function nodeLine(r: RunOnceResult): string {
   const i = r.identity;
   if (r.action === 'none')
     return `nothing due until ${i.refreshAt.toISOString()} (node ${i.nodeId}, serial ${i.serial})\n`;
   return `${ACTION_WORDS[r.action]} node ${i.nodeId} (serial ${i.serial}, refresh at ${i.refreshAt.toISOString()})\n`;
 }
 
-function json(r: RunOnceResult): string {
-  const i = r.identity;
-  return `${JSON.stringify({
-    action: r.action,
+function workloadLine(w: WorkloadResult): string {
+  if (w.action === 'removed') return `removed workload ${w.name}\n`;
+  const why = w.reason ? `: ${w.reason}` : '';
+  return `${w.action} workload ${w.name} (${w.spiffeId}, serial ${w.serial}, refresh at ${w.refreshAt?.toISOString()})${why}\n`;
+}
+
+const crlLine = (crls: number | undefined) => `crl updated (${crls} CRL${crls === 1 ? '' : 's'})\n`;
+
+const firstLine = (e: Error & { code?: string }) =>
+  `${e.message.split('\n')[0]}${e.code ? ` (${e.code})` : ''}`;
+
+function lines(r: AgentRunResult): string {
+  let out = r.node ? nodeLine(r.node) : '';
+  for (const w of r.workloads) if (w.action !== 'failed') out += workloadLine(w);
+  if (r.crl.action === 'updated') out += crlLine(r.crl.crls);
+  return out;
+}
+
+/** One stderr line per failure, each said once (an unreachable CA fails every step alike). */
+function failures(r: AgentRunResult): string[] {
+  const out: string[] = [];
+  if (r.nodeError) out.push(`baton: ${firstLine(r.nodeError)}\n`);
+  if (r.workloadsError) out.push(`baton: workloads: ${firstLine(r.workloadsError)}\n`);
+  for (const w of r.workloads)
+    if (w.action === 'failed' && w.error) out.push(`baton: workload ${w.name}: ${firstLine(w.error)}\n`);
+  if (r.crl.action === 'failed') out.push(`baton: crl: ${firstLine(r.crl.error)}\n`);
+  return [...new Set(out)];
+}
+
+const errorJson = (e: Error & { code?: string }) => ({ code: e.code ?? 'ERR_INTERNAL', message: e.message });
+const iso = (d: Date | undefined) => d?.toISOString();
+
+function nodeJson(i: NodeIdentitySummary) {
+  return {
     node_id: i.nodeId,
     serial: i.serial,
     spiffe_id: i.spiffeId,
     expires_at: i.expiresAt.toISOString(),
     refresh_at: i.refreshAt.toISOString(),
+  };
+}
+
+/** The node fields stay at the top level, as before workloads and CRLs were added. */
+function json(r: AgentRunResult): string {
+  return `${JSON.stringify({
+    ...(r.node ? { action: r.node.action, ...nodeJson(r.node.identity) } : {}),
+    ...(r.nodeError ? { action: 'failed', error: errorJson(r.nodeError) } : {}),
+    workloads: r.workloads.map((w) => ({
+      name: w.name,
+      action: w.action,
+      spiffe_id: w.spiffeId,
+      serial: w.serial,
+      expires_at: iso(w.expiresAt),
+      refresh_at: iso(w.refreshAt),
+      reason: w.reason,
+      error: w.error && errorJson(w.error),
+    })),
+    ...(r.workloadsError ? { workloads_error: errorJson(r.workloadsError) } : {}),
+    crl: r.crl.action === 'failed' ? { action: 'failed', error: errorJson(r.crl.error) } : r.crl,
   })}\n`;
 }
+
+const secondsUntil = (at: Date | undefined) =>
+  at ? Math.max(0, Math.ceil((at.getTime() - systemClock.now().getTime()) / 1000)) : 0;
 
 export const agent: Command = {
   words: ['agent'],
   summary:
-    "Run the node agent: attest with a join token after checking the server against the token's pin, write DIR/node/{cert.pem,key.pem} and DIR/bundle.pem, and renew over mTLS at the server's refresh_at until SIGTERM/SIGINT. An expired node certificate needs a new token.",
+    "Run the node agent: attest with a join token after checking the server against the token's pin, write DIR/node/{cert.pem,key.pem} and DIR/bundle.pem, renew over mTLS at the server's refresh_at, keep DIR/workloads/<entry>/{cert.pem,key.pem,bundle.pem} for the entries parented to this node and DIR/crl.pem fresh, and follow the revocation feed, until SIGTERM/SIGINT or until the node is revoked. An expired node certificate needs a new token.",
   options: {
     server: {
       type: 'string',
       value: 'URL',
       description: 'CA URL (env BATON_SERVER, default https://127.0.0.1:8443)',
     },
-    dir: { type: 'string', value: 'DIR', description: 'directory of the node identity files (required)' },
+    dir: { type: 'string', value: 'DIR', description: 'directory of the agent files (required)' },
     token: {
       type: 'string',
       value: 'TOKEN',
       description: 'join token, for the first attestation or after expiry (env BATON_TOKEN)',
     },
-    once: { type: 'boolean', description: 'do what is due now and exit' },
+    once: { type: 'boolean', description: 'do what is due now (node, workloads, crl.pem) and exit' },
     ...JSON_OPTION,
   },
   async run(ctx) {
@@ -79,19 +139,40 @@ export const agent: Command = {
       }
     }
     const client = new CaClient({ serverUrl: server });
-    const onEvent = (e: RotatorEvent) => {
-      if (e.type === 'waiting') ctx.stdout.write(`next renewal at ${e.until.toISOString()}\n`);
-      else if (e.type === 'retry') {
-        const code = e.error.code ? ` (${e.error.code})` : '';
-        ctx.stderr.write(
-          `baton: ${e.error.message.split('\n')[0]}${code}; retrying in ${Math.ceil(e.delayMs / 1000)}s\n`,
-        );
-      } else ctx.stdout.write(line({ action: e.type, identity: e.identity }));
+    const onEvent = (e: AgentEvent) => {
+      switch (e.type) {
+        case 'waiting':
+          ctx.stdout.write(`next renewal at ${e.until.toISOString()}\n`);
+          break;
+        case 'retry':
+          ctx.stderr.write(`baton: ${firstLine(e.error)}; retrying in ${Math.ceil(e.delayMs / 1000)}s\n`);
+          break;
+        case 'workload':
+          if (e.result.action !== 'failed') ctx.stdout.write(workloadLine(e.result));
+          else if (e.result.error)
+            ctx.stderr.write(
+              `baton: workload ${e.result.name}: ${firstLine(e.result.error)}; retrying in ${secondsUntil(e.result.retryAt)}s\n`,
+            );
+          break;
+        case 'crl':
+          ctx.stdout.write(crlLine(e.result.crls));
+          break;
+        case 'error':
+          ctx.stderr.write(
+            `baton: ${e.scope}: ${firstLine(e.error)}; retrying in ${Math.ceil((e.retryInMs ?? 0) / 1000)}s\n`,
+          );
+          break;
+        case 'revoked':
+          // run() rejects right after with the one line that says so.
+          break;
+        default:
+          ctx.stdout.write(nodeLine({ action: e.type, identity: e.identity }));
+      }
     };
-    const rotator = new NodeRotator({
+    const nodeAgent = new NodeAgent({
+      dir: resolve(dir),
       clock: systemClock,
       client,
-      store: new NodeIdentityStore(resolve(dir)),
       random: Math.random,
       token,
       timers: processTimers,
@@ -99,11 +180,13 @@ export const agent: Command = {
     });
     try {
       if (ctx.flags.once) {
-        const r = await rotator.runOnce();
-        ctx.stdout.write(ctx.flags.json ? json(r) : line(r));
-        return 0;
+        const r = await nodeAgent.runOnce();
+        ctx.stdout.write(ctx.flags.json ? json(r) : lines(r));
+        const failed = failures(r);
+        for (const line of failed) ctx.stderr.write(line);
+        return failed.length > 0 ? 1 : 0;
       }
-      await rotator.run(ctx.stopSignal);
+      await nodeAgent.run(ctx.stopSignal);
       return 0;
     } catch (e) {
       // A missing token is a usage error (exit 2); every other refusal is a runtime one (exit 1).

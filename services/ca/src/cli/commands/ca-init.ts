@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { writeAdminCredentials } from '../../admin-credentials';
+import { writeAdminCredentials, localActor } from '../../admin-credentials';
 import { initCa } from '../../ca-service';
 import { loadInitConfig } from '../../config';
 import { systemClock } from '../../domain/clock';
@@ -48,9 +48,9 @@ export const caInit: Command = {
           clock: systemClock,
           keyring: ca.keyring,
           installation: ca.installation,
-          certificates: ca.storage.certificates,
+          storage: ca.storage,
         },
-        { name: 'admin', role: 'admin', dir: adminDir },
+        { name: 'admin', role: 'admin', dir: adminDir, audit: localActor() },
       );
       const out = {
         trust_domain: ca.installation.trustDomain,

@@ -1,7 +1,10 @@
 import type { Command } from '../command';
 import { agent } from './agent';
+import { adminIssue } from './admin-issue';
 import { adminRecover } from './admin-recover';
+import { auditList, auditVerify } from './audit';
 import { caInit } from './ca-init';
+import { caRotate } from './ca-rotate';
 import { entryCreate, entryDelete, entryList } from './entry';
 import { migrate } from './migrate';
 import { nodeList, nodeShow } from './node';
@@ -12,9 +15,11 @@ import { tokenCreate } from './token';
 /** Every command of `baton`, in the order `baton --help` lists them. */
 export const COMMANDS: Command[] = [
   caInit,
+  caRotate,
   server,
   migrate,
   adminRecover,
+  adminIssue,
   tokenCreate,
   nodeList,
   nodeShow,
@@ -26,4 +31,6 @@ export const COMMANDS: Command[] = [
   entryList,
   entryDelete,
   agent,
+  auditList,
+  auditVerify,
 ];

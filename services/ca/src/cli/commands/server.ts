@@ -1,4 +1,4 @@
-import { writeAdminCredentials } from '../../admin-credentials';
+import { writeAdminCredentials, localActor } from '../../admin-credentials';
 import { initCa, openCa } from '../../ca-service';
 import { loadInitConfig, loadServerConfig } from '../../config';
 import { systemClock } from '../../domain/clock';
@@ -61,9 +61,9 @@ export const server: Command = {
           clock: systemClock,
           keyring: created.keyring,
           installation: created.installation,
-          certificates: created.storage.certificates,
+          storage: created.storage,
         },
-        { name: 'admin', role: 'admin', dir: adminDir },
+        { name: 'admin', role: 'admin', dir: adminDir, audit: localActor() },
       );
       ctx.stdout.write(`initialized trust domain ${td}\nroot pin: ${created.keyring.pin}\n`);
       await created.storage.close();

@@ -17,6 +17,8 @@ export interface IssuancePolicy {
    * issuance spends nothing and an issued certificate always spent its evidence.
    */
   commit(tx: Repositories): Promise<void>;
+  /** What the audit row of this attestation records about the evidence (never a secret). */
+  auditDetails?: Record<string, unknown>;
 }
 
 export interface AttestorDeps {

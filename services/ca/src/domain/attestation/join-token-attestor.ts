@@ -19,6 +19,7 @@ export const joinTokenAttestor: Attestor = {
       nodeId: record.nodeName,
       role: record.role,
       certTtlMs: record.nodeTtlMs,
+      auditDetails: { token_id: record.id },
       commit: async (tx) => {
         // The atomic spend: re-checks uses and expiry under the row lock.
         if (!(await tx.tokens.consume(record.id, deps.clock.now()))) throw invalidToken();

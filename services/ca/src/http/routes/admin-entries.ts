@@ -1,8 +1,9 @@
 import { Router } from 'express';
 import { MAX_TTL, MIN_TTL_MS } from '../../config';
-import { createEntry } from '../../domain/entries';
+import { createEntry, deleteEntry } from '../../domain/entries';
 import { BatonError } from '../../domain/errors';
 import type { AppDeps } from '../app';
+import { auditContext } from '../audit-context';
 import { type AdminIdentity, requireAdmin } from '../authorization';
 import { renderEntry } from '../render';
 import { body, optionalDurationMs } from '../validate';
@@ -22,23 +23,23 @@ export function adminEntryRoutes(deps: AppDeps): Router {
     if (b.allow_wildcard_dns !== undefined && typeof b.allow_wildcard_dns !== 'boolean') {
       throw new BatonError('ERR_BAD_REQUEST', 'allow_wildcard_dns: a boolean');
     }
-    const entry = await createEntry(
-      {
-        clock: deps.clock,
-        repos: deps.storage,
-        trustDomain: deps.installation.trustDomain,
-        defaultTtlMs: ttl,
-      },
-      {
-        name: b.name,
-        spiffeId: b.spiffe_id,
-        parentNodeId: b.parent,
-        selectors: b.selectors,
-        dnsNames: b.dns_names,
-        allowWildcardDns: b.allow_wildcard_dns === true,
-        ttlMs: optionalDurationMs(b, 'ttl', MIN_TTL_MS, MAX_TTL.workload) ?? null,
-        createdBy: (res.locals.admin as AdminIdentity).spiffeId,
-      },
+    const admin = res.locals.admin as AdminIdentity;
+    const ttlMs = optionalDurationMs(b, 'ttl', MIN_TTL_MS, MAX_TTL.workload) ?? null;
+    const entry = await deps.storage.transaction((tx) =>
+      createEntry(
+        { clock: deps.clock, repos: tx, trustDomain: deps.installation.trustDomain, defaultTtlMs: ttl },
+        {
+          name: b.name,
+          spiffeId: b.spiffe_id,
+          parentNodeId: b.parent,
+          selectors: b.selectors,
+          dnsNames: b.dns_names,
+          allowWildcardDns: b.allow_wildcard_dns === true,
+          ttlMs,
+          createdBy: admin.spiffeId,
+          audit: auditContext(req, admin.spiffeId),
+        },
+      ),
     );
     res.status(201).json(renderEntry(entry, ttl));
   });
@@ -47,8 +48,13 @@ export function adminEntryRoutes(deps: AppDeps): Router {
     '/v1/admin/entries/:name',
     requireAdmin(auth, 'DELETE /v1/admin/entries/:name'),
     async (req, res) => {
-      if (!(await deps.storage.entries.delete(String(req.params.name))))
-        throw new BatonError('ERR_NOT_FOUND', 'no such entry');
+      const admin = res.locals.admin as AdminIdentity;
+      await deps.storage.transaction((tx) =>
+        deleteEntry(
+          { clock: deps.clock, repos: tx },
+          { name: String(req.params.name), audit: auditContext(req, admin.spiffeId) },
+        ),
+      );
       res.status(204).end();
     },
   );

@@ -2,9 +2,10 @@ import { Router } from 'express';
 import { MAX_TTL } from '../../config';
 import { DAY, MINUTE } from '../../domain/duration';
 import { BatonError } from '../../domain/errors';
-import { createJoinToken } from '../../domain/join-token';
+import { issueJoinToken } from '../../domain/join-token';
 import { NODE_ROLES } from '../../domain/ports';
 import type { AppDeps } from '../app';
+import { auditContext } from '../audit-context';
 import { type AdminIdentity, requireAdmin } from '../authorization';
 import { renderCertificate, renderNode } from '../render';
 import { body, oneOf, optionalDurationMs, optionalInt, optionalString } from '../validate';
@@ -17,8 +18,8 @@ export function adminNodeRoutes(deps: AppDeps): Router {
   r.post('/v1/admin/tokens', requireAdmin(auth, 'POST /v1/admin/tokens'), async (req, res) => {
     const b = body(req);
     const admin = res.locals.admin as AdminIdentity;
-    const { token, record } = await createJoinToken(
-      { clock: deps.clock, tokens: deps.storage.tokens },
+    const { token, record } = await issueJoinToken(
+      { clock: deps.clock, storage: deps.storage },
       {
         role: oneOf(b, 'role', NODE_ROLES),
         ttlMs: optionalDurationMs(b, 'ttl', MINUTE, 30 * DAY) ?? 15 * MINUTE,
@@ -28,6 +29,7 @@ export function adminNodeRoutes(deps: AppDeps): Router {
         createdBy: admin.spiffeId,
         pin: deps.keyring().pin,
       },
+      auditContext(req, admin.spiffeId),
     );
     res.status(201).json({
       token,

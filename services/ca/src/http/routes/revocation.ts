@@ -1,4 +1,4 @@
-import { Router } from 'express';
+import { type Request, Router } from 'express';
 import type { AuditContext } from '../../domain/audit';
 import { crlIssuers } from '../../domain/crl-publisher';
 import { BatonError } from '../../domain/errors';
@@ -6,6 +6,7 @@ import type { RevocationEvent } from '../../domain/ports';
 import { revokeCertificate, revokeNode } from '../../domain/revocation';
 import { parseRevocationReason, revocationReasonName } from '../../pki/crl';
 import type { AppDeps } from '../app';
+import { auditContext } from '../audit-context';
 import { type AdminIdentity, authenticateNode, requireAdmin } from '../authorization';
 import { peerCertificate } from '../peer-cert';
 import { renderCertificate } from '../render';
@@ -26,10 +27,7 @@ export function renderEvent(e: RevocationEvent) {
 export function revocationRoutes(deps: AppDeps): Router {
   const r = Router();
   const auth = { clock: deps.clock, repos: deps.storage, trustDomain: deps.installation.trustDomain };
-  const auditOf = (req: { socket: { remoteAddress?: string } }, admin: AdminIdentity): AuditContext => ({
-    actor: admin.spiffeId,
-    source: req.socket.remoteAddress ?? null,
-  });
+  const auditOf = (req: Request, admin: AdminIdentity): AuditContext => auditContext(req, admin.spiffeId);
   const reasonOf = (b: Record<string, unknown>) => {
     const text = optionalString(b, 'reason', 64);
     return text === undefined ? undefined : parseRevocationReason(text);

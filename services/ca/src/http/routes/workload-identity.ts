@@ -2,6 +2,7 @@ import { Router } from 'express';
 import type { NodeRecord } from '../../domain/ports';
 import { issueWorkloadSvid } from '../../domain/workload-identity';
 import type { AppDeps } from '../app';
+import { auditContext } from '../audit-context';
 import { requireNode } from '../authorization';
 import { renderEntry, renderIssuance } from '../render';
 import { body } from '../validate';
@@ -31,7 +32,12 @@ export function workloadIdentityRoutes(deps: AppDeps): Router {
         installation: deps.installation,
         random: deps.random,
       },
-      { node: nodeOf(res.locals), spiffeId: b.spiffe_id, csr: b.csr },
+      {
+        node: nodeOf(res.locals),
+        spiffeId: b.spiffe_id,
+        csr: b.csr,
+        audit: auditContext(req, `spiffe://${deps.installation.trustDomain}/node/${nodeOf(res.locals).id}`),
+      },
     );
     deps.metrics.certificatesIssued.inc({ kind: 'workload' });
     res.status(201).json(renderIssuance(issued, { withNodeId: false }));

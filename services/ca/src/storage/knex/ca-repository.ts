@@ -93,5 +93,14 @@ export function knexCaRepository(k: Knex | Knex.Transaction): CaRepository {
         if (k.isTransaction) await write(k as Knex.Transaction);
         else await k.transaction(write);
       }),
+    addActiveIntermediate: (ca) =>
+      db(async () => {
+        const write = async (trx: Knex.Transaction) => {
+          await trx('cas').where({ kind: 'intermediate' }).update({ active: false });
+          await trx('cas').insert(fromCa({ ...ca, active: true }));
+        };
+        if (k.isTransaction) await write(k as Knex.Transaction);
+        else await k.transaction(write);
+      }),
   };
 }

@@ -15,6 +15,8 @@ export interface CertificateRow {
   der: Uint8Array;
   status: CertificateRecord['status'];
   created_at: Date;
+  revoked_at?: Date | null;
+  revocation_reason?: number | null;
 }
 
 export const toCertificate = (r: CertificateRow): CertificateRecord => ({
@@ -30,6 +32,8 @@ export const toCertificate = (r: CertificateRow): CertificateRecord => ({
   der: toBuffer(r.der),
   status: r.status,
   createdAt: new Date(r.created_at),
+  revokedAt: r.revoked_at ? new Date(r.revoked_at) : null,
+  revocationReason: r.revocation_reason ?? null,
 });
 
 const fromCertificate = (c: CertificateRecord): CertificateRow => ({

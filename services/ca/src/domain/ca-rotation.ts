@@ -1,0 +1,52 @@
+import type { Kek } from '../pki/kek';
+import { type AuditContext, auditEvent } from './audit';
+import { createIntermediateCa } from './ca-hierarchy';
+import type { Clock } from './clock';
+import type { Keyring } from './keyring';
+import type { CaRecord, Installation, Storage } from './ports';
+
+/**
+ * `baton ca rotate`: a new signing intermediate under the same root becomes the active one.
+ * Certificates of the old intermediate stay valid (the trust bundle is the root), and its CRL keeps
+ * being published until its last certificate has expired (crl-publisher.ts: every unexpired
+ * intermediate). Replicas notice the new CA set and reload their keyring.
+ */
+export async function rotateSigningCa(
+  deps: {
+    clock: Clock;
+    storage: Storage;
+    kek: Kek;
+    keyring: Keyring;
+    installation: Installation;
+    publicUrl: string;
+  },
+  audit: AuditContext,
+): Promise<CaRecord> {
+  const now = deps.clock.now();
+  const root = deps.keyring.roots[0]!;
+  const created = createIntermediateCa({
+    trustDomain: deps.installation.trustDomain,
+    now,
+    kek: deps.kek,
+    root: { record: root.record, privateKey: root.privateKey },
+    publicUrl: deps.publicUrl,
+  });
+  const previous = deps.keyring.signing.record.id;
+  await deps.storage.transaction(async (tx) => {
+    await tx.cas.addActiveIntermediate(created.record);
+    await tx.audit.append(
+      auditEvent(audit, now, 'ca.rotated', created.record.id, 'success', {
+        previous,
+        not_after: created.record.notAfter.toISOString(),
+      }),
+    );
+  });
+  return created.record;
+}
+
+/** A fingerprint of the CA set: when it changes, a replica reloads its keyring. */
+export const caSetVersion = (cas: CaRecord[]): string =>
+  cas
+    .map((c) => `${c.id}:${c.active ? 1 : 0}`)
+    .sort()
+    .join(',');

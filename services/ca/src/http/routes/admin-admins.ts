@@ -1,0 +1,46 @@
+import { Router } from 'express';
+import { MAX_TTL, MIN_TTL_MS } from '../../config';
+import { issueAdminCertificate } from '../../domain/admin-identity';
+import { parseCsr } from '../../pki/csr';
+import type { AppDeps } from '../app';
+import { auditContext } from '../audit-context';
+import { type AdminIdentity, requireAdmin } from '../authorization';
+import { renderIssuance } from '../render';
+import { refreshAt } from '../../domain/refresh';
+import { body, optionalDurationMs, requiredString } from '../validate';
+
+/** `POST /v1/admin/admins` {name, role, ttl?, csr}: an admin certificate for a key made by the caller. */
+export function adminAdminRoutes(deps: AppDeps): Router {
+  const r = Router();
+  const auth = { clock: deps.clock, repos: deps.storage, trustDomain: deps.installation.trustDomain };
+  r.post('/v1/admin/admins', requireAdmin(auth, 'POST /v1/admin/admins'), async (req, res) => {
+    const b = body(req);
+    const admin = res.locals.admin as AdminIdentity;
+    const csr = parseCsr(requiredString(b, 'csr', 16 * 1024));
+    const keyring = deps.keyring();
+    const leaf = await issueAdminCertificate(
+      { clock: deps.clock, storage: deps.storage, keyring, installation: deps.installation },
+      {
+        name: b.name,
+        role: b.role,
+        ttlMs: optionalDurationMs(b, 'ttl', MIN_TTL_MS, MAX_TTL.admin),
+        key: csr.key,
+        audit: auditContext(req, admin.spiffeId),
+      },
+    );
+    deps.metrics.certificatesIssued.inc({ kind: 'admin' });
+    const now = deps.clock.now();
+    res.status(201).json(
+      renderIssuance(
+        {
+          leaf,
+          bundlePem: keyring.bundlePem,
+          refreshAt: refreshAt(now, leaf.record.notAfter, deps.random),
+          nodeId: '',
+        },
+        { withNodeId: false },
+      ),
+    );
+  });
+  return r;
+}

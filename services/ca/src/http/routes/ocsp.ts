@@ -1,0 +1,43 @@
+import { createHash } from 'node:crypto';
+import express, { Router } from 'express';
+import { BatonError } from '../../domain/errors';
+import { answerOcsp } from '../../domain/ocsp-responder';
+import { MAX_OCSP_REQUEST_OCTETS } from '../../pki/ocsp';
+import type { AppDeps } from '../app';
+
+/**
+ * OCSP (RFC 6960 Appendix A): POST with an application/ocsp-request body, or GET with the
+ * base64 DER in the path (RFC 5019 §5 caching rules: cacheable when there is no nonce).
+ * A request that does not parse gets the JSON 400 ERR_BAD_REQUEST every Baton route gives.
+ */
+export function ocspRoutes(deps: AppDeps): Router {
+  const r = Router();
+  const respond = async (der: Buffer, res: express.Response) => {
+    const out = await answerOcsp(
+      { clock: deps.clock, keyring: deps.keyring(), certificates: deps.storage.certificates },
+      der,
+    );
+    res.status(200).type('application/ocsp-response');
+    if (out.cacheable) {
+      const maxAge = Math.max(0, Math.floor((out.nextUpdate.getTime() - deps.clock.now().getTime()) / 1000));
+      res.set({
+        'Cache-Control': `public, max-age=${Math.min(maxAge, 300)}, no-transform, must-revalidate`,
+        ETag: `"${createHash('sha1').update(out.der).digest('hex')}"`,
+      });
+    }
+    res.send(out.der);
+  };
+  r.post('/v1/ocsp', express.raw({ type: () => true, limit: MAX_OCSP_REQUEST_OCTETS }), async (req, res) => {
+    if (!Buffer.isBuffer(req.body) || req.body.length === 0)
+      throw new BatonError('ERR_BAD_REQUEST', 'an OCSP request body is required');
+    await respond(req.body, res);
+  });
+  r.get('/v1/ocsp/*path', async (req, res) => {
+    const encoded = decodeURIComponent(String((req.params as { path: string[] }).path.join('/')));
+    if (encoded.length > MAX_OCSP_REQUEST_OCTETS * 2 || !/^[A-Za-z0-9+/=_-]+$/.test(encoded)) {
+      throw new BatonError('ERR_BAD_REQUEST', 'malformed OCSP request');
+    }
+    await respond(Buffer.from(encoded.replace(/-/g, '+').replace(/_/g, '/'), 'base64'), res);
+  });
+  return r;
+}
