@@ -16,6 +16,8 @@ export interface HttpsOptions {
   cert?: string;
   key?: string;
   agent?: Agent;
+  /** Source address, e.g. 127.0.0.2 to be another client of a server on 127.0.0.1. */
+  localAddress?: string;
 }
 
 /** A small HTTPS client for tests: no retries, no magic. */
@@ -31,6 +33,7 @@ export function https(url: string, opts: HttpsOptions = {}): Promise<HttpsResult
         key: opts.key,
         rejectUnauthorized: opts.ca !== undefined,
         agent: opts.agent,
+        localAddress: opts.localAddress,
       },
       (res) => {
         const chunks: Buffer[] = [];

@@ -41,7 +41,7 @@ export async function startTestServer(
     logLevel?: 'silent' | 'trace' | 'info';
     logStream?: NodeJS.WritableStream;
     random?: () => number;
-    /** Extra `baton server` flags, e.g. { 'x509pop-ca': FILE }. */
+    /** Extra `baton server` flags, e.g. { 'x509pop-ca': FILE } or { 'rate-limits': 'on' }. */
     serverFlags?: Flags;
   } = {},
 ): Promise<TestServer> {
@@ -71,7 +71,9 @@ export async function startTestServer(
   const keyring = loadKeyring([root.record, inter.record], kek, installation.publicUrl);
   const ca: OpenCa = { knex: db.knex, storage, installation, keyring, kek };
   const config = loadServerConfig(
-    { listen: '127.0.0.1:0', ...opts.serverFlags },
+    // Rate limits are off unless a test turns one on (test/integration/abuse-controls.test.ts):
+    // suites attest and renew from one address far faster than any fleet would.
+    { listen: '127.0.0.1:0', 'rate-limits': 'off', ...opts.serverFlags },
     // Background jobs run when a test says so (running.jobs.runOnce()), never on a timer.
     { BATON_DATA_DIR: '/nonexistent', BATON_BACKGROUND_INTERVAL: '1h' },
   );

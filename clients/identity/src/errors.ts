@@ -16,7 +16,15 @@ export type IdentityErrorCode =
   /** A peer presented no certificate, or one that the TLS stack did not verify. */
   | 'ERR_PEER_UNVERIFIED'
   /** A verified peer whose SPIFFE ID the authorizer refused. */
-  | 'ERR_PEER_NOT_AUTHORIZED';
+  | 'ERR_PEER_NOT_AUTHORIZED'
+  /** The peer's certificate, or a CA certificate of its chain, is revoked (a CRL or the revocation feed). */
+  | 'ERR_PEER_REVOKED'
+  /** The revocation status of the peer is unknown (stale or missing CRLs, feed down) and the policy fails closed. */
+  | 'ERR_REVOCATION_STALE'
+  /** A CRL does not parse, or is not signed by a CA of the trust bundle or a known intermediate. */
+  | 'ERR_CRL_INVALID'
+  /** A revocation source (CRL file, /v1/crl.pem, the feed) could not be read or reached. */
+  | 'ERR_REVOCATION_SOURCE';
 
 export class IdentityError extends Error {
   override readonly name = 'IdentityError';

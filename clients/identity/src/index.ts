@@ -1,6 +1,7 @@
 /**
  * The service side of Baton: a workload's or node's own identity read from the agent's files,
- * peer authorization by SPIFFE ID, and mutual TLS that follows rotation. Explicit named exports
+ * peer authorization by SPIFFE ID, mutual TLS that follows rotation, and revocation enforced on
+ * peers (RevocationGuard). Explicit named exports
  * (as jose's src/index.ts): everything else in this folder is internal.
  */
 export {
@@ -26,6 +27,14 @@ export {
   readIdentityFiles,
   verifyIdentity,
 } from './load';
+export { canonicalSerial, type ParsedCrl, parseCrl } from './crl';
+export {
+  RevocationGuard,
+  type RevocationGuardEvents,
+  type RevocationGuardOptions,
+  type RevocationStatus,
+  type StalePolicy,
+} from './revocation';
 export { parseSpiffeId, type SubjectParts } from './svid';
 export {
   bindServer,
@@ -38,6 +47,7 @@ export {
   type MtlsResponse,
   mtlsAgent,
   mtlsRequest,
+  type RevocationEnforcement,
   requestPeer,
   type ServerAuthorization,
   serverTlsOptions,

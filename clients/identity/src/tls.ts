@@ -12,6 +12,7 @@ import type { Duplex } from 'node:stream';
 import {
   type ConnectionOptions,
   createSecureContext,
+  type DetailedPeerCertificate,
   type PeerCertificate,
   type SecureContext,
   type SecureContextOptions,
@@ -24,6 +25,7 @@ import { type Authorizer, authorizePeer, type Peer, peerOf } from './authorize';
 import { IdentityError, isIdentityError } from './errors';
 import type { Identity } from './identity';
 import type { IdentitySnapshot } from './load';
+import type { RevocationGuard, StalePolicy } from './revocation';
 
 /**
  * TLS for services that hold an Identity: mutual TLS where both sides verify the other's chain
@@ -67,6 +69,52 @@ function secureContextFor(id: IdentitySnapshot, v: TlsVersions): SecureContext {
 /** The verified, authorized peer of each connection, recorded at the handshake. */
 const peers = new WeakMap<TLSSocket, Peer>();
 
+/** RFC 5280 §6.1: a path is short; this bounds a walk up a chain that loops. */
+const MAX_CHAIN = 8;
+
+/**
+ * The verified chain of a peer, leaf first, as far as node:crypto links it (issuerCertificate):
+ * leaf, intermediate(s), and the root when the verifier found it.
+ */
+function chainOf(leaf: X509Certificate): X509Certificate[] {
+  const chain = [leaf];
+  for (let c = leaf.issuerCertificate; c && chain.length < MAX_CHAIN; c = c.issuerCertificate) {
+    if (chain.some((x) => x.fingerprint256 === c!.fingerprint256)) break;
+    chain.push(c);
+  }
+  return chain;
+}
+
+/** The same from a detailed PeerCertificate: Node passes getPeerCertificate(true) to checkServerIdentity. */
+function chainOfPeerCertificate(cert: PeerCertificate): X509Certificate[] {
+  const chain: X509Certificate[] = [];
+  const seen = new Set<string>();
+  for (
+    let c: DetailedPeerCertificate | undefined = cert as DetailedPeerCertificate;
+    c?.raw && chain.length < MAX_CHAIN;
+    c = c.issuerCertificate
+  ) {
+    if (seen.has(c.fingerprint256)) break;
+    seen.add(c.fingerprint256);
+    chain.push(new X509Certificate(c.raw));
+  }
+  return chain;
+}
+
+export interface RevocationEnforcement {
+  /**
+   * Refuse peers whose certificate (or intermediate) is revoked, and close open connections from
+   * a peer as soon as the guard learns of its revocation.
+   */
+  revocation?: RevocationGuard;
+  /**
+   * When revocation status is unknown (CRLs past nextUpdate, no CRL for the peer's issuer, the
+   * feed down past the guard's bound). Default: the guard's onStale, else 'fail-closed' for
+   * servers and 'fail-open' for clients (docs/revocation.md).
+   */
+  onStale?: StalePolicy;
+}
+
 /**
  * The peer of a TLS connection: the one recorded when a bound server authorized it, else read
  * from its verified certificate. undefined when the peer is unverified or not an SVID.
@@ -104,16 +152,21 @@ export function serverTlsOptions(identity: Identity, versions: TlsVersions = {})
   return { ...contextOptions(identity.current(), versions), requestCert: true, rejectUnauthorized: true };
 }
 
-export interface ServerAuthorization extends TlsVersions {
+export interface ServerAuthorization extends TlsVersions, RevocationEnforcement {
   authorize: Authorizer;
-  /** Called with the reason when a connection is refused, before it is destroyed: for logs and metrics. */
+  /**
+   * Called with the reason when a connection is refused, before it is destroyed: for logs and
+   * metrics. With `revocation`, also when an open connection is closed because its peer was revoked
+   * (ERR_PEER_REVOKED) or its status became unknown under fail-closed (ERR_REVOCATION_STALE).
+   */
   onRefused?: (error: IdentityError, socket: TLSSocket) => void;
 }
 
 /**
  * Binds a tls.Server or https.Server to `identity`: every connection whose peer `authorize`
  * refuses is destroyed right after the handshake, before a byte of application data is read (an
- * unauthorized client gets no HTTP response), and each rotation becomes the server's secure
+ * unauthorized client gets no HTTP response), with `revocation` a revoked one too and open
+ * connections closed when their peer is revoked later, and each rotation becomes the server's secure
  * context for new connections while open ones keep theirs (tls.Server#setSecureContext). Returns a
  * function that unbinds; closing the server unbinds too.
  */
@@ -127,7 +180,14 @@ export function bindServer(server: TlsServer, identity: Identity, opts: ServerAu
           `peer not verified: ${socket.authorizationError ?? 'no certificate'}`,
         );
       }
-      peers.set(socket, authorizePeer(cert, opts.authorize));
+      const peer = authorizePeer(cert, opts.authorize);
+      if (opts.revocation) {
+        const guard = opts.revocation;
+        guard.admit(socket, chainOf(cert), guard.policyFor('server', opts.onStale), (err) =>
+          opts.onRefused?.(err, socket),
+        );
+      }
+      peers.set(socket, peer);
     } catch (e) {
       const err = isIdentityError(e) ? e : new IdentityError('ERR_PEER_UNVERIFIED', String(e));
       try {
@@ -166,7 +226,7 @@ export function createMtlsServer(
 // Client side
 // ---------------------------------------------------------------------------------------------
 
-export interface ClientAuthorization extends TlsVersions {
+export interface ClientAuthorization extends TlsVersions, RevocationEnforcement {
   authorize: Authorizer;
 }
 
@@ -176,12 +236,13 @@ export interface ClientAuthorization extends TlsVersions {
  * one name is a URI). Node calls this only once the chain has verified against `ca`.
  */
 function spiffeServerCheck(
-  authorize: Authorizer,
+  opts: ClientAuthorization,
 ): (host: string, cert: PeerCertificate) => Error | undefined {
   return (_host, cert) => {
     try {
-      authorizePeer(new X509Certificate(cert.raw), authorize);
-      return undefined;
+      authorizePeer(new X509Certificate(cert.raw), opts.authorize);
+      const guard = opts.revocation;
+      return guard?.refusal(chainOfPeerCertificate(cert), guard.policyFor('client', opts.onStale));
     } catch (e) {
       return isIdentityError(e) ? e : new IdentityError('ERR_PEER_UNVERIFIED', String(e));
     }
@@ -197,7 +258,7 @@ export function clientTlsOptions(identity: Identity, opts: ClientAuthorization):
   return {
     ...contextOptions(identity.current(), opts),
     rejectUnauthorized: true,
-    checkServerIdentity: spiffeServerCheck(opts.authorize),
+    checkServerIdentity: spiffeServerCheck(opts),
   };
 }
 
@@ -213,19 +274,22 @@ export interface MtlsAgentOptions extends ClientAuthorization {
 /**
  * A keep-alive https.Agent whose every new connection presents the identity current at that
  * moment: createConnection passes a fresh secureContext, so a rotation reaches new connections and
- * leaves pooled ones alone. TLS session caching is off: Node skips checkServerIdentity on a resumed
+ * leaves pooled ones alone. With `revocation`, a revoked server is refused at the handshake and
+ * pooled connections to it are closed when the guard learns of it. TLS session caching is off: Node skips checkServerIdentity on a resumed
  * session, and authorization must run on every handshake.
  */
 export class MtlsAgent extends Agent {
   readonly identity: Identity;
   readonly #versions: TlsVersions;
+  readonly #revocation: RevocationGuard | undefined;
+  readonly #onStale: StalePolicy | undefined;
 
   constructor(identity: Identity, opts: MtlsAgentOptions) {
     const agentOptions: AgentOptions = {
       keepAlive: true,
       maxCachedSessions: 0,
       rejectUnauthorized: true,
-      checkServerIdentity: spiffeServerCheck(opts.authorize),
+      checkServerIdentity: spiffeServerCheck(opts),
       ...(opts.maxSockets !== undefined ? { maxSockets: opts.maxSockets } : {}),
       ...(opts.maxFreeSockets !== undefined ? { maxFreeSockets: opts.maxFreeSockets } : {}),
       ...(opts.keepAliveMsecs !== undefined ? { keepAliveMsecs: opts.keepAliveMsecs } : {}),
@@ -234,6 +298,8 @@ export class MtlsAgent extends Agent {
     super(agentOptions);
     this.identity = identity;
     this.#versions = { minVersion: opts.minVersion, maxVersion: opts.maxVersion };
+    this.#revocation = opts.revocation;
+    this.#onStale = opts.revocation?.policyFor('client', opts.onStale);
   }
 
   override createConnection(
@@ -242,7 +308,23 @@ export class MtlsAgent extends Agent {
   ): Duplex | null | undefined {
     // tls.connect uses secureContext as is and ignores cert/key/ca/minVersion beside it.
     const secureContext = secureContextFor(this.identity.current(), this.#versions);
-    return super.createConnection({ ...options, secureContext } as RequestOptions, callback);
+    const socket = super.createConnection({ ...options, secureContext } as RequestOptions, callback);
+    const guard = this.#revocation;
+    if (guard && socket) {
+      // checkServerIdentity has refused a revoked server already; from here the guard watches the
+      // pooled connection and closes it when the server's certificate is revoked.
+      const tls = socket as TLSSocket;
+      tls.once('secureConnect', () => {
+        const cert = tls.getPeerX509Certificate();
+        if (!cert) return;
+        try {
+          guard.admit(tls, chainOf(cert), this.#onStale!);
+        } catch (e) {
+          tls.destroy(e as Error);
+        }
+      });
+    }
+    return socket;
   }
 }
 
@@ -257,7 +339,8 @@ export interface MtlsResponse {
   body: Buffer;
 }
 
-interface MtlsRequestCommon extends TlsVersions {
+/** With an agent, `revocation` and `onStale` are the agent's; these apply to a one-off connection. */
+interface MtlsRequestCommon extends TlsVersions, RevocationEnforcement {
   method?: string;
   headers?: Record<string, string>;
   body?: string | Uint8Array;

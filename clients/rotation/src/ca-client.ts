@@ -84,6 +84,11 @@ export interface CaClientOptions {
 
 /** No legitimate answer is near this: a chain is ~2 KB. It bounds what a hostile server can send. */
 const MAX_BODY_BYTES = 1 << 20;
+/**
+ * crl.pem is the exception: about 70 bytes of PEM per revoked certificate, so 64 MiB holds the
+ * CRLs of some 900,000 unexpired revocations (the CA is built for 100,000 in under a second).
+ */
+const MAX_CRL_BYTES = 64 << 20;
 
 /** OpenSSL verification results that mean "not the server we trust", not "could not connect". */
 const TLS_VERIFY_CODES = new Set([
@@ -170,6 +175,7 @@ export class CaClient implements AgentCaApi {
       ca: p.trustBundlePem,
       headers: p.etag ? { 'if-none-match': p.etag } : undefined,
       notModified: true,
+      maxBytes: MAX_CRL_BYTES,
     });
     if (res.status === 304) return { changed: false };
     const etag = res.headers.etag;
@@ -208,6 +214,8 @@ export class CaClient implements AgentCaApi {
       headers?: Record<string, string>;
       /** Resolve a 304 answer instead of rejecting it (conditional GETs). */
       notModified?: boolean;
+      /** Largest answer accepted; default MAX_BODY_BYTES. */
+      maxBytes?: number;
       timeoutMs?: number;
       signal?: AbortSignal;
     },
@@ -239,7 +247,7 @@ export class CaClient implements AgentCaApi {
           let size = 0;
           res.on('data', (c: Buffer) => {
             size += c.length;
-            if (size > MAX_BODY_BYTES) {
+            if (size > (o.maxBytes ?? MAX_BODY_BYTES)) {
               req.destroy(new CaClientError('ERR_SERVER_UNREACHABLE', `${url}: answer too large`));
               return;
             }

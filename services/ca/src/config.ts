@@ -44,6 +44,48 @@ export interface ServerConfig extends StorageConfig {
   readonly backgroundIntervalMs: number;
   /** Set when --x509pop-ca is: the x509pop attestation method is offered (docs/attestation.md). */
   readonly x509pop?: X509popConfig;
+  /** Rate limits, quotas and load shedding: per replica, in memory (docs/configuration.md). */
+  readonly limits: AbuseLimits;
+  /** Slow-client defences of the HTTPS server. */
+  readonly http: HttpLimits;
+}
+
+/** A token bucket: `burst` requests at once, refilled at `perSecond`. */
+export interface RateLimit {
+  readonly perSecond: number;
+  readonly burst: number;
+}
+
+/**
+ * Abuse controls. They bound what one client address or one node can cost; correctness never
+ * depends on them (token use, serials and revocation are enforced by the database). A limit of
+ * null is off. `--rate-limits off` / BATON_RATE_LIMITS=off turns the four rates off unless one is
+ * set explicitly.
+ */
+export interface AbuseLimits {
+  /** --rate-attest / BATON_RATE_ATTEST, default 300/m: per client address, POST /v1/attest and POST /v1/attest/challenge (a bucket each) */
+  readonly attest: RateLimit | null;
+  /** --rate-public / BATON_RATE_PUBLIC, default 6000/m: per client address, OCSP, CRL and bundle (a bucket each) */
+  readonly public: RateLimit | null;
+  /** --quota-renew / BATON_QUOTA_RENEW, default 10/m: per node, POST /v1/renew */
+  readonly renew: RateLimit | null;
+  /** --quota-workload / BATON_QUOTA_WORKLOAD, default 300/m: per node, POST /v1/workload-svids */
+  readonly workload: RateLimit | null;
+  /** --max-in-flight / BATON_MAX_IN_FLIGHT, default 256: requests in progress past which new ones are shed (429) */
+  readonly maxInFlight: number | null;
+}
+
+export interface HttpLimits {
+  /** --request-timeout / BATON_REQUEST_TIMEOUT, default 30s: the whole request (headers and body) must arrive within it */
+  readonly requestTimeoutMs: number;
+  /** --headers-timeout / BATON_HEADERS_TIMEOUT, default 10s: the TLS handshake, and the request headers; below the request timeout */
+  readonly headersTimeoutMs: number;
+  /** --keep-alive-timeout / BATON_KEEP_ALIVE_TIMEOUT, default 65s: an idle keep-alive connection is closed after it */
+  readonly keepAliveTimeoutMs: number;
+  /** --idle-timeout / BATON_IDLE_TIMEOUT, default 2m: a socket silent this long during a request is closed; above the 30 s long-poll */
+  readonly idleTimeoutMs: number;
+  /** --max-requests-per-socket / BATON_MAX_REQUESTS_PER_SOCKET, default 1000 (off: unlimited): then the connection closes */
+  readonly maxRequestsPerSocket: number | null;
 }
 
 export interface X509popConfig extends X509popSettings {
@@ -160,6 +202,73 @@ function loadX509popConfig(flags: Flags, env: Env): X509popConfig | undefined {
   });
 }
 
+const RATE_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600 };
+
+/** `60/m` (60 at once, then one a second), `10/s,burst=50`, or `off` (null). */
+export function parseRate(text: string, what: string): RateLimit | null {
+  const t = text.trim().toLowerCase().replace(/\s+/g, '');
+  if (t === 'off') return null;
+  const m = /^(\d{1,9})\/(s|m|h)(?:,burst=(\d{1,9}))?$/.exec(t);
+  if (!m) return invalid(`${what}: expected N/s, N/m or N/h (optionally ",burst=B"), or off; got "${text}"`);
+  const count = Number(m[1]);
+  const burst = m[3] === undefined ? count : Number(m[3]);
+  if (count < 1 || burst < 1) invalid(`${what}: the rate and the burst must be at least 1`);
+  return { perSecond: count / RATE_UNITS[m[2]!]!, burst };
+}
+
+/** A positive count, or `off` (null). */
+function parseCount(text: string, what: string): number | null {
+  const t = text.trim().toLowerCase();
+  if (t === 'off') return null;
+  if (!/^\d{1,9}$/.test(t) || Number(t) < 1) return invalid(`${what}: a positive integer or off`);
+  return Number(t);
+}
+
+/** The revocation long-poll holds a request up to 30 s without traffic (CONTRACT). */
+const LONG_POLL_MS = 30_000;
+
+function loadAbuseLimits(flags: Flags, env: Env): AbuseLimits {
+  const master = (str(flags, 'rate-limits', env, 'BATON_RATE_LIMITS') ?? 'on').trim().toLowerCase();
+  if (master !== 'on' && master !== 'off') invalid('--rate-limits: on or off');
+  const rate = (flag: string, envName: string, fallback: string) =>
+    parseRate(str(flags, flag, env, envName) ?? (master === 'off' ? 'off' : fallback), `--${flag}`);
+  return Object.freeze({
+    attest: rate('rate-attest', 'BATON_RATE_ATTEST', '300/m'),
+    public: rate('rate-public', 'BATON_RATE_PUBLIC', '6000/m'),
+    renew: rate('quota-renew', 'BATON_QUOTA_RENEW', '10/m'),
+    workload: rate('quota-workload', 'BATON_QUOTA_WORKLOAD', '300/m'),
+    maxInFlight: parseCount(
+      str(flags, 'max-in-flight', env, 'BATON_MAX_IN_FLIGHT') ?? '256',
+      '--max-in-flight',
+    ),
+  });
+}
+
+function loadHttpLimits(flags: Flags, env: Env): HttpLimits {
+  const ms = (flag: string, envName: string, fallback: string) => {
+    const v = parseDuration(str(flags, flag, env, envName) ?? fallback, `--${flag}`);
+    if (v < 100) invalid(`--${flag}: must be at least 100ms`);
+    return v;
+  };
+  const limits: HttpLimits = {
+    requestTimeoutMs: ms('request-timeout', 'BATON_REQUEST_TIMEOUT', '30s'),
+    headersTimeoutMs: ms('headers-timeout', 'BATON_HEADERS_TIMEOUT', '10s'),
+    keepAliveTimeoutMs: ms('keep-alive-timeout', 'BATON_KEEP_ALIVE_TIMEOUT', '65s'),
+    idleTimeoutMs: ms('idle-timeout', 'BATON_IDLE_TIMEOUT', '2m'),
+    maxRequestsPerSocket: parseCount(
+      str(flags, 'max-requests-per-socket', env, 'BATON_MAX_REQUESTS_PER_SOCKET') ?? '1000',
+      '--max-requests-per-socket',
+    ),
+  };
+  // Cross-field: Node refuses headersTimeout above requestTimeout, and a socket timeout shorter than
+  // the long-poll would cut every idle revocation feed.
+  if (limits.headersTimeoutMs >= limits.requestTimeoutMs)
+    invalid('--headers-timeout: must be below --request-timeout');
+  if (limits.idleTimeoutMs <= LONG_POLL_MS)
+    invalid('--idle-timeout: must be above 30s (the revocation long-poll)');
+  return Object.freeze(limits);
+}
+
 export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
   const level = (env.BATON_LOG_LEVEL || 'info') as LogLevel;
   if (!LOG_LEVELS.includes(level)) invalid(`BATON_LOG_LEVEL: one of ${LOG_LEVELS.join(', ')}`);
@@ -177,6 +286,8 @@ export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
     ),
     backgroundIntervalMs: parseDuration(env.BATON_BACKGROUND_INTERVAL ?? '10s', 'BATON_BACKGROUND_INTERVAL'),
     x509pop: loadX509popConfig(flags, env),
+    limits: loadAbuseLimits(flags, env),
+    http: loadHttpLimits(flags, env),
   });
 }
 

@@ -70,7 +70,9 @@ export function auditVerifier() {
         (row.prevHash !== null && prev !== null && row.prevHash.equals(prev));
       const recomputed = auditHash(row, row.prevHash);
       if (!row.hash || !recomputed.equals(row.hash)) {
-        failure = { ok: false, rows, rowId: row.id, sealSeq: seq, problem: 'changed' };
+        // A row whose stored prev_hash does not link here was moved here (e.g. seal_seq swapped):
+        // its hash covers its old place. A row that links but does not hash was edited in place.
+        failure = { ok: false, rows, rowId: row.id, sealSeq: seq, problem: linkOk ? 'changed' : 'reordered' };
         return false;
       }
       if (!linkOk || seq !== expectedSeq) {

@@ -168,12 +168,15 @@ export async function renewNode(
   const csr = csrFrom(p.csr);
   return deps.storage.transaction(async (tx) => {
     const now = deps.clock.now();
+    // Locks in the order node → certificate, the order of a node revocation (revokeNode locks the
+    // node, then updates its certificates): the other order deadlocks against a concurrent one.
+    const peer = await tx.certificates.findBySerial(p.peerSerial);
+    const node = peer?.nodeId ? await tx.nodes.lockById(peer.nodeId) : null;
     const current = await tx.certificates.lockBySerial(p.peerSerial);
-    if (!current || current.kind !== 'node' || !current.nodeId) {
+    if (!current || current.kind !== 'node' || !current.nodeId || current.nodeId !== peer?.nodeId) {
       throw new BatonError('ERR_NOT_AUTHENTICATED', 'a node certificate is required');
     }
     assertCurrent(current.status, current.notAfter, now);
-    const node = await tx.nodes.lockById(current.nodeId);
     if (!node || node.status !== 'active')
       throw new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
     await tx.nodes.recordSeen(node.id, now);

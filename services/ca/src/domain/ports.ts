@@ -125,6 +125,8 @@ export interface NodeRepository {
   /** Reads and row-locks a node for the rest of the transaction. */
   lockById(id: string): Promise<NodeRecord | null>;
   list(): Promise<NodeRecord[]>;
+  /** Nodes that are active and hold a valid node certificate unexpired at `now` (a metric). */
+  countActive(now: Date): Promise<number>;
   recordAttestation(id: string, at: Date, method: string): Promise<void>;
   recordSeen(id: string, at: Date): Promise<void>;
   markRevoked(id: string, at: Date, reason: number): Promise<void>;

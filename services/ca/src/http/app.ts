@@ -1,5 +1,6 @@
 import express, { type Express } from 'express';
 import type { Logger } from 'pino';
+import type { AbuseLimits } from '../config';
 import type { Attestor } from '../domain/attestation/attestor';
 import type { Clock } from '../domain/clock';
 import { BatonError } from '../domain/errors';
@@ -8,6 +9,7 @@ import type { Installation, Storage } from '../domain/ports';
 import { errorHandler } from './errors';
 import type { CrlService } from '../server/crl-service';
 import type { RevocationFeed } from '../server/revocation-feed';
+import { abuseControls, headerLimit } from './abuse-controls';
 import type { Metrics } from './metrics';
 import { requestContext, secureHeaders } from './request-context';
 import { attestChallengeRoutes } from './routes/attest-challenge';
@@ -39,6 +41,10 @@ export interface AppDeps {
   feed: RevocationFeed;
   /** Publishes new CRLs and wakes the feed; called after a revocation commits. */
   afterRevocation(): Promise<void>;
+  /** Rate limits, quotas and the in-flight limit (per replica). */
+  limits: AbuseLimits;
+  /** Monotonic milliseconds for the rate limits (never the wall clock). */
+  monotonicMs: () => number;
 }
 
 /** JSON bodies are small (a CSR is ~500 bytes of PEM); anything large is refused early. */
@@ -51,6 +57,17 @@ export function buildApp(deps: AppDeps): Express {
   app.set('etag', false);
   app.use(requestContext(deps.log, deps.metrics));
   app.use(secureHeaders);
+  app.use(headerLimit);
+  // Abuse controls run before any body is read or any database is asked: a refusal costs little.
+  const limit = abuseControls(deps.limits, deps.metrics, deps.monotonicMs);
+  app.use(limit.concurrency);
+  app.post('/v1/attest', limit.attest);
+  app.post('/v1/attest/challenge', limit.challenge);
+  app.use('/v1/ocsp', limit.ocsp);
+  app.get(['/v1/crl', '/v1/crl.pem'], limit.crl);
+  app.get(['/v1/bundle', '/v1/bundle.jwks'], limit.bundle);
+  app.post('/v1/renew', limit.renew);
+  app.post('/v1/workload-svids', limit.workload);
   // OCSP bodies are DER, parsed by their own route before the JSON parser sees them.
   app.use(ocspRoutes(deps));
   app.use(express.json({ limit: BODY_LIMIT, type: ['application/json', 'application/*+json'] }));
@@ -66,6 +83,6 @@ export function buildApp(deps: AppDeps): Express {
   app.use(crlRoutes(deps));
   app.use(revocationRoutes(deps));
   app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));
-  app.use(errorHandler(deps.log));
+  app.use(errorHandler(deps.log, deps.metrics));
   return app;
 }

@@ -2,6 +2,7 @@ import type { ErrorRequestHandler } from 'express';
 import type { Logger } from 'pino';
 import { type BatonErrorCode, BatonError } from '../domain/errors';
 import { F } from '../log-fields';
+import type { Metrics } from './metrics';
 
 /** The one table from error code to HTTP status. A code missing here is answered as a 500. */
 export const HTTP_STATUS: Partial<Record<BatonErrorCode, number>> = {
@@ -25,6 +26,7 @@ export const HTTP_STATUS: Partial<Record<BatonErrorCode, number>> = {
   ERR_KEY_REUSED: 409,
   ERR_ALREADY_INITIALIZED: 409,
   ERR_BODY_TOO_LARGE: 413,
+  ERR_HEADERS_TOO_LARGE: 431,
   ERR_RATE_LIMITED: 429,
   ERR_NOT_INITIALIZED: 503,
   ERR_CA_UNAVAILABLE: 503,
@@ -33,7 +35,10 @@ export const HTTP_STATUS: Partial<Record<BatonErrorCode, number>> = {
   ERR_DATABASE_UNAVAILABLE: 503,
 };
 
-/** Seconds a client should wait before retrying a 503/429 (RFC 9110 §10.2.3). */
+/**
+ * Seconds a client should wait before retrying a 503/429 (RFC 9110 §10.2.3), unless the refusing
+ * middleware set its own (a rate limit knows when its next token comes).
+ */
 export const RETRY_AFTER_S = 5;
 
 export function errorBody(code: string, message: string): { error: { code: string; message: string } } {
@@ -48,8 +53,9 @@ interface BodyParserError {
 /**
  * Renders every error as `{"error":{"code","message"}}`. Known codes are exposed; anything else
  * is a redacted 500 whose cause is logged under the request id (oidc-provider err_out.js).
+ * Every refusal is counted by code (baton_requests_refused_total).
  */
-export function errorHandler(log: Logger): ErrorRequestHandler {
+export function errorHandler(log: Logger, metrics: Metrics): ErrorRequestHandler {
   return (err, req, res, _next) => {
     const reqId = String(res.locals.requestId ?? '');
     let status = 500;
@@ -77,7 +83,9 @@ export function errorHandler(log: Logger): ErrorRequestHandler {
         'Request failed',
       );
     }
-    if (status === 503 || status === 429) res.set('Retry-After', String(RETRY_AFTER_S));
+    metrics.requestsRefused.inc({ code });
+    if ((status === 503 || status === 429) && !res.get('Retry-After'))
+      res.set('Retry-After', String(RETRY_AFTER_S));
     if (!res.headersSent) res.status(status).json(errorBody(code, message));
   };
 }

@@ -45,8 +45,20 @@ export function buildCertificate(issuer: IssuerTemplate, p: TbsParams): Buffer {
  * of CSPRNG output. Baton uses 128 random bits with the top bit cleared (so the INTEGER needs no
  * leading zero) and never zero.
  */
+const SERIAL_BYTES = 16;
+/** CSPRNG output drawn 4 KiB at a time: one call per 256 serials instead of one per serial. */
+let pool = Buffer.alloc(0);
+let poolOffset = 0;
+
 export function randomSerial(): Buffer {
-  const s = randomBytes(16);
+  if (poolOffset + SERIAL_BYTES > pool.length) {
+    pool = randomBytes(4096);
+    poolOffset = 0;
+  }
+  // A copy: the pool's bytes are never handed out twice nor shared with the caller.
+  const s = Buffer.from(pool.subarray(poolOffset, poolOffset + SERIAL_BYTES));
+  pool.fill(0, poolOffset, poolOffset + SERIAL_BYTES);
+  poolOffset += SERIAL_BYTES;
   s[0] = (s[0]! & 0x7f) | 0x01;
   return s;
 }

@@ -1,7 +1,7 @@
 import { verify } from 'node:crypto';
 import { BatonError } from '../domain/errors';
 import { children, decodeOid, fromPem, readWhole, type Tlv } from './der-reader';
-import { describePublicKey, type PublicKeyInfo } from './keys';
+import { describePublicKey, EC_COORDINATE_BYTES, EC_SPKI_PREFIX, type PublicKeyInfo } from './keys';
 import { OID } from './oids';
 
 /**
@@ -200,15 +200,7 @@ function signatureBits(el: Tlv): Buffer {
   return el.value.subarray(1);
 }
 
-/**
- * RFC 5480 §2: the whole SPKI of an EC key on a named curve, up to and including the 0x04 octet
- * of an uncompressed point (SEC 1 §2.3.3); only the coordinates follow.
- */
-const EC_SPKI_PREFIX: Record<'ec-p256' | 'ec-p384', Buffer> = {
-  'ec-p256': Buffer.from('3059301306072a8648ce3d020106082a8648ce3d03010703420004', 'hex'),
-  'ec-p384': Buffer.from('3076301006072a8648ce3d020106052b8104002203620004', 'hex'),
-};
-const EC_COORDINATES_BYTES = { 'ec-p256': 64, 'ec-p384': 96 } as const;
+const EC_COORDINATES_BYTES = { 'ec-p256': 2 * EC_COORDINATE_BYTES['ec-p256'], 'ec-p384': 2 * EC_COORDINATE_BYTES['ec-p384'] } as const;
 
 /** RFC 3279 §2.3.1: rsaEncryption with NULL parameters. */
 const RSA_ALGORITHM_ID = Buffer.from('300d06092a864886f70d0101010500', 'hex');

@@ -92,7 +92,22 @@ export function enumerated(n: number): Buffer {
   return tlv(TAG.ENUMERATED, int(n).subarray(2));
 }
 
+/**
+ * OBJECT IDENTIFIERs are program constants (Baton never encodes one taken from input), so each is
+ * encoded once: a leaf's extensions name about ten of them. The cache is bounded all the same.
+ */
+const OID_CACHE = new Map<string, Buffer>();
+const OID_CACHE_MAX = 512;
+
 export function oid(dotted: string): Buffer {
+  const cached = OID_CACHE.get(dotted);
+  if (cached) return cached;
+  const encoded = encodeOid(dotted);
+  if (OID_CACHE.size < OID_CACHE_MAX) OID_CACHE.set(dotted, encoded);
+  return encoded;
+}
+
+function encodeOid(dotted: string): Buffer {
   const parts = dotted.split('.').map((p) => BigInt(p));
   if (parts.length < 2) throw new RangeError(`bad OID ${dotted}`);
   const body: number[] = [];

@@ -14,8 +14,46 @@ export interface PublicKeyInfo {
   key: KeyObject;
 }
 
+/**
+ * RFC 5480 §2: the whole SPKI of an EC key on a named curve, up to and including the 0x04 octet of
+ * an uncompressed point (SEC 1 §2.3.3); only the coordinates follow.
+ */
+export const EC_SPKI_PREFIX = {
+  'ec-p256': Buffer.from('3059301306072a8648ce3d020106082a8648ce3d03010703420004', 'hex'),
+  'ec-p384': Buffer.from('3076301006072a8648ce3d020106052b8104002203620004', 'hex'),
+} as const;
+export const EC_COORDINATE_BYTES = { 'ec-p256': 32, 'ec-p384': 48 } as const;
+const JWK_CURVE = { 'ec-p256': 'P-256', 'ec-p384': 'P-384' } as const;
+
+/**
+ * An uncompressed named-curve EC key in its one canonical SPKI encoding, imported from its
+ * coordinates as a JWK (RFC 7518 §6.2.1). OpenSSL 3 checks the point is on the curve either way,
+ * but its generic SPKI decoder costs about twice as much as the JWK path, and a CSR arrives with
+ * every issuance. Anything else (RSA, other curves, compressed points, explicit parameters) returns
+ * undefined and goes through the DER decoder, which also produces the precise refusal.
+ */
+function importCanonicalEcKey(spki: Buffer): { kind: 'ec-p256' | 'ec-p384'; key: KeyObject } | undefined {
+  for (const kind of ['ec-p256', 'ec-p384'] as const) {
+    const prefix = EC_SPKI_PREFIX[kind];
+    const size = EC_COORDINATE_BYTES[kind];
+    if (spki.length !== prefix.length + 2 * size || spki.compare(prefix, 0, prefix.length, 0, prefix.length))
+      continue;
+    const x = spki.toString('base64url', prefix.length, prefix.length + size);
+    const y = spki.toString('base64url', prefix.length + size);
+    try {
+      return { kind, key: createPublicKey({ key: { kty: 'EC', crv: JWK_CURVE[kind], x, y }, format: 'jwk' }) };
+    } catch {
+      // Not a point on the curve.
+      throw new BatonError('ERR_CSR_INVALID', 'the public key cannot be decoded');
+    }
+  }
+  return undefined;
+}
+
 /** Keys accepted in CSRs (CONTRACT "Certificate profile"): EC P-256, EC P-384, RSA 2048–4096. */
 export function describePublicKey(spki: Buffer): PublicKeyInfo {
+  const ec = importCanonicalEcKey(spki);
+  if (ec) return { kind: ec.kind, bits: ec.kind === 'ec-p256' ? 256 : 384, spki, key: ec.key };
   let key: KeyObject;
   try {
     key = createPublicKey({ key: spki, format: 'der', type: 'spki' });

@@ -1,5 +1,6 @@
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import type { SecureContextOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import type { OpenCa } from '../ca-service';
@@ -8,15 +9,32 @@ import type { Attestor } from '../domain/attestation/attestor';
 import { defaultAttestors } from '../domain/attestation/registry';
 import { x509popAttestor } from '../domain/attestation/x509pop-attestor';
 import type { Clock } from '../domain/clock';
+import { MAX_HEADER_BYTES } from '../http/abuse-controls';
 import { buildApp } from '../http/app';
-import { createMetrics, type Metrics } from '../http/metrics';
+import { createMetrics, type Metrics, timedIssuance } from '../http/metrics';
 import { F } from '../log-fields';
 import { caSetVersion } from '../domain/ca-rotation';
-import { loadKeyring } from '../domain/keyring';
+import { BatonError } from '../domain/errors';
+import { type Keyring, loadKeyring } from '../domain/keyring';
 import { type BackgroundJobs, startBackgroundJobs } from './background-jobs';
 import { CrlService } from './crl-service';
 import { RevocationFeed } from './revocation-feed';
 import { issueServerCredential, type ServerCredential } from './server-certificate';
+
+/** The keyring without its signing CA: every use of `signing` throws ERR_CA_UNAVAILABLE (503). */
+function withoutSigning(keyring: Keyring, cause: unknown): Keyring {
+  const unavailable = new BatonError(
+    'ERR_CA_UNAVAILABLE',
+    'the signing CA is unavailable on this replica (its key cannot be unwrapped): retry on another replica',
+    { cause },
+  );
+  return Object.defineProperty({ ...keyring }, 'signing', {
+    enumerable: true,
+    get: (): never => {
+      throw unavailable;
+    },
+  });
+}
 
 export interface RunningServer {
   /** https://HOST:PORT actually bound (port 0 resolved). */
@@ -46,6 +64,8 @@ export async function startServer(p: {
   log: Logger;
   attestors?: ReadonlyMap<string, Attestor>;
   random?: () => number;
+  /** Monotonic milliseconds for the rate limits; default performance.now(). */
+  monotonicMs?: () => number;
 }): Promise<RunningServer> {
   const { config, ca, clock, log } = p;
   const publicUrl = config.publicUrl ?? ca.installation.publicUrl;
@@ -74,37 +94,57 @@ export async function startServer(p: {
       await crls.republish();
       feed.notify();
     },
+    limits: config.limits,
+    monotonicMs: p.monotonicMs ?? (() => performance.now()),
   });
   const issue = () =>
-    issueServerCredential({
-      clock,
-      keyring: ca.keyring,
-      installation: ca.installation,
-      certificates: ca.storage.certificates,
-      listen: config.listen,
-      publicUrl,
-      ttlMs: config.serverCertTtlMs,
-    });
+    timedIssuance(metrics, 'server', 'server', () =>
+      issueServerCredential({
+        clock,
+        keyring: ca.keyring,
+        installation: ca.installation,
+        certificates: ca.storage.certificates,
+        listen: config.listen,
+        publicUrl,
+        ttlMs: config.serverCertTtlMs,
+      }),
+    );
   let credential: ServerCredential = await issue();
   const tlsOptions = (c: ServerCredential): SecureContextOptions => ({
     key: c.key,
     cert: c.cert,
     ca: ca.keyring.bundlePem,
   });
+  const limits = config.http;
   const server = createServer(
     {
       ...tlsOptions(credential),
       minVersion: 'TLSv1.2',
       requestCert: true,
       rejectUnauthorized: false,
-      // Slow-client limits: a TLS handshake or request header that dribbles in is cut off.
-      requestTimeout: 30_000,
-      headersTimeout: 10_000,
-      keepAliveTimeout: 65_000,
+      // Slow-client limits: a TLS handshake or request header that dribbles in is cut off
+      // (slowloris), a body that dribbles in too, and oversized headers get 431 from Node.
+      handshakeTimeout: limits.headersTimeoutMs,
+      headersTimeout: limits.headersTimeoutMs,
+      requestTimeout: limits.requestTimeoutMs,
+      keepAliveTimeout: limits.keepAliveTimeoutMs,
+      maxHeaderSize: MAX_HEADER_BYTES,
+      // Node checks the two timeouts above on this period (default 30 s): keep it well below them.
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, limits.headersTimeoutMs / 4)),
     },
     app,
   );
-  server.maxHeadersCount = 100;
+  // Node would drop headers past maxHeadersCount silently (Host included, giving a bare 400): keep
+  // them all, since maxHeaderSize bounds the memory, and let headerLimit refuse past MAX_HEADERS.
+  server.maxHeadersCount = 0;
+  // A socket silent this long in the middle of a request (a client that stops reading) is closed.
+  server.timeout = limits.idleTimeoutMs;
+  // Keep-alive connections end after this many requests, so clients behind an L4 load balancer
+  // spread over replicas again (authorization never depends on the connection).
+  server.maxRequestsPerSocket = limits.maxRequestsPerSocket ?? 0;
+  // A TLS 1.2 client could renegotiate with another certificate mid-connection; peer identity is
+  // read once per socket (http/peer-cert.ts), so renegotiation is refused outright.
+  server.on('secureConnection', (socket) => socket.disableRenegotiation());
 
   let timer: NodeJS.Timeout | undefined;
   const schedule = (delayMs: number) => {
@@ -139,12 +179,28 @@ export async function startServer(p: {
   });
   schedule(halfLife(credential));
   let caVersion = caSetVersion(ca.keyring.all.map((c) => c.record));
+  let lastLoaded = ca.keyring;
+  let signingUnavailable = false;
   const reloadKeyring = async () => {
     const cas = await ca.storage.cas.listCas();
     const version = caSetVersion(cas);
     if (version === caVersion) return;
-    ca.keyring = loadKeyring(cas, ca.kek, publicUrl);
+    try {
+      ca.keyring = loadKeyring(cas, ca.kek, publicUrl);
+    } catch (err) {
+      // No fallback: a replica that cannot unwrap the new CA set (a rotation made under another
+      // KEK) must not go on signing with the intermediate it had. It stops issuing (503 with
+      // Retry-After, /readyz 503) and retries at every interval; the CAs it holds keep their CRLs.
+      if (!signingUnavailable)
+        log.error({ [F.err]: err }, 'CA set changed but its keys cannot be loaded: issuance stopped');
+      signingUnavailable = true;
+      ca.keyring = withoutSigning(lastLoaded, err);
+      return;
+    }
+    lastLoaded = ca.keyring;
     caVersion = version;
+    if (signingUnavailable) log.warn('CA keys loaded again: issuance resumed');
+    signingUnavailable = false;
     log.info({ [F.caId]: ca.keyring.signing.record.id }, 'CA set changed: keyring reloaded');
   };
   const jobs = startBackgroundJobs({

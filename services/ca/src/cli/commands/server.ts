@@ -4,6 +4,7 @@ import { loadInitConfig, loadServerConfig } from '../../config';
 import { systemClock } from '../../domain/clock';
 import { isBatonError } from '../../domain/errors';
 import { createLogger } from '../../logger';
+import { isClusterWorker, parseWorkers, runClusterPrimary } from '../../server/cluster';
 import { startServer } from '../../server/start-server';
 import { join } from 'node:path';
 import { type Command, STORAGE_OPTIONS } from '../command';
@@ -40,6 +41,72 @@ export const server: Command = {
       value: '1h',
       description: 'CRL validity (env BATON_CRL_NEXT_UPDATE); rebuilt at half of it and on every revocation',
     },
+    'rate-limits': {
+      type: 'string',
+      value: 'on|off',
+      description:
+        'off: the four limits below default to off (env BATON_RATE_LIMITS, default on); limits are per replica',
+    },
+    'rate-attest': {
+      type: 'string',
+      value: '300/m',
+      description:
+        'per client address on POST /v1/attest and /v1/attest/challenge: N/s|m|h[,burst=B] or off (env BATON_RATE_ATTEST)',
+    },
+    'rate-public': {
+      type: 'string',
+      value: '6000/m',
+      description: 'per client address on OCSP, CRL and bundle (env BATON_RATE_PUBLIC)',
+    },
+    'quota-renew': {
+      type: 'string',
+      value: '10/m',
+      description: 'per node on POST /v1/renew (env BATON_QUOTA_RENEW)',
+    },
+    'quota-workload': {
+      type: 'string',
+      value: '300/m',
+      description: 'per node on POST /v1/workload-svids (env BATON_QUOTA_WORKLOAD)',
+    },
+    'max-in-flight': {
+      type: 'string',
+      value: '256',
+      description:
+        'requests in progress past which new ones get 429 + Retry-After, or off (env BATON_MAX_IN_FLIGHT)',
+    },
+    'request-timeout': {
+      type: 'string',
+      value: '30s',
+      description: 'the whole request must arrive within it (env BATON_REQUEST_TIMEOUT)',
+    },
+    'headers-timeout': {
+      type: 'string',
+      value: '10s',
+      description:
+        'the TLS handshake and the request headers must arrive within it; below --request-timeout (env BATON_HEADERS_TIMEOUT)',
+    },
+    'keep-alive-timeout': {
+      type: 'string',
+      value: '65s',
+      description: 'an idle keep-alive connection is closed after it (env BATON_KEEP_ALIVE_TIMEOUT)',
+    },
+    'idle-timeout': {
+      type: 'string',
+      value: '2m',
+      description: 'a socket silent this long during a request is closed; above 30s (env BATON_IDLE_TIMEOUT)',
+    },
+    'max-requests-per-socket': {
+      type: 'string',
+      value: '1000',
+      description:
+        'a keep-alive connection closes after this many requests, or off (env BATON_MAX_REQUESTS_PER_SOCKET)',
+    },
+    workers: {
+      type: 'string',
+      value: 'N',
+      description:
+        'serve from N processes sharing the port (node cluster), or auto: one per CPU; needs --database-url (default 1)',
+    },
     'init-trust-domain': {
       type: 'string',
       value: 'TD',
@@ -49,6 +116,7 @@ export const server: Command = {
   },
   async run(ctx) {
     const cfg = loadServerConfig(ctx.flags, ctx.env);
+    const workers = parseWorkers(ctx.flags.workers, cfg);
     const log = createLogger(cfg.logLevel);
     const td = ctx.flags['init-trust-domain'];
     const ca = await openCa(cfg, { publicUrl: cfg.publicUrl }).catch(async (e) => {
@@ -69,14 +137,31 @@ export const server: Command = {
       await created.storage.close();
       return openCa(cfg, { publicUrl: cfg.publicUrl });
     });
+    const banner = [
+      `trust domain: ${ca.installation.trustDomain}`,
+      `admin credentials: ${join(cfg.dataDir, 'admin')}`,
+      ...(cfg.x509pop
+        ? [
+            `x509pop attestation: ${cfg.x509pop.cas.length} provisioning CA certificate(s), role ${cfg.x509pop.role}`,
+          ]
+        : []),
+    ];
+    if (workers > 1 && !isClusterWorker()) {
+      // The primary only supervises: migrations and init are done, each worker opens its own pool.
+      await ca.storage.close();
+      return runClusterPrimary({
+        workers,
+        listen: cfg.listen,
+        log,
+        stdout: ctx.stdout,
+        banner,
+        stopSignal: ctx.stopSignal,
+      });
+    }
     const running = await startServer({ config: cfg, ca, clock: systemClock, log });
-    ctx.stdout.write(`listening on ${running.url}\n`);
-    ctx.stdout.write(`trust domain: ${ca.installation.trustDomain}\n`);
-    ctx.stdout.write(`admin credentials: ${join(cfg.dataDir, 'admin')}\n`);
-    if (cfg.x509pop) {
-      ctx.stdout.write(
-        `x509pop attestation: ${cfg.x509pop.cas.length} provisioning CA certificate(s), role ${cfg.x509pop.role}\n`,
-      );
+    if (!isClusterWorker()) {
+      ctx.stdout.write(`listening on ${running.url}\n`);
+      for (const line of banner) ctx.stdout.write(`${line}\n`);
     }
     const signal = await ctx.stopSignal;
     log.info({ signal }, 'Shutting down');

@@ -6,6 +6,7 @@ import type { AppDeps } from '../app';
 import { auditContext } from '../audit-context';
 import { type AdminIdentity, requireAdmin } from '../authorization';
 import { renderIssuance } from '../render';
+import { timedIssuance } from '../metrics';
 import { refreshAt } from '../../domain/refresh';
 import { body, optionalDurationMs, requiredString } from '../validate';
 
@@ -18,17 +19,18 @@ export function adminAdminRoutes(deps: AppDeps): Router {
     const admin = res.locals.admin as AdminIdentity;
     const csr = parseCsr(requiredString(b, 'csr', 16 * 1024));
     const keyring = deps.keyring();
-    const leaf = await issueAdminCertificate(
-      { clock: deps.clock, storage: deps.storage, keyring, installation: deps.installation },
-      {
-        name: b.name,
-        role: b.role,
-        ttlMs: optionalDurationMs(b, 'ttl', MIN_TTL_MS, MAX_TTL.admin),
-        key: csr.key,
-        audit: auditContext(req, admin.spiffeId),
-      },
+    const leaf = await timedIssuance(deps.metrics, 'admin', 'admin', () =>
+      issueAdminCertificate(
+        { clock: deps.clock, storage: deps.storage, keyring, installation: deps.installation },
+        {
+          name: b.name,
+          role: b.role,
+          ttlMs: optionalDurationMs(b, 'ttl', MIN_TTL_MS, MAX_TTL.admin),
+          key: csr.key,
+          audit: auditContext(req, admin.spiffeId),
+        },
+      ),
     );
-    deps.metrics.certificatesIssued.inc({ kind: 'admin' });
     const now = deps.clock.now();
     res.status(201).json(
       renderIssuance(

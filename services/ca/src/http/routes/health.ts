@@ -1,5 +1,6 @@
 import { Router } from 'express';
 import type { AppDeps } from '../app';
+import { refreshScrapeGauges } from '../metrics';
 
 /** Liveness says the process answers; readiness that the database and the CA keys are usable. */
 export function healthRoutes(deps: AppDeps): Router {
@@ -15,20 +16,24 @@ export function healthRoutes(deps: AppDeps): Router {
     } catch {
       // reported below
     }
-    const kr = deps.keyring();
-    checks.ca_keys = kr.signing.record.notAfter.getTime() > deps.clock.now().getTime();
+    try {
+      // Throws when this replica cannot unwrap the active signing CA (server/start-server.ts).
+      checks.ca_keys = deps.keyring().signing.record.notAfter.getTime() > deps.clock.now().getTime();
+    } catch {
+      // reported below
+    }
     const ready = checks.database && checks.ca_keys;
     if (!ready) res.set('Retry-After', '5');
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', checks });
   });
   r.get('/metrics', async (_req, res) => {
-    const now = deps.clock.now().getTime();
-    for (const ca of deps.keyring().all) {
-      deps.metrics.caExpirySeconds.set(
-        { ca_id: ca.record.id, kind: ca.record.kind },
-        (ca.record.notAfter.getTime() - now) / 1000,
-      );
-    }
+    await refreshScrapeGauges(deps.metrics, {
+      now: deps.clock.now(),
+      keyring: deps.keyring(),
+      crls: deps.storage.crls,
+      nodes: deps.storage.nodes,
+      feedWaiters: deps.feed.waiting,
+    });
     res.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
   });
   return r;

@@ -2,6 +2,7 @@ import { Router } from 'express';
 import { attestNode, renewNode } from '../../domain/node-identity';
 import type { AppDeps } from '../app';
 import { auditContext } from '../audit-context';
+import { timedIssuance } from '../metrics';
 import { peerCertificate } from '../peer-cert';
 import { renderIssuance } from '../render';
 import { body } from '../validate';
@@ -19,23 +20,17 @@ export function nodeIdentityRoutes(deps: AppDeps): Router {
   });
   r.post('/v1/attest', async (req, res) => {
     const { method, csr, ...payload } = body(req);
-    const issued = await attestNode(identityDeps(), {
-      method,
-      csr,
-      payload,
-      audit: auditContext(req, 'anonymous'),
-    });
-    deps.metrics.certificatesIssued.inc({ kind: 'node' });
+    const issued = await timedIssuance(deps.metrics, 'node', 'attest', () =>
+      attestNode(identityDeps(), { method, csr, payload, audit: auditContext(req, 'anonymous') }),
+    );
     res.status(201).json(renderIssuance(issued, { withNodeId: true }));
   });
   r.post('/v1/renew', async (req, res) => {
     const peer = peerCertificate(req);
-    const issued = await renewNode(identityDeps(), {
-      peerSerial: peer.serial,
-      csr: body(req).csr,
-      audit: auditContext(req, peer.spiffeId),
-    });
-    deps.metrics.certificatesIssued.inc({ kind: 'node' });
+    const csr = body(req).csr;
+    const issued = await timedIssuance(deps.metrics, 'node', 'renew', () =>
+      renewNode(identityDeps(), { peerSerial: peer.serial, csr, audit: auditContext(req, peer.spiffeId) }),
+    );
     res.status(201).json(renderIssuance(issued, { withNodeId: true }));
   });
   return r;

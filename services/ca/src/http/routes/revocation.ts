@@ -46,6 +46,7 @@ export function revocationRoutes(deps: AppDeps): Router {
         },
       );
       await deps.afterRevocation();
+      deps.metrics.revocations.inc({ kind: 'node' });
       res.json({
         node_id: req.params.id,
         revoked_certificates: result.serials,
@@ -67,6 +68,7 @@ export function revocationRoutes(deps: AppDeps): Router {
         },
       );
       await deps.afterRevocation();
+      deps.metrics.revocations.inc({ kind: 'certificate' });
       res.json({ revoked_certificates: result.serials, event: renderEvent(result.event) });
     },
   );

@@ -4,6 +4,7 @@ import { issueWorkloadSvid } from '../../domain/workload-identity';
 import type { AppDeps } from '../app';
 import { auditContext } from '../audit-context';
 import { requireNode } from '../authorization';
+import { timedIssuance } from '../metrics';
 import { renderEntry, renderIssuance } from '../render';
 import { body } from '../validate';
 
@@ -24,22 +25,24 @@ export function workloadIdentityRoutes(deps: AppDeps): Router {
 
   r.post('/v1/workload-svids', auth, async (req, res) => {
     const b = body(req);
-    const issued = await issueWorkloadSvid(
-      {
-        clock: deps.clock,
-        storage: deps.storage,
-        keyring: deps.keyring(),
-        installation: deps.installation,
-        random: deps.random,
-      },
-      {
-        node: nodeOf(res.locals),
-        spiffeId: b.spiffe_id,
-        csr: b.csr,
-        audit: auditContext(req, `spiffe://${deps.installation.trustDomain}/node/${nodeOf(res.locals).id}`),
-      },
+    const node = nodeOf(res.locals);
+    const issued = await timedIssuance(deps.metrics, 'workload', 'workload', () =>
+      issueWorkloadSvid(
+        {
+          clock: deps.clock,
+          storage: deps.storage,
+          keyring: deps.keyring(),
+          installation: deps.installation,
+          random: deps.random,
+        },
+        {
+          node,
+          spiffeId: b.spiffe_id,
+          csr: b.csr,
+          audit: auditContext(req, `spiffe://${deps.installation.trustDomain}/node/${node.id}`),
+        },
+      ),
     );
-    deps.metrics.certificatesIssued.inc({ kind: 'workload' });
     res.status(201).json(renderIssuance(issued, { withNodeId: false }));
   });
   return r;

@@ -6,10 +6,16 @@ interface DbErrorLike {
   message?: string;
 }
 
-/** SQLSTATE class 08 (connection), 57P0x (shutdown), 53 (resources), and socket errors. */
+/**
+ * SQLSTATE class 08 (connection), 57P0x (shutdown), 53 (resources), and socket errors. Errors
+ * without a code come from the drivers: pg's "Client has encountered a connection error and is
+ * not queryable" is what a transaction's ROLLBACK throws once PostgreSQL went away mid-transaction.
+ */
 function isUnavailable(code: string | undefined, message: string): boolean {
   if (!code)
-    return /Knex: Timeout acquiring a connection|Connection terminated|connect ECONNREFUSED/.test(message);
+    return /Knex: Timeout acquiring a connection|Connection terminated|connect ECONNREFUSED|is not queryable/.test(
+      message,
+    );
   return (
     /^(08|57P0|53)/.test(code) ||
     ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND'].includes(code)

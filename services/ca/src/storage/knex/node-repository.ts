@@ -54,6 +54,21 @@ export function knexNodeRepository(k: Knex | Knex.Transaction): NodeRepository {
     findById: (id) => db(() => one(k('nodes').where({ id }))),
     lockById: (id) => db(() => one(k('nodes').where({ id }).forUpdate())),
     list: () => db(async () => ((await k('nodes').orderBy('created_at')) as NodeRow[]).map(toNode)),
+    countActive: (now) =>
+      db(async () => {
+        const row = (await k('nodes as n')
+          .where('n.status', 'active')
+          .whereExists(
+            k('certificates as c')
+              .select(k.raw('1'))
+              .whereRaw('c.node_id = n.id')
+              .where({ 'c.kind': 'node', 'c.status': 'valid' })
+              .where('c.not_after', '>', now),
+          )
+          .count({ n: '*' })
+          .first()) as { n: string | number } | undefined;
+        return Number(row?.n ?? 0);
+      }),
     recordAttestation: (id, at, method) =>
       db(
         async () =>

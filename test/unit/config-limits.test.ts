@@ -1,0 +1,116 @@
+import { type Flags, loadServerConfig, parseRate } from '../../services/ca/src/config';
+import { BatonError } from '../../services/ca/src/domain/errors';
+
+const load = (flags: Flags = {}, env: Record<string, string> = {}) => loadServerConfig(flags, env);
+
+function errorOf(fn: () => unknown): BatonError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof BatonError) return e;
+    throw e;
+  }
+  throw new Error('expected a BatonError, nothing was thrown');
+}
+
+describe('parseRate', () => {
+  it.each([
+    ['ok/per minute: the count is the burst', '60/m', { perSecond: 1, burst: 60 }],
+    ['ok/per second', '10/s', { perSecond: 10, burst: 10 }],
+    ['ok/per hour', '3600/h', { perSecond: 1, burst: 3600 }],
+    ['ok/explicit burst', '10/s,burst=50', { perSecond: 10, burst: 50 }],
+    ['ok/spaces and case', ' 10/S, burst=5 ', { perSecond: 10, burst: 5 }],
+    ['ok/off', 'off', null],
+    ['ok/OFF', 'OFF', null],
+  ])('%s: %p', (_name, text, want) => {
+    expect(parseRate(text, '--rate-attest')).toEqual(want);
+  });
+
+  it.each([
+    ['fail/bare number', '60'],
+    ['fail/unknown unit', '60/d'],
+    ['fail/zero', '0/m'],
+    ['fail/zero burst', '1/s,burst=0'],
+    ['fail/negative', '-1/s'],
+    ['fail/fraction', '1.5/s'],
+    ['fail/empty', ''],
+    ['fail/garbage after', '60/m,x'],
+  ])('%s: %p -> ERR_CONFIG_INVALID naming the flag', (_name, text) => {
+    const e = errorOf(() => parseRate(text, '--rate-attest'));
+    expect(e.code).toBe('ERR_CONFIG_INVALID');
+    expect(e.message).toMatch(/^--rate-attest: /);
+  });
+});
+
+describe('loadServerConfig: abuse limits and timeouts', () => {
+  it('ok/defaults', () => {
+    const c = load();
+    expect(c.limits).toEqual({
+      attest: { perSecond: 5, burst: 300 },
+      public: { perSecond: 100, burst: 6000 },
+      renew: { perSecond: 10 / 60, burst: 10 },
+      workload: { perSecond: 5, burst: 300 },
+      maxInFlight: 256,
+    });
+    expect(c.http).toEqual({
+      requestTimeoutMs: 30_000,
+      headersTimeoutMs: 10_000,
+      keepAliveTimeoutMs: 65_000,
+      idleTimeoutMs: 120_000,
+      maxRequestsPerSocket: 1000,
+    });
+    expect(Object.isFrozen(c.limits) && Object.isFrozen(c.http)).toBe(true);
+  });
+
+  it('ok/flags win over the environment', () => {
+    const c = load({ 'rate-attest': '1/s' }, { BATON_RATE_ATTEST: '2/s', BATON_QUOTA_RENEW: '5/h' });
+    expect(c.limits.attest).toEqual({ perSecond: 1, burst: 1 });
+    expect(c.limits.renew).toEqual({ perSecond: 5 / 3600, burst: 5 });
+  });
+
+  it('ok/--rate-limits off turns the rates off, except one set explicitly; the in-flight limit stays', () => {
+    const c = load({ 'rate-limits': 'off' }, { BATON_QUOTA_WORKLOAD: '3/m' });
+    expect(c.limits).toEqual({
+      attest: null,
+      public: null,
+      renew: null,
+      workload: { perSecond: 0.05, burst: 3 },
+      maxInFlight: 256,
+    });
+    expect(load({}, { BATON_RATE_LIMITS: 'off', BATON_MAX_IN_FLIGHT: 'off' }).limits.maxInFlight).toBeNull();
+  });
+
+  it('ok/timeouts and the per-socket limit from the environment', () => {
+    const c = load(
+      {},
+      {
+        BATON_REQUEST_TIMEOUT: '2s',
+        BATON_HEADERS_TIMEOUT: '1s',
+        BATON_KEEP_ALIVE_TIMEOUT: '5s',
+        BATON_IDLE_TIMEOUT: '45s',
+        BATON_MAX_REQUESTS_PER_SOCKET: 'off',
+      },
+    );
+    expect(c.http).toEqual({
+      requestTimeoutMs: 2000,
+      headersTimeoutMs: 1000,
+      keepAliveTimeoutMs: 5000,
+      idleTimeoutMs: 45_000,
+      maxRequestsPerSocket: null,
+    });
+  });
+
+  it.each([
+    ['fail/--rate-limits neither on nor off', { 'rate-limits': 'maybe' }, /^--rate-limits: /],
+    ['fail/bad rate', { 'quota-workload': 'lots' }, /^--quota-workload: /],
+    ['fail/bad in-flight', { 'max-in-flight': '0' }, /^--max-in-flight: /],
+    ['fail/headers timeout not below request timeout', { 'headers-timeout': '30s' }, /^--headers-timeout: /],
+    ['fail/idle timeout within the long-poll', { 'idle-timeout': '30s' }, /^--idle-timeout: .*long-poll/],
+    ['fail/timeout too short', { 'request-timeout': '10ms' }, /^--request-timeout: /],
+    ['fail/timeout without unit', { 'keep-alive-timeout': '65' }, /^--keep-alive-timeout: /],
+  ])('%s -> ERR_CONFIG_INVALID', (_name, flags, message) => {
+    const e = errorOf(() => load(flags as Flags));
+    expect(e.code).toBe('ERR_CONFIG_INVALID');
+    expect(e.message).toMatch(message);
+  });
+});
