@@ -28,13 +28,13 @@ async function closedLoop(
   n: number,
   concurrency: number,
   deadline: number,
-  fn: (i: number) => Promise<void>,
+  fn: (i: number, worker: number) => Promise<void>,
 ): Promise<void> {
   let next = 0;
-  const worker = async () => {
-    while (next < n && monoMs() < deadline) await fn(next++);
+  const worker = async (w: number) => {
+    while (next < n && monoMs() < deadline) await fn(next++, w);
   };
-  await Promise.all(Array.from({ length: Math.min(concurrency, n) }, worker));
+  await Promise.all(Array.from({ length: Math.min(concurrency, n) }, (_x, w) => worker(w)));
 }
 
 function statusKey(r: Reply | Error): string {
@@ -103,25 +103,30 @@ async function issueJob(job: IssueJob, next: () => Promise<ToLoad>): Promise<voi
     },
     echo: { path: '/echo', body: (csr: string) => JSON.stringify({ csr }), ok: is2xx },
   }[job.api];
-  const bodies = csrs.map(route.body);
-  const agent = new Agent({
-    keepAlive: true,
-    maxSockets: job.concurrency,
-    ca: target.ca,
-    cert: target.cert,
-    key: target.key,
-  });
+  // One client per identity: with several nodes, each connection has its node's certificate and
+  // asks for that node's entry; otherwise all connections share the target's identity.
+  const identities = job.identities?.length ? job.identities : [{ ...target, spiffeId: job.spiffeId }];
+  const clients = identities.map((id) => ({
+    agent: new Agent({
+      keepAlive: true,
+      maxSockets: job.identities?.length ? 1 : job.concurrency,
+      ca: target.ca,
+      cert: id.cert,
+      key: id.key,
+    }),
+    bodies: csrs.map((csr) =>
+      job.api === 'baton-workload' ? JSON.stringify({ spiffe_id: id.spiffeId, csr }) : route.body(csr),
+    ),
+  }));
   let cursor = 0;
-  const request = (t: Timed) =>
-    timedSend(
-      t,
-      target,
-      { method: 'POST', path: route.path, body: bodies[cursor++ % bodies.length]!, agent },
-      route.ok,
-    );
+  const request = (t: Timed, worker: number) => {
+    const client = clients[worker % clients.length]!;
+    const body = client.bodies[cursor++ % client.bodies.length]!;
+    return timedSend(t, target, { method: 'POST', path: route.path, body, agent: client.agent }, route.ok);
+  };
   const warm: Timed = { ok: 0, latencies: [], statuses: {} };
-  await closedLoop(job.warmupRequests, job.concurrency, monoMs() + 60_000, () =>
-    request(warm).then(() => {}),
+  await closedLoop(job.warmupRequests, job.concurrency, monoMs() + 60_000, (_i, w) =>
+    request(warm, w).then(() => {}),
   );
   if (warm.ok === 0 && job.warmupRequests > 0)
     throw new Error(`warm-up got no success: ${JSON.stringify(warm.statuses)}`);
@@ -130,12 +135,12 @@ async function issueJob(job: IssueJob, next: () => Promise<ToLoad>): Promise<voi
     const t: Timed = { ok: 0, latencies: [], statuses: {} };
     const cpu0 = process.cpuUsage();
     const started = monoMs();
-    await closedLoop(job.maxRequests, job.concurrency, started + job.durationMs, () =>
-      request(t).then(() => {}),
+    await closedLoop(job.maxRequests, job.concurrency, started + job.durationMs, (_i, w) =>
+      request(t, w).then(() => {}),
     );
     say({ type: 'result', result: result(t, started, cpu0) });
   }
-  agent.destroy();
+  for (const c of clients) c.agent.destroy();
 }
 
 interface Issuance {

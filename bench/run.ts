@@ -32,7 +32,16 @@ import { json, send, type TlsTarget } from './lib/http';
 import type { IssueJob, RunResult } from './lib/load-protocol';
 import { type BenchOptions, parseOptions, type Sizes, sizes } from './lib/options';
 import { countRows, createDatabase, postgresReachable, postgresVersion, runSql } from './lib/postgres';
-import { drain, monoMs, RssWatch, stop, treeCpuMs, waitForLine } from './lib/proc';
+import {
+  drain,
+  installInterruptHandler,
+  monoMs,
+  onInterrupt,
+  RssWatch,
+  stop,
+  treeCpuMs,
+  waitForLine,
+} from './lib/proc';
 import {
   type Figure,
   figureOf,
@@ -350,17 +359,45 @@ async function nodeWithEntry(server: BatonServer, token: string, name: string) {
 
 const BATON_ENV = { BATON_RATE_LIMITS: 'off' };
 
-async function batonIssuance(c: Context, server: BatonServer, prefix: string, concurrencies: number[]) {
-  const token = await createToken(server, 10);
-  const node = await nodeWithEntry(server, token, `${prefix.replace(/_/g, '-')}-web`);
+/**
+ * Workload SVID issuance at each concurrency. Connection k speaks for node k (its own client
+ * certificate and entry), as a fleet of agents does; with `oneNode`, c16 is measured again with
+ * all sixteen connections speaking for one node, which serializes on that node's row lock.
+ */
+async function batonIssuance(
+  c: Context,
+  server: BatonServer,
+  prefix: string,
+  concurrencies: number[],
+  oneNode = false,
+) {
+  const nodes = Math.max(...concurrencies);
+  const token = await createToken(server, nodes);
+  const made: Awaited<ReturnType<typeof nodeWithEntry>>[] = [];
+  for (let i = 0; i < nodes; i++)
+    made.push(await nodeWithEntry(server, token, `${prefix.replace(/_/g, '-')}-web${i}`));
+  const identities = made.map((n) => ({ cert: n.target.cert!, key: n.target.key!, spiffeId: n.spiffeId }));
   for (const conc of concurrencies) {
     const s = await measureIssue(
       c,
-      { target: node.target, api: 'baton-workload', spiffeId: node.spiffeId, concurrency: conc },
+      {
+        target: made[0]!.target,
+        api: 'baton-workload',
+        identities: identities.slice(0, conc),
+        concurrency: conc,
+      },
       server.pid,
     );
     recordIssue(c, prefix, conc, s);
     if (conc === 16) set(c, `${prefix}_cpu_ms_per_certificate`, figureOf(s.cpuPerOk, 'ms'));
+  }
+  if (oneNode) {
+    const s = await measureIssue(
+      c,
+      { target: made[0]!.target, api: 'baton-workload', spiffeId: made[0]!.spiffeId, concurrency: 16 },
+      server.pid,
+    );
+    recordIssue(c, `${prefix}_one_node`, 16, s);
   }
 }
 
@@ -418,7 +455,7 @@ async function batonPostgres(c: Context) {
     });
     rss = new RssWatch(server.pid);
     log(`   baton on PostgreSQL: ${server.url} (${c.o.workers} worker(s))`);
-    await batonIssuance(c, server, 'issuance', [1, 16, 64]);
+    await batonIssuance(c, server, 'issuance', [1, 16, 64], true);
     set(c, 'cpu_ms_per_certificate', c.figures.issuance_cpu_ms_per_certificate!);
     delete c.figures.issuance_cpu_ms_per_certificate;
 
@@ -743,6 +780,7 @@ function targets(f: Record<string, Figure>): Target[] {
 
 async function main() {
   const o = parseOptions(process.argv.slice(2));
+  installInterruptHandler();
   const c: Context = {
     o,
     s: sizes(o),
@@ -750,6 +788,7 @@ async function main() {
     figures: {},
     details: {},
   };
+  onInterrupt(() => rmSync(c.work, { recursive: true, force: true }));
   const started = Date.now();
   log(`Baton benchmark${o.quick ? ' (quick)' : ''}: ${cpus().length} CPUs, node ${process.version}`);
   c.cfsslReason = cfsslMissing();

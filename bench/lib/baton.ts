@@ -4,7 +4,7 @@ import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { json, send, type TlsTarget } from './http';
-import { drain, stop, waitForLine } from './proc';
+import { drain, onInterrupt, stop, waitForLine } from './proc';
 
 const BIN = join(__dirname, '..', '..', '..', 'bin', 'baton.js');
 export const TRUST_DOMAIN = 'bench.test';
@@ -67,6 +67,10 @@ export async function startBaton(o: BatonOptions): Promise<BatonServer> {
   const logFd = openSync(logFile, 'a');
   const child: ChildProcess = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', logFd] });
   closeSync(logFd);
+  const forget = onInterrupt(async () => {
+    await stop(child, 5000);
+    rmSync(dataDir, { recursive: true, force: true });
+  });
   const logTail = () => {
     try {
       return readFileSync(logFile, 'utf8').slice(-2000);
@@ -100,6 +104,7 @@ export async function startBaton(o: BatonOptions): Promise<BatonServer> {
     stop: async () => {
       await stop(child, 15_000);
       rmSync(dataDir, { recursive: true, force: true });
+      forget();
     },
   };
 }

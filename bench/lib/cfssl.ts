@@ -2,7 +2,7 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TlsTarget } from './http';
-import { commandExists, drain, freePort, sleep, stop } from './proc';
+import { commandExists, drain, freePort, onInterrupt, sleep, stop } from './proc';
 import { connect } from 'node:tls';
 
 export const CFSSL_TOOLS = ['cfssl', 'cfssljson', 'multirootca'] as const;
@@ -137,6 +137,7 @@ export async function startCfssl(ca: CfsslCa, dbUrl?: string): Promise<CfsslServ
   const logFd = openSync(logFile, 'a');
   const child = spawn('cfssl', args, { stdio: ['ignore', 'pipe', logFd] });
   closeSync(logFd);
+  const forget = onInterrupt(() => stop(child, 2000));
   const stdoutTail = drain(child);
   const tail = () => `${stdoutTail()}${readFileSync(logFile, 'utf8').slice(-2000)}`;
   const caPem = readFileSync(ca.caCert, 'utf8');
@@ -149,6 +150,9 @@ export async function startCfssl(ca: CfsslCa, dbUrl?: string): Promise<CfsslServ
   return {
     target: { url: `https://127.0.0.1:${port}`, ca: caPem, ...ca.client },
     pid: child.pid!,
-    stop: () => stop(child, 5000),
+    stop: async () => {
+      await stop(child, 5000);
+      forget();
+    },
   };
 }

@@ -15,6 +15,11 @@ export interface IssueJob {
   api: 'baton-workload' | 'cfssl-sign' | 'echo';
   /** baton-workload: the SPIFFE ID of an entry parented to the client's node. */
   spiffeId?: string;
+  /**
+   * baton-workload with several nodes: connection k speaks as identities[k % n] (its own client
+   * certificate and entry), as a fleet of agents would. Unset: every connection is `target`'s.
+   */
+  identities?: { cert: string; key: string; spiffeId: string }[];
   concurrency: number;
   warmupRequests: number;
   /** A timed run ends at whichever comes first. */

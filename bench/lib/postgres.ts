@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { Client } from 'pg';
+import { onInterrupt } from './proc';
 
 /** The local PostgreSQL the benchmark uses (BATON_BENCH_PG_URL overrides; loopback only). */
 export const PG_ADMIN_URL = process.env.BATON_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -29,11 +30,16 @@ export async function createDatabase(prefix: string): Promise<BenchDatabase> {
   await withClient(PG_ADMIN_URL, (c) => c.query(`create database ${name}`));
   const url = new URL(PG_ADMIN_URL);
   url.pathname = `/${name}`;
+  const drop = () =>
+    withClient(PG_ADMIN_URL, (c) => c.query(`drop database if exists ${name} with (force)`)).then(() => {});
+  const forget = onInterrupt(drop);
   return {
     name,
     url: url.toString(),
-    drop: () =>
-      withClient(PG_ADMIN_URL, (c) => c.query(`drop database if exists ${name} with (force)`)).then(() => {}),
+    drop: async () => {
+      await drop();
+      forget();
+    },
   };
 }
 

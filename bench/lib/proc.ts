@@ -149,6 +149,37 @@ export function drain(child: ChildProcess): () => string {
   return () => tail;
 }
 
+/** Cleanup that must run even when the benchmark is interrupted (servers, databases). */
+const cleanups = new Set<() => Promise<void> | void>();
+
+/** Registers a cleanup; returns a function that unregisters it once it ran normally. */
+export function onInterrupt(fn: () => Promise<void> | void): () => void {
+  cleanups.add(fn);
+  return () => cleanups.delete(fn);
+}
+
+/** On SIGINT/SIGTERM: stop every server this benchmark started, drop its databases, exit 130. */
+export function installInterruptHandler(): void {
+  let running = false;
+  const handler = (signal: NodeJS.Signals) => {
+    if (running) return;
+    running = true;
+    process.stderr.write(`bench: ${signal}: stopping servers and dropping benchmark databases\n`);
+    const all = [...cleanups].map((fn) =>
+      Promise.resolve()
+        .then(fn)
+        .catch(() => undefined),
+    );
+    const timer = setTimeout(() => process.exit(130), 20_000);
+    void Promise.all(all).then(() => {
+      clearTimeout(timer);
+      process.exit(130);
+    });
+  };
+  process.once('SIGINT', handler);
+  process.once('SIGTERM', handler);
+}
+
 /** SIGTERM, then SIGKILL after `graceMs`; resolves when the process has exited. */
 export function stop(child: ChildProcess, graceMs = 10_000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();

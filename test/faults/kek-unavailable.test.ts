@@ -4,18 +4,8 @@ import { createIntermediateCa } from '../../services/ca/src/domain/ca-hierarchy'
 import { kekFromBase64, unwrapKey, wrapKey } from '../../services/ca/src/pki/kek';
 import { knexStorage } from '../../services/ca/src/storage/knex/knex-storage';
 import { baton, startServerProcess } from '../support/cli';
-import {
-  attestOnce,
-  type Cluster,
-  certsOf,
-  createToken,
-  errorCode,
-  Ledger,
-  mintOnce,
-  renewOnce,
-  sleep,
-  startCluster,
-} from '../support/cluster';
+import { type Cluster, createToken, startCluster } from '../support/cluster';
+import { attestOnce, certsOf, errorCode, Ledger, mintOnce, renewOnce, sleep } from '../support/load-client';
 import { describePostgres, postgresAdminUrl } from '../support/database';
 import { https } from '../support/https';
 import { keyAndCsr } from '../support/node-client';

@@ -1,16 +1,14 @@
 import { performance } from 'node:perf_hooks';
+import { type Cluster, createToken, serverErrors, startCluster } from '../support/cluster';
 import {
   attestOnce,
-  type Cluster,
-  createToken,
   errorCode,
   Ledger,
   mintOnce,
   type NodeCred,
   renewOnce,
   sleep,
-  startCluster,
-} from '../support/cluster';
+} from '../support/load-client';
 import { describePostgres, postgresAdminUrl } from '../support/database';
 import type { HttpsResult } from '../support/https';
 import { createPrivatePostgres, hasPrivatePostgres, type PrivatePostgres } from '../support/private-postgres';
@@ -170,9 +168,10 @@ if (!runs) {
       expect((await ledger.call(url, '/readyz', { ca: c.bundle })).status).toBe(200);
     }
 
-    if (process.env.DEBUG_FAULTS) for (const s of c.servers) console.log(s?.stderr());
     // Never a 500, never a network error; during the outage only fast 503s with Retry-After.
-    expect(samples.filter((s) => s.status >= 500 && s.status !== 503)).toEqual([]);
+    const failed = samples.filter((s) => s.status >= 500 && s.status !== 503);
+    if (failed.length) console.log(serverErrors(c));
+    expect(failed).toEqual([]);
     expect(samples.filter((s) => s.status === -1)).toEqual([]);
     const outage = samples.filter((s) => s.phase === 'down' && s.endPhase === 'down');
     expect(outage.length).toBeGreaterThan(20);

@@ -1,8 +1,7 @@
 import { performance } from 'node:perf_hooks';
+import { type Cluster, createToken, serverErrors, startCluster } from '../support/cluster';
 import {
   attestOnce,
-  type Cluster,
-  createToken,
   errorCode,
   Ledger,
   mintOnce,
@@ -10,9 +9,8 @@ import {
   pool,
   renewOnce,
   sleep,
-  startCluster,
   withFailover,
-} from '../support/cluster';
+} from '../support/load-client';
 import { describePostgres, postgresAdminUrl } from '../support/database';
 import { keyAndCsr } from '../support/node-client';
 
@@ -23,9 +21,9 @@ import { keyAndCsr } from '../support/node-client';
  */
 const TD = 'kill.example';
 const NODES = 8;
-const ONE_USE_TOKENS = 40;
-const MULTI_USES = 40;
-const ROUNDS = 8;
+const ONE_USE_TOKENS = 50;
+const MULTI_USES = 50;
+const ROUNDS = 10;
 const CONCURRENCY = 12;
 
 if (!postgresAdminUrl) {
@@ -117,35 +115,43 @@ describePostgres('faults: kill -9 of a replica under load', () => {
       }
     };
 
-    // The faults: kill -9 of r1 a quarter in, a new r1 at half, kill -9 of r2 at three quarters.
+    // The faults: kill -9 of r1 a fifth in, at once a new r1 (it takes a second to start), kill -9
+    // of r2 half way: for a while r0 carries everything.
     const faults: string[] = [];
+    let loadDone = false;
     const at = async (fraction: number) => {
       const deadline = performance.now() + 60_000;
-      while (ledger.requests < planned * fraction && performance.now() < deadline) await sleep(10);
+      while (!loadDone && ledger.requests < planned * fraction && performance.now() < deadline)
+        await sleep(10);
     };
+    const fault = (what: string) =>
+      faults.push(`${what} after ${ledger.requests} requests${loadDone ? ' (load already over)' : ''}`);
     const chaos = async () => {
-      await at(0.25);
+      await at(0.2);
       await c.killReplica(1);
-      faults.push(`kill -9 r1 after ${ledger.requests} requests`);
+      fault('kill -9 r1');
+      const restarted = c.startReplica(1).then(() => fault('r1 restarted'));
       await at(0.5);
-      await c.startReplica(1);
-      faults.push(`restart r1 after ${ledger.requests} requests`);
-      await at(0.75);
       await c.killReplica(2);
-      faults.push(`kill -9 r2 after ${ledger.requests} requests`);
+      fault('kill -9 r2');
+      await restarted;
     };
 
     const t0 = performance.now();
-    await Promise.all([
+    const load = Promise.all([
       pool(CONCURRENCY, [
         ...oneUse.map((t, i) => attestTask(t.token, i)),
         ...Array.from({ length: MULTI_USES }, (_, i) => attestTask(multi.token, i)),
       ]),
       ...nodes.map((_, i) => nodeTask(i)()),
-      chaos(),
-    ]);
+    ]).finally(() => {
+      loadDone = true;
+    });
+    await Promise.all([load, chaos()]);
     const loadMs = performance.now() - t0;
     expect(faults).toHaveLength(3);
+    expect(faults.filter((f) => f.includes('load already over'))).toEqual([]);
+    if (unexpected.length) console.log(serverErrors(c));
     expect(unexpected).toEqual([]);
 
     // Every certificate a client received is recorded, byte for byte.

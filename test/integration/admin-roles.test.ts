@@ -24,6 +24,8 @@ import { opensslText, tempDir, writeFiles } from '../support/tools';
 
 const TD = 'test.example.org';
 const HOUR = 3600_000;
+/** The CLI test runs several `baton` processes: generous on a busy machine. */
+const CLI_TIMEOUT_MS = 120_000;
 
 type Cred = { cert: string; key: string };
 interface Call {
@@ -348,80 +350,84 @@ describeEachBackend('admin authorization: every route x every identity', (backen
     }
   });
 
-  it('baton admin issue writes a credential whose role the server enforces', async () => {
-    const adminDir = join(dir.path, 'root');
-    const out = join(dir.path, 'auditor');
-    mkdirSync(adminDir);
-    writeFiles(adminDir, { 'cert.pem': root.cert, 'key.pem': root.key, 'bundle.pem': t.bundle });
-    const as = (d: string, args: string[]) => batonAsync([...args, '--server', t.url, '--admin-dir', d]);
+  it(
+    'baton admin issue writes a credential whose role the server enforces',
+    async () => {
+      const adminDir = join(dir.path, 'root');
+      const out = join(dir.path, 'auditor');
+      mkdirSync(adminDir);
+      writeFiles(adminDir, { 'cert.pem': root.cert, 'key.pem': root.key, 'bundle.pem': t.bundle });
+      const as = (d: string, args: string[]) => batonAsync([...args, '--server', t.url, '--admin-dir', d]);
 
-    const issued = await as(adminDir, [
-      'admin',
-      'issue',
-      '--name',
-      'aud2',
-      '--role',
-      'auditor',
-      '--ttl',
-      '1h',
-      '--out',
-      out,
-    ]);
-    expect(issued.stderr).toBe('');
-    expect(issued.status).toBe(0);
-    expect(issued.stdout).toMatch(
-      new RegExp(`^issued spiffe://${TD.replace(/\./g, '\\.')}/admin/aud2 \\(auditor, expires \\S+\\) to `),
-    );
-    expect(statSync(join(out, 'key.pem')).mode & 0o777).toBe(0o600);
-    const cert = readFileSync(join(out, 'cert.pem'), 'utf8');
-    expect(cert.match(/BEGIN CERTIFICATE/g)).toHaveLength(2);
-    const text = opensslText(cert);
-    expect(text).toContain(`URI:spiffe://${TD}/admin/aud2`);
-    expect(text).toMatch(/Subject: O = test\.example\.org, OU = auditor, CN = aud2/);
-    expect(readFileSync(join(out, 'bundle.pem'), 'utf8')).toBe(t.bundle);
+      const issued = await as(adminDir, [
+        'admin',
+        'issue',
+        '--name',
+        'aud2',
+        '--role',
+        'auditor',
+        '--ttl',
+        '1h',
+        '--out',
+        out,
+      ]);
+      expect(issued.stderr).toBe('');
+      expect(issued.status).toBe(0);
+      expect(issued.stdout).toMatch(
+        new RegExp(`^issued spiffe://${TD.replace(/\./g, '\\.')}/admin/aud2 \\(auditor, expires \\S+\\) to `),
+      );
+      expect(statSync(join(out, 'key.pem')).mode & 0o777).toBe(0o600);
+      const cert = readFileSync(join(out, 'cert.pem'), 'utf8');
+      expect(cert.match(/BEGIN CERTIFICATE/g)).toHaveLength(2);
+      const text = opensslText(cert);
+      expect(text).toContain(`URI:spiffe://${TD}/admin/aud2`);
+      expect(text).toMatch(/Subject: O = test\.example\.org, OU = auditor, CN = aud2/);
+      expect(readFileSync(join(out, 'bundle.pem'), 'utf8')).toBe(t.bundle);
 
-    const denied = await as(out, ['token', 'create', '--role', 'worker']);
-    expect(denied.status).toBe(1);
-    expect(denied.stdout).toBe('');
-    expect(denied.stderr).toBe(
-      'baton: role auditor may not call POST /v1/admin/tokens (ERR_NOT_AUTHORIZED)\n',
-    );
-    const reads = await as(out, ['node', 'list', '--json']);
-    expect(reads.status).toBe(0);
-    const audit = await as(out, ['audit', 'list', '--event', 'admin.issued', '--json']);
-    expect(audit.status).toBe(0);
-    expect(JSON.parse(audit.stdout)).toEqual(
-      expect.arrayContaining([
-        expect.objectContaining({
-          actor: `spiffe://${TD}/admin/root`,
-          subject: `spiffe://${TD}/admin/aud2`,
-          details: expect.objectContaining({ role: 'auditor' }),
-        }),
-      ]),
-    );
-    // An auditor cannot mint admins either, and a bad role is a usage error.
-    const escalate = await as(out, [
-      'admin',
-      'issue',
-      '--name',
-      'me',
-      '--role',
-      'admin',
-      '--out',
-      join(dir.path, 'x'),
-    ]);
-    expect(escalate.status).toBe(1);
-    expect(escalate.stderr).toContain('ERR_NOT_AUTHORIZED');
-    const usage = await as(adminDir, [
-      'admin',
-      'issue',
-      '--name',
-      'z',
-      '--role',
-      'root',
-      '--out',
-      join(dir.path, 'z'),
-    ]);
-    expect(usage.status).toBe(2);
-  });
+      const denied = await as(out, ['token', 'create', '--role', 'worker']);
+      expect(denied.status).toBe(1);
+      expect(denied.stdout).toBe('');
+      expect(denied.stderr).toBe(
+        'baton: role auditor may not call POST /v1/admin/tokens (ERR_NOT_AUTHORIZED)\n',
+      );
+      const reads = await as(out, ['node', 'list', '--json']);
+      expect(reads.status).toBe(0);
+      const audit = await as(out, ['audit', 'list', '--event', 'admin.issued', '--json']);
+      expect(audit.status).toBe(0);
+      expect(JSON.parse(audit.stdout)).toEqual(
+        expect.arrayContaining([
+          expect.objectContaining({
+            actor: `spiffe://${TD}/admin/root`,
+            subject: `spiffe://${TD}/admin/aud2`,
+            details: expect.objectContaining({ role: 'auditor' }),
+          }),
+        ]),
+      );
+      // An auditor cannot mint admins either, and a bad role is a usage error.
+      const escalate = await as(out, [
+        'admin',
+        'issue',
+        '--name',
+        'me',
+        '--role',
+        'admin',
+        '--out',
+        join(dir.path, 'x'),
+      ]);
+      expect(escalate.status).toBe(1);
+      expect(escalate.stderr).toContain('ERR_NOT_AUTHORIZED');
+      const usage = await as(adminDir, [
+        'admin',
+        'issue',
+        '--name',
+        'z',
+        '--role',
+        'root',
+        '--out',
+        join(dir.path, 'z'),
+      ]);
+      expect(usage.status).toBe(2);
+    },
+    CLI_TIMEOUT_MS,
+  );
 });

@@ -14,6 +14,8 @@ import { tempDir } from '../support/tools';
  */
 
 const TD = 'audit.example.org';
+/** On PGlite every direct edit stops and restarts the server; on a busy machine that takes a while. */
+const SLOW = 180_000;
 
 interface AuditView {
   id: number;
@@ -65,100 +67,116 @@ describeEachBackend('baton audit list / verify (CLI)', (backend: Backend) => {
     }
     expect(baton(['ca', 'init', '--trust-domain', TD, '--data-dir', dataDir], env).status).toBe(0);
     server = await startServerProcess(['--data-dir', dataDir], env);
-  });
+  }, SLOW);
   afterAll(async () => {
     await server?.stop();
     await drop();
     dir.cleanup();
   });
 
-  it('audit list --event node.attested --json shows the attestation with the token that was spent', () => {
-    const created = cli(['token', 'create', '--role', 'worker']);
-    expect(created.status).toBe(0);
-    const token = created.stdout.trim();
-    tokenId = /-([0-9a-f]{16})\./.exec(token)![1]!;
-    const agent = baton(
-      ['agent', '--server', server.url, '--token', token, '--dir', join(dir.path, 'node'), '--once'],
-      env,
-    );
-    expect(agent.status).toBe(0);
-    const nodeId = /attested node (\S+)/.exec(agent.stdout)![1]!;
+  it(
+    'audit list --event node.attested --json shows the attestation with the token that was spent',
+    () => {
+      const created = cli(['token', 'create', '--role', 'worker']);
+      expect(created.status).toBe(0);
+      const token = created.stdout.trim();
+      tokenId = /-([0-9a-f]{16})\./.exec(token)![1]!;
+      const agent = baton(
+        ['agent', '--server', server.url, '--token', token, '--dir', join(dir.path, 'node'), '--once'],
+        env,
+      );
+      expect(agent.status).toBe(0);
+      const nodeId = /attested node (\S+)/.exec(agent.stdout)![1]!;
 
-    const attested = list(['--event', 'node.attested']);
-    expect(attested).toEqual([
-      expect.objectContaining({
-        event: 'node.attested',
-        actor: 'anonymous',
-        subject: `spiffe://${TD}/node/${nodeId}`,
-        outcome: 'success',
-        source: expect.stringMatching(/127\.0\.0\.1$/),
-        details: expect.objectContaining({ method: 'join_token', token_id: tokenId }),
-      }),
-    ]);
-    const all = list();
-    expect(all.map((e) => e.event).reverse()).toEqual([
-      'ca.initialized',
-      'admin.issued',
-      'token.created',
-      'node.attested',
-    ]);
-    expect(all.find((e) => e.event === 'ca.initialized')?.actor).toMatch(/^cli:/);
-    expect(list(['--actor', `spiffe://${TD}/admin/admin`]).map((e) => e.event)).toEqual(['token.created']);
-    expect(list(['--subject', `token/${tokenId}`])).toHaveLength(1);
-    expect(JSON.stringify(all)).not.toContain(token.slice(token.lastIndexOf('.') + 1));
+      const attested = list(['--event', 'node.attested']);
+      expect(attested).toEqual([
+        expect.objectContaining({
+          event: 'node.attested',
+          actor: 'anonymous',
+          subject: `spiffe://${TD}/node/${nodeId}`,
+          outcome: 'success',
+          source: expect.stringMatching(/127\.0\.0\.1$/),
+          details: expect.objectContaining({ method: 'join_token', token_id: tokenId }),
+        }),
+      ]);
+      const all = list();
+      expect(all.map((e) => e.event).reverse()).toEqual([
+        'ca.initialized',
+        'admin.issued',
+        'token.created',
+        'node.attested',
+      ]);
+      expect(all.find((e) => e.event === 'ca.initialized')?.actor).toMatch(/^cli:/);
+      expect(list(['--actor', `spiffe://${TD}/admin/admin`]).map((e) => e.event)).toEqual(['token.created']);
+      expect(list(['--subject', `token/${tokenId}`])).toHaveLength(1);
+      expect(JSON.stringify(all)).not.toContain(token.slice(token.lastIndexOf('.') + 1));
 
-    const table = cli(['audit', 'list', '--event', 'token.created']);
-    expect(table.status).toBe(0);
-    expect(table.stdout).toMatch(/^ID\s+TIME\s+EVENT\s+OUTCOME\s+ACTOR\s+SUBJECT\n/);
-    expect(table.stdout).toContain(`token/${tokenId}`);
-    const bad = cli(['audit', 'list', '--since', 'yesterday']);
-    expect(bad.status).toBe(1);
-    expect(bad.stderr.trim().split('\n')).toHaveLength(1);
-  });
+      const table = cli(['audit', 'list', '--event', 'token.created']);
+      expect(table.status).toBe(0);
+      expect(table.stdout).toMatch(/^ID\s+TIME\s+EVENT\s+OUTCOME\s+ACTOR\s+SUBJECT\n/);
+      expect(table.stdout).toContain(`token/${tokenId}`);
+      const bad = cli(['audit', 'list', '--since', 'yesterday']);
+      expect(bad.status).toBe(1);
+      expect(bad.stderr.trim().split('\n')).toHaveLength(1);
+    },
+    SLOW,
+  );
 
-  it('audit verify exits 0 on an untouched log', () => {
-    const r = verify();
-    expect(r.stderr).toBe('');
-    expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/^audit log verified: \d+ sealed rows, chain intact\n$/);
-    const json = cli(['audit', 'verify', '--json']);
-    expect(JSON.parse(json.stdout)).toEqual({ ok: true, rows: expect.any(Number), unsealed: 0 });
-  });
+  it(
+    'audit verify exits 0 on an untouched log',
+    () => {
+      const r = verify();
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      expect(r.stdout).toMatch(/^audit log verified: \d+ sealed rows, chain intact\n$/);
+      const json = cli(['audit', 'verify', '--json']);
+      expect(JSON.parse(json.stdout)).toEqual({ ok: true, rows: expect.any(Number), unsealed: 0 });
+    },
+    SLOW,
+  );
 
-  it('audit verify exits 1 naming the row after an UPDATE of it, and 0 again once it is put back', async () => {
-    const row = list(['--subject', `token/${tokenId}`])[0]!;
-    expect(row.seal_seq).not.toBeNull();
-    await tamper(async (knex) => {
-      expect(await knex('audit_log').where('id', row.id).update({ outcome: 'failure' })).toBe(1);
-    });
-    const r = verify();
-    expect(r.status).toBe(1);
-    expect(r.stderr).toBe(
-      `baton: audit log tampered: row ${row.id} (seal_seq ${row.seal_seq}) was changed\n`,
-    );
-    expect(r.stdout).toBe('');
+  it(
+    'audit verify exits 1 naming the row after an UPDATE of it, and 0 again once it is put back',
+    async () => {
+      const row = list(['--subject', `token/${tokenId}`])[0]!;
+      expect(row.seal_seq).not.toBeNull();
+      await tamper(async (knex) => {
+        expect(await knex('audit_log').where('id', row.id).update({ outcome: 'failure' })).toBe(1);
+      });
+      const r = verify();
+      expect(r.status).toBe(1);
+      expect(r.stderr).toBe(
+        `baton: audit log tampered: row ${row.id} (seal_seq ${row.seal_seq}) was changed\n`,
+      );
+      expect(r.stdout).toBe('');
 
-    await tamper(async (knex) => {
-      await knex('audit_log').where('id', row.id).update({ outcome: row.outcome });
-    });
-    expect(verify().status).toBe(0);
-  });
+      await tamper(async (knex) => {
+        await knex('audit_log').where('id', row.id).update({ outcome: row.outcome });
+      });
+      expect(verify().status).toBe(0);
+    },
+    SLOW,
+  );
 
-  it('audit verify exits 1 naming the place of a DELETEd row', async () => {
-    const rows = list().reverse();
-    const row = rows.find((e) => e.subject === `token/${tokenId}`)!;
-    const next = rows.find((e) => e.seal_seq === row.seal_seq! + 1)!;
-    await tamper(async (knex) => {
-      // `returning`: knex-pglite answers a DELETE with a raw result, not a count.
-      expect(await knex('audit_log').where('id', row.id).delete().returning('id')).toHaveLength(1);
-    });
-    const r = verify();
-    expect(r.status).toBe(1);
-    expect(r.stderr).toBe(
-      `baton: audit log tampered: row with seal_seq ${row.seal_seq} is missing (before row ${next.id})\n`,
-    );
-    const json = cli(['audit', 'verify', '--json']);
-    expect(json.status).toBe(1);
-    expect(JSON.parse(json.stdout)).toMatchObject({ ok: false, sealSeq: row.seal_seq, problem: 'removed' });
-  });
+  it(
+    'audit verify exits 1 naming the place of a DELETEd row',
+    async () => {
+      const rows = list().reverse();
+      const row = rows.find((e) => e.subject === `token/${tokenId}`)!;
+      const next = rows.find((e) => e.seal_seq === row.seal_seq! + 1)!;
+      await tamper(async (knex) => {
+        // `returning`: knex-pglite answers a DELETE with a raw result, not a count.
+        expect(await knex('audit_log').where('id', row.id).delete().returning('id')).toHaveLength(1);
+      });
+      const r = verify();
+      expect(r.status).toBe(1);
+      expect(r.stderr).toBe(
+        `baton: audit log tampered: row with seal_seq ${row.seal_seq} is missing (before row ${next.id})\n`,
+      );
+      const json = cli(['audit', 'verify', '--json']);
+      expect(json.status).toBe(1);
+      expect(JSON.parse(json.stdout)).toMatchObject({ ok: false, sealSeq: row.seal_seq, problem: 'removed' });
+    },
+    SLOW,
+  );
 });

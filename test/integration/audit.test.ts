@@ -177,10 +177,9 @@ describeEachBackend('audit log', (backend) => {
       details: { kind: 'workload', serial: workload.serial, entry: 'web', node: 'n1' },
     });
     expect(entryDeleted).toMatchObject({ actor: ops, subject: web, details: { name: 'web' } });
-    // TODO(v2): node.revoked names its subject `node/<id>`, the other node events the SPIFFE ID.
     expect(revoked).toMatchObject({
       actor: ops,
-      subject: 'node/n1',
+      subject: nodeId,
       details: { reason: 1, certificates: 3 },
     });
     for (const e of rows) {

@@ -22,6 +22,8 @@ const certsOf = (chain: string) =>
   chain.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n/g)!;
 
 type Cred = { cert: string; key: string };
+/** CLI tests spawn servers and commands; on PGlite the server restarts around the rotation. */
+const SLOW = 180_000;
 
 describeEachBackend('CA rotation: a new signing intermediate under the same root', (backend) => {
   let t: TestServer;
@@ -178,7 +180,6 @@ describeEachBackend('CA rotation: a new signing intermediate under the same root
       expect(verify(leafOf(chain), pemOfCa(old))).not.toMatch(/leaf\.pem: OK/);
       const leaf = new X509Certificate(leafOf(chain));
       expect(leaf.checkIssued(new X509Certificate(pemOfCa(fresh)))).toBe(true);
-      expect(leaf.validTo).toBeTruthy();
       // The CRL distribution point names the issuer that signed it.
       expect(
         run('openssl', ['x509', '-noout', '-ext', 'crlDistributionPoints'], leafOf(chain)).out,
@@ -308,72 +309,80 @@ describeEachBackend('baton ca rotate (CLI) with a server running', (backend: Bac
     }
     expect(baton(['ca', 'init', '--trust-domain', TD, '--data-dir', dataDir], env).status).toBe(0);
     server = await startServerProcess(['--data-dir', dataDir], serverEnv());
-  });
+  }, SLOW);
   afterAll(async () => {
     await server?.stop();
     await drop();
     dir.cleanup();
   });
 
-  it('rotates; the server signs with the new intermediate, old certificates keep working', async () => {
-    const before = await attestNew();
-    const oldCn = issuerCn(before.cert);
-    // The embedded PGlite admits one process at a time: a rotation beside the running server is
-    // refused (it used to be silently lost), and succeeds with the server stopped.
-    if (backend === 'pglite') {
-      const busy = baton(['ca', 'rotate', '--data-dir', dataDir], env);
-      expect(busy.status).toBe(1);
-      expect(busy.stderr).toMatch(
-        /^baton: the embedded database in \S+ is in use by process \d+ .*\(ERR_DATABASE_UNAVAILABLE\)\n$/,
-      );
-      await server.stop();
-    }
-    const r = baton(['ca', 'rotate', '--json', '--data-dir', dataDir], env);
-    expect(r.stderr).toBe('');
-    expect(r.status).toBe(0);
-    const out = JSON.parse(r.stdout) as { signing_ca_id: string; previous_ca_id: string; not_after: string };
-    expect(oldCn).toBe(`Baton Signing CA ${out.previous_ca_id.slice(3)}`);
-    if (backend === 'pglite') server = await startServerProcess(['--data-dir', dataDir], serverEnv());
-    else {
-      // A running replica notices the new CA set within its background interval.
-      for (let i = 0; ; i++) {
-        const crl = await https(`${server.url}/v1/crl?issuer=${out.signing_ca_id}`, { ca: bundle() });
-        if (crl.status === 200) break;
-        expect(i).toBeLessThan(100);
-        await new Promise((res) => setTimeout(res, 100));
+  it(
+    'rotates; the server signs with the new intermediate, old certificates keep working',
+    async () => {
+      const before = await attestNew();
+      const oldCn = issuerCn(before.cert);
+      // The embedded PGlite admits one process at a time: a rotation beside the running server is
+      // refused (it used to be silently lost), and succeeds with the server stopped.
+      if (backend === 'pglite') {
+        const busy = baton(['ca', 'rotate', '--data-dir', dataDir], env);
+        expect(busy.status).toBe(1);
+        expect(busy.stderr).toMatch(
+          /^baton: the embedded database in \S+ is in use by process \d+ .*\(ERR_DATABASE_UNAVAILABLE\)\n$/,
+        );
+        await server.stop();
       }
-    }
+      const r = baton(['ca', 'rotate', '--json', '--data-dir', dataDir], env);
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      const out = JSON.parse(r.stdout) as {
+        signing_ca_id: string;
+        previous_ca_id: string;
+        not_after: string;
+      };
+      expect(oldCn).toBe(`Baton Signing CA ${out.previous_ca_id.slice(3)}`);
+      if (backend === 'pglite') server = await startServerProcess(['--data-dir', dataDir], serverEnv());
+      else {
+        // A running replica notices the new CA set within its background interval.
+        for (let i = 0; ; i++) {
+          const crl = await https(`${server.url}/v1/crl?issuer=${out.signing_ca_id}`, { ca: bundle() });
+          if (crl.status === 200) break;
+          expect(i).toBeLessThan(100);
+          await new Promise((res) => setTimeout(res, 100));
+        }
+      }
 
-    const after = await attestNew();
-    expect(issuerCn(after.cert)).toBe(`Baton Signing CA ${out.signing_ca_id.slice(3)}`);
-    expect(verifies(after.cert)).toMatch(/l\.pem: OK/);
-    expect(verifies(before.cert)).toMatch(/l\.pem: OK/);
-    // The old node certificate still authenticates its node, which renews onto the new intermediate.
-    const k = await keyAndCsr();
-    const renewed = await https(`${server.url}/v1/renew`, {
-      method: 'POST',
-      body: JSON.stringify({ csr: k.csrPem }),
-      ca: bundle(),
-      cert: before.cert,
-      key: before.key,
-    });
-    expect(renewed.status).toBe(201);
-    expect(issuerCn(renewed.json<IssuanceBody>().certificate_chain)).toBe(
-      `Baton Signing CA ${out.signing_ca_id.slice(3)}`,
-    );
-    const pem = (await https(`${server.url}/v1/crl.pem`, { ca: bundle() })).body.toString();
-    expect(pem.match(/BEGIN X509 CRL/g)).toHaveLength(3);
+      const after = await attestNew();
+      expect(issuerCn(after.cert)).toBe(`Baton Signing CA ${out.signing_ca_id.slice(3)}`);
+      expect(verifies(after.cert)).toMatch(/l\.pem: OK/);
+      expect(verifies(before.cert)).toMatch(/l\.pem: OK/);
+      // The old node certificate still authenticates its node, which renews onto the new intermediate.
+      const k = await keyAndCsr();
+      const renewed = await https(`${server.url}/v1/renew`, {
+        method: 'POST',
+        body: JSON.stringify({ csr: k.csrPem }),
+        ca: bundle(),
+        cert: before.cert,
+        key: before.key,
+      });
+      expect(renewed.status).toBe(201);
+      expect(issuerCn(renewed.json<IssuanceBody>().certificate_chain)).toBe(
+        `Baton Signing CA ${out.signing_ca_id.slice(3)}`,
+      );
+      const pem = (await https(`${server.url}/v1/crl.pem`, { ca: bundle() })).body.toString();
+      expect(pem.match(/BEGIN X509 CRL/g)).toHaveLength(3);
 
-    const audit = cli(['audit', 'list', '--event', 'ca.rotated', '--json']);
-    expect(audit.status).toBe(0);
-    expect(JSON.parse(audit.stdout)).toEqual([
-      expect.objectContaining({
-        actor: expect.stringMatching(/^cli:/),
-        subject: out.signing_ca_id,
-        details: expect.objectContaining({ previous: out.previous_ca_id }),
-      }),
-    ]);
-    // The admin credential from `ca init` (old intermediate) still works, and verify passes.
-    expect(cli(['audit', 'verify']).status).toBe(0);
-  });
+      const audit = cli(['audit', 'list', '--event', 'ca.rotated', '--json']);
+      expect(audit.status).toBe(0);
+      expect(JSON.parse(audit.stdout)).toEqual([
+        expect.objectContaining({
+          actor: expect.stringMatching(/^cli:/),
+          subject: out.signing_ca_id,
+          details: expect.objectContaining({ previous: out.previous_ca_id }),
+        }),
+      ]);
+      // The admin credential from `ca init` (old intermediate) still works, and verify passes.
+      expect(cli(['audit', 'verify']).status).toBe(0);
+    },
+    SLOW,
+  );
 });

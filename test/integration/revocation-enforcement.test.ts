@@ -180,17 +180,15 @@ describe('revocation enforcement: a library peer refuses revoked nodes and workl
       200,
     ]);
     expect(guard.connections).toBe(3);
-    let closedAt = 0;
-    first.socket.once('close', () => (closedAt = Date.now()));
+    let closed = false;
+    first.socket.once('close', () => (closed = true));
     let webClosed = false;
     web.socket.once('close', () => (webClosed = true));
     const revoked: string[] = [];
     guard.on('revoked', (serials) => revoked.push(...serials));
 
-    const before = Date.now();
     expect((await adminPost('/v1/admin/nodes/w1/revoke', { reason: 'key-compromise' })).status).toBe(200);
-    await waitFor('the open connection from w1 to be closed', () => closedAt > 0 && webClosed, 2500);
-    expect(closedAt - before).toBeLessThan(2500);
+    await waitFor('the open connection from w1 to be closed', () => closed && webClosed, 2500);
     expect(revoked).toEqual(expect.arrayContaining([w1.identity.current().serial, w1web.current().serial]));
     expect(svc.refused.map((e) => e.code)).toEqual(['ERR_PEER_REVOKED', 'ERR_PEER_REVOKED']);
     expect(svc.refused[0]!.message).toMatch(/is revoked: key-compromise/);

@@ -1,20 +1,17 @@
 import { performance } from 'node:perf_hooks';
+import { type Cluster, createToken, serverErrors, startCluster } from '../support/cluster';
 import {
   asNode,
   attestOnce,
-  type Cluster,
-  crlContents,
-  createToken,
   errorCode,
   Ledger,
   mintOnce,
   type NodeCred,
-  ocspStatus,
   pool,
   renewOnce,
   sleep,
-  startCluster,
-} from '../support/cluster';
+} from '../support/load-client';
+import { crlContents, ocspStatus } from '../support/revocation-checks';
 import { describePostgres, postgresAdminUrl } from '../support/database';
 import { https } from '../support/https';
 import { tempDir } from '../support/tools';
@@ -43,16 +40,18 @@ if (!postgresAdminUrl) {
 
 describePostgres('three replicas on one PostgreSQL', () => {
   let c: Cluster;
-  const dir = tempDir();
+  // Made in beforeAll: a skipped suite must not leave a directory behind.
+  let dir: ReturnType<typeof tempDir>;
   const rep = (i: number) => c.urls()[i % c.urls().length]!;
   const spiffe = (i: number) => `spiffe://${TD}/wl/${i}`;
 
   beforeAll(async () => {
+    dir = tempDir();
     c = await startCluster({ replicas: 3, trustDomain: TD });
   }, 60_000);
   afterAll(async () => {
     await c?.close();
-    dir.cleanup();
+    dir?.cleanup();
   });
 
   it('load over three replicas at once loses nothing: serials, tokens, CRL numbers, revocation cascades', async () => {
@@ -161,7 +160,7 @@ describePostgres('three replicas on one PostgreSQL', () => {
     const loadMs = performance.now() - tLoad;
 
     // What the clients saw.
-    if (process.env.DEBUG_REPLICAS) for (const s of c.servers) console.log(s?.stderr().slice(0, 8000));
+    if (unexpected.length) console.log(serverErrors(c));
     expect(unexpected).toEqual([]);
     for (const t of oneUse) {
       const statuses = raceResults.filter((r) => r.token === t.id).map((r) => r.status);
@@ -275,9 +274,12 @@ describePostgres('three replicas on one PostgreSQL', () => {
       expect(r.status).toBe(200);
       return crlContents(r.body, dir.path);
     };
+    const numberBefore = new Map<string, bigint>();
     for (const url of [r1, r2]) {
       expect(await ocspStatus(url, victim.cert, c.bundle, dir.path)).toBe('good');
-      expect((await crlOf(url)).serials).not.toContain(victim.serial);
+      const crl = await crlOf(url);
+      expect(crl.serials).not.toContain(victim.serial);
+      numberBefore.set(url, crl.number);
     }
     const since = (await https(`${r2}/v1/revocations?since=0&wait=0`, asNode(watcher, c.bundle))).json<{
       last: number;
@@ -309,8 +311,10 @@ describePostgres('three replicas on one PostgreSQL', () => {
     for (const url of [r1, r2]) {
       let listed = false;
       for (let k = 0; k < 40 && !listed; k++) {
-        listed = (await crlOf(url)).serials.includes(victim.serial);
-        if (!listed) await sleep(50);
+        const crl = await crlOf(url);
+        listed = crl.serials.includes(victim.serial);
+        if (listed) expect(crl.number).toBeGreaterThan(numberBefore.get(url)!);
+        else await sleep(50);
       }
       crlLag.push(Math.round(performance.now() - done));
       expect(listed).toBe(true);
@@ -321,7 +325,8 @@ describePostgres('three replicas on one PostgreSQL', () => {
     const events = feed.json<{ events: { node_id: string; serials: string[] }[] }>().events;
     expect(events.some((e) => e.node_id === victim.nodeId && e.serials.includes(victim.serial))).toBe(true);
     const wakeAfterRevoke = Math.round(wokeAt - done);
-    expect(wokeAt - start).toBeLessThan(1000 + (done - start));
+    // The feed polls the shared table every 200 ms: another replica's waiter wakes well within 1 s.
+    expect(wakeAfterRevoke).toBeLessThan(1000);
     console.log(
       `replicas: revocation on r0 (${Math.round(done - start)} ms) -> renewals on r1,r2 refused (${renewals
         .map((r) => errorCode(r.r))

@@ -76,7 +76,10 @@ export async function createPrivatePostgres(): Promise<PrivatePostgres> {
     chownSync(base, uid, gid);
   }
   const init = pgTool('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync', '-E', 'UTF8']);
-  if (init.status !== 0) throw new Error(`initdb failed: ${init.out}`);
+  if (init.status !== 0) {
+    rmSync(base, { recursive: true, force: true });
+    throw new Error(`initdb failed: ${init.out}`);
+  }
   const port = await freePort();
   const opts = `-p ${port} -k ${base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60`;
   const log = join(base, 'postgres.log');
@@ -101,6 +104,11 @@ export async function createPrivatePostgres(): Promise<PrivatePostgres> {
       rmSync(base, { recursive: true, force: true });
     },
   };
-  await pg.start();
+  try {
+    await pg.start();
+  } catch (e) {
+    pg.destroy();
+    throw e;
+  }
   return pg;
 }

@@ -175,6 +175,23 @@ export function parseCrl(der: Buffer): ParsedCrl {
   }
 }
 
+/** RFC 5280 §5.3.1 reason codes by name, as Baton's CLI spells them (7 is unused). */
+const REASONS = [
+  'unspecified',
+  'key-compromise',
+  'ca-compromise',
+  'affiliation-changed',
+  'superseded',
+  'cessation-of-operation',
+  'certificate-hold',
+  'unused',
+  'remove-from-crl',
+  'privilege-withdrawn',
+  'aa-compromise',
+];
+
+export const reasonName = (code: number): string => REASONS[code] ?? `reason ${code}`;
+
 /** Every X509 CRL block of a PEM text, as DER. */
 export function crlsFromPem(pem: string): Buffer[] {
   const blocks = pem.match(/-----BEGIN X509 CRL-----([\s\S]+?)-----END X509 CRL-----/g) ?? [];

@@ -7,12 +7,13 @@ import type { X509Certificate } from 'node:crypto';
 import type { RevocationEvent } from '../../rotation/src/agent-api';
 import { CaClient } from '../../rotation/src/ca-client';
 import { parseCertificates } from '../../rotation/src/pem';
-import { backoffDelay } from '../../rotation/src/rotation-strategy';
-import { canonicalSerial, crlsFromPem } from './crl';
-import { IdentityError, isIdentityError } from './errors';
+import { crlsFromPem, reasonName } from './crl';
+import { IdentityError } from './errors';
 import type { Identity, Timers } from './identity';
 import type { IdentitySnapshot } from './load';
+import { FeedFollower, sourceError } from './revocation-feed';
 import { type HeldCrl, RevocationState } from './revocation-state';
+import { type Tracked, TrackedConnections } from './tracked-connections';
 
 /**
  * Revocation enforcement for services: a RevocationGuard keeps the CA's CRLs (from the agent's
@@ -43,8 +44,9 @@ export interface RevocationGuardOptions {
   /** Re-read crlFile and re-fetch /v1/crl.pem this often (default 60 000 ms). */
   crlRefreshMs?: number;
   /**
-   * Treat the data as stale once the feed has been unreachable this long (default: never; only the
-   * CRLs' nextUpdate counts). Above a long-poll's wait, so that a quiet feed is not an outage.
+   * Treat the data as stale once the feed has been unreachable this long, counted from the first
+   * failed request (default: never; only the CRLs' nextUpdate counts). A long-poll held open by the
+   * server is the feed working, however quiet.
    */
   maxFeedOutageMs?: number;
   /**
@@ -88,13 +90,6 @@ export interface RevocationGuardEvents {
   error: [error: IdentityError];
 }
 
-interface Tracked {
-  socket: TLSSocket;
-  chain: X509Certificate[];
-  policy: StalePolicy;
-  onClose?: (error: IdentityError) => void;
-}
-
 const unrefTimers: Timers = {
   setTimeout: (fn, ms) => setTimeout(fn, ms).unref(),
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
@@ -116,14 +111,11 @@ export class RevocationGuard extends EventEmitter<RevocationGuardEvents> {
   #etag: string | undefined;
   #refreshing: Promise<void> | undefined;
   #refreshAgain = false;
-  #feedLast = 0;
-  #feedConnected = false;
-  #feedDownSince: Date | undefined;
+  readonly #feed: FeedFollower | undefined;
   #staleReason: string | undefined;
   /** The last problem reported per source, so that a failure repeating on every retry is reported once. */
   readonly #reported = new Map<string, string>();
-  readonly #tracked = new Set<Tracked>();
-  readonly #bySerial = new Map<string, Set<Tracked>>();
+  readonly #tracked = new TrackedConnections();
   readonly #onRotated = (current: IdentitySnapshot): void => this.#trust(current);
 
   private constructor(o: RevocationGuardOptions) {
@@ -140,7 +132,21 @@ export class RevocationGuard extends EventEmitter<RevocationGuardEvents> {
       ...o,
     };
     this.#client = o.serverUrl ? new CaClient({ serverUrl: o.serverUrl, timeoutMs: 10_000 }) : undefined;
-    this.#feedDownSince = this.#o.clock.now();
+    this.#feed =
+      this.#client && this.#o.followFeed
+        ? new FeedFollower({
+            client: this.#client,
+            credential: () => o.identity.current(),
+            waitSeconds: this.#o.feedWaitSeconds,
+            clock: this.#o.clock,
+            timers: this.#o.timers,
+            random: this.#o.random,
+            signal: this.#abort.signal,
+            onEvents: (events) => this.#onEvents(events),
+            onError: (e) => this.#report(this.#feed!.url, e),
+            onUp: () => this.#reported.delete(this.#feed!.url),
+          })
+        : undefined;
     this.#trust(o.identity.current());
   }
 
@@ -170,8 +176,8 @@ export class RevocationGuard extends EventEmitter<RevocationGuardEvents> {
       await sleep(delay);
     }
     guard.#watch();
-    if (guard.#o.followFeed && guard.#client) {
-      const caughtUp = guard.#follow();
+    if (guard.#feed) {
+      const caughtUp = guard.#feed.start();
       // The history is usually one page; a slow CA must not hold the service's start for long.
       await Promise.race([
         caughtUp,
@@ -221,18 +227,7 @@ export class RevocationGuard extends EventEmitter<RevocationGuardEvents> {
     const refused = this.refusal(chain, policy);
     if (refused) throw refused;
     if (this.#closed) return;
-    const t: Tracked = { socket, chain, policy, onClose };
-    this.#tracked.add(t);
-    const serials = chain.map((c) => canonicalSerial(c.serialNumber));
-    for (const s of serials) this.#bySerial.set(s, (this.#bySerial.get(s) ?? new Set()).add(t));
-    socket.once('close', () => {
-      this.#tracked.delete(t);
-      for (const s of serials) {
-        const set = this.#bySerial.get(s);
-        set?.delete(t);
-        if (set?.size === 0) this.#bySerial.delete(s);
-      }
-    });
+    this.#tracked.add({ socket, chain, policy, onClose });
   }
 
   /** Connections being watched. */
@@ -251,8 +246,8 @@ export class RevocationGuard extends EventEmitter<RevocationGuardEvents> {
         entries: h.crl.revoked.size,
         source: h.source,
       })),
-      feed: this.#o.followFeed
-        ? { connected: this.#feedConnected, last: this.#feedLast, downSince: this.#feedDownSince }
+      feed: this.#feed
+        ? { connected: this.#feed.connected, last: this.#feed.last, downSince: this.#feed.downSince }
         : undefined,
       feedSerials: this.#state.feedSerials,
     };
@@ -260,6 +255,7 @@ export class RevocationGuard extends EventEmitter<RevocationGuardEvents> {
 
   /** Reads the CRL file and fetches /v1/crl.pem now (one refresh at a time; a request during one queues another). */
   refresh(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
     if (this.#refreshing) {
       this.#refreshAgain = true;
       return this.#refreshing;
@@ -287,7 +283,6 @@ export class RevocationGuard extends EventEmitter<RevocationGuardEvents> {
     this.#o.identity.off('rotated', this.#onRotated);
     this.#client?.close();
     this.#tracked.clear();
-    this.#bySerial.clear();
   }
 
   #trust(id: IdentitySnapshot): void {
@@ -338,14 +333,12 @@ export class RevocationGuard extends EventEmitter<RevocationGuardEvents> {
 
   #revoked(serials: string[], source: 'crl' | 'feed'): void {
     this.emit('revoked', serials, source);
-    const hit = new Set<Tracked>();
-    for (const s of serials) for (const t of this.#bySerial.get(s) ?? []) hit.add(t);
-    this.#recheck(hit);
+    this.#recheck(this.#tracked.withSerials(serials));
   }
 
   /** Closes every connection of `which` whose peer is refused now. */
-  #recheck(which: Iterable<Tracked>): void {
-    for (const t of [...which]) {
+  #recheck(which: Tracked[]): void {
+    for (const t of which) {
       const refused = this.refusal(t.chain, t.policy);
       if (!refused) continue;
       this.#tracked.delete(t);
@@ -359,12 +352,7 @@ export class RevocationGuard extends EventEmitter<RevocationGuardEvents> {
   }
 
   #feedOutage(now: Date): string | undefined {
-    const max = this.#o.maxFeedOutageMs;
-    if (max === undefined || !this.#o.followFeed || !this.#feedDownSince) return undefined;
-    const down = now.getTime() - this.#feedDownSince.getTime();
-    return down > max
-      ? `the revocation feed has been unreachable for ${Math.round(down / 1000)} s`
-      : undefined;
+    return this.#feed?.outage(now, this.#o.maxFeedOutageMs);
   }
 
   #staleNow(): string | undefined {
@@ -380,7 +368,7 @@ export class RevocationGuard extends EventEmitter<RevocationGuardEvents> {
     this.#staleReason = reason;
     if (reason) this.emit('stale', reason);
     else if (was) this.emit('fresh');
-    this.#recheck(this.#tracked);
+    this.#recheck(this.#tracked.all());
   }
 
   #watch(): void {
@@ -421,55 +409,6 @@ export class RevocationGuard extends EventEmitter<RevocationGuardEvents> {
     this.#o.identity.on('rotated', this.#onRotated);
   }
 
-  /**
-   * Follows the feed from event 0: the history pages in with wait=0 (a revocation made before this
-   * service started is learned too), then long-polls. Resolves once caught up; keeps following.
-   */
-  #follow(): Promise<void> {
-    const client = this.#client!;
-    const feedUrl = `${client.serverUrl}/v1/revocations`;
-    return new Promise((caughtUp) => {
-      void (async () => {
-        let attempt = 0;
-        let current = false;
-        while (!this.#closed) {
-          try {
-            const id = this.#o.identity.current();
-            const page = await client.revocations({
-              certificateChainPem: id.certChainPem,
-              keyPem: id.keyPem,
-              trustBundlePem: id.bundlePem,
-              since: this.#feedLast,
-              waitSeconds: current ? this.#o.feedWaitSeconds : 0,
-              signal: this.#abort.signal,
-            });
-            attempt = 0;
-            this.#reported.delete(feedUrl);
-            this.#feedConnected = true;
-            this.#feedDownSince = undefined;
-            this.#onEvents(page.events);
-            this.#feedLast = page.last;
-            if (page.events.length === 0 && !current) {
-              current = true;
-              caughtUp();
-            }
-          } catch (e) {
-            if (this.#closed) break;
-            this.#feedConnected = false;
-            this.#feedDownSince ??= this.#o.clock.now();
-            const delay = Math.max(
-              250,
-              backoffDelay(attempt++, this.#o.random, { baseMs: 500, maxMs: 30_000 }),
-            );
-            this.#report(feedUrl, sourceError(feedUrl, e));
-            await new Promise((r) => this.#o.timers.setTimeout(() => r(undefined), delay));
-          }
-        }
-        caughtUp();
-      })();
-    });
-  }
-
   #onEvents(events: RevocationEvent[]): void {
     if (events.length === 0) return;
     const fresh: string[] = [];
@@ -490,29 +429,3 @@ export class RevocationGuard extends EventEmitter<RevocationGuardEvents> {
     if (this.listenerCount('error') > 0) this.emit('error', err);
   }
 }
-
-function sourceError(what: string, e: unknown): IdentityError {
-  if (isIdentityError(e)) return e;
-  const code = (e as { code?: string }).code;
-  return new IdentityError(
-    'ERR_REVOCATION_SOURCE',
-    `${what}: ${(e as Error).message ?? String(e)}${code ? ` (${code})` : ''}`,
-  );
-}
-
-/** RFC 5280 §5.3.1 reason names, as Baton's CLI spells them. */
-const REASONS = [
-  'unspecified',
-  'key-compromise',
-  'ca-compromise',
-  'affiliation-changed',
-  'superseded',
-  'cessation-of-operation',
-  'certificate-hold',
-  'unused',
-  'remove-from-crl',
-  'privilege-withdrawn',
-  'aa-compromise',
-];
-
-const reasonName = (code: number): string => REASONS[code] ?? `reason ${code}`;

@@ -30,7 +30,10 @@ export function tlvOffsets(der: Buffer): { offset: number; el: Tlv }[] {
 
 /** The input cut at every length from 0 to length − 1. */
 export function truncations(der: Buffer): Mutant[] {
-  return Array.from({ length: der.length }, (_, n) => ({ name: `truncated at ${n}`, der: der.subarray(0, n) }));
+  return Array.from({ length: der.length }, (_, n) => ({
+    name: `truncated at ${n}`,
+    der: der.subarray(0, n),
+  }));
 }
 
 /** Rewrites the header of the TLV at `offset` with another length encoding, keeping its content. */
@@ -59,7 +62,7 @@ export function headerMutations(der: Buffer): Mutant[] {
     const at = `tlv ${i} (tag 0x${el.tag.toString(16)} at ${offset})`;
     out.push(
       { name: `${at}: length + 1`, der: withHeader(der, offset, el, short(len + 1)) },
-      { name: `${at}: length - 1`, der: len > 0 ? withHeader(der, offset, el, short(len - 1)) : der },
+      ...(len > 0 ? [{ name: `${at}: length - 1`, der: withHeader(der, offset, el, short(len - 1)) }] : []),
       {
         name: `${at}: indefinite length`,
         der: withHeader(der, offset, el, Buffer.from([el.tag, 0x80]), Buffer.from([0, 0])),
@@ -76,8 +79,14 @@ export function headerMutations(der: Buffer): Mutant[] {
         name: `${at}: 5-octet length`,
         der: withHeader(der, offset, el, Buffer.from([el.tag, 0x85, 0, 0, 0, 0, len & 0xff])),
       },
-      { name: `${at}: multi-byte tag`, der: withHeader(der, offset, el, Buffer.from([0x1f, 0x81, 0x01, len])) },
-      { name: `${at}: constructed bit flipped`, der: withHeader(der, offset, el, short(len).fill(el.tag ^ 0x20, 0, 1)) },
+      {
+        name: `${at}: multi-byte tag`,
+        der: withHeader(der, offset, el, Buffer.from([0x1f, 0x81, 0x01, len])),
+      },
+      {
+        name: `${at}: constructed bit flipped`,
+        der: withHeader(der, offset, el, short(len).fill(el.tag ^ 0x20, 0, 1)),
+      },
     );
   }
   return out;
@@ -131,7 +140,10 @@ export function csrStructuralMutations(der: Buffer): Mutant[] {
     { name: 'attributes: 1000 nested SEQUENCEs', der: replaceAt(der, [0, 3], ctx(0, true, deep)) },
     { name: 'signature algorithm: 1000 nested SEQUENCEs', der: replaceAt(der, [1], deep) },
     { name: 'version: 10 KiB INTEGER', der: replaceAt(der, [0, 0], hugeInteger(10 * 1024)) },
-    { name: 'version: 17 KiB INTEGER (over the CSR size)', der: replaceAt(der, [0, 0], hugeInteger(17 * 1024)) },
+    {
+      name: 'version: 17 KiB INTEGER (over the CSR size)',
+      der: replaceAt(der, [0, 0], hugeInteger(17 * 1024)),
+    },
     { name: 'version: negative', der: replaceAt(der, [0, 0], Buffer.from([0x02, 0x01, 0xff])) },
     {
       name: 'signature: r and s of 4 KiB each',
@@ -139,10 +151,22 @@ export function csrStructuralMutations(der: Buffer): Mutant[] {
     },
     { name: 'signature: empty bit string', der: replaceAt(der, [2], Buffer.from([0x03, 0x00])) },
     { name: 'signature: unused bits 7', der: replaceAt(der, [2], Buffer.from([0x03, 0x02, 0x07, 0x80])) },
-    { name: 'subject: 64-octet OID', der: replaceAt(der, [0, 1], seq(Buffer.from(subjectWithOid(hugeOid(64))))) },
-    { name: 'subject: 65-octet OID', der: replaceAt(der, [0, 1], seq(Buffer.from(subjectWithOid(hugeOid(65))))) },
-    { name: 'subject: 10 KiB OID', der: replaceAt(der, [0, 1], seq(Buffer.from(subjectWithOid(hugeOid(10 * 1024))))) },
-    { name: 'subject: empty OID', der: replaceAt(der, [0, 1], seq(subjectWithOid(Buffer.from([0x06, 0x00])))) },
+    {
+      name: 'subject: 64-octet OID',
+      der: replaceAt(der, [0, 1], seq(Buffer.from(subjectWithOid(hugeOid(64))))),
+    },
+    {
+      name: 'subject: 65-octet OID',
+      der: replaceAt(der, [0, 1], seq(Buffer.from(subjectWithOid(hugeOid(65))))),
+    },
+    {
+      name: 'subject: 10 KiB OID',
+      der: replaceAt(der, [0, 1], seq(Buffer.from(subjectWithOid(hugeOid(10 * 1024))))),
+    },
+    {
+      name: 'subject: empty OID',
+      der: replaceAt(der, [0, 1], seq(subjectWithOid(Buffer.from([0x06, 0x00])))),
+    },
     {
       name: 'subject: OID with a leading 0x80 arc octet',
       der: replaceAt(der, [0, 1], seq(subjectWithOid(Buffer.from([0x06, 0x03, 0x2a, 0x80, 0x01])))),
@@ -163,10 +187,16 @@ export function csrStructuralMutations(der: Buffer): Mutant[] {
       name: 'public key: RSA-3072 with a 3072-bit exponent',
       der: replaceAt(der, [0, 2], rsaSpki(hugeUint(384), hugeUint(384))),
     },
-    { name: 'public key: RSA with a zero modulus', der: replaceAt(der, [0, 2], rsaSpki(Buffer.from([0]), Buffer.from([3]))) },
+    {
+      name: 'public key: RSA with a zero modulus',
+      der: replaceAt(der, [0, 2], rsaSpki(Buffer.from([0]), Buffer.from([3]))),
+    },
     { name: 'trailing garbage after the request', der: Buffer.concat([der, Buffer.from([0, 0])]) },
     { name: 'two requests back to back', der: Buffer.concat([der, der]) },
-    { name: 'extra field in the request', der: tlv(0x30, ...children(readWhole(der)).map((c) => c.raw), int(1)) },
+    {
+      name: 'extra field in the request',
+      der: tlv(0x30, ...children(readWhole(der)).map((c) => c.raw), int(1)),
+    },
   ];
 }
 
@@ -211,12 +241,18 @@ export function ocspStructuralMutations(der: Buffer): Mutant[] {
     { name: 'serial: empty INTEGER', der: seq(seq(seq(seq(certIdOf(Buffer.from([0x02, 0x00])))))) },
     { name: 'hash algorithm: 10 KiB OID', der: seq(seq(seq(seq(seq(seq(hugeOid(10 * 1024))))))) },
     { name: 'hash algorithm: 64-octet OID', der: seq(seq(seq(seq(seq(seq(hugeOid(64))))))) },
-    { name: 'eleven certificates asked about', der: seq(seq(seq(...Array.from({ length: 11 }, () => seq(certIdOf(int(1))))))) },
+    {
+      name: 'eleven certificates asked about',
+      der: seq(seq(seq(...Array.from({ length: 11 }, () => seq(certIdOf(int(1))))))),
+    },
     { name: 'empty request list', der: seq(seq(seq())) },
     { name: 'nonce of 129 octets', der: withNonce(der, Buffer.alloc(129, 1)) },
     { name: 'nonce of 0 octets', der: withNonce(der, Buffer.alloc(0)) },
     { name: 'trailing garbage', der: Buffer.concat([der, Buffer.from([0])]) },
-    { name: 'version 5', der: seq(seq(ctx(0, true, int(5)), ...children(children(readWhole(der))[0]!).map((c) => c.raw))) },
+    {
+      name: 'version 5',
+      der: seq(seq(ctx(0, true, int(5)), ...children(children(readWhole(der))[0]!).map((c) => c.raw))),
+    },
   ];
 }
 

@@ -1,6 +1,7 @@
 import { Agent, request } from 'node:https';
 import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Flags } from '../../../services/ca/src/config';
+import type { Backend } from '../../support/database';
 import { startTestServer, type TestServer } from '../../support/test-server';
 
 /**
@@ -17,8 +18,8 @@ export const FUZZ_SERVER_FLAGS: Flags = { 'rate-limits': 'off', 'max-in-flight':
 export const TARGET_MS = 100;
 export const BOUND_MS = 1000;
 
-export function startFuzzServer(extraFlags: Flags = {}): Promise<TestServer> {
-  return startTestServer({ serverFlags: { ...FUZZ_SERVER_FLAGS, ...extraFlags } });
+export function startFuzzServer(extraFlags: Flags = {}, backend: Backend = 'pglite'): Promise<TestServer> {
+  return startTestServer({ backend, serverFlags: { ...FUZZ_SERVER_FLAGS, ...extraFlags } });
 }
 
 export interface Credential {
@@ -169,7 +170,8 @@ export class FuzzClient {
 export function routeOf(path: string): string {
   const p = path.split('?')[0]!;
   if (p.startsWith('/v1/ocsp/')) return '/v1/ocsp/:b64';
-  if (p.startsWith('/v1/admin/nodes/')) return '/v1/admin/nodes/:id';
+  if (p.startsWith('/v1/admin/nodes/'))
+    return p.endsWith('/revoke') ? '/v1/admin/nodes/:id/revoke' : '/v1/admin/nodes/:id';
   if (p.startsWith('/v1/admin/entries/')) return '/v1/admin/entries/:name';
   if (p.startsWith('/v1/admin/certificates/')) return '/v1/admin/certificates/:serial/revoke';
   return p.length > 40 ? `${p.slice(0, 40)}…` : p;

@@ -36,6 +36,8 @@ export function openTls(target: RawTarget): Promise<TLSSocket> {
     });
     socket.once('secureConnect', () => {
       socket.off('error', reject);
+      // A write after the server closed (EPIPE, ECONNRESET) is expected here, never a crash.
+      socket.on('error', () => undefined);
       resolve(socket);
     });
     socket.once('error', reject);
@@ -47,7 +49,11 @@ export function openTls(target: RawTarget): Promise<TLSSocket> {
  * answers are read whole until close). Resolves on a complete response, on close, or after
  * `timeoutMs` with whatever arrived; never rejects.
  */
-export function readAnswer(socket: TLSSocket, timeoutMs: number, startedAt = performance.now()): Promise<RawAnswer> {
+export function readAnswer(
+  socket: TLSSocket,
+  timeoutMs: number,
+  startedAt = performance.now(),
+): Promise<RawAnswer> {
   return new Promise((resolve) => {
     let buf = Buffer.alloc(0);
     let done = false;
@@ -65,7 +71,12 @@ export function readAnswer(socket: TLSSocket, timeoutMs: number, startedAt = per
       const p = parse(buf);
       const length = p.headers['content-length'];
       if (p.status !== null && length !== undefined && p.body.length >= Number(length)) finish(false);
-      if (p.status !== null && length === undefined && p.headers.connection !== 'close' && isBodyless(p.status))
+      if (
+        p.status !== null &&
+        length === undefined &&
+        p.headers.connection !== 'close' &&
+        isBodyless(p.status)
+      )
         finish(false);
     };
     const onClose = () => finish(true);
@@ -101,7 +112,11 @@ export function write(socket: TLSSocket, data: string | Buffer): Promise<boolean
 }
 
 /** One handcrafted request on a fresh connection; the connection is closed afterwards. */
-export async function rawRequest(target: RawTarget, request: string | Buffer, timeoutMs = 3000): Promise<RawAnswer> {
+export async function rawRequest(
+  target: RawTarget,
+  request: string | Buffer,
+  timeoutMs = 3000,
+): Promise<RawAnswer> {
   const socket = await openTls(target);
   try {
     await write(socket, request);

@@ -86,7 +86,9 @@ export async function attestNode(deps: NodeIdentityDeps, p: AttestParams): Promi
     await deps.storage.audit
       .append(
         auditEvent(p.audit, deps.clock.now(), 'node.attestation_refused', null, 'failure', {
-          method: String(p.method).slice(0, 64),
+          // Only a string is recorded: String() of hostile JSON throws ({"toString":1}) or
+          // overflows the stack (deeply nested arrays) and would turn a 400 into a 500.
+          method: typeof p.method === 'string' ? p.method.slice(0, 64) : `(${typeof p.method})`,
           code,
         }),
       )

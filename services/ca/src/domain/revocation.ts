@@ -3,10 +3,12 @@ import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
 import { BatonError } from './errors';
 import type { RevocationEvent, Storage } from './ports';
+import { nodeSpiffeId } from './trust-domain';
 
 export interface RevocationDeps {
   clock: Clock;
   storage: Storage;
+  trustDomain: string;
 }
 
 export interface RevocationResult {
@@ -42,7 +44,7 @@ export async function revokeNode(
       createdAt: now,
     });
     await tx.audit.append(
-      auditEvent(p.audit, now, 'node.revoked', `node/${node.id}`, 'success', {
+      auditEvent(p.audit, now, 'node.revoked', nodeSpiffeId(deps.trustDomain, node.id), 'success', {
         reason,
         certificates: serials.length,
         tokens_spent: tokens,

@@ -1,4 +1,4 @@
-import express, { type Express } from 'express';
+import express, { type Express, type RequestHandler } from 'express';
 import type { Logger } from 'pino';
 import type { AbuseLimits } from '../config';
 import type { Attestor } from '../domain/attestation/attestor';
@@ -48,7 +48,20 @@ export interface AppDeps {
 }
 
 /** JSON bodies are small (a CSR is ~500 bytes of PEM); anything large is refused early. */
-export const BODY_LIMIT = '64kb';
+export const BODY_LIMIT = 64 * 1024;
+
+/**
+ * A body declared larger than any route accepts is refused before a byte of it is read, and the
+ * connection closed: body-parser would first drain the whole body (10 MB, or until the request
+ * timeout for one that never arrives) and only then answer 413.
+ */
+const refuseDeclaredOversize: RequestHandler = (req, res, next) => {
+  if (Number(req.headers['content-length']) > BODY_LIMIT) {
+    res.set('Connection', 'close');
+    return next(new BatonError('ERR_BODY_TOO_LARGE', 'request body too large'));
+  }
+  next();
+};
 
 /** Builds the HTTP application; it never listens (tests and main.ts decide that). */
 export function buildApp(deps: AppDeps): Express {
@@ -58,12 +71,14 @@ export function buildApp(deps: AppDeps): Express {
   app.use(requestContext(deps.log, deps.metrics));
   app.use(secureHeaders);
   app.use(headerLimit);
+  app.use(refuseDeclaredOversize);
   // Abuse controls run before any body is read or any database is asked: a refusal costs little.
   const limit = abuseControls(deps.limits, deps.metrics, deps.monotonicMs);
   app.use(limit.concurrency);
   app.post('/v1/attest', limit.attest);
   app.post('/v1/attest/challenge', limit.challenge);
-  app.use('/v1/ocsp', limit.ocsp);
+  app.post('/v1/ocsp', limit.ocsp);
+  app.get('/v1/ocsp/*path', limit.ocsp);
   app.get(['/v1/crl', '/v1/crl.pem'], limit.crl);
   app.get(['/v1/bundle', '/v1/bundle.jwks'], limit.bundle);
   app.post('/v1/renew', limit.renew);

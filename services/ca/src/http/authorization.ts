@@ -53,6 +53,9 @@ export async function authenticateAdmin(deps: AuthDeps, req: Request): Promise<A
   }
   if (record.status === 'revoked')
     throw new BatonError('ERR_CERT_REVOKED', 'this certificate has been revoked');
+  // TLS checked the validity period at the handshake only; a keep-alive connection outlives it.
+  if (record.notAfter.getTime() <= deps.clock.now().getTime())
+    throw new BatonError('ERR_CERT_EXPIRED', 'the client certificate has expired');
   return {
     name: peer.spiffeId.slice(prefix.length),
     role: peer.subject.OU as AdminRole,

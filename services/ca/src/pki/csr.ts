@@ -1,5 +1,6 @@
 import { verify } from 'node:crypto';
 import { BatonError } from '../domain/errors';
+import { nullValue, oid, seq } from './der';
 import { children, decodeOid, fromPem, readWhole, type Tlv } from './der-reader';
 import { describePublicKey, EC_COORDINATE_BYTES, EC_SPKI_PREFIX, type PublicKeyInfo } from './keys';
 import { OID } from './oids';
@@ -44,6 +45,18 @@ const SIGNATURE_ALGORITHMS: ReadonlyMap<string, SignatureAlgorithm> = new Map([
   [OID.sha384WithRSAEncryption, { hash: 'sha384', family: 'rsa' }],
   [OID.sha512WithRSAEncryption, { hash: 'sha512', family: 'rsa' }],
 ]);
+
+/**
+ * The exact DER of every acceptable AlgorithmIdentifier (EC without parameters; RSA with NULL or,
+ * as RFC 4055 §5 allows, without): a CSR whose bytes match one is decided by one map lookup, and
+ * anything else takes the element-by-element path below, which gives the precise refusal.
+ */
+const ENCODED_ALGORITHMS: ReadonlyMap<string, SignatureAlgorithm> = new Map(
+  [...SIGNATURE_ALGORITHMS].flatMap(([id, alg]) => {
+    const forms = alg.family === 'ec' ? [seq(oid(id))] : [seq(oid(id), nullValue()), seq(oid(id))];
+    return forms.map((der) => [der.toString('hex'), alg] as const);
+  }),
+);
 
 const invalid = (message: string): BatonError => new BatonError('ERR_CSR_INVALID', message);
 
@@ -177,6 +190,8 @@ function checkTypeAndValue(atv: Tlv, what: string): void {
  * shaNNNWithRSAEncryption OIDs the parameters are NULL, and implementations MUST accept them absent.
  */
 function signatureAlgorithm(el: Tlv): SignatureAlgorithm {
+  const known = ENCODED_ALGORITHMS.get(el.raw.toString('hex'));
+  if (known) return known;
   const [id, params, ...rest] = children(el, WHAT);
   if (!id || rest.length > 0) throw invalid('malformed csr: malformed signature algorithm');
   const alg = SIGNATURE_ALGORITHMS.get(decodeOid(expect(id, 0x06, 'signature algorithm').value));
@@ -200,7 +215,10 @@ function signatureBits(el: Tlv): Buffer {
   return el.value.subarray(1);
 }
 
-const EC_COORDINATES_BYTES = { 'ec-p256': 2 * EC_COORDINATE_BYTES['ec-p256'], 'ec-p384': 2 * EC_COORDINATE_BYTES['ec-p384'] } as const;
+const EC_COORDINATES_BYTES = {
+  'ec-p256': 2 * EC_COORDINATE_BYTES['ec-p256'],
+  'ec-p384': 2 * EC_COORDINATE_BYTES['ec-p384'],
+} as const;
 
 /** RFC 3279 §2.3.1: rsaEncryption with NULL parameters. */
 const RSA_ALGORITHM_ID = Buffer.from('300d06092a864886f70d0101010500', 'hex');

@@ -64,6 +64,31 @@ export function readWhole(buf: Buffer, what = 'DER'): Tlv {
 
 export function decodeOid(value: Buffer): string {
   if (value.length === 0 || value.length > 64) throw new BatonError('ERR_BAD_REQUEST', 'malformed OID');
+  return decodeOidSmall(value) ?? decodeOidBig(value);
+}
+
+/** Arcs below 2^46 in plain numbers (every OID Baton meets); undefined when one is larger. */
+function decodeOidSmall(value: Buffer): string | undefined {
+  const arcs: number[] = [];
+  let v = 0;
+  for (let i = 0; i < value.length; i++) {
+    const b = value[i]!;
+    if (v === 0 && b === 0x80) throw new BatonError('ERR_BAD_REQUEST', 'malformed OID');
+    if (v >= 2 ** 46) return undefined;
+    v = v * 128 + (b & 0x7f);
+    if ((b & 0x80) === 0) {
+      arcs.push(v);
+      v = 0;
+    } else if (i === value.length - 1) {
+      throw new BatonError('ERR_BAD_REQUEST', 'malformed OID');
+    }
+  }
+  const first = arcs[0]!;
+  const head = first < 80 ? [Math.floor(first / 40), first % 40] : [2, first - 80];
+  return [...head, ...arcs.slice(1)].join('.');
+}
+
+function decodeOidBig(value: Buffer): string {
   const arcs: bigint[] = [];
   let v = 0n;
   for (let i = 0; i < value.length; i++) {
@@ -82,11 +107,23 @@ export function decodeOid(value: Buffer): string {
   return [...head, ...arcs.slice(1)].join('.');
 }
 
+/** One compiled pattern per label (labels are program constants, so the map stays tiny). */
+const PEM_PATTERNS = new Map<string, RegExp>();
+
+function pemPattern(label: string): RegExp {
+  let re = PEM_PATTERNS.get(label);
+  if (!re) {
+    re = new RegExp(`-----BEGIN ${label}-----([A-Za-z0-9+/=\\s]+)-----END ${label}-----`);
+    if (PEM_PATTERNS.size < 32) PEM_PATTERNS.set(label, re);
+  }
+  return re;
+}
+
 export function fromPem(pem: string, label: string): Buffer {
-  const re = new RegExp(`-----BEGIN ${label}-----([A-Za-z0-9+/=\\s]+)-----END ${label}-----`);
-  const m = re.exec(pem);
+  const m = pemPattern(label).exec(pem);
   if (!m) throw new BatonError('ERR_BAD_REQUEST', `expected a PEM ${label}`);
-  return Buffer.from(m[1]!.replace(/\s+/g, ''), 'base64');
+  // The pattern admits only base64 and whitespace, and Node's base64 decoder skips whitespace.
+  return Buffer.from(m[1]!, 'base64');
 }
 
 export function allPem(pem: string, label: string): Buffer[] {

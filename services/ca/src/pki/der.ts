@@ -21,22 +21,30 @@ export const TAG = {
   SET: 0x31,
 } as const;
 
-function lengthBytes(len: number): Buffer {
-  if (len < 0x80) return Buffer.from([len]);
-  const bytes: number[] = [];
-  for (let n = len; n > 0; n = Math.floor(n / 256)) bytes.unshift(n & 0xff);
-  return Buffer.from([0x80 | bytes.length, ...bytes]);
+/** Octets of a DER length (X.690 §8.1.3: short form below 128, else 0x80|n then n octets). */
+function lengthSize(len: number): number {
+  if (len < 0x80) return 1;
+  let n = 1;
+  for (let v = len; v > 0xff; v = Math.floor(v / 256)) n++;
+  return 1 + n;
 }
 
-/** One TLV. `content` may be several buffers, concatenated without an intermediate copy. */
+/**
+ * One TLV. `content` may be several buffers, concatenated without an intermediate copy. The header
+ * is written straight into the output: a certificate is a few dozen TLVs, built per request.
+ */
 export function tlv(tag: number, ...content: Uint8Array[]): Buffer {
   let len = 0;
   for (const c of content) len += c.length;
-  const head = lengthBytes(len);
-  const out = Buffer.allocUnsafe(1 + head.length + len);
+  const head = lengthSize(len);
+  const out = Buffer.allocUnsafe(1 + head + len);
   out[0] = tag;
-  head.copy(out, 1);
-  let off = 1 + head.length;
+  let off = 1;
+  if (head === 1) out[off++] = len;
+  else {
+    out[off++] = 0x80 | (head - 1);
+    for (let i = head - 2; i >= 0; i--) out[off++] = Math.floor(len / 256 ** i) & 0xff;
+  }
   for (const c of content) {
     out.set(c, off);
     off += c.length;
@@ -148,8 +156,12 @@ export function generalizedTime(d: Date): Buffer {
   return tlv(TAG.GENERALIZED_TIME, Buffer.from(s, 'latin1'));
 }
 
+/** RFC 7468 §2: base64 in lines of 64 characters between the encapsulation boundaries. */
 export function toPem(label: string, der: Uint8Array): string {
-  const b64 = Buffer.from(der).toString('base64');
-  const lines = b64.match(/.{1,64}/g) ?? [];
-  return `-----BEGIN ${label}-----\n${lines.join('\n')}\n-----END ${label}-----\n`;
+  const b64 = (Buffer.isBuffer(der) ? der : Buffer.from(der.buffer, der.byteOffset, der.byteLength)).toString(
+    'base64',
+  );
+  let body = b64.length === 0 ? '\n' : '';
+  for (let i = 0; i < b64.length; i += 64) body += `${b64.slice(i, i + 64)}\n`;
+  return `-----BEGIN ${label}-----\n${body}-----END ${label}-----\n`;
 }

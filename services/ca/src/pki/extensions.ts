@@ -7,8 +7,28 @@ export function extension(id: string, critical: boolean, value: Uint8Array): Buf
   return critical ? seq(oid(id), bool(true), octets(value)) : seq(oid(id), octets(value));
 }
 
+/**
+ * Extensions whose value depends only on their arguments (basicConstraints, keyUsage,
+ * extKeyUsage) are encoded once per distinct argument list: every leaf carries the same three.
+ * Callers only concatenate the result, never write into it.
+ */
+const CONSTANT_EXTENSIONS = new Map<string, Buffer>();
+
+function memo(key: string, encode: () => Buffer): Buffer {
+  let der = CONSTANT_EXTENSIONS.get(key);
+  if (!der) {
+    der = encode();
+    if (CONSTANT_EXTENSIONS.size < 64) CONSTANT_EXTENSIONS.set(key, der);
+  }
+  return der;
+}
+
 /** RFC 5280 §4.2.1.9. For an end entity cA is FALSE, which DER encodes as an empty SEQUENCE. */
 export function basicConstraints(ca: boolean, pathLen?: number): Buffer {
+  return memo(`bc:${ca}:${pathLen}`, () => encodeBasicConstraints(ca, pathLen));
+}
+
+function encodeBasicConstraints(ca: boolean, pathLen?: number): Buffer {
   const parts: Buffer[] = [];
   if (ca) parts.push(bool(true));
   if (ca && pathLen !== undefined) parts.push(int(pathLen));
@@ -24,11 +44,13 @@ export const KeyUsageBit = {
 
 /** RFC 5280 §4.2.1.3: conforming CAs mark keyUsage critical. */
 export function keyUsage(bits: number[]): Buffer {
-  return extension(OID.keyUsage, true, namedBits(bits));
+  return memo(`ku:${bits.join(',')}`, () => extension(OID.keyUsage, true, namedBits(bits)));
 }
 
 export function extKeyUsage(purposes: string[]): Buffer {
-  return extension(OID.extKeyUsage, false, seq(...purposes.map(oid)));
+  return memo(`eku:${purposes.join(',')}`, () =>
+    extension(OID.extKeyUsage, false, seq(...purposes.map(oid))),
+  );
 }
 
 export function subjectKeyIdentifier(keyId: Uint8Array): Buffer {

@@ -41,7 +41,10 @@ function importCanonicalEcKey(spki: Buffer): { kind: 'ec-p256' | 'ec-p384'; key:
     const x = spki.toString('base64url', prefix.length, prefix.length + size);
     const y = spki.toString('base64url', prefix.length + size);
     try {
-      return { kind, key: createPublicKey({ key: { kty: 'EC', crv: JWK_CURVE[kind], x, y }, format: 'jwk' }) };
+      return {
+        kind,
+        key: createPublicKey({ key: { kty: 'EC', crv: JWK_CURVE[kind], x, y }, format: 'jwk' }),
+      };
     } catch {
       // Not a point on the curve.
       throw new BatonError('ERR_CSR_INVALID', 'the public key cannot be decoded');

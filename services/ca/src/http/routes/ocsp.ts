@@ -33,7 +33,14 @@ export function ocspRoutes(deps: AppDeps): Router {
     await respond(req.body, res);
   });
   r.get('/v1/ocsp/*path', async (req, res) => {
-    const encoded = decodeURIComponent(String((req.params as { path: string[] }).path.join('/')));
+    // Express decoded the path once; a second decode tolerates double-encoding clients, and its
+    // URIError on a stray "%" (e.g. %25ZZ) is a malformed request, not a 500.
+    let encoded: string;
+    try {
+      encoded = decodeURIComponent((req.params as { path: string[] }).path.join('/'));
+    } catch {
+      throw new BatonError('ERR_BAD_REQUEST', 'malformed OCSP request');
+    }
     if (encoded.length > MAX_OCSP_REQUEST_OCTETS * 2 || !/^[A-Za-z0-9+/=_-]+$/.test(encoded)) {
       throw new BatonError('ERR_BAD_REQUEST', 'malformed OCSP request');
     }

@@ -38,7 +38,7 @@ export function revocationRoutes(deps: AppDeps): Router {
     requireAdmin(auth, 'POST /v1/admin/nodes/:id/revoke'),
     async (req, res) => {
       const result = await revokeNode(
-        { clock: deps.clock, storage: deps.storage },
+        { clock: deps.clock, storage: deps.storage, trustDomain: deps.installation.trustDomain },
         {
           nodeId: String(req.params.id),
           reason: reasonOf(body(req)),
@@ -60,7 +60,7 @@ export function revocationRoutes(deps: AppDeps): Router {
     requireAdmin(auth, 'POST /v1/admin/certificates/:serial/revoke'),
     async (req, res) => {
       const result = await revokeCertificate(
-        { clock: deps.clock, storage: deps.storage },
+        { clock: deps.clock, storage: deps.storage, trustDomain: deps.installation.trustDomain },
         {
           serial: String(req.params.serial),
           reason: reasonOf(body(req)),

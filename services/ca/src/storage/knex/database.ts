@@ -24,7 +24,16 @@ export function openDatabase(config: DatabaseConfig): Knex {
   if (config.databaseUrl) {
     return knexFactory({
       client: 'pg',
-      connection: config.databaseUrl,
+      connection: {
+        connectionString: config.databaseUrl,
+        // A frozen or unreachable PostgreSQL must not hang requests: bound every statement, the
+        // connect, and dead TCP peers; a crashed client must not hold locks in an open transaction.
+        statement_timeout: 15_000,
+        query_timeout: 20_000,
+        idle_in_transaction_session_timeout: 30_000,
+        connectionTimeoutMillis: 5_000,
+        keepAlive: true,
+      } as Knex.PgConnectionConfig,
       pool: { min: 0, max: config.poolMax ?? 10 },
       // Fail fast when PostgreSQL is down: callers answer 503 rather than queueing for minutes.
       acquireConnectionTimeout: 5000,

@@ -36,6 +36,15 @@ export function mapDbError(e: unknown): unknown {
     });
   }
   if (err.code === '23505') return new BatonError('ERR_CONFLICT', 'the record already exists', { cause: e });
+  // 22021 (a NUL in text) and 22P05 (\u0000 in jsonb): text PostgreSQL cannot store. Baton never
+  // writes such text itself, so it came from the request: a 400, not a 500.
+  if (err.code === '22021' || err.code === '22P05') {
+    return new BatonError('ERR_BAD_REQUEST', 'a text field holds a NUL character', { cause: e });
+  }
+  // 40P01 deadlock, 40001 serialization failure, 57014 statement timeout: transient; retry later.
+  if (err.code === '40P01' || err.code === '40001' || err.code === '57014') {
+    return new BatonError('ERR_DATABASE_UNAVAILABLE', 'the database is busy: retry later', { cause: e });
+  }
   if (isUnavailable(err.code, String(err.message ?? ''))) {
     return new BatonError('ERR_DATABASE_UNAVAILABLE', 'the database is unavailable', { cause: e });
   }
