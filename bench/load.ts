@@ -106,6 +106,9 @@ async function issueJob(job: IssueJob, next: () => Promise<ToLoad>): Promise<voi
   // One client per identity: with several nodes, each connection has its node's certificate and
   // asks for that node's entry; otherwise all connections share the target's identity.
   const identities = job.identities?.length ? job.identities : [{ ...target, spiffeId: job.spiffeId }];
+  // Bodies are concatenated per request from pre-escaped parts: one copy of each CSR, not one per node.
+  const csrJson = csrs.map((csr) => JSON.stringify(csr));
+  const fixedBodies = job.api === 'baton-workload' ? [] : csrs.map(route.body);
   const clients = identities.map((id) => ({
     agent: new Agent({
       keepAlive: true,
@@ -114,14 +117,13 @@ async function issueJob(job: IssueJob, next: () => Promise<ToLoad>): Promise<voi
       cert: id.cert,
       key: id.key,
     }),
-    bodies: csrs.map((csr) =>
-      job.api === 'baton-workload' ? JSON.stringify({ spiffe_id: id.spiffeId, csr }) : route.body(csr),
-    ),
+    prefix: `{"spiffe_id":${JSON.stringify(id.spiffeId ?? '')},"csr":`,
   }));
   let cursor = 0;
   const request = (t: Timed, worker: number) => {
     const client = clients[worker % clients.length]!;
-    const body = client.bodies[cursor++ % client.bodies.length]!;
+    const i = cursor++ % csrs.length;
+    const body = job.api === 'baton-workload' ? `${client.prefix}${csrJson[i]}}` : fixedBodies[i]!;
     return timedSend(t, target, { method: 'POST', path: route.path, body, agent: client.agent }, route.ok);
   };
   const warm: Timed = { ok: 0, latencies: [], statuses: {} };
@@ -196,7 +198,8 @@ function retryAfterMs(r: Reply): number | undefined {
 async function renewJob(job: RenewJob, next: () => Promise<ToLoad>): Promise<void> {
   const setup = monoMs();
   const creds = readCredentials(job.credentialsIn, job.offset, job.limit);
-  const fresh: KeyAndCsr[] = csrPool(creds.length, 'renew');
+  // A renewal brings a new key (CONTRACT: same identity, new key); refreshed after every storm.
+  let fresh: KeyAndCsr[] = csrPool(creds.length, 'renew');
   say({ type: 'ready', setupMs: monoMs() - setup });
   let base = 0;
   const renewOne = async (t: Timed, i: number): Promise<Reply | undefined> => {
@@ -261,10 +264,10 @@ async function renewJob(job: RenewJob, next: () => Promise<ToLoad>): Promise<voi
         }
       }),
     );
-    say({
-      type: 'result',
-      result: result(t, start, cpu0, { startMono: start, lastOkMono: lastOk, attempts }),
-    });
+    const res = result(t, start, cpu0, { startMono: start, lastOkMono: lastOk, attempts });
+    // Untimed: the next storm renews every node again, with keys it has never used.
+    fresh = csrPool(creds.length, 'renew');
+    say({ type: 'result', result: res });
   }
   if (job.credentialsOut)
     writeFileSync(job.credentialsOut, `${creds.map((c) => JSON.stringify(c)).join('\n')}\n`);

@@ -31,7 +31,14 @@ import { Generator } from './lib/generator';
 import { json, send, type TlsTarget } from './lib/http';
 import type { IssueJob, RunResult } from './lib/load-protocol';
 import { type BenchOptions, parseOptions, type Sizes, sizes } from './lib/options';
-import { countRows, createDatabase, postgresReachable, postgresVersion, runSql } from './lib/postgres';
+import {
+  type BenchDatabase,
+  countRows,
+  createDatabase,
+  postgresReachable,
+  postgresVersion,
+  runSql,
+} from './lib/postgres';
 import {
   drain,
   installInterruptHandler,
@@ -40,6 +47,7 @@ import {
   RssWatch,
   stop,
   treeCpuMs,
+  treeSystemCpuMs,
   waitForLine,
 } from './lib/proc';
 import {
@@ -230,6 +238,25 @@ interface IssueSummary {
   results: RunResult[];
   /** Server CPU ms per successful request, per run (when a server pid is given). */
   cpuPerOk: number[];
+  /** The kernel's part of it (stime). */
+  systemCpuPerOk: number[];
+}
+
+function issueJob(
+  c: Context,
+  job: Omit<IssueJob, 'kind' | 'warmupRequests' | 'durationMs' | 'maxRequests' | 'csrPool'>,
+): IssueJob {
+  // A cap well above any rate seen here; each request has its own key (a key is certified once,
+  // so a reused one would be refused: the pool is sized so a Baton run never wraps it).
+  const expected = Math.max(2000, Math.round((c.s.issueDurationMs / 1000) * 8000));
+  return {
+    kind: 'issue',
+    warmupRequests: c.s.warmupRequests,
+    durationMs: c.s.issueDurationMs,
+    maxRequests: expected,
+    csrPool: Math.min(30_000, c.s.warmupRequests + c.s.runs * expected),
+    ...job,
+  };
 }
 
 async function measureIssue(
@@ -237,21 +264,17 @@ async function measureIssue(
   job: Omit<IssueJob, 'kind' | 'warmupRequests' | 'durationMs' | 'maxRequests' | 'csrPool'>,
   serverPid?: number,
 ): Promise<IssueSummary> {
-  const expected = Math.max(2000, Math.round((c.s.issueDurationMs / 1000) * 6000));
-  const g = await Generator.start({
-    kind: 'issue',
-    warmupRequests: c.s.warmupRequests,
-    durationMs: c.s.issueDurationMs,
-    maxRequests: expected,
-    csrPool: Math.min(expected, c.o.quick ? 4000 : 8000),
-    ...job,
-  });
-  const out: IssueSummary = { results: [], cpuPerOk: [] };
+  const g = await Generator.start(issueJob(c, job));
+  const out: IssueSummary = { results: [], cpuPerOk: [], systemCpuPerOk: [] };
   try {
     for (let r = 0; r < c.s.runs; r++) {
       const cpu0 = serverPid ? treeCpuMs(serverPid) : 0;
+      const sys0 = serverPid ? treeSystemCpuMs(serverPid) : 0;
       const res = await g.run();
-      if (serverPid && res.ok) out.cpuPerOk.push((treeCpuMs(serverPid) - cpu0) / res.ok);
+      if (serverPid && res.ok) {
+        out.cpuPerOk.push((treeCpuMs(serverPid) - cpu0) / res.ok);
+        out.systemCpuPerOk.push((treeSystemCpuMs(serverPid) - sys0) / res.ok);
+      }
       out.results.push(res);
     }
   } finally {
@@ -389,7 +412,10 @@ async function batonIssuance(
       server.pid,
     );
     recordIssue(c, prefix, conc, s);
-    if (conc === 16) set(c, `${prefix}_cpu_ms_per_certificate`, figureOf(s.cpuPerOk, 'ms'));
+    if (conc === 16) {
+      set(c, `${prefix}_cpu_ms_per_certificate`, figureOf(s.cpuPerOk, 'ms'));
+      set(c, `${prefix}_kernel_cpu_ms_per_certificate`, figureOf(s.systemCpuPerOk, 'ms'));
+    }
   }
   if (oneNode) {
     const s = await measureIssue(
@@ -603,7 +629,7 @@ async function stormSection(c: Context, server: BatonServer) {
   try {
     for (let r = 0; r < c.s.stormRuns; r++) {
       const start = monoMs() + 500;
-      const res = await Promise.all(gens.map((g) => g.run(start, 200_000)));
+      const res = await Promise.all(gens.map((g) => g.run(start, 400_000)));
       const ok = res.reduce((n, x) => n + x.ok, 0);
       const all = mergeCounts(res.map((x) => x.statuses));
       statuses.push(all);
@@ -642,24 +668,77 @@ async function stormSection(c: Context, server: BatonServer) {
   };
 }
 
-/** The same server on one process, for what `--workers` buys on this machine. */
-async function batonOneWorker(c: Context) {
-  const db = await createDatabase('baton_bench1');
+/**
+ * What `--workers` buys: a server with one process and one with N, each on its own database with
+ * sixteen nodes, measured at c16 in alternation (one run each, turn about) so that both see the
+ * same machine, which other work shares.
+ */
+async function workersAb(c: Context) {
+  const configs = [1, Math.max(2, c.o.workers)];
+  const names = ['one_worker', 'workers'];
+  const dbs: BenchDatabase[] = [];
+  const servers: BatonServer[] = [];
+  const watches: RssWatch[] = [];
+  const gens: Generator[] = [];
   try {
-    const server = await startBaton({
-      databaseUrl: db.url,
-      workers: 1,
-      logLevel: c.o.logLevel,
-      env: BATON_ENV,
-    });
-    try {
-      log(`   baton on PostgreSQL, one process: ${server.url}`);
-      await batonIssuance(c, server, 'one_worker_issuance', [16]);
-    } finally {
-      await server.stop();
+    for (const workers of configs) {
+      const db = await createDatabase('baton_bench_ab');
+      dbs.push(db);
+      const server = await startBaton({
+        databaseUrl: db.url,
+        workers,
+        logLevel: c.o.logLevel,
+        env: BATON_ENV,
+      });
+      servers.push(server);
+      watches.push(new RssWatch(server.pid));
+      const token = await createToken(server, 16);
+      const made: Awaited<ReturnType<typeof nodeWithEntry>>[] = [];
+      for (let i = 0; i < 16; i++) made.push(await nodeWithEntry(server, token, `ab-web${i}`));
+      const identities = made.map((n) => ({
+        cert: n.target.cert!,
+        key: n.target.key!,
+        spiffeId: n.spiffeId,
+      }));
+      gens.push(
+        await Generator.start(
+          issueJob(c, { target: made[0]!.target, api: 'baton-workload', identities, concurrency: 16 }),
+        ),
+      );
     }
+    const rates: number[][] = [[], []];
+    const p99s: number[][] = [[], []];
+    const cpu: number[][] = [[], []];
+    for (let r = 0; r < c.s.runs; r++) {
+      for (const k of [0, 1]) {
+        const cpu0 = treeCpuMs(servers[k]!.pid);
+        const res = await gens[k]!.run();
+        rates[k]!.push(res.perSecond);
+        p99s[k]!.push(res.p99Ms);
+        if (res.ok) cpu[k]!.push((treeCpuMs(servers[k]!.pid) - cpu0) / res.ok);
+      }
+    }
+    for (const k of [0, 1]) {
+      set(c, `${names[k]}_issuance_c16_per_s`, figureOf(rates[k]!, 'certificates/s'));
+      set(c, `${names[k]}_issuance_c16_p99_ms`, figureOf(p99s[k]!, 'ms'));
+      set(c, `${names[k]}_cpu_ms_per_certificate`, figureOf(cpu[k]!, 'ms'));
+    }
+    set(
+      c,
+      'ratio_workers_vs_one_worker_c16',
+      ratioOf(c.figures.workers_issuance_c16_per_s, c.figures.one_worker_issuance_c16_per_s),
+    );
+    log(
+      `   c16, alternated: 1 process ${c.figures.one_worker_issuance_c16_per_s!.median}/s, ${configs[1]} workers ${c.figures.workers_issuance_c16_per_s!.median}/s`,
+    );
   } finally {
-    await db.drop().catch(() => undefined);
+    await Promise.all(gens.map((g) => g.close()));
+    for (const [k, w] of watches.entries()) {
+      w.stop();
+      set(c, `${names[k]}_server_rss_peak_mb`, figureOf([w.hwmSumKb / 1024], 'MB'));
+    }
+    for (const s of servers) await s.stop();
+    for (const db of dbs) await db.drop().catch(() => undefined);
   }
 }
 
@@ -697,7 +776,10 @@ async function cfsslSection(c: Context) {
       for (const conc of [1, 16]) {
         const s = await measureIssue(c, { target: pg.target, api: 'cfssl-sign', concurrency: conc }, pg.pid);
         recordIssue(c, 'cfssl_pg', conc, s);
-        if (conc === 16) set(c, 'cfssl_pg_cpu_ms_per_certificate', figureOf(s.cpuPerOk, 'ms'));
+        if (conc === 16) {
+          set(c, 'cfssl_pg_cpu_ms_per_certificate', figureOf(s.cpuPerOk, 'ms'));
+          set(c, 'cfssl_pg_kernel_cpu_ms_per_certificate', figureOf(s.systemCpuPerOk, 'ms'));
+        }
       }
     } finally {
       await pg.stop();
@@ -830,8 +912,9 @@ async function main() {
       ],
       () => batonPostgres(c),
     );
-    if (o.workers > 1)
-      await section(c, 'one-worker', ['one_worker_issuance_c16_per_s'], () => batonOneWorker(c));
+    await section(c, 'workers', ['one_worker_issuance_c16_per_s', 'workers_issuance_c16_per_s'], () =>
+      workersAb(c),
+    );
     await section(c, 'pglite', ['pglite_issuance_c16_per_s'], () => batonPglite(c));
     await section(c, 'cfssl', ['cfssl_nodb_c16_per_s', 'cfssl_pg_c16_per_s'], () => cfsslSection(c));
   } finally {

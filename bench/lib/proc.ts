@@ -49,6 +49,19 @@ export function statusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
 
 export const treeCpuMs = (pid: number): number => processTree(pid).reduce((s, p) => s + cpuMs(p), 0);
 
+/** stime alone (field 15): the kernel's share, mostly loopback TCP and file writes here. */
+export function systemCpuMs(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[12]) * 1000) / CLK_TCK;
+  } catch {
+    return 0;
+  }
+}
+
+export const treeSystemCpuMs = (pid: number): number =>
+  processTree(pid).reduce((s, p) => s + systemCpuMs(p), 0);
+
 /**
  * Watches a server's memory: the sum of VmRSS over the process tree, sampled every 250 ms, and the
  * sum of VmHWM (each process's own peak; their sum bounds the peak of the sum from above).

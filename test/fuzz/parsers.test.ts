@@ -19,16 +19,31 @@ import { nested, ocspRequest } from './support/der-mutations';
  */
 const CALL_BOUND_MS = 250;
 
+/**
+ * The slowest call per parser. The parsers are pure, so a call that looks slow is run twice more
+ * and its fastest run counts: a GC pause or a busy CI machine is not an input that is slow to parse.
+ */
 class CallTimes {
   calls = 0;
   maxMs = 0;
   time<T>(fn: () => T): T {
+    const once = (): number => {
+      const t0 = performance.now();
+      try {
+        fn();
+      } catch {
+        // the outcome is checked by the first run below
+      }
+      return performance.now() - t0;
+    };
     const t0 = performance.now();
     try {
       return fn();
     } finally {
+      let ms = performance.now() - t0;
+      for (let i = 0; i < 2 && ms > CALL_BOUND_MS / 10; i++) ms = Math.min(ms, once());
       this.calls += 1;
-      this.maxMs = Math.max(this.maxMs, performance.now() - t0);
+      this.maxMs = Math.max(this.maxMs, ms);
     }
   }
 }
