@@ -1,0 +1,98 @@
+/** The machine description, the ratios and issue 7's targets. */
+import { cpus, release, totalmem } from 'node:os';
+import { cfsslVersion } from './cfssl';
+import type { BenchOptions } from './options';
+import { type Figure, ratioOf } from './results';
+import { round } from './stats';
+import { execFileSync } from 'node:child_process';
+import type { Context } from './context';
+import { set } from './context';
+
+export function machine(o: BenchOptions): Record<string, unknown> {
+  const cpu = cpus();
+  let opensslVersion = '';
+  try {
+    opensslVersion = execFileSync('openssl', ['version'], { encoding: 'utf8' }).trim();
+  } catch {
+    opensslVersion = 'missing';
+  }
+  return {
+    cpus: cpu.length,
+    cpu_model: cpu[0]?.model ?? 'unknown',
+    memory_gb: round(totalmem() / 2 ** 30),
+    os: `${process.platform} ${release()}`,
+    node: process.version,
+    openssl: opensslVersion,
+    cfssl: cfsslVersion() ?? null,
+    date: new Date().toISOString(),
+    quick: o.quick,
+    baton_workers: o.workers,
+    baton_log_level: o.logLevel,
+  };
+}
+
+export function ratios(c: Context) {
+  const f = c.figures;
+  set(c, 'ratio_issuance_vs_cfssl_nodb_c16', ratioOf(f.issuance_c16_per_s, f.cfssl_nodb_c16_per_s));
+  set(c, 'ratio_issuance_vs_cfssl_pg_c16', ratioOf(f.issuance_c16_per_s, f.cfssl_pg_c16_per_s));
+  set(c, 'ratio_issuance_vs_crypto_ceiling', ratioOf(f.issuance_c16_per_s, f.crypto_ceiling_per_s));
+  set(c, 'ratio_pipeline_vs_crypto_ceiling', ratioOf(f.pipeline_per_s, f.crypto_ceiling_per_s));
+  set(c, 'ratio_crl_100k_vs_openssl', ratioOf(f.crl_100k_ms, f.openssl_crl_100k_ms));
+  set(c, 'ratio_crl_100k_vs_cfssl', ratioOf(f.crl_100k_ms, f.cfssl_crl_100k_ms));
+  set(c, 'ratio_issuance_vs_loadgen_ceiling', ratioOf(f.issuance_c16_per_s, f.loadgen_ceiling_per_s));
+}
+
+export interface Target {
+  what: string;
+  met: boolean | null;
+  value: string;
+}
+
+export function targets(f: Record<string, Figure>, stormNodes: number): Target[] {
+  const m = (n: string) => f[n]?.median ?? null;
+  const check = (what: string, value: string, ...conds: (boolean | null)[]): Target => ({
+    what,
+    value,
+    met: conds.some((x) => x === null) ? null : conds.every(Boolean),
+  });
+  const ge = (a: number | null, b: number | null, k: number) =>
+    a === null || b === null ? null : a >= k * b;
+  const lt = (a: number | null, b: number | null) => (a === null || b === null ? null : a < b);
+  return [
+    check(
+      'issuance c16 >= 3x cfssl with PostgreSQL',
+      `${m('ratio_issuance_vs_cfssl_pg_c16')}x`,
+      ge(m('issuance_c16_per_s'), m('cfssl_pg_c16_per_s'), 3),
+    ),
+    check(
+      'issuance c16 >= 0.5x cfssl without database',
+      `${m('ratio_issuance_vs_cfssl_nodb_c16')}x`,
+      ge(m('issuance_c16_per_s'), m('cfssl_nodb_c16_per_s'), 0.5),
+    ),
+    check('issuance c16 p99 < 25 ms', `${m('issuance_c16_p99_ms')} ms`, lt(m('issuance_c16_p99_ms'), 25)),
+    check(
+      'pipeline >= 50% of the crypto ceiling',
+      `${m('ratio_pipeline_vs_crypto_ceiling')}x`,
+      ge(m('pipeline_per_s'), m('crypto_ceiling_per_s'), 0.5),
+    ),
+    check(
+      'CRL 100k < 300 ms, faster than openssl and cfssl',
+      `${m('crl_100k_ms')} ms (openssl ${m('openssl_crl_100k_ms')}, cfssl ${m('cfssl_crl_100k_ms')})`,
+      lt(m('crl_100k_ms'), 300),
+      lt(m('crl_100k_ms'), m('openssl_crl_100k_ms')),
+      lt(m('crl_100k_ms'), m('cfssl_crl_100k_ms')),
+    ),
+    check(
+      'revocation to 100 watchers p99 < 1 s',
+      `${m('revocation_100_watchers_p99_ms')} ms`,
+      lt(m('revocation_100_watchers_p99_ms'), 1000),
+    ),
+    check(
+      `storm of ${stormNodes.toLocaleString('en')} renewals within 30 s, no 5xx${stormNodes < 10_000 ? ' (quick size; the target is for 10,000)' : ''}`,
+      `${m('storm_10k_seconds')} s, ${m('storm_10k_5xx')} 5xx`,
+      lt(m('storm_10k_seconds'), 30.000001),
+      m('storm_10k_5xx') === null ? null : m('storm_10k_5xx') === 0,
+    ),
+    check('server RSS < 300 MB', `${m('server_rss_peak_mb')} MB`, lt(m('server_rss_peak_mb'), 300)),
+  ];
+}
