@@ -1,7 +1,8 @@
 import knexFactory, { type Knex } from 'knex';
+import { type AuditView, toRecord } from '../../services/ca/src/cli/commands/audit';
 import { type AuditVerdict, auditVerifier, sealAudit } from '../../services/ca/src/domain/audit';
 import { issueJoinToken } from '../../services/ca/src/domain/join-token';
-import type { AuditRecord, Storage } from '../../services/ca/src/domain/ports';
+import type { Storage } from '../../services/ca/src/domain/ports';
 import { knexStorage } from '../../services/ca/src/storage/knex/knex-storage';
 import { describeEachBackend } from '../support/database';
 import { https } from '../support/https';
@@ -19,35 +20,6 @@ const TD = 'test.example.org';
 const MINUTE = 60_000;
 
 type Cred = { cert: string; key: string };
-
-interface AuditView {
-  id: number;
-  at: string;
-  event: string;
-  actor: string;
-  source: string | null;
-  subject: string | null;
-  outcome: 'success' | 'failure';
-  details: Record<string, unknown>;
-  seal_seq: number | null;
-  prev_hash: string | null;
-  hash: string | null;
-}
-
-/** What `baton audit verify` does with each page: the API's view back into a domain record. */
-const toRecord = (v: AuditView): AuditRecord => ({
-  id: v.id,
-  at: new Date(v.at),
-  event: v.event,
-  actor: v.actor,
-  source: v.source,
-  subject: v.subject,
-  outcome: v.outcome,
-  details: v.details,
-  sealSeq: v.seal_seq,
-  prevHash: v.prev_hash === null ? null : Buffer.from(v.prev_hash, 'hex'),
-  hash: v.hash === null ? null : Buffer.from(v.hash, 'hex'),
-});
 
 const secretOf = (token: string) => token.slice(token.lastIndexOf('.') + 1);
 

@@ -4,7 +4,8 @@ import type { AuditRecord } from '../../domain/ports';
 import { adminClient } from '../admin-client';
 import { ADMIN_OPTIONS, type Command, table } from '../command';
 
-interface AuditView {
+/** One audit row as `GET /v1/admin/audit` renders it. */
+export interface AuditView {
   id: number;
   at: string;
   event: string;
@@ -18,7 +19,8 @@ interface AuditView {
   hash: string | null;
 }
 
-const toRecord = (v: AuditView): AuditRecord => ({
+/** The API's view back into a domain record, for verifying the chain client-side. */
+export const toRecord = (v: AuditView): AuditRecord => ({
   id: v.id,
   at: new Date(v.at),
   event: v.event,
