@@ -33,6 +33,43 @@ export function cryptoCeilingPerSecond(durationMs: number): number {
   return (n * 1000) / (monoMs() - started);
 }
 
+/**
+ * The same pair with the requester's key as a CSR brings it: a new public key every time, imported
+ * from its SubjectPublicKeyInfo coordinates (the server's fastest path, pki/keys.ts) and then used
+ * once. OpenSSL 3 spends more on importing and first using a fresh EC key than on the verification
+ * itself, so this, not `cryptoCeilingPerSecond`, is the bound for a CA that sees each key once.
+ */
+export function freshKeyCeilingPerSecond(durationMs: number): number {
+  const ca = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const requesters = Array.from({ length: 500 }, () => {
+    const kp = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const info = randomBytes(180);
+    const spki = kp.publicKey.export({ type: 'spki', format: 'der' });
+    return {
+      info,
+      signature: sign('sha256', info, kp.privateKey),
+      x: spki.subarray(27, 59),
+      y: spki.subarray(59),
+    };
+  });
+  const tbs = randomBytes(520);
+  let n = 0;
+  const started = monoMs();
+  const deadline = started + durationMs;
+  while (monoMs() < deadline) {
+    for (const r of requesters) {
+      const key = createPublicKey({
+        key: { kty: 'EC', crv: 'P-256', x: r.x.toString('base64url'), y: r.y.toString('base64url') },
+        format: 'jwk',
+      });
+      if (!verify('sha256', r.info, key, r.signature)) throw new Error('verify failed');
+      sign('sha256', tbs, ca.privateKey);
+    }
+    n += requesters.length;
+  }
+  return (n * 1000) / (monoMs() - started);
+}
+
 /** A signing CA as `baton ca init` makes it, loaded the way the server loads it. */
 export function benchKeyring() {
   const kek = kekFromBase64(randomBytes(32).toString('base64'), 'bench');

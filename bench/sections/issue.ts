@@ -116,8 +116,10 @@ export async function loadgenSection(c: Context) {
     const url = await waitForLine(child, /listening on (https:\/\/\S+)/, 10_000, 'echo server');
     drain(child);
     const target: TlsTarget = { url, ca: readFileSync(ca.caCert, 'utf8'), ...ca.client };
-    const s = await measureIssue(c, { target, api: 'echo', concurrency: 16 });
+    const s = await measureIssue(c, { target, api: 'echo', concurrency: 16 }, child.pid);
     recordIssue(c, 'loadgen_echo', 16, s);
+    // What a bare node:https server spends per keep-alive mTLS request: the floor under Baton's HTTP layer.
+    set(c, 'loadgen_echo_server_cpu_ms_per_request', figureOf(s.cpuPerOk, 'ms'));
     // The generator's own CPU per request bounds what one generator process can drive on one core.
     const cpu = c.figures.loadgen_echo_c16_client_cpu_ms_per_request!;
     set(

@@ -173,6 +173,40 @@ describeEachBackend('workload identity: entries and workload SVIDs', (backend) =
     agent.destroy();
   });
 
+  it('an entry deleted and created again with other DNS names: the next SVID carries the new names (no stale entry)', async () => {
+    const create = (dns: string[]) =>
+      adminCall('POST', '/v1/admin/entries', {
+        name: 'again',
+        spiffe_id: `spiffe://${TD}/again`,
+        parent: 'n1',
+        dns_names: dns,
+      });
+    const ask = async () =>
+      asNode(n1, 'POST', '/v1/workload-svids', {
+        spiffe_id: `spiffe://${TD}/again`,
+        csr: (await keyAndCsr()).csrPem,
+      });
+    const sans = (r: Awaited<ReturnType<typeof ask>>) =>
+      opensslText(r.json<IssuanceBody>().certificate_chain).match(/Subject Alternative Name:\s+(.*)\n/)![1];
+    expect((await create(['old.internal'])).status).toBe(201);
+    const first = await ask();
+    expect(first.status).toBe(201);
+    expect(sans(first)).toBe(`URI:spiffe://${TD}/again, DNS:old.internal`);
+    expect((await adminCall('DELETE', '/v1/admin/entries/again')).status).toBe(204);
+    t.clock.advance(1);
+    expect((await create(['new.internal'])).status).toBe(201);
+    const second = await ask();
+    expect(second.status).toBe(201);
+    expect(sans(second)).toBe(`URI:spiffe://${TD}/again, DNS:new.internal`);
+    const audit = await t.ca.storage.audit.list({
+      event: 'certificate.issued',
+      subject: `spiffe://${TD}/again`,
+    });
+    expect(audit.map((a) => a.details.serial).sort()).toEqual(
+      [first.json<IssuanceBody>().serial, second.json<IssuanceBody>().serial].sort(),
+    );
+  });
+
   it('fail/an admin or an unauthenticated caller cannot mint workload SVIDs', async () => {
     const body = { spiffe_id: `spiffe://${TD}/web`, csr: (await keyAndCsr()).csrPem };
     expect(

@@ -179,9 +179,13 @@ export class Identity extends EventEmitter<IdentityEvents> {
 
   #startFsWatch(): void {
     const names = new Map<string, Set<string>>();
+    const add = (dir: string, name: string) => names.set(dir, (names.get(dir) ?? new Set()).add(name));
     for (const p of [this.paths.cert, this.paths.key, this.paths.bundle]) {
-      const dir = dirname(p);
-      names.set(dir, (names.get(dir) ?? new Set()).add(basename(p)));
+      add(dirname(p), basename(p));
+      // The agent swaps DIR/node and DIR/workloads/<name> as symlinks to generation directories:
+      // a watch on the directory follows the link to the old generation, which never changes, so
+      // the rename of the link is watched in the parent.
+      add(dirname(dirname(p)), basename(dirname(p)));
     }
     for (const [dir, files] of names) {
       try {

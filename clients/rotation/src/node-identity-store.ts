@@ -1,37 +1,60 @@
-import { existsSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
+import type { X509Certificate } from 'node:crypto';
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentError } from './agent-error';
-import { fsyncDir, writeFileAtomic } from './atomic-file';
+import { writeFileAtomic } from './atomic-file';
 import type { NewNodeIdentity } from './bootstrap';
 import { nodeIdOf } from './ca-client';
 import { isKeyForCertificate, parseCertificates } from './pem';
+import { realWorkloadFileOps, type WorkloadFileOps } from './workload-store';
 
 /**
- * The agent's files (CONTRACT "Command line", `baton agent`):
+ * The agent's node identity (CONTRACT "Command line", `baton agent`):
  *
- *   DIR/bundle.pem         trust bundle (roots)
- *   DIR/node/cert.pem      leaf + intermediate
- *   DIR/node/key.pem       the node key, mode 0600
- *   DIR/node/state.json    serial, node_id, spiffe_id, expires_at, refresh_at: a restart resumes
+ *   DIR/bundle.pem             trust bundle (roots)
+ *   DIR/node                   symlink → .node.<serial>
+ *   DIR/.node.<serial>/        one generation, never modified once linked:
+ *       cert.pem               leaf + intermediate
+ *       key.pem                the node key, mode 0600
+ *       state.json             serial, node_id, spiffe_id, expires_at, refresh_at: a restart resumes
  *
- * Crash safety. Each file is replaced atomically (write, fsync, rename, fsync dir), but a key and
- * its certificate are two files, and no rename moves two files at once. So a new identity is first
- * staged complete beside the current one, and only then renamed into place:
+ * The contract's paths DIR/node/{cert.pem,key.pem,state.json} resolve through the link.
  *
- *   1. bundle.pem                                    (roots; a superset across a CA rotation)
- *   2. node/state.json.new, node/key.pem.new, node/cert.pem.new   (each written atomically)
- *   3. rename key.pem.new → key.pem, cert.pem.new → cert.pem, state.json.new → state.json
- *   4. fsync node/
+ * Atomic swap: the AtomicWriter scheme of workload-store.ts (Kubernetes' secret volumes). A key and
+ * its certificate are two files and no rename moves two files at once, so the pair lives in a
+ * directory of its own and what changes is one symlink:
  *
- * Until step 3 the previous pair is untouched under the usual names. From the end of step 2 the
- * new pair, and its state before it, are complete on disk under one name or the other. Whatever subset of the step-3 renames a crash (or a
- * power loss, which may persist renames in any order) leaves behind, `load()` looks at every
- * certificate × key candidate, keeps the pairs whose public keys match, takes the newest, and
- * finishes the renames. A reader of cert.pem/key.pem only sees a new key with the old certificate
- * for the instant between two renames.
+ *   1. bundle.pem, replaced atomically (roots; a superset across a CA rotation)
+ *   2. mkdir .node.<serial>/ (after removing a leftover of a crashed attempt with that serial),
+ *      write state.json, key.pem, cert.pem (mode set before the data, each fsynced), fsync it
+ *   3. symlink .node.<serial>.link → .node.<serial>
+ *   4. rename .node.<serial>.link → node   (rename(2) replaces the old link atomically)
+ *   5. fsync DIR
+ *   6. remove the generations other than the new one and the one it replaced
  *
- * Known issue: a crash after the CA issued a renewal but before step 2 completes loses the new
- * certificate, and the CA has already marked the old one superseded: the node then needs a new
+ * A crash before 4 leaves `node` on the old, complete generation. The CA has superseded that
+ * certificate once it issued the new one, so load() adopts an orphan generation whose certificate
+ * and key match and that is newer (notBefore, then notAfter) than the linked one, and finishes
+ * steps 3–6. Orphans that are not complete (a crash in step 2 before cert.pem, or a power loss that
+ * garbled files not yet fsynced) are removed, and so are temporary links. A power loss around 4
+ * persists either link, each to a complete, fsynced generation, because nothing is removed before
+ * 5. The linked generation itself is never removed or repaired by load(): a linked pair that does
+ * not match is reported, and the operator decides.
+ *
+ * Readers: path resolution through `node` is atomic, so each open sees one generation. A reader
+ * that resolves DIR/node once (realpath) and reads both files from there always gets a pair,
+ * because the generation it resolved is kept until the next rotation; one that opens
+ * node/cert.pem and node/key.pem by name can straddle a swap and should check the pair and read
+ * again (as clients/identity does).
+ *
+ * Earlier versions wrote DIR/node as a plain directory, with `*.new` files staged beside the
+ * current ones. load() still reads it (the newest matching pair of cert.pem/cert.pem.new ×
+ * key.pem/key.pem.new), and the next save() migrates it: between 3 and 4 the directory is renamed
+ * to DIR/.node.legacy, and it is removed after 5. A crash in between leaves no DIR/node: load()
+ * then adopts the new generation, or moves .node.legacy back when there is none.
+ *
+ * Known issue: a crash after the CA issued a renewal but before step 2 has written the new key and
+ * certificate loses the new certificate, and the CA has already marked the old one superseded: the node then needs a new
  * token. The window is a few milliseconds of local writes.
  */
 
@@ -45,7 +68,7 @@ export interface StoredNodeIdentity {
   spiffeId: string;
   notBefore: Date;
   notAfter: Date;
-  /** The server's refresh_at; undefined when state.json did not survive (a crash between writes). */
+  /** The server's refresh_at; undefined when state.json did not survive. */
   refreshAt?: Date;
 }
 
@@ -64,27 +87,42 @@ interface StateFile {
   refresh_at: string;
 }
 
+const NODE = 'node';
+const LEGACY = '.node.legacy';
+const LINK_SUFFIX = '.link';
+/** A generation, and its temporary link; serials are hex, so `.node.legacy` is neither. */
+const GENERATION_RE = /^\.node\.[0-9a-f]+$/;
+const LINK_RE = /^\.node\.[0-9a-f]+\.link$/;
+/** The staged files of the legacy layout. */
 const NEW = '.new';
 
-/** The file operations save() and load() make; tests inject failures to simulate a crash. */
-export interface StoreFileOps {
+/** The file operations save() and load() make; tests inject failures to simulate a crash at each. */
+export interface NodeFileOps extends Omit<WorkloadFileOps, 'chown'> {
+  /** Replaces a file atomically (atomic-file.ts): DIR/bundle.pem. */
   writeFileAtomic(path: string, data: string, mode: number): void;
-  rename(from: string, to: string): void;
-  fsyncDir(dir: string): void;
 }
 
-const realFileOps: StoreFileOps = { writeFileAtomic, rename: renameSync, fsyncDir };
+export const realNodeFileOps: NodeFileOps = { ...realWorkloadFileOps, writeFileAtomic };
+
+/** A certificate and the key it certifies, with the state.json of that certificate if any. */
+interface Pair {
+  certPem: string;
+  keyPem: string;
+  leaf: X509Certificate;
+  state?: StateFile;
+}
 
 export class NodeIdentityStore implements NodeIdentityStorage {
+  /** nodeDir is the link; cert, key and state resolve through it. */
   readonly paths: { bundle: string; nodeDir: string; cert: string; key: string; state: string };
-  readonly #io: StoreFileOps;
+  readonly #io: NodeFileOps;
 
   constructor(
     readonly dir: string,
-    io: StoreFileOps = realFileOps,
+    io: NodeFileOps = realNodeFileOps,
   ) {
     this.#io = io;
-    const nodeDir = join(dir, 'node');
+    const nodeDir = join(dir, NODE);
     this.paths = {
       bundle: join(dir, 'bundle.pem'),
       nodeDir,
@@ -94,8 +132,10 @@ export class NodeIdentityStore implements NodeIdentityStorage {
     };
   }
 
+  /** Steps 1–6 above. */
   save(identity: NewNodeIdentity): void {
-    const p = this.paths;
+    if (!/^[0-9a-f]+$/.test(identity.serial))
+      throw new AgentError('ERR_BAD_RESPONSE', 'the CA sent a bad serial');
     const state: StateFile = {
       serial: identity.serial,
       node_id: identity.nodeId,
@@ -103,49 +143,75 @@ export class NodeIdentityStore implements NodeIdentityStorage {
       expires_at: identity.expiresAt.toISOString(),
       refresh_at: identity.refreshAt.toISOString(),
     };
-    this.#io.writeFileAtomic(p.bundle, identity.bundlePem, 0o644);
-    this.#io.writeFileAtomic(p.state + NEW, `${JSON.stringify(state, null, 2)}\n`, 0o644);
-    this.#io.writeFileAtomic(p.key + NEW, identity.keyPem, 0o600);
-    this.#io.writeFileAtomic(p.cert + NEW, identity.certificateChainPem, 0o644);
-    this.#commit();
+    const replaced = this.#linked();
+    const gen = `.node.${identity.serial}`;
+    if (gen === replaced)
+      throw new AgentError('ERR_BAD_RESPONSE', 'the CA sent the serial of the current certificate');
+    this.#io.writeFileAtomic(this.paths.bundle, identity.bundlePem, 0o644);
+    const dir = join(this.dir, gen);
+    // A leftover of a crash with this very serial: never linked, so safe to start over.
+    this.#io.remove(dir);
+    this.#io.mkdir(dir);
+    this.#io.writeFile(join(dir, 'state.json'), `${JSON.stringify(state, null, 2)}\n`, 0o644);
+    this.#io.writeFile(join(dir, 'key.pem'), identity.keyPem, 0o600);
+    this.#io.writeFile(join(dir, 'cert.pem'), identity.certificateChainPem, 0o644);
+    this.#io.fsyncDir(dir);
+    this.#link(gen, replaced);
   }
 
   load(): StoredNodeIdentity | undefined {
     const p = this.paths;
-    const certs = [p.cert, p.cert + NEW].flatMap((path) => candidate(path));
-    if (certs.length === 0) return undefined;
-    const keys = [p.key, p.key + NEW].flatMap((path) => candidate(path));
-    const pairs = certs.flatMap((c) =>
-      keys
-        .filter((k) => isKeyForCertificate(c.text, k.text))
-        .map((k) => ({ cert: c, key: k, leaf: leafOf(c.text) })),
-    );
-    const best = pairs.filter((x) => x.leaf !== undefined).sort((a, b) => newer(b, a))[0];
-    if (!best) {
-      throw new AgentError(
-        'ERR_IDENTITY_CORRUPT',
-        `${p.nodeDir} holds no certificate matching its key: remove it and attest with a new token`,
-      );
+    const kind = kindOf(p.nodeDir);
+    let linked: string | undefined;
+    let current: Pair | undefined;
+    if (kind === 'link') {
+      linked = this.#linked();
+      if (!linked)
+        throw corrupt(`${p.nodeDir} is a link the agent did not make: remove it and attest with a new token`);
+      current = readGeneration(join(this.dir, linked));
+      if (!current)
+        throw corrupt(
+          `${p.nodeDir} (→ ${linked}) holds no certificate matching its key: remove it and attest with a new token`,
+        );
+      // A crash between the link of a migration and the removal of the directory it replaced.
+      if (kindOf(join(this.dir, LEGACY)) !== 'missing') this.#io.remove(join(this.dir, LEGACY));
+    } else if (kind === 'dir') {
+      current = readLegacy(p.nodeDir);
+    } else if (kind === 'missing') {
+      // A crash in the middle of a migration (see the header comment).
+      if (kindOf(join(this.dir, LEGACY)) === 'dir') current = readLegacy(join(this.dir, LEGACY));
+    } else {
+      throw corrupt(`${p.nodeDir} is neither a directory nor a link: remove it and attest with a new token`);
     }
-    if (!existsSync(p.bundle))
-      throw new AgentError(
-        'ERR_IDENTITY_CORRUPT',
-        `${p.bundle} is missing: remove ${p.nodeDir} and attest again`,
-      );
-    const leaf = best.leaf!;
-    const serial = normalizeSerial(leaf.serialNumber);
-    const found = [p.state, p.state + NEW]
-      .flatMap((path) => candidate(path))
-      .map((c) => ({ path: c.path, state: parseState(c.text) }))
-      .find((c) => c.state?.serial === serial);
-    const state = found?.state;
-    this.#repair(best.cert.path, best.key.path, found?.path);
+
+    let adopt: (Pair & { gen: string }) | undefined;
+    for (const entry of this.#list()) {
+      const path = join(this.dir, entry);
+      // A temporary link of a save that did not finish (a finished one renamed it).
+      if (LINK_RE.test(entry)) this.#io.remove(path);
+      if (!GENERATION_RE.test(entry) || entry === linked) continue;
+      const pair = readGeneration(path);
+      if (!pair) this.#io.remove(path);
+      else if ((!current || compareAge(pair, current) > 0) && (!adopt || compareAge(pair, adopt) > 0))
+        adopt = { ...pair, gen: entry };
+    }
+    if (adopt) {
+      this.#link(adopt.gen, linked);
+      current = adopt;
+    } else if (kind === 'missing' && current) {
+      this.#io.rename(join(this.dir, LEGACY), p.nodeDir);
+      this.#io.fsyncDir(this.dir);
+    }
+    if (!current) return undefined;
+
+    if (!existsSync(p.bundle)) throw corrupt(`${p.bundle} is missing: remove ${p.nodeDir} and attest again`);
+    const { leaf, state } = current;
     const spiffeId = state?.spiffe_id ?? uriSan(leaf.subjectAltName);
     return {
-      keyPem: best.key.text,
-      certificateChainPem: best.cert.text,
+      keyPem: current.keyPem,
+      certificateChainPem: current.certPem,
       bundlePem: readFileSync(p.bundle, 'utf8'),
-      serial,
+      serial: serialOf(leaf),
       nodeId: state?.node_id ?? nodeIdOf(spiffeId),
       spiffeId,
       notBefore: new Date(leaf.validFrom),
@@ -154,51 +220,132 @@ export class NodeIdentityStore implements NodeIdentityStorage {
     };
   }
 
-  /** Step 3 and 4 of save(): every staged file takes its place. */
-  #commit(): void {
-    const p = this.paths;
-    for (const path of [p.key, p.cert, p.state]) this.#io.rename(path + NEW, path);
-    this.#io.fsyncDir(p.nodeDir);
-  }
-
   /**
-   * After a crash: the chosen files take the usual names, and staged files of a pair that lost
-   * are removed (never a usual-name file: the worst case is keeping an old, superseded pair).
+   * Steps 3–6: points DIR/node at `gen`, a complete and fsynced generation. A legacy directory in
+   * the way is moved aside first and removed once the link is durable.
    */
-  #repair(certPath: string, keyPath: string, statePath: string | undefined): void {
+  #link(gen: string, replaced: string | undefined): void {
     const p = this.paths;
-    let changed = false;
-    for (const [target, chosen] of [
-      [p.key, keyPath],
-      [p.cert, certPath],
-      [p.state, statePath],
-    ] as const) {
-      if (chosen === target + NEW) {
-        this.#io.rename(chosen, target);
-        changed = true;
-      } else if (existsSync(target + NEW)) {
-        unlinkSync(target + NEW);
-        changed = true;
-      }
+    const tmpLink = join(this.dir, `${gen}${LINK_SUFFIX}`);
+    const legacy = join(this.dir, LEGACY);
+    this.#io.remove(tmpLink);
+    this.#io.symlink(gen, tmpLink);
+    const migrating = kindOf(p.nodeDir) === 'dir';
+    if (migrating) {
+      this.#io.remove(legacy);
+      this.#io.rename(p.nodeDir, legacy);
     }
-    if (changed) this.#io.fsyncDir(p.nodeDir);
+    this.#io.rename(tmpLink, p.nodeDir);
+    this.#io.fsyncDir(this.dir);
+    if (migrating || kindOf(legacy) !== 'missing') this.#io.remove(legacy);
+    const keep = new Set([gen, ...(replaced ? [replaced] : [])]);
+    for (const entry of this.#list()) {
+      if ((GENERATION_RE.test(entry) || LINK_RE.test(entry)) && !keep.has(entry))
+        this.#io.remove(join(this.dir, entry));
+    }
+  }
+
+  /** The generation DIR/node links to, when the link is one the agent makes. */
+  #linked(): string | undefined {
+    try {
+      const target = readlinkSync(this.paths.nodeDir);
+      return GENERATION_RE.test(target) ? target : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  #list(): string[] {
+    try {
+      return readdirSync(this.dir);
+    } catch {
+      return [];
+    }
   }
 }
 
-interface Candidate {
-  path: string;
-  text: string;
+/** The pair of a generation, or undefined when a file is missing or garbled or the key does not match. */
+function readGeneration(dir: string): Pair | undefined {
+  const certPem = readOrUndefined(join(dir, 'cert.pem'));
+  const keyPem = readOrUndefined(join(dir, 'key.pem'));
+  if (certPem === undefined || keyPem === undefined) return undefined;
+  const leaf = leafOf(certPem);
+  if (!leaf || !isKeyForCertificate(certPem, keyPem)) return undefined;
+  return { certPem, keyPem, leaf, state: stateOf(leaf, [join(dir, 'state.json')]) };
 }
 
-function candidate(path: string): Candidate[] {
+/**
+ * The pair in a directory of the legacy layout: the newest matching pair of cert.pem/cert.pem.new ×
+ * key.pem/key.pem.new (a crash between that layout's renames left either name), at equal times the
+ * staged one, because that layout staged a pair only after the current one. Undefined when there is
+ * no certificate at all.
+ */
+function readLegacy(dir: string): Pair | undefined {
+  const read = (name: string) =>
+    [name, name + NEW].flatMap((f) => {
+      const text = readOrUndefined(join(dir, f));
+      return text === undefined ? [] : [{ text, staged: Number(f.endsWith(NEW)) }];
+    });
+  const certs = read('cert.pem');
+  if (certs.length === 0) return undefined;
+  const keys = read('key.pem');
+  const best = certs
+    .flatMap((c) => {
+      const leaf = leafOf(c.text);
+      return leaf
+        ? keys
+            .filter((k) => isKeyForCertificate(c.text, k.text))
+            .map((k) => ({ certPem: c.text, keyPem: k.text, leaf, staged: c.staged + k.staged }))
+        : [];
+    })
+    .sort((a, b) => compareAge(b, a) || b.staged - a.staged)[0];
+  if (!best)
+    throw corrupt(`${dir} holds no certificate matching its key: remove it and attest with a new token`);
+  const { certPem, keyPem, leaf } = best;
+  return {
+    certPem,
+    keyPem,
+    leaf,
+    state: stateOf(leaf, [join(dir, 'state.json'), join(dir, `state.json${NEW}`)]),
+  };
+}
+
+/** Positive when `a` is newer: it starts later, or at the same time and ends later. */
+function compareAge(a: { leaf: X509Certificate }, b: { leaf: X509Certificate }): number {
+  return (
+    Date.parse(a.leaf.validFrom) - Date.parse(b.leaf.validFrom) ||
+    Date.parse(a.leaf.validTo) - Date.parse(b.leaf.validTo)
+  );
+}
+
+/** The first of `paths` that holds the state of this very certificate. */
+function stateOf(leaf: X509Certificate, paths: string[]): StateFile | undefined {
+  const serial = serialOf(leaf);
+  return paths.map((path) => parseState(readOrUndefined(path))).find((s) => s?.serial === serial);
+}
+
+function kindOf(path: string): 'link' | 'dir' | 'missing' | 'other' {
   try {
-    return [{ path, text: readFileSync(path, 'utf8') }];
+    const s = lstatSync(path);
+    return s.isSymbolicLink() ? 'link' : s.isDirectory() ? 'dir' : 'other';
   } catch {
-    return [];
+    return 'missing';
   }
 }
 
-function leafOf(chainPem: string) {
+function corrupt(message: string): AgentError {
+  return new AgentError('ERR_IDENTITY_CORRUPT', message);
+}
+
+function readOrUndefined(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+function leafOf(chainPem: string): X509Certificate | undefined {
   try {
     return parseCertificates(chainPem)[0];
   } catch {
@@ -206,24 +353,8 @@ function leafOf(chainPem: string) {
   }
 }
 
-/**
- * Orders two matching pairs: the certificate that starts later is newer, then the one that lasts
- * longer; at equal times (two issuances in one second) the staged pair is newer, because save()
- * only stages a pair after the current one.
- */
-function newer(
-  a: { cert: Candidate; key: Candidate; leaf?: { validFrom: string; validTo: string } },
-  b: { cert: Candidate; key: Candidate; leaf?: { validFrom: string; validTo: string } },
-): number {
-  const staged = (x: typeof a) => Number(x.cert.path.endsWith(NEW)) + Number(x.key.path.endsWith(NEW));
-  return (
-    Date.parse(a.leaf!.validFrom) - Date.parse(b.leaf!.validFrom) ||
-    Date.parse(a.leaf!.validTo) - Date.parse(b.leaf!.validTo) ||
-    staged(a) - staged(b)
-  );
-}
-
-function parseState(text: string): StateFile | undefined {
+function parseState(text: string | undefined): StateFile | undefined {
+  if (text === undefined) return undefined;
   try {
     const s = JSON.parse(text) as Partial<StateFile>;
     if (typeof s.serial !== 'string' || typeof s.refresh_at !== 'string') return undefined;
@@ -240,7 +371,7 @@ function uriSan(subjectAltName: string | undefined): string {
 }
 
 /** OpenSSL prints the serial in uppercase hex; Baton writes whole bytes in lowercase. */
-function normalizeSerial(hex: string): string {
-  const s = hex.toLowerCase();
+function serialOf(leaf: X509Certificate): string {
+  const s = leaf.serialNumber.toLowerCase();
   return s.length % 2 ? `0${s}` : s;
 }

@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { rmSync, statSync } from 'node:fs';
+import { mkdirSync, renameSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../../clients/rotation/src/atomic-file';
 import {
@@ -227,6 +227,32 @@ describe('Identity: loading and reload validation', () => {
       const [cur] = await rotated;
       expect(cur.serial).toBe(next.serial);
       expect(statSync(join(dir, 'key.pem')).mode & 0o777).toBe(0o600);
+    });
+
+    it('fs.watch: notices the directory swapped as a symlink to a new generation (the agent layout) without polling', async () => {
+      const root = tempDir('baton-identity-link-');
+      dirs.push(root);
+      const gen = (name: string, leaf: TestLeaf) => {
+        const d = join(root.path, name);
+        mkdirSync(d);
+        writeIdentityDir(d, { cert: leaf.certPem, key: leaf.keyPem, bundle: pki.bundlePem });
+        return name;
+      };
+      symlinkSync(gen('.node.1', first), join(root.path, 'node'));
+      const id = await open(join(root.path, 'node'), {
+        ...quick,
+        fsWatch: true,
+        pollIntervalMs: 0,
+        settleMs: 20,
+        retryMs: 20,
+      });
+      id.watch();
+      const next = await pki.leaf();
+      const rotated = nextRotation(id);
+      symlinkSync(gen('.node.2', next), join(root.path, 'node.link'));
+      renameSync(join(root.path, 'node.link'), join(root.path, 'node'));
+      const [cur] = await rotated;
+      expect(cur.serial).toBe(next.serial);
     });
 
     it('an error without a listener is dropped, not thrown', async () => {

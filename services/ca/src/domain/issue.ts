@@ -42,6 +42,23 @@ const SERIAL_ATTEMPTS = 3;
  * (a chain never outlives its CA).
  */
 export async function issueLeaf(deps: IssueDeps, p: IssueLeafParams): Promise<IssuedLeaf> {
+  const leaf = await recordLeaf(deps, p, async (l) => {
+    await deps.certificates.insert(l.record);
+    return true;
+  });
+  return leaf!;
+}
+
+/**
+ * Builds and signs a leaf, then hands it to `record`, which must write it durably (true) or refuse
+ * it (false: recordLeaf returns null, and the certificate, never recorded, is never seen again).
+ * A serial collision (ERR_CONFLICT from the unique index) draws a new serial.
+ */
+export async function recordLeaf(
+  deps: Omit<IssueDeps, 'certificates'>,
+  p: IssueLeafParams,
+  record: (leaf: IssuedLeaf) => Promise<boolean>,
+): Promise<IssuedLeaf | null> {
   if (!(p.ttlMs >= 60_000))
     throw new BatonError('ERR_TTL_INVALID', 'certificate lifetime must be at least 1m');
   const now = deps.clock.now().getTime();
@@ -61,31 +78,34 @@ export async function issueLeaf(deps: IssueDeps, p: IssueLeafParams): Promise<Is
       spki: p.key.spki,
       extensions,
     });
-    const record: CertificateRecord = {
-      serial: serial.toString('hex'),
-      caId: deps.issuer.record.id,
-      kind: p.kind,
-      spiffeId: p.spiffeId,
-      nodeId: p.nodeId ?? null,
-      issuedVia: p.issuedVia ?? null,
-      notBefore,
-      notAfter,
-      keyFingerprint: keyFingerprint(p.key.spki),
-      der,
-      status: 'valid',
-      createdAt: new Date(now),
-      revokedAt: null,
-      revocationReason: null,
+    const certificatePem = toPem('CERTIFICATE', der);
+    const leaf: IssuedLeaf = {
+      record: {
+        serial: serial.toString('hex'),
+        caId: deps.issuer.record.id,
+        kind: p.kind,
+        spiffeId: p.spiffeId,
+        nodeId: p.nodeId ?? null,
+        issuedVia: p.issuedVia ?? null,
+        notBefore,
+        notAfter,
+        keyFingerprint: keyFingerprint(p.key.spki),
+        der,
+        status: 'valid',
+        createdAt: new Date(now),
+        revokedAt: null,
+        revocationReason: null,
+      },
+      certificatePem,
+      chainPem: certificatePem + deps.issuer.certPem,
     };
     try {
-      await deps.certificates.insert(record);
+      return (await record(leaf)) ? leaf : null;
     } catch (e) {
       // A 128-bit serial collision is astronomically unlikely, but uniqueness is enforced by the
       // database, never assumed: draw again.
       if (isBatonError(e, 'ERR_CONFLICT') && attempt < SERIAL_ATTEMPTS) continue;
       throw e;
     }
-    const certificatePem = toPem('CERTIFICATE', der);
-    return { record, certificatePem, chainPem: certificatePem + deps.issuer.certPem };
   }
 }

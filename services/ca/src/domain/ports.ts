@@ -100,6 +100,27 @@ export interface CertificateRepository {
   list(filter: CertificateFilter): Promise<CertificateRecord[]>;
 }
 
+/** What a workload issuance re-checks in the database, in the very statement that records it. */
+export interface WorkloadGuard {
+  /** The node the request's client certificate names, and that certificate's serial. */
+  nodeId: string;
+  peerSerial: string;
+  now: Date;
+  /** The entry the certificate was built from: it must still exist, unchanged, parented to the node. */
+  entry: EntryRecord;
+}
+
+export interface IssuanceRepository {
+  /**
+   * Records a workload certificate and its audit row in one statement (one commit, one round trip),
+   * only while the guard holds: the peer certificate is the node's current one (valid, unexpired),
+   * the node is active, read FOR SHARE so that a revocation committing meanwhile either waits for
+   * this insert and then revokes the new certificate too, or wins and nothing is written; the entry
+   * is unchanged. Returns false, having written nothing, when the guard does not hold.
+   */
+  recordWorkloadGuarded(record: CertificateRecord, audit: AuditEvent, guard: WorkloadGuard): Promise<boolean>;
+}
+
 export type NodeRole = 'worker' | 'manager';
 export const NODE_ROLES: readonly NodeRole[] = ['worker', 'manager'];
 export type NodeStatus = 'active' | 'revoked';
@@ -292,6 +313,7 @@ export interface Repositories {
   entries: EntryRepository;
   cas: CaRepository;
   certificates: CertificateRepository;
+  issuances: IssuanceRepository;
   nodes: NodeRepository;
   tokens: TokenRepository;
   nonces: NonceRepository;

@@ -86,11 +86,12 @@ export function buildApp(deps: AppDeps): Express {
   // OCSP bodies are DER, parsed by their own route before the JSON parser sees them.
   app.use(ocspRoutes(deps));
   app.use(express.json({ limit: BODY_LIMIT, type: ['application/json', 'application/*+json'] }));
+  // The busiest routes first: Express tries each router in turn.
+  app.use(workloadIdentityRoutes(deps));
+  app.use(nodeIdentityRoutes(deps));
   app.use(bundleRoutes(deps));
   app.use(healthRoutes(deps));
   app.use(attestChallengeRoutes(deps));
-  app.use(nodeIdentityRoutes(deps));
-  app.use(workloadIdentityRoutes(deps));
   app.use(adminNodeRoutes(deps));
   app.use(adminEntryRoutes(deps));
   app.use(adminAuditRoutes(deps));

@@ -75,15 +75,25 @@ export function requireAdmin(deps: AuthDeps, route: AdminRoute): RequestHandler 
   };
 }
 
+/**
+ * The node a request's client certificate names, as TLS verified it against our roots, without
+ * asking the database: the caller must still check that this certificate is current and the node
+ * active (authenticateNode, or a statement that re-checks both, as workload issuance does).
+ */
+export function nodePeer(req: Request, trustDomain: string): { nodeId: string; serial: string } {
+  const peer = peerCertificate(req);
+  const prefix = `spiffe://${trustDomain}/node/`;
+  if (!peer.spiffeId.startsWith(prefix))
+    throw new BatonError('ERR_NOT_AUTHORIZED', 'a node certificate is required');
+  return { nodeId: peer.spiffeId.slice(prefix.length), serial: peer.serial };
+}
+
 /** A node certificate that is the node's current one, for an active node. */
 export async function authenticateNode(
   deps: AuthDeps,
   req: Request,
 ): Promise<{ node: NodeRecord; serial: string }> {
-  const peer = peerCertificate(req);
-  const prefix = `spiffe://${deps.trustDomain}/node/`;
-  if (!peer.spiffeId.startsWith(prefix))
-    throw new BatonError('ERR_NOT_AUTHORIZED', 'a node certificate is required');
+  const peer = nodePeer(req, deps.trustDomain);
   const record = await deps.repos.certificates.findBySerial(peer.serial);
   if (!record || record.kind !== 'node' || !record.nodeId)
     throw new BatonError('ERR_NOT_AUTHENTICATED', 'unknown node certificate');

@@ -5,6 +5,7 @@ import { knexCertificateRepository } from './certificate-repository';
 import { db } from './db-errors';
 import { knexAuditRepository } from './audit-repository';
 import { knexEntryRepository } from './entry-repository';
+import { knexIssuanceRepository } from './issuance-repository';
 import { knexCrlRepository, knexRevocationRepository } from './revocation-repository';
 import { knexNodeRepository } from './node-repository';
 import { knexNonceRepository, knexTokenRepository } from './token-repository';
@@ -17,6 +18,7 @@ function repositories(k: Knex | Knex.Transaction): Repositories {
     entries: knexEntryRepository(k),
     cas: knexCaRepository(k),
     certificates: knexCertificateRepository(k),
+    issuances: knexIssuanceRepository(k),
     nodes: knexNodeRepository(k),
     tokens: knexTokenRepository(k),
     nonces: knexNonceRepository(k),

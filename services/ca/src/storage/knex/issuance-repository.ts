@@ -1,0 +1,167 @@
+import type { Knex } from 'knex';
+import type { AuditEvent, CertificateRecord, IssuanceRepository, WorkloadGuard } from '../../domain/ports';
+import { db } from './db-errors';
+
+/**
+ * The hot path of workload issuance: guard, certificate row and audit row commit together or not
+ * at all, in one statement, instead of the eight round trips of the general path (authenticate,
+ * read the node, read the entry, BEGIN, lock, insert, audit, COMMIT).
+ *
+ * Group commit: requests that arrive while earlier statements are in flight are recorded together,
+ * one statement (one commit) for the lot. Each answer still waits for the commit of its own row:
+ * recorded before returned. The guard is evaluated per row, so one refused row does not refuse its
+ * neighbours; an error (a unique violation: key reuse, a serial collision) fails the whole
+ * statement, and then every row of that batch is recorded again on its own, so each request gets
+ * its own outcome.
+ *
+ * `for share of n`: a node revocation takes the node row FOR UPDATE, so it waits for this insert
+ * to commit and then revokes the new certificate with the others it finds (issued_via), or it
+ * commits first and PostgreSQL re-evaluates `n.status = 'active'` on the new row version (READ
+ * COMMITTED, EvalPlanQual) and nothing is inserted. FOR SHARE rather than FOR UPDATE: issuances for
+ * one node do not queue behind each other. The entry must match every column the certificate was
+ * built from (entries are never updated in place, but one may be deleted and recreated by name).
+ */
+const COLUMNS =
+  '(i, node_id, peer_serial, at_now, e_name, e_spiffe_id, e_dns_names, e_ttl_ms, e_created_at,' +
+  ' serial, ca_id, kind, spiffe_id, cert_node_id, not_before, not_after, key_fingerprint, der, created_at,' +
+  ' a_at, a_event, a_actor, a_source, a_subject, a_outcome, a_details)';
+/** The first row carries the types; VALUES takes the others from it. */
+const TYPED_ROW =
+  '(?::int, ?::text, ?::text, ?::timestamptz, ?::text, ?::text, ?::jsonb, ?::bigint, ?::timestamptz,' +
+  ' ?::text, ?::text, ?::text, ?::text, ?::text, ?::timestamptz, ?::timestamptz, ?::text, ?::bytea, ?::timestamptz,' +
+  ' ?::timestamptz, ?::text, ?::text, ?::text, ?::text, ?::text, ?::jsonb)';
+const ROW = `(${Array.from({ length: 26 }, () => '?').join(', ')})`;
+
+const statement = (rows: number) => `
+with req ${COLUMNS} as (
+  values ${[TYPED_ROW, ...Array.from({ length: rows - 1 }, () => ROW)].join(', ')}
+), guard as (
+  select r.*, n.id as issued_via from req r
+  join nodes n on n.id = r.node_id
+  join certificates c on c.node_id = n.id
+  where n.status = 'active'
+    and c.serial = r.peer_serial and c.kind = 'node' and c.status = 'valid' and c.not_after > r.at_now
+    and exists (
+      select 1 from entries e
+      where e.name = r.e_name and e.parent_node_id = n.id and e.spiffe_id = r.e_spiffe_id
+        and e.dns_names = r.e_dns_names and e.ttl_ms is not distinct from r.e_ttl_ms
+        and e.created_at = r.e_created_at
+    )
+  for share of n
+), cert as (
+  insert into certificates
+    (serial, ca_id, kind, spiffe_id, node_id, issued_via, not_before, not_after, key_fingerprint, der, status, created_at)
+  select serial, ca_id, kind, spiffe_id, cert_node_id, issued_via, not_before, not_after, key_fingerprint, der, 'valid', created_at
+  from guard
+  returning serial
+), audit as (
+  insert into audit_log (at, event, actor, source, subject, outcome, details)
+  select g.a_at, g.a_event, g.a_actor, g.a_source, g.a_subject, g.a_outcome, g.a_details
+  from guard g join cert on cert.serial = g.serial
+  order by g.i
+)
+select serial from cert`;
+
+interface Pending {
+  record: CertificateRecord;
+  audit: AuditEvent;
+  guard: WorkloadGuard;
+  resolve(recorded: boolean): void;
+  reject(e: unknown): void;
+}
+
+const bindingsOf = (p: Pending, i: number): Knex.RawBinding[] => {
+  const { record: r, audit: a, guard: g } = p;
+  const e = g.entry;
+  return [
+    i,
+    g.nodeId,
+    g.peerSerial,
+    g.now,
+    e.name,
+    e.spiffeId,
+    JSON.stringify(e.dnsNames),
+    e.ttlMs,
+    e.createdAt,
+    r.serial,
+    r.caId,
+    r.kind,
+    r.spiffeId,
+    r.nodeId,
+    r.notBefore,
+    r.notAfter,
+    r.keyFingerprint,
+    r.der,
+    r.createdAt,
+    a.at,
+    a.event,
+    a.actor,
+    a.source,
+    a.subject,
+    a.outcome,
+    JSON.stringify(a.details),
+  ];
+};
+
+/** Records `batch` in one statement; the set of serials that were inserted. */
+async function insertBatch(k: Knex | Knex.Transaction, batch: Pending[]): Promise<Set<string>> {
+  const result = (await k.raw(statement(batch.length), batch.flatMap(bindingsOf))) as {
+    rows: { serial: string }[];
+  };
+  return new Set(result.rows.map((r) => r.serial));
+}
+
+export interface IssuanceBatching {
+  /** Statements in flight at once before further requests wait to join the next batch. */
+  maxInFlight: number;
+  /** Rows per statement at most. */
+  maxBatch: number;
+}
+
+const DEFAULT_BATCHING: IssuanceBatching = { maxInFlight: 2, maxBatch: 64 };
+
+export function knexIssuanceRepository(
+  k: Knex | Knex.Transaction,
+  batching: IssuanceBatching = DEFAULT_BATCHING,
+): IssuanceRepository {
+  const one = async (p: Omit<Pending, 'resolve' | 'reject'>) =>
+    (await db(() => insertBatch(k, [{ ...p, resolve: () => undefined, reject: () => undefined }]))).has(
+      p.record.serial,
+    );
+  // Inside a transaction there is nothing to batch with.
+  if (k.isTransaction) {
+    return { recordWorkloadGuarded: (record, audit, guard) => one({ record, audit, guard }) };
+  }
+  const queue: Pending[] = [];
+  let inFlight = 0;
+  const flush = () => {
+    while (queue.length > 0 && inFlight < batching.maxInFlight) {
+      const batch = queue.splice(0, batching.maxBatch);
+      inFlight++;
+      void run(batch).finally(() => {
+        inFlight--;
+        flush();
+      });
+    }
+  };
+  const run = async (batch: Pending[]) => {
+    try {
+      const recorded = await insertBatch(k, batch);
+      for (const p of batch) p.resolve(recorded.has(p.record.serial));
+    } catch (e) {
+      if (batch.length === 1) return batch[0]!.reject(e);
+      // Nothing of the batch was written: each row on its own gets its own outcome.
+      await Promise.all(batch.map((p) => one(p).then(p.resolve, p.reject)));
+    }
+  };
+  return {
+    recordWorkloadGuarded: (record, audit, guard) =>
+      db(
+        () =>
+          new Promise<boolean>((resolve, reject) => {
+            queue.push({ record, audit, guard, resolve, reject });
+            flush();
+          }),
+      ),
+  };
+}

@@ -1,0 +1,286 @@
+import { randomBytes } from 'node:crypto';
+import type {
+  AuditEvent,
+  CertificateRecord,
+  EntryRecord,
+  WorkloadGuard,
+} from '../../services/ca/src/domain/ports';
+import { describeEachBackend, describePostgres, postgresAdminUrl } from '../support/database';
+import { attestedNode } from '../support/node-client';
+import { startTestServer, type TestServer } from '../support/test-server';
+
+/**
+ * The one statement of the workload fast path (storage/knex/issuance-repository.ts): it records the
+ * certificate and its audit row only while every check of the general path still holds, and writes
+ * nothing otherwise. Each guard condition is broken in turn.
+ */
+const TD = 'guard.example.org';
+
+describeEachBackend('guarded workload insert', (backend) => {
+  let t: TestServer;
+  let nodeId: string;
+  let peerSerial: string;
+  let caId: string;
+  let entry: EntryRecord;
+
+  beforeAll(async () => {
+    t = await startTestServer({ backend, trustDomain: TD });
+    const n = await attestedNode(t, { nodeName: 'g1' });
+    nodeId = n.body.node_id!;
+    peerSerial = n.body.serial;
+    caId = (await t.ca.storage.certificates.findBySerial(peerSerial))!.caId;
+    entry = {
+      name: 'api',
+      spiffeId: `spiffe://${TD}/api`,
+      parentNodeId: nodeId,
+      selectors: [],
+      dnsNames: ['api.internal'],
+      allowWildcardDns: false,
+      ttlMs: 600_000,
+      createdBy: 'test',
+      createdAt: new Date(t.clock.now().getTime() - 1000),
+    };
+    await t.ca.storage.entries.insert(entry);
+  });
+  afterAll(() => t.close());
+
+  const record = (): CertificateRecord => {
+    const now = t.clock.now();
+    return {
+      serial: randomBytes(16).toString('hex'),
+      caId,
+      kind: 'workload',
+      spiffeId: entry.spiffeId,
+      nodeId: null,
+      issuedVia: nodeId,
+      notBefore: now,
+      notAfter: new Date(now.getTime() + 600_000),
+      keyFingerprint: randomBytes(32).toString('hex'),
+      der: randomBytes(300),
+      status: 'valid',
+      createdAt: now,
+    };
+  };
+  const audit = (serial: string): AuditEvent => ({
+    at: t.clock.now(),
+    event: 'certificate.issued',
+    actor: `spiffe://${TD}/node/${nodeId}`,
+    source: '127.0.0.1',
+    subject: entry.spiffeId,
+    outcome: 'success',
+    details: { kind: 'workload', serial },
+  });
+  const guard = (over: Partial<WorkloadGuard> = {}): WorkloadGuard => ({
+    nodeId,
+    peerSerial,
+    now: t.clock.now(),
+    entry,
+    ...over,
+  });
+  /** Records through the guard; returns the verdict and what landed for that serial. */
+  const attempt = async (g: WorkloadGuard) => {
+    const rec = record();
+    const ok = await t.ca.storage.issuances.recordWorkloadGuarded(rec, audit(rec.serial), g);
+    const cert = await t.ca.storage.certificates.findBySerial(rec.serial);
+    const audits = (
+      await t.ca.storage.audit.list({ event: 'certificate.issued', subject: entry.spiffeId })
+    ).filter((a) => a.details.serial === rec.serial);
+    return { ok, cert, audits, rec };
+  };
+
+  it('ok/every check holds: the certificate and its audit row are recorded together', async () => {
+    const r = await attempt(guard());
+    expect(r.ok).toBe(true);
+    expect(r.cert).toMatchObject({
+      serial: r.rec.serial,
+      kind: 'workload',
+      issuedVia: nodeId,
+      nodeId: null,
+      status: 'valid',
+      der: r.rec.der,
+    });
+    expect(r.audits).toHaveLength(1);
+    expect(r.audits[0]).toMatchObject({ actor: `spiffe://${TD}/node/${nodeId}`, outcome: 'success' });
+  });
+
+  it.each([
+    ['another node', () => guard({ nodeId: 'nosuchnode' })],
+    ['an unknown peer certificate', () => guard({ peerSerial: 'ab'.repeat(16) })],
+    [
+      'an expired peer certificate',
+      () => guard({ now: new Date(t.clock.now().getTime() + 400 * 86_400_000) }),
+    ],
+    ['other DNS names', () => guard({ entry: { ...entry, dnsNames: ['other.internal'] } })],
+    ['another TTL', () => guard({ entry: { ...entry, ttlMs: null } })],
+    [
+      'an entry recreated later',
+      () => guard({ entry: { ...entry, createdAt: new Date(entry.createdAt.getTime() + 1) } }),
+    ],
+    ['another SPIFFE ID', () => guard({ entry: { ...entry, spiffeId: `spiffe://${TD}/other` } })],
+    ['an entry of another name', () => guard({ entry: { ...entry, name: 'nosuch' } })],
+  ])('fail/%s: nothing is written', async (_what, g) => {
+    const r = await attempt(g());
+    expect(r.ok).toBe(false);
+    expect(r.cert).toBeNull();
+    expect(r.audits).toHaveLength(0);
+  });
+
+  it('fail/a serial already recorded: ERR_CONFLICT (the caller draws again), nothing else written', async () => {
+    const first = record();
+    expect(await t.ca.storage.issuances.recordWorkloadGuarded(first, audit(first.serial), guard())).toBe(
+      true,
+    );
+    const again = { ...record(), serial: first.serial };
+    await expect(
+      t.ca.storage.issuances.recordWorkloadGuarded(again, audit('dup'), guard()),
+    ).rejects.toMatchObject({ code: 'ERR_CONFLICT' });
+    const audits = await t.ca.storage.audit.list({ event: 'certificate.issued', subject: entry.spiffeId });
+    expect(audits.filter((a) => a.details.serial === 'dup')).toHaveLength(0);
+  });
+
+  it('fail/a superseded peer certificate, then a revoked node: nothing is written', async () => {
+    await t.db.knex('certificates').where({ serial: peerSerial }).update({ status: 'superseded' });
+    expect((await attempt(guard())).ok).toBe(false);
+    await t.db.knex('certificates').where({ serial: peerSerial }).update({ status: 'valid' });
+    expect((await attempt(guard())).ok).toBe(true);
+    await t.db.knex('nodes').where({ id: nodeId }).update({ status: 'revoked' });
+    const r = await attempt(guard());
+    expect(r).toMatchObject({ ok: false, cert: null, audits: [] });
+    await t.db.knex('nodes').where({ id: nodeId }).update({ status: 'active' });
+  });
+});
+
+if (!postgresAdminUrl) {
+  describe.skip('guarded workload insert racing a revocation (skipped: set BATON_TEST_DATABASE_URL to run on PostgreSQL)', () => {
+    it('races a revocation', () => undefined);
+  });
+}
+
+/**
+ * A node revocation locks the node row FOR UPDATE, marks it revoked and revokes every certificate
+ * issued through it. An insert that comes while the revocation holds the lock must wait and then
+ * write nothing; a revocation that comes while the insert holds its FOR SHARE lock must wait and
+ * then find (and revoke) the new certificate. Two connections of a real PostgreSQL.
+ */
+describePostgres('guarded workload insert racing a revocation', () => {
+  let t: TestServer;
+  let nodeId: string;
+  let peerSerial: string;
+  let caId: string;
+  let entry: EntryRecord;
+  beforeAll(async () => {
+    t = await startTestServer({ backend: 'postgres', trustDomain: TD });
+  });
+  afterAll(() => t.close());
+
+  const setup = async (name: string) => {
+    const n = await attestedNode(t, { nodeName: name });
+    nodeId = n.body.node_id!;
+    peerSerial = n.body.serial;
+    caId = (await t.ca.storage.certificates.findBySerial(peerSerial))!.caId;
+    entry = {
+      name: `e-${name}`,
+      spiffeId: `spiffe://${TD}/${name}`,
+      parentNodeId: nodeId,
+      selectors: [],
+      dnsNames: [],
+      allowWildcardDns: false,
+      ttlMs: null,
+      createdBy: 'test',
+      createdAt: new Date(t.clock.now().getTime() - 1000),
+    };
+    await t.ca.storage.entries.insert(entry);
+  };
+  const insert = (serial = randomBytes(16).toString('hex')) => {
+    const now = t.clock.now();
+    const rec: CertificateRecord = {
+      serial,
+      caId,
+      kind: 'workload',
+      spiffeId: entry.spiffeId,
+      nodeId: null,
+      issuedVia: nodeId,
+      notBefore: now,
+      notAfter: new Date(now.getTime() + 600_000),
+      keyFingerprint: randomBytes(32).toString('hex'),
+      der: randomBytes(100),
+      status: 'valid',
+      createdAt: now,
+    };
+    const ev: AuditEvent = {
+      at: now,
+      event: 'certificate.issued',
+      actor: 'test',
+      source: null,
+      subject: entry.spiffeId,
+      outcome: 'success',
+      details: { serial: rec.serial },
+    };
+    return {
+      rec,
+      done: t.ca.storage.issuances.recordWorkloadGuarded(rec, ev, { nodeId, peerSerial, now, entry }),
+    };
+  };
+  /** Resolves once the insert is waiting on a lock (pg_stat_activity), so the order is certain. */
+  const waitingOnLock = async (sessions: number) => {
+    for (let i = 0; i < 500; i++) {
+      const r = await t.db.knex.raw(
+        "select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
+      );
+      if (r.rows[0].n >= sessions) return;
+      await new Promise((res) => setTimeout(res, 10));
+    }
+    throw new Error('the insert never waited on the lock');
+  };
+
+  it('a revocation holding the node lock wins: the insert waits, then writes nothing', async () => {
+    await setup('race1');
+    const trx = await t.db.knex.transaction();
+    await trx('nodes').where({ id: nodeId }).forUpdate();
+    const { rec, done } = insert();
+    await waitingOnLock(1);
+    await trx('nodes').where({ id: nodeId }).update({ status: 'revoked' });
+    await trx('certificates').where({ issued_via: nodeId }).update({ status: 'revoked' });
+    await trx.commit();
+    expect(await done).toBe(false);
+    expect(await t.ca.storage.certificates.findBySerial(rec.serial)).toBeNull();
+  });
+
+  it('an insert holding its FOR SHARE lock wins: the revocation waits, then revokes the new certificate', async () => {
+    await setup('race2');
+    const serial = randomBytes(16).toString('hex');
+    // Stall the insert after its guard has locked the node: another transaction holds an
+    // uncommitted row with the same serial, so the unique check waits for it (it then rolls back).
+    const blocker = await t.db.knex.transaction();
+    await blocker('certificates').insert({
+      serial,
+      ca_id: caId,
+      kind: 'workload',
+      spiffe_id: 'spiffe://blocker',
+      not_before: new Date(),
+      not_after: new Date(),
+      key_fingerprint: randomBytes(32).toString('hex'),
+      der: Buffer.from([0]),
+      status: 'valid',
+      created_at: new Date(),
+    });
+    const { rec, done } = insert(serial);
+    await waitingOnLock(1);
+    const revocation = t.db.knex.transaction(async (trx) => {
+      await trx('nodes').where({ id: nodeId }).forUpdate();
+      await trx('nodes').where({ id: nodeId }).update({ status: 'revoked' });
+      return (await trx('certificates')
+        .where({ issued_via: nodeId })
+        .update({ status: 'revoked' })
+        .returning('serial')) as {
+        serial: string;
+      }[];
+    });
+    await waitingOnLock(2);
+    await blocker.rollback();
+    expect(await done).toBe(true);
+    const revoked = await revocation;
+    expect(revoked.map((r) => r.serial)).toContain(rec.serial);
+    expect((await t.ca.storage.certificates.findBySerial(rec.serial))!.status).toBe('revoked');
+  });
+});
