@@ -261,7 +261,7 @@ describeEachBackend('admin authorization: every route x every identity', (backen
   });
 
   it('the table covers every /v1/admin route the server has, and nothing else', () => {
-    const app = t.running.server.listeners('request')[0] as Express;
+    const app = (t.running.server.listeners('request')[0] as unknown as { express: Express }).express;
     const served = adminRoutesOf(app);
     expect(served.length).toBeGreaterThan(0);
     expect(new Set(served)).toEqual(new Set(Object.keys(ADMIN_ROUTES)));

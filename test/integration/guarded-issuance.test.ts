@@ -138,6 +138,44 @@ describeEachBackend('guarded workload insert', (backend) => {
     expect(audits.filter((a) => a.details.serial === 'dup')).toHaveLength(0);
   });
 
+  it('group commit: concurrent requests share statements, and each gets its own outcome', async () => {
+    /** Rows per guarded statement sent (26 bindings a row). */
+    const statements: number[] = [];
+    const onQuery = (q: { sql: string; bindings?: unknown[] }) => {
+      if (q.sql.includes('with req')) statements.push((q.bindings?.length ?? 0) / 26);
+    };
+    t.db.knex.on('query', onQuery);
+    try {
+      const taken = record();
+      expect(await t.ca.storage.issuances.recordWorkloadGuarded(taken, audit(taken.serial), guard())).toBe(
+        true,
+      );
+      statements.length = 0;
+      const recs = Array.from({ length: 12 }, () => record());
+      // One row reuses a certified key (a unique violation fails its whole batch), one is refused.
+      recs[5]!.keyFingerprint = taken.keyFingerprint;
+      const guards = recs.map((_, i) => (i === 8 ? guard({ peerSerial: 'cd'.repeat(16) }) : guard()));
+      const outcomes = await Promise.allSettled(
+        recs.map((r, i) => t.ca.storage.issuances.recordWorkloadGuarded(r, audit(r.serial), guards[i]!)),
+      );
+      expect(
+        outcomes.map((o) => (o.status === 'fulfilled' ? o.value : (o.reason as { code: string }).code)),
+      ).toEqual(recs.map((_, i) => (i === 5 ? 'ERR_KEY_REUSED' : i !== 8)));
+      // Batched: some statement carried several rows; every row was attempted.
+      expect(Math.max(...statements)).toBeGreaterThan(1);
+      expect(statements.reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(12);
+      for (const [i, r] of recs.entries()) {
+        const stored = await t.ca.storage.certificates.findBySerial(r.serial);
+        expect(stored === null).toBe(i === 5 || i === 8);
+      }
+      const audits = await t.ca.storage.audit.list({ event: 'certificate.issued', subject: entry.spiffeId });
+      const audited = new Set(audits.map((a) => a.details.serial));
+      expect(recs.map((r) => audited.has(r.serial))).toEqual(recs.map((_, i) => i !== 5 && i !== 8));
+    } finally {
+      t.db.knex.off('query', onQuery);
+    }
+  });
+
   it('fail/a superseded peer certificate, then a revoked node: nothing is written', async () => {
     await t.db.knex('certificates').where({ serial: peerSerial }).update({ status: 'superseded' });
     expect((await attempt(guard())).ok).toBe(false);

@@ -44,6 +44,8 @@ export function runAsync(
     child.stdout.on('data', (d) => (out += d));
     child.stderr.on('data', (d) => (out += d));
     child.on('close', (code) => resolve({ status: code ?? -1, out }));
+    // A tool that exits without reading its input (nginx -t) makes this write fail with EPIPE.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(input ?? '');
   });
 }

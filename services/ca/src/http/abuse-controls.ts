@@ -1,13 +1,16 @@
+import type { ServerResponse } from 'node:http';
 import { isIPv6 } from 'node:net';
 import type { Request, RequestHandler } from 'express';
 import type { AbuseLimits, RateLimit } from '../config';
 import { BatonError } from '../domain/errors';
 import type { Metrics } from './metrics';
 import { peerCertificate } from './peer-cert';
-import { TokenBuckets } from './token-bucket';
+import { type TakeResult, TokenBuckets } from './token-bucket';
 
 /** Request headers a client may send (Node's own count limit would drop the excess silently). */
 export const MAX_HEADERS = 100;
+/** JSON bodies are small (a CSR is ~500 bytes of PEM); anything large is refused early. */
+export const BODY_LIMIT = 64 * 1024;
 /** Bytes of request line and headers (Node answers 431 past it, before Express runs). */
 export const MAX_HEADER_BYTES = 16 * 1024;
 
@@ -50,16 +53,21 @@ export function clientKey(address: string | undefined): string {
     .join(':')}::/64`;
 }
 
+/** A per-key quota: always granted when the limit is off. */
+function quota(limit: RateLimit | null, nowMs: () => number): (key: string) => TakeResult {
+  if (!limit) return () => ({ ok: true });
+  const buckets = new TokenBuckets(limit, nowMs);
+  return (key) => buckets.take(key);
+}
+
+/** The quota as middleware: a refusal is a 429 with the seconds until the next token. */
 function limiter(
-  limit: RateLimit | null,
-  nowMs: () => number,
+  take: (key: string) => TakeResult,
   keyOf: (req: Request) => string,
   what: string,
 ): RequestHandler {
-  if (!limit) return (_req, _res, next) => next();
-  const buckets = new TokenBuckets(limit, nowMs);
   return (req, res, next) => {
-    const r = buckets.take(keyOf(req));
+    const r = take(keyOf(req));
     if (r.ok) return next();
     res.set('Retry-After', String(r.retryAfterS));
     next(new BatonError('ERR_RATE_LIMITED', `${what}: rate limit reached, retry after ${r.retryAfterS}s`));
@@ -73,6 +81,13 @@ const byPeer = (req: Request) => peerCertificate(req).spiffeId;
 export interface AbuseControls {
   /** Sheds requests past the in-flight limit with 429 (a renewal storm is refused, not queued). */
   concurrency: RequestHandler;
+  /**
+   * The same in-flight slot for a request answered outside Express (the workload fast path):
+   * false when none is free (the request then goes to Express, which sheds it). Freed at 'close'.
+   */
+  tryEnter(res: ServerResponse): boolean;
+  /** The workload quota of `workload`, by the node's SPIFFE ID, outside Express. */
+  takeWorkload(peerSpiffeId: string): TakeResult;
   attest: RequestHandler;
   challenge: RequestHandler;
   ocsp: RequestHandler;
@@ -89,12 +104,9 @@ export interface AbuseControls {
 export function abuseControls(limits: AbuseLimits, metrics: Metrics, nowMs: () => number): AbuseControls {
   let inFlight = 0;
   metrics.inFlight.set(0);
-  const concurrency: RequestHandler = (req, res, next) => {
-    if (limits.maxInFlight === null || NEVER_SHED.has(req.path)) return next();
-    if (inFlight >= limits.maxInFlight) {
-      res.set('Retry-After', String(OVERLOAD_RETRY_AFTER_S));
-      return next(new BatonError('ERR_RATE_LIMITED', 'server busy: too many requests in progress'));
-    }
+  const tryEnter = (res: ServerResponse): boolean => {
+    if (limits.maxInFlight === null) return true;
+    if (inFlight >= limits.maxInFlight) return false;
     inFlight += 1;
     metrics.inFlight.set(inFlight);
     // 'close' fires once per response, after 'finish' or on an aborted connection.
@@ -102,16 +114,24 @@ export function abuseControls(limits: AbuseLimits, metrics: Metrics, nowMs: () =
       inFlight -= 1;
       metrics.inFlight.set(inFlight);
     });
-    next();
+    return true;
   };
+  const concurrency: RequestHandler = (req, res, next) => {
+    if (limits.maxInFlight === null || NEVER_SHED.has(req.path) || tryEnter(res)) return next();
+    res.set('Retry-After', String(OVERLOAD_RETRY_AFTER_S));
+    next(new BatonError('ERR_RATE_LIMITED', 'server busy: too many requests in progress'));
+  };
+  const takeWorkload = quota(limits.workload, nowMs);
   return {
     concurrency,
-    attest: limiter(limits.attest, nowMs, byClient, 'attestation'),
-    challenge: limiter(limits.attest, nowMs, byClient, 'attestation challenge'),
-    ocsp: limiter(limits.public, nowMs, byClient, 'OCSP'),
-    crl: limiter(limits.public, nowMs, byClient, 'CRL'),
-    bundle: limiter(limits.public, nowMs, byClient, 'bundle'),
-    renew: limiter(limits.renew, nowMs, byPeer, 'renewal quota'),
-    workload: limiter(limits.workload, nowMs, byPeer, 'workload SVID quota'),
+    tryEnter,
+    takeWorkload,
+    attest: limiter(quota(limits.attest, nowMs), byClient, 'attestation'),
+    challenge: limiter(quota(limits.attest, nowMs), byClient, 'attestation challenge'),
+    ocsp: limiter(quota(limits.public, nowMs), byClient, 'OCSP'),
+    crl: limiter(quota(limits.public, nowMs), byClient, 'CRL'),
+    bundle: limiter(quota(limits.public, nowMs), byClient, 'bundle'),
+    renew: limiter(quota(limits.renew, nowMs), byPeer, 'renewal quota'),
+    workload: limiter(takeWorkload, byPeer, 'workload SVID quota'),
   };
 }

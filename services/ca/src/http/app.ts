@@ -1,3 +1,4 @@
+import type { RequestListener } from 'node:http';
 import express, { type Express, type RequestHandler } from 'express';
 import type { Logger } from 'pino';
 import type { AbuseLimits } from '../config';
@@ -9,7 +10,7 @@ import type { Installation, Storage } from '../domain/ports';
 import { errorHandler } from './errors';
 import type { CrlService } from '../server/crl-service';
 import type { RevocationFeed } from '../server/revocation-feed';
-import { abuseControls, headerLimit } from './abuse-controls';
+import { abuseControls, BODY_LIMIT, headerLimit } from './abuse-controls';
 import type { Metrics } from './metrics';
 import { requestContext, secureHeaders } from './request-context';
 import { attestChallengeRoutes } from './routes/attest-challenge';
@@ -23,7 +24,8 @@ import { healthRoutes } from './routes/health';
 import { nodeIdentityRoutes } from './routes/node-identity';
 import { ocspRoutes } from './routes/ocsp';
 import { revocationRoutes } from './routes/revocation';
-import { workloadIdentityRoutes } from './routes/workload-identity';
+import { workloadIdentityRoutes, workloadIssuer } from './routes/workload-identity';
+import { workloadFastPath } from './workload-fast-path';
 
 export interface AppDeps {
   clock: Clock;
@@ -47,9 +49,6 @@ export interface AppDeps {
   monotonicMs: () => number;
 }
 
-/** JSON bodies are small (a CSR is ~500 bytes of PEM); anything large is refused early. */
-export const BODY_LIMIT = 64 * 1024;
-
 /**
  * A body declared larger than any route accepts is refused before a byte of it is read, and the
  * connection closed: body-parser would first drain the whole body (10 MB, or until the request
@@ -63,8 +62,11 @@ const refuseDeclaredOversize: RequestHandler = (req, res, next) => {
   next();
 };
 
-/** Builds the HTTP application; it never listens (tests and main.ts decide that). */
-export function buildApp(deps: AppDeps): Express {
+/**
+ * Builds the HTTP application; it never listens (tests and main.ts decide that). Workload SVID
+ * requests in the plain case take the fast path (workload-fast-path.ts); everything else, Express.
+ */
+export function buildApp(deps: AppDeps): RequestListener & { express: Express } {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
@@ -87,7 +89,8 @@ export function buildApp(deps: AppDeps): Express {
   app.use(ocspRoutes(deps));
   app.use(express.json({ limit: BODY_LIMIT, type: ['application/json', 'application/*+json'] }));
   // The busiest routes first: Express tries each router in turn.
-  app.use(workloadIdentityRoutes(deps));
+  const issueWorkload = workloadIssuer(deps);
+  app.use(workloadIdentityRoutes(deps, issueWorkload));
   app.use(nodeIdentityRoutes(deps));
   app.use(bundleRoutes(deps));
   app.use(healthRoutes(deps));
@@ -100,5 +103,15 @@ export function buildApp(deps: AppDeps): Express {
   app.use(revocationRoutes(deps));
   app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));
   app.use(errorHandler(deps.log, deps.metrics));
-  return app;
+  const fast = workloadFastPath({
+    issue: issueWorkload,
+    controls: limit,
+    log: deps.log,
+    metrics: deps.metrics,
+  });
+  const listener: RequestListener = (req, res) => {
+    if (!fast(req, res)) app(req, res);
+  };
+  // The Express app stays reachable (route tables are checked against it in tests).
+  return Object.assign(listener, { express: app });
 }

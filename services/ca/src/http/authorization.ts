@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http';
 import type { Request, RequestHandler } from 'express';
 import type { AdminRole } from '../admin-credentials';
 import { BatonError } from '../domain/errors';
@@ -80,7 +81,10 @@ export function requireAdmin(deps: AuthDeps, route: AdminRoute): RequestHandler 
  * asking the database: the caller must still check that this certificate is current and the node
  * active (authenticateNode, or a statement that re-checks both, as workload issuance does).
  */
-export function nodePeer(req: Request, trustDomain: string): { nodeId: string; serial: string } {
+export function nodePeer(
+  req: Pick<IncomingMessage, 'socket'>,
+  trustDomain: string,
+): { nodeId: string; serial: string } {
   const peer = peerCertificate(req);
   const prefix = `spiffe://${trustDomain}/node/`;
   if (!peer.spiffeId.startsWith(prefix))
@@ -91,7 +95,7 @@ export function nodePeer(req: Request, trustDomain: string): { nodeId: string; s
 /** A node certificate that is the node's current one, for an active node. */
 export async function authenticateNode(
   deps: AuthDeps,
-  req: Request,
+  req: Pick<IncomingMessage, 'socket'>,
 ): Promise<{ node: NodeRecord; serial: string }> {
   const peer = nodePeer(req, deps.trustDomain);
   const record = await deps.repos.certificates.findBySerial(peer.serial);

@@ -50,6 +50,47 @@ interface BodyParserError {
   status?: number;
 }
 
+/** The status, code and message a thrown error is answered with (the table above decides). */
+export function describeError(err: unknown): { status: number; code: string; message: string } {
+  const parserError = (err ?? {}) as BodyParserError;
+  if (err instanceof BatonError && HTTP_STATUS[err.code])
+    return { status: HTTP_STATUS[err.code]!, code: err.code, message: err.message };
+  if (parserError.type === 'entity.too.large')
+    return { status: 413, code: 'ERR_BODY_TOO_LARGE', message: 'request body too large' };
+  if (
+    parserError.type === 'entity.parse.failed' ||
+    parserError.type === 'encoding.unsupported' ||
+    parserError.status === 400
+  )
+    return { status: 400, code: 'ERR_BAD_REQUEST', message: 'malformed JSON body' };
+  if (parserError.type === 'charset.unsupported' || parserError.status === 415)
+    return { status: 415, code: 'ERR_BAD_REQUEST', message: 'unsupported content type' };
+  return { status: 500, code: 'ERR_INTERNAL', message: 'internal error' };
+}
+
+/**
+ * Everything about a refusal but writing it: the 5xx log line with the cause, the refusal metric,
+ * and Retry-After on 503/429 unless the refusing code set its own (a rate limit knows when its next
+ * token comes). Returns what to answer.
+ */
+export function refusal(
+  log: Logger,
+  metrics: Metrics,
+  err: unknown,
+  r: { requestId: string; route: string; hasRetryAfter: boolean; setRetryAfter(seconds: string): void },
+): { status: number; body: ReturnType<typeof errorBody> } {
+  const { status, code, message } = describeError(err);
+  if (status >= 500) {
+    log.error(
+      { [F.requestId]: r.requestId, [F.errorCode]: code, [F.err]: err, [F.route]: r.route },
+      'Request failed',
+    );
+  }
+  metrics.requestsRefused.inc({ code });
+  if ((status === 503 || status === 429) && !r.hasRetryAfter) r.setRetryAfter(String(RETRY_AFTER_S));
+  return { status, body: errorBody(code, message) };
+}
+
 /**
  * Renders every error as `{"error":{"code","message"}}`. Known codes are exposed; anything else
  * is a redacted 500 whose cause is logged under the request id (oidc-provider err_out.js).
@@ -57,35 +98,12 @@ interface BodyParserError {
  */
 export function errorHandler(log: Logger, metrics: Metrics): ErrorRequestHandler {
   return (err, req, res, _next) => {
-    const reqId = String(res.locals.requestId ?? '');
-    let status = 500;
-    let code = 'ERR_INTERNAL';
-    let message = 'internal error';
-    const parserError = err as BodyParserError;
-    if (err instanceof BatonError && HTTP_STATUS[err.code]) {
-      status = HTTP_STATUS[err.code]!;
-      code = err.code;
-      message = err.message;
-    } else if (parserError.type === 'entity.too.large') {
-      [status, code, message] = [413, 'ERR_BODY_TOO_LARGE', 'request body too large'];
-    } else if (
-      parserError.type === 'entity.parse.failed' ||
-      parserError.type === 'encoding.unsupported' ||
-      parserError.status === 400
-    ) {
-      [status, code, message] = [400, 'ERR_BAD_REQUEST', 'malformed JSON body'];
-    } else if (parserError.type === 'charset.unsupported' || parserError.status === 415) {
-      [status, code, message] = [415, 'ERR_BAD_REQUEST', 'unsupported content type'];
-    }
-    if (status >= 500) {
-      log.error(
-        { [F.requestId]: reqId, [F.errorCode]: code, [F.err]: err, [F.route]: req.path },
-        'Request failed',
-      );
-    }
-    metrics.requestsRefused.inc({ code });
-    if ((status === 503 || status === 429) && !res.get('Retry-After'))
-      res.set('Retry-After', String(RETRY_AFTER_S));
-    if (!res.headersSent) res.status(status).json(errorBody(code, message));
+    const answer = refusal(log, metrics, err, {
+      requestId: String(res.locals.requestId ?? ''),
+      route: req.path,
+      hasRetryAfter: Boolean(res.get('Retry-After')),
+      setRetryAfter: (s) => res.set('Retry-After', s),
+    });
+    if (!res.headersSent) res.status(answer.status).json(answer.body);
   };
 }

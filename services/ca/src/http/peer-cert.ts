@@ -1,4 +1,4 @@
-import type { Request } from 'express';
+import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import { BatonError } from '../domain/errors';
 
@@ -17,7 +17,7 @@ export interface PeerCertificate {
  */
 const cache = new WeakMap<TLSSocket, PeerCertificate>();
 
-export function peerCertificate(req: Request): PeerCertificate {
+export function peerCertificate(req: Pick<IncomingMessage, 'socket'>): PeerCertificate {
   const socket = req.socket as TLSSocket;
   const cached = cache.get(socket);
   if (cached) return cached;

@@ -4,6 +4,38 @@ import type { Logger } from 'pino';
 import { F } from '../log-fields';
 import type { Metrics } from './metrics';
 
+/** What the completion log line and metrics of a request say. */
+export interface CompletedRequest {
+  id: string;
+  method: string;
+  /** The route pattern ('unmatched' when none), never the URL: no query strings in logs. */
+  route: string;
+  status: number;
+  /** process.hrtime.bigint() when the request arrived. */
+  started: bigint;
+  remoteAddress: string | undefined;
+}
+
+/** One log line and the request metrics at completion (express and the workload fast path). */
+export function recordRequest(log: Logger, metrics: Metrics, r: CompletedRequest): void {
+  const seconds = Number(process.hrtime.bigint() - r.started) / 1e9;
+  metrics.httpRequests.inc({ route: r.route, method: r.method, status: String(r.status) });
+  metrics.httpDuration.observe({ route: r.route }, seconds);
+  log.info(
+    {
+      [F.requestId]: r.id,
+      [F.method]: r.method,
+      [F.route]: r.route,
+      [F.status]: r.status,
+      [F.durationMs]: Math.round(seconds * 1e5) / 100,
+      [F.remoteAddress]: r.remoteAddress,
+    },
+    'Request handled',
+  );
+}
+
+export const newRequestId = (): string => randomUUID();
+
 /**
  * A request id per request (echoed in X-Request-Id), and one log line and metric at completion.
  * The log names the route pattern, never the body or the query string.
@@ -11,38 +43,33 @@ import type { Metrics } from './metrics';
 export function requestContext(log: Logger, metrics: Metrics): RequestHandler {
   return (req, res, next) => {
     const started = process.hrtime.bigint();
-    const id = randomUUID();
+    const id = newRequestId();
     res.locals.requestId = id;
     res.set('X-Request-Id', id);
     res.on('finish', () => {
-      const route = req.route?.path ? `${req.baseUrl}${req.route.path}` : 'unmatched';
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      metrics.httpRequests.inc({ route, method: req.method, status: String(res.statusCode) });
-      metrics.httpDuration.observe({ route }, seconds);
-      log.info(
-        {
-          [F.requestId]: id,
-          [F.method]: req.method,
-          [F.route]: route,
-          [F.status]: res.statusCode,
-          [F.durationMs]: Math.round(seconds * 1e5) / 100,
-          [F.remoteAddress]: req.socket.remoteAddress,
-        },
-        'Request handled',
-      );
+      recordRequest(log, metrics, {
+        id,
+        method: req.method,
+        route: req.route?.path ? `${req.baseUrl}${req.route.path}` : 'unmatched',
+        status: res.statusCode,
+        started,
+        remoteAddress: req.socket.remoteAddress,
+      });
     });
     next();
   };
 }
 
 /** Baseline secure headers for a JSON API (OWASP secure headers). */
+export const SECURE_HEADERS: Readonly<Record<string, string>> = {
+  'X-Content-Type-Options': 'nosniff',
+  'Cache-Control': 'no-store',
+  'Strict-Transport-Security': 'max-age=31536000',
+  'Content-Security-Policy': "default-src 'none'; frame-ancestors 'none'",
+  'Referrer-Policy': 'no-referrer',
+};
+
 export const secureHeaders: RequestHandler = (_req, res, next) => {
-  res.set({
-    'X-Content-Type-Options': 'nosniff',
-    'Cache-Control': 'no-store',
-    'Strict-Transport-Security': 'max-age=31536000',
-    'Content-Security-Policy': "default-src 'none'; frame-ancestors 'none'",
-    'Referrer-Policy': 'no-referrer',
-  });
+  res.set(SECURE_HEADERS);
   next();
 };

@@ -4,7 +4,11 @@ import { BatonError } from '../domain/errors';
 
 /** Small DTO readers: each refusal is a 400 ERR_BAD_REQUEST naming the field, never echoing it. */
 export function body(req: Request): Record<string, unknown> {
-  const b: unknown = req.body;
+  return jsonObject(req.body);
+}
+
+/** A parsed JSON body that must be an object. */
+export function jsonObject(b: unknown): Record<string, unknown> {
   if (b === undefined || b === null || typeof b !== 'object' || Array.isArray(b)) {
     throw new BatonError('ERR_BAD_REQUEST', 'a JSON object body is required');
   }

@@ -1,40 +1,37 @@
+import type { IncomingMessage } from 'node:http';
 import { Router } from 'express';
-import { entryCache } from '../../domain/entry-cache';
+import { type EntrySource, entryCache } from '../../domain/entry-cache';
 import type { NodeRecord } from '../../domain/ports';
 import { issueWorkloadSvid } from '../../domain/workload-identity';
 import type { AppDeps } from '../app';
-import { auditContext } from '../audit-context';
 import { authenticateNode, nodePeer, requireNode } from '../authorization';
 import { timedIssuance } from '../metrics';
 import { renderEntry, renderIssuance } from '../render';
-import { body } from '../validate';
+import { jsonObject } from '../validate';
 
-/** Node mTLS: the entries a node may mint, and minting them. Authorization runs per request. */
-export function workloadIdentityRoutes(deps: AppDeps): Router {
-  const r = Router();
-  const authDeps = {
-    clock: deps.clock,
-    repos: deps.storage,
-    trustDomain: deps.installation.trustDomain,
-  };
-  const auth = requireNode(authDeps);
-  const nodeOf = (locals: Record<string, unknown>) => (locals.node as { node: NodeRecord }).node;
-  // Per replica, never trusted: the recording statement re-checks the entry (domain/entry-cache.ts).
-  const entries = entryCache(deps.storage.entries, { nowMs: deps.monotonicMs });
+/** POST /v1/workload-svids for a request whose JSON body has been read: the 201 body, or a throw. */
+export type WorkloadIssuer = (
+  req: IncomingMessage,
+  parsedBody: unknown,
+) => Promise<ReturnType<typeof renderIssuance>>;
 
-  r.get('/v1/entries', auth, async (_req, res) => {
-    const entries = await deps.storage.entries.list({ parentNodeId: nodeOf(res.locals).id });
-    res.json({ entries: entries.map((e) => renderEntry(e, deps.installation.workloadTtlMs)) });
-  });
-
-  // Authentication and authorization run in issueWorkloadSvid, inside the statement that records
-  // the certificate (or, on any refusal, in full before the refusal is answered).
-  r.post('/v1/workload-svids', async (req, res) => {
-    const peer = nodePeer(req, deps.installation.trustDomain);
+/**
+ * The one implementation of POST /v1/workload-svids, shared by the Express route and the fast path
+ * (http/workload-fast-path.ts). Authentication and authorization run in issueWorkloadSvid, inside
+ * the statement that records the certificate (or, on any refusal, in full before the refusal).
+ */
+export function workloadIssuer(
+  deps: AppDeps,
+  entries: EntrySource = entryCache(deps.storage.entries, { nowMs: deps.monotonicMs }),
+): WorkloadIssuer {
+  const td = deps.installation.trustDomain;
+  const authDeps = { clock: deps.clock, repos: deps.storage, trustDomain: td };
+  return async (req, parsedBody) => {
+    const peer = nodePeer(req, td);
     const authenticate = async () => (await authenticateNode(authDeps, req)).node;
     let b: Record<string, unknown>;
     try {
-      b = body(req);
+      b = jsonObject(parsedBody);
     } catch (e) {
       await authenticate();
       throw e;
@@ -53,12 +50,32 @@ export function workloadIdentityRoutes(deps: AppDeps): Router {
           peer,
           spiffeId: b.spiffe_id,
           csr: b.csr,
-          audit: auditContext(req, `spiffe://${deps.installation.trustDomain}/node/${peer.nodeId}`),
+          audit: { actor: `spiffe://${td}/node/${peer.nodeId}`, source: req.socket.remoteAddress ?? null },
           authenticate,
         },
       ),
     );
-    res.status(201).json(renderIssuance(issued, { withNodeId: false }));
+    return renderIssuance(issued, { withNodeId: false });
+  };
+}
+
+/** Node mTLS: the entries a node may mint, and minting them. Authorization runs per request. */
+export function workloadIdentityRoutes(deps: AppDeps, issue: WorkloadIssuer): Router {
+  const r = Router();
+  const auth = requireNode({
+    clock: deps.clock,
+    repos: deps.storage,
+    trustDomain: deps.installation.trustDomain,
+  });
+  const nodeOf = (locals: Record<string, unknown>) => (locals.node as { node: NodeRecord }).node;
+
+  r.get('/v1/entries', auth, async (_req, res) => {
+    const entries = await deps.storage.entries.list({ parentNodeId: nodeOf(res.locals).id });
+    res.json({ entries: entries.map((e) => renderEntry(e, deps.installation.workloadTtlMs)) });
+  });
+
+  r.post('/v1/workload-svids', async (req, res) => {
+    res.status(201).json(await issue(req, req.body));
   });
   return r;
 }

@@ -1,0 +1,133 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
+import { BatonError } from '../domain/errors';
+import { type AbuseControls, BODY_LIMIT, MAX_HEADERS } from './abuse-controls';
+import { refusal } from './errors';
+import type { Metrics } from './metrics';
+import { peerCertificate } from './peer-cert';
+import { newRequestId, recordRequest, SECURE_HEADERS } from './request-context';
+import type { WorkloadIssuer } from './routes/workload-identity';
+
+export const WORKLOAD_ROUTE = '/v1/workload-svids';
+const JSON_TYPE = /^application\/json\s*(;\s*charset\s*=\s*"?utf-8"?\s*)?$/i;
+
+/**
+ * POST /v1/workload-svids without Express: the busiest route, a node minting its workloads' SVIDs,
+ * answered by the same issuer as the Express route (routes/workload-identity.ts), with the same
+ * headers, request id, log line, metrics, in-flight limit, quota and error bodies. Express costs
+ * more per request than the rest of the HTTP stack (bench: `loadgen_echo_server_cpu_ms_per_request`
+ * against Baton's), and this route is most of a fleet's traffic.
+ *
+ * It takes only the plain case: the exact path, a JSON body of a declared length within the limit,
+ * no content encoding, a header count within the limit, and a free in-flight slot. Anything else
+ * (false) goes to Express untouched, body unread, and gets Express's answer, so every edge case
+ * (chunked or oversized bodies, header floods, shedding, other content types) has one implementation.
+ */
+export function workloadFastPath(p: {
+  issue: WorkloadIssuer;
+  controls: AbuseControls;
+  log: Logger;
+  metrics: Metrics;
+}): (req: IncomingMessage, res: ServerResponse) => boolean {
+  return (req, res) => {
+    if (req.method !== 'POST' || req.url !== WORKLOAD_ROUTE) return false;
+    const h = req.headers;
+    const length = Number(h['content-length']);
+    if (
+      !Number.isInteger(length) ||
+      length > BODY_LIMIT ||
+      h['transfer-encoding'] !== undefined ||
+      h['content-encoding'] !== undefined ||
+      !JSON_TYPE.test(h['content-type'] ?? '') ||
+      req.rawHeaders.length / 2 > MAX_HEADERS
+    )
+      return false;
+    if (!p.controls.tryEnter(res)) return false;
+
+    const started = process.hrtime.bigint();
+    const id = newRequestId();
+    res.setHeader('X-Request-Id', id);
+    for (const [name, value] of Object.entries(SECURE_HEADERS)) res.setHeader(name, value);
+    res.on('finish', () =>
+      recordRequest(p.log, p.metrics, {
+        id,
+        method: 'POST',
+        route: WORKLOAD_ROUTE,
+        status: res.statusCode,
+        started,
+        remoteAddress: req.socket.remoteAddress,
+      }),
+    );
+    const send = (status: number, value: unknown) => {
+      const body = Buffer.from(JSON.stringify(value));
+      res.writeHead(status, {
+        'Content-Type': 'application/json; charset=utf-8',
+        'Content-Length': body.length,
+      });
+      res.end(body);
+    };
+    const fail = (err: unknown) => {
+      if (res.headersSent) return;
+      const answer = refusal(p.log, p.metrics, err, {
+        requestId: id,
+        route: WORKLOAD_ROUTE,
+        hasRetryAfter: res.hasHeader('Retry-After'),
+        setRetryAfter: (s) => res.setHeader('Retry-After', s),
+      });
+      send(answer.status, answer.body);
+    };
+
+    // The quota is the node's, known from the TLS handshake before a byte of body is read.
+    let peerId: string;
+    try {
+      peerId = peerCertificate(req).spiffeId;
+    } catch (e) {
+      fail(e);
+      return true;
+    }
+    const quota = p.controls.takeWorkload(peerId);
+    if (!quota.ok) {
+      res.setHeader('Retry-After', String(quota.retryAfterS));
+      fail(
+        new BatonError(
+          'ERR_RATE_LIMITED',
+          `workload SVID quota: rate limit reached, retry after ${quota.retryAfterS}s`,
+        ),
+      );
+      return true;
+    }
+
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('error', () => undefined);
+    req.on('end', () => {
+      let parsed: unknown;
+      try {
+        parsed = parseJsonBody(Buffer.concat(chunks));
+      } catch (e) {
+        fail(e);
+        return;
+      }
+      p.issue(req, parsed).then((issued) => send(201, issued), fail);
+    });
+    return true;
+  };
+}
+
+/**
+ * JSON as Express's parser (body-parser, strict) reads it: an object or array at the top, UTF-8.
+ * Refusals are the codes the Express error handler gives body-parser's errors.
+ */
+function parseJsonBody(raw: Buffer): unknown {
+  const text = raw.toString('utf8');
+  // RFC 8259 §2 whitespace, then the first character of the value.
+  const first = /^[ \t\n\r]*([^ \t\n\r])/.exec(text)?.[1];
+  // body-parser answers an empty body with {} (then "a JSON object body is required" follows).
+  if (first === undefined) return {};
+  if (first !== '{' && first !== '[') throw new BatonError('ERR_BAD_REQUEST', 'malformed JSON body');
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new BatonError('ERR_BAD_REQUEST', 'malformed JSON body');
+  }
+}

@@ -1,0 +1,236 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { X509Certificate } from 'node:crypto';
+import { abuseControls } from '../../services/ca/src/http/abuse-controls';
+import { createMetrics } from '../../services/ca/src/http/metrics';
+import { WORKLOAD_ROUTE, workloadFastPath } from '../../services/ca/src/http/workload-fast-path';
+import { createLogger } from '../../services/ca/src/logger';
+import { describeEachBackend } from '../support/database';
+import { https, type HttpsResult } from '../support/https';
+import { attestedNode, keyAndCsr } from '../support/node-client';
+import { startTestServer, type TestServer } from '../support/test-server';
+
+/**
+ * POST /v1/workload-svids has two implementations of its HTTP layer: the fast path
+ * (http/workload-fast-path.ts) for plain requests and Express for everything else. The fast path
+ * must be indistinguishable: every case is sent once as `application/json` (fast path) and once as
+ * `application/vnd.baton+json` (Express's JSON parser takes it, the fast path does not), and the
+ * answers must match in status, error body and headers.
+ */
+const TD = 'fast.example.org';
+
+describeEachBackend('workload SVIDs: the fast path answers as Express does', (backend) => {
+  let t: TestServer;
+  let n1: Awaited<ReturnType<typeof attestedNode>>;
+  let n2: Awaited<ReturnType<typeof attestedNode>>;
+  let revoked: Awaited<ReturnType<typeof attestedNode>>;
+
+  beforeAll(async () => {
+    t = await startTestServer({ backend, trustDomain: TD });
+    const a = await t.issueAdmin('operator', 'ops');
+    n1 = await attestedNode(t, { nodeName: 'f1' });
+    n2 = await attestedNode(t, { nodeName: 'f2' });
+    revoked = await attestedNode(t, { nodeName: 'f3' });
+    for (const [name, parent] of [
+      ['web', 'f1'],
+      ['gone', 'f3'],
+    ] as const) {
+      const r = await https(`${t.url}/v1/admin/entries`, {
+        method: 'POST',
+        body: JSON.stringify({
+          name,
+          spiffe_id: `spiffe://${TD}/${name}`,
+          parent,
+          dns_names: ['web.internal'],
+        }),
+        ca: t.bundle,
+        cert: a.cert,
+        key: a.key,
+      });
+      expect(r.status).toBe(201);
+    }
+    const rv = await https(`${t.url}/v1/admin/nodes/${revoked.body.node_id}/revoke`, {
+      method: 'POST',
+      body: '{}',
+      ca: t.bundle,
+      cert: a.cert,
+      key: a.key,
+    });
+    expect(rv.status).toBe(200);
+  });
+  afterAll(() => t.close());
+
+  const send = (contentType: string, body: string, cred?: { cert: string; key: string }) =>
+    https(`${t.url}${WORKLOAD_ROUTE}`, {
+      method: 'POST',
+      body,
+      // A declared length, as the agent sends it (without one, Node's client sends chunked).
+      headers: { 'content-type': contentType, 'content-length': String(Buffer.byteLength(body)) },
+      ca: t.bundle,
+      ...(cred ? { cert: cred.cert, key: cred.key } : {}),
+    });
+  /** What must be equal: status, the error (or the shape of a success), the header names and fixed values. */
+  const view = (r: HttpsResult) => {
+    const {
+      'x-request-id': id,
+      date: _date,
+      'content-length': _len,
+      connection: _c,
+      'keep-alive': _k,
+      ...rest
+    } = r.headers;
+    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    const body = r.json<Record<string, unknown>>();
+    return {
+      status: r.status,
+      headers: rest,
+      body: r.status === 201 ? Object.keys(body).sort() : body,
+    };
+  };
+
+  const cases: [string, () => Promise<[string, { cert: string; key: string } | undefined]>][] = [
+    [
+      'ok: an entry of the node',
+      async () => [JSON.stringify({ spiffe_id: `spiffe://${TD}/web`, csr: (await keyAndCsr()).csrPem }), n1],
+    ],
+    [
+      'another node entry',
+      async () => [JSON.stringify({ spiffe_id: `spiffe://${TD}/web`, csr: (await keyAndCsr()).csrPem }), n2],
+    ],
+    [
+      'a revoked node',
+      async () => [
+        JSON.stringify({ spiffe_id: `spiffe://${TD}/gone`, csr: (await keyAndCsr()).csrPem }),
+        revoked,
+      ],
+    ],
+    [
+      'no client certificate',
+      async () => [JSON.stringify({ spiffe_id: `spiffe://${TD}/web`, csr: 'x' }), undefined],
+    ],
+    ['missing spiffe_id', async () => [JSON.stringify({ csr: (await keyAndCsr()).csrPem }), n1]],
+    [
+      'a CSR that is not PEM',
+      async () => [JSON.stringify({ spiffe_id: `spiffe://${TD}/web`, csr: 'nonsense' }), n1],
+    ],
+    ['malformed JSON', async () => ['{"spiffe_id":', n1]],
+    ['a JSON string', async () => ['"text"', n1]],
+    ['a JSON array', async () => ['[1,2]', n1]],
+    ['an empty body', async () => ['', n1]],
+    [
+      'the key of a node certificate (ERR_KEY_REUSED)',
+      async () => [JSON.stringify({ spiffe_id: `spiffe://${TD}/web`, csr: await csrForKey(n1.key) }), n1],
+    ],
+  ];
+
+  it.each(cases)('%s', async (_name, make) => {
+    const [body, cred] = await make();
+    const fast = await send('application/json', body, cred);
+    const [body2, cred2] = await make();
+    const slow = await send('application/vnd.baton+json', body2, cred2);
+    expect(view(fast)).toEqual(view(slow));
+    if (fast.status === 201) {
+      const cert = new X509Certificate(fast.json<{ certificate_chain: string }>().certificate_chain);
+      expect(cert.subjectAltName).toBe(`URI:spiffe://${TD}/web, DNS:web.internal`);
+    }
+  });
+
+  it('the fast path counts one request per call, under the route pattern', async () => {
+    const metricsText = () => t.running.metrics.registry.metrics();
+    const before = await metricsText();
+    const [body] = await cases[0]![1]();
+    expect((await send('application/json', body, n1)).status).toBe(201);
+    const after = await metricsText();
+    const count = (text: string) =>
+      Number(
+        /baton_http_requests_total\{route="\/v1\/workload-svids",method="POST",status="201"\} (\d+)/.exec(
+          text,
+        )?.[1] ?? 0,
+      );
+    expect(count(after) - count(before)).toBe(1);
+  });
+});
+
+/** A CSR signed by an existing private key (PEM), through openssl. */
+async function csrForKey(keyPem: string): Promise<string> {
+  const { execFileSync } = await import('node:child_process');
+  const { writeFileSync, mkdtempSync, rmSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const d = mkdtempSync(join(tmpdir(), 'baton-fast-'));
+  try {
+    writeFileSync(join(d, 'k.pem'), keyPem);
+    return execFileSync('openssl', ['req', '-new', '-key', join(d, 'k.pem'), '-subj', '/CN=x'], {
+      encoding: 'utf8',
+    });
+  } finally {
+    rmSync(d, { recursive: true, force: true });
+  }
+}
+
+describe('workload fast path: which requests it takes', () => {
+  const metrics = createMetrics();
+  const controls = abuseControls(
+    { maxInFlight: 1, attest: null, renew: null, workload: null, public: null },
+    metrics,
+    () => 0,
+  );
+  const fast = workloadFastPath({
+    issue: async () => {
+      throw new Error('not reached: no peer certificate');
+    },
+    controls,
+    log: createLogger('silent'),
+    metrics,
+  });
+  const req = (over: { method?: string; url?: string; headers?: Record<string, string> }) => {
+    const headers = { 'content-type': 'application/json', 'content-length': '10', ...over.headers };
+    return {
+      method: over.method ?? 'POST',
+      url: over.url ?? WORKLOAD_ROUTE,
+      headers,
+      rawHeaders: Object.entries(headers).flat(),
+      socket: {},
+      on: () => undefined,
+    } as unknown as IncomingMessage;
+  };
+  const res = () => {
+    const listeners: Record<string, () => void> = {};
+    return {
+      headersSent: false,
+      statusCode: 200,
+      setHeader: () => undefined,
+      hasHeader: () => false,
+      writeHead: () => undefined,
+      end: () => undefined,
+      on: (e: string, f: () => void) => void (listeners[e] = f),
+      once: (e: string, f: () => void) => void (listeners[e] = f),
+      close: () => listeners.close?.(),
+    } as unknown as ServerResponse & { close(): void };
+  };
+
+  it.each([
+    ['another method', { method: 'PUT' }],
+    ['a query string', { url: `${WORKLOAD_ROUTE}?x=1` }],
+    ['another route', { url: '/v1/renew' }],
+    ['a chunked body', { headers: { 'content-length': '', 'transfer-encoding': 'chunked' } }],
+    ['a body over the limit', { headers: { 'content-length': String(64 * 1024 + 1) } }],
+    ['a content encoding', { headers: { 'content-encoding': 'gzip' } }],
+    ['another content type', { headers: { 'content-type': 'text/plain' } }],
+    ['another charset', { headers: { 'content-type': 'application/json; charset=latin1' } }],
+    ['a +json type', { headers: { 'content-type': 'application/vnd.baton+json' } }],
+    [
+      'too many headers',
+      { headers: Object.fromEntries(Array.from({ length: 101 }, (_, i) => [`x-h${i}`, '1'])) },
+    ],
+  ])('leaves %s to Express', (_name, over) => {
+    expect(fast(req(over), res())).toBe(false);
+  });
+
+  it('takes a plain request, and leaves the next to Express while the in-flight limit is reached', () => {
+    const first = res();
+    expect(fast(req({ headers: { 'content-type': 'application/json; charset=UTF-8' } }), first)).toBe(true);
+    expect(fast(req({}), res())).toBe(false);
+    first.close();
+    expect(fast(req({}), res())).toBe(true);
+  });
+});
