@@ -322,3 +322,108 @@ describePostgres('guarded workload insert racing a revocation', () => {
     expect((await t.ca.storage.certificates.findBySerial(rec.serial))!.status).toBe('revoked');
   });
 });
+
+/** The renewal statement (IssuanceRepository.recordRenewalGuarded) on its own. */
+describeEachBackend('guarded renewal', (backend) => {
+  let t: TestServer;
+  beforeAll(async () => {
+    t = await startTestServer({ backend, trustDomain: TD });
+  });
+  afterAll(() => t.close());
+
+  const fresh = async (name: string) => {
+    const n = await attestedNode(t, { nodeName: name });
+    const peer = (await t.ca.storage.certificates.findBySerial(n.body.serial))!;
+    return { nodeId: n.body.node_id!, peer };
+  };
+  const renewal = (nodeId: string, caId: string, peerSerial: string, now = t.clock.now()) => {
+    const rec: CertificateRecord = {
+      serial: randomBytes(16).toString('hex'),
+      caId,
+      kind: 'node',
+      spiffeId: `spiffe://${TD}/node/${nodeId}`,
+      nodeId,
+      issuedVia: null,
+      notBefore: now,
+      notAfter: new Date(now.getTime() + 3_600_000),
+      keyFingerprint: randomBytes(32).toString('hex'),
+      der: randomBytes(200),
+      status: 'valid',
+      createdAt: now,
+    };
+    const ev: AuditEvent = {
+      at: now,
+      event: 'certificate.renewed',
+      actor: rec.spiffeId,
+      source: null,
+      subject: rec.spiffeId,
+      outcome: 'success',
+      details: { serial: rec.serial, previous: peerSerial },
+    };
+    return {
+      rec,
+      done: t.ca.storage.issuances.recordRenewalGuarded(rec, ev, { nodeId, peerSerial, now }),
+    };
+  };
+  const renewedAudit = async (serial: string) =>
+    (await t.ca.storage.audit.list({ event: 'certificate.renewed' })).filter(
+      (a) => a.details.serial === serial,
+    );
+
+  it('ok/supersedes the presented certificate, records the new one with its audit row and when the node was seen', async () => {
+    const { nodeId, peer } = await fresh('r1');
+    t.clock.advance(5000);
+    const { rec, done } = renewal(nodeId, peer.caId, peer.serial);
+    expect(await done).toBe(true);
+    expect((await t.ca.storage.certificates.findBySerial(peer.serial))!.status).toBe('superseded');
+    expect((await t.ca.storage.certificates.findBySerial(rec.serial))!.status).toBe('valid');
+    expect(await renewedAudit(rec.serial)).toHaveLength(1);
+    expect((await t.ca.storage.nodes.findById(nodeId))!.lastSeenAt).toEqual(t.clock.now());
+    // The superseded certificate renews no more.
+    const again = renewal(nodeId, peer.caId, peer.serial);
+    expect(await again.done).toBe(false);
+    expect(await t.ca.storage.certificates.findBySerial(again.rec.serial)).toBeNull();
+  });
+
+  it.each([
+    [
+      'a revoked node',
+      async (nodeId: string) =>
+        void (await t.db.knex('nodes').where({ id: nodeId }).update({ status: 'revoked' })),
+    ],
+    [
+      'a revoked certificate',
+      async (_n: string, serial: string) =>
+        void (await t.db.knex('certificates').where({ serial }).update({ status: 'revoked' })),
+    ],
+  ])('fail/%s: nothing is written, nothing superseded', async (_what, spoil) => {
+    const { nodeId, peer } = await fresh(`r-${randomBytes(3).toString('hex')}`);
+    await spoil(nodeId, peer.serial);
+    const { rec, done } = renewal(nodeId, peer.caId, peer.serial);
+    expect(await done).toBe(false);
+    expect(await t.ca.storage.certificates.findBySerial(rec.serial)).toBeNull();
+    expect(await renewedAudit(rec.serial)).toHaveLength(0);
+    expect((await t.ca.storage.certificates.findBySerial(peer.serial))!.status).not.toBe('superseded');
+  });
+
+  it('fail/an expired certificate, or one of another node: nothing is written', async () => {
+    const a = await fresh('r-exp');
+    const late = new Date(a.peer.notAfter.getTime() + 1000);
+    const expired = renewal(a.nodeId, a.peer.caId, a.peer.serial, late);
+    expect(await expired.done).toBe(false);
+    const b = await fresh('r-other');
+    const crossed = renewal(b.nodeId, a.peer.caId, a.peer.serial);
+    expect(await crossed.done).toBe(false);
+    expect((await t.ca.storage.certificates.findBySerial(a.peer.serial))!.status).toBe('valid');
+    expect((await t.ca.storage.certificates.findBySerial(b.peer.serial))!.status).toBe('valid');
+  });
+
+  it('two concurrent renewals of one certificate: exactly one new certificate', async () => {
+    const { nodeId, peer } = await fresh('r-race');
+    const attempts = Array.from({ length: 8 }, () => renewal(nodeId, peer.caId, peer.serial));
+    const outcomes = await Promise.all(attempts.map((a) => a.done));
+    expect(outcomes.filter(Boolean)).toHaveLength(1);
+    const valid = await t.db.knex('certificates').where({ node_id: nodeId, kind: 'node', status: 'valid' });
+    expect(valid).toHaveLength(1);
+  });
+});

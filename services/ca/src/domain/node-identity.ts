@@ -6,7 +6,7 @@ import type { Attestor } from './attestation/attestor';
 import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
 import { BatonError } from './errors';
-import { type IssuedLeaf, issueLeaf } from './issue';
+import { type IssuedLeaf, type IssueLeafParams, issueLeaf, recordLeaf } from './issue';
 import type { Keyring } from './keyring';
 import type { Installation, NodeRecord, NodeRole, Repositories, Storage } from './ports';
 import { refreshAt } from './refresh';
@@ -43,33 +43,39 @@ function csrFrom(input: unknown): ParsedCsr {
   return parseCsr(input);
 }
 
+function nodeLeafParams(deps: NodeIdentityDeps, node: NodeRecord, csr: ParsedCsr): IssueLeafParams {
+  return {
+    kind: 'node',
+    spiffeId: nodeSpiffeId(deps.installation.trustDomain, node.id),
+    // The role comes from the token or the node record, never from the CSR (CONTRACT).
+    subject: { O: deps.installation.trustDomain, OU: node.role, CN: node.id },
+    key: csr.key,
+    ttlMs: Math.min(node.certTtlMs ?? deps.installation.nodeTtlMs, MAX_TTL.node),
+    nodeId: node.id,
+  };
+}
+
+function issuanceOf(deps: NodeIdentityDeps, leaf: IssuedLeaf, nodeId: string): Issuance {
+  return {
+    leaf,
+    bundlePem: deps.keyring.bundlePem,
+    refreshAt: refreshAt(deps.clock.now(), leaf.record.notAfter, deps.random),
+    nodeId,
+  };
+}
+
 async function issueNodeCertificate(
   deps: NodeIdentityDeps,
   tx: Repositories,
   node: NodeRecord,
   csr: ParsedCsr,
 ): Promise<Issuance> {
-  const td = deps.installation.trustDomain;
-  const ttlMs = Math.min(node.certTtlMs ?? deps.installation.nodeTtlMs, MAX_TTL.node);
   await tx.certificates.supersedeForNode(node.id, 'node');
   const leaf = await issueLeaf(
     { clock: deps.clock, issuer: deps.keyring.signing, certificates: tx.certificates },
-    {
-      kind: 'node',
-      spiffeId: nodeSpiffeId(td, node.id),
-      // The role comes from the token or the node record, never from the CSR (CONTRACT).
-      subject: { O: td, OU: node.role, CN: node.id },
-      key: csr.key,
-      ttlMs,
-      nodeId: node.id,
-    },
+    nodeLeafParams(deps, node, csr),
   );
-  return {
-    leaf,
-    bundlePem: deps.keyring.bundlePem,
-    refreshAt: refreshAt(deps.clock.now(), leaf.record.notAfter, deps.random),
-    nodeId: node.id,
-  };
+  return issuanceOf(deps, leaf, node.id);
 }
 
 /**
@@ -168,6 +174,39 @@ export async function renewNode(
   p: { peerSerial: string; csr: unknown; audit: AuditContext },
 ): Promise<Issuance> {
   const csr = csrFrom(p.csr);
+  // Fast path: one read, then one statement that re-checks everything under the locks the
+  // general path takes (IssuanceRepository.recordRenewalGuarded). Any refusal takes the general
+  // path, which names the reason.
+  const node = await deps.storage.nodes.findByCertificate(p.peerSerial);
+  if (node?.status === 'active') {
+    const now = deps.clock.now();
+    const leaf = await recordLeaf(
+      { clock: deps.clock, issuer: deps.keyring.signing },
+      nodeLeafParams(deps, node, csr),
+      (l) =>
+        deps.storage.issuances.recordRenewalGuarded(l.record, renewedEvent(p.audit, now, l, p.peerSerial), {
+          nodeId: node.id,
+          peerSerial: p.peerSerial,
+          now,
+        }),
+    );
+    if (leaf) return issuanceOf(deps, leaf, node.id);
+  }
+  return renewLocked(deps, p, csr);
+}
+
+const renewedEvent = (audit: AuditContext, at: Date, leaf: IssuedLeaf, previous: string) =>
+  auditEvent(audit, at, 'certificate.renewed', leaf.record.spiffeId, 'success', {
+    serial: leaf.record.serial,
+    previous,
+  });
+
+/** The general path: the checks one by one in a transaction, each refusal with its own code. */
+async function renewLocked(
+  deps: NodeIdentityDeps,
+  p: { peerSerial: string; audit: AuditContext },
+  csr: ParsedCsr,
+): Promise<Issuance> {
   return deps.storage.transaction(async (tx) => {
     const now = deps.clock.now();
     // Locks in the order node → certificate, the order of a node revocation (revokeNode locks the
@@ -183,12 +222,7 @@ export async function renewNode(
       throw new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
     await tx.nodes.recordSeen(node.id, now);
     const issued = await issueNodeCertificate(deps, tx, node, csr);
-    await tx.audit.append(
-      auditEvent(p.audit, now, 'certificate.renewed', issued.leaf.record.spiffeId, 'success', {
-        serial: issued.leaf.record.serial,
-        previous: current.serial,
-      }),
-    );
+    await tx.audit.append(renewedEvent(p.audit, now, issued.leaf, current.serial));
     return issued;
   });
 }

@@ -119,6 +119,20 @@ export interface IssuanceRepository {
    * is unchanged. Returns false, having written nothing, when the guard does not hold.
    */
   recordWorkloadGuarded(record: CertificateRecord, audit: AuditEvent, guard: WorkloadGuard): Promise<boolean>;
+  /**
+   * A node renewal in one statement: locks the node (FOR UPDATE, active) then the presented
+   * certificate (FOR UPDATE, the node's, valid, unexpired), the order of a node revocation;
+   * supersedes the node's valid node certificates, records when the node was seen, inserts the
+   * new certificate and its audit row. False, having written nothing, when the guard does not
+   * hold (of two concurrent renewals of one certificate, the second finds it superseded).
+   */
+  recordRenewalGuarded(record: CertificateRecord, audit: AuditEvent, guard: RenewalGuard): Promise<boolean>;
+}
+
+export interface RenewalGuard {
+  nodeId: string;
+  peerSerial: string;
+  now: Date;
 }
 
 export type NodeRole = 'worker' | 'manager';
@@ -143,6 +157,8 @@ export interface NodeRepository {
   /** ERR_CONFLICT when the id exists. */
   insert(node: NodeRecord): Promise<void>;
   findById(id: string): Promise<NodeRecord | null>;
+  /** The node a node certificate identifies (no lock). */
+  findByCertificate(serial: string): Promise<NodeRecord | null>;
   /** Reads and row-locks a node for the rest of the transaction. */
   lockById(id: string): Promise<NodeRecord | null>;
   list(): Promise<NodeRecord[]>;

@@ -62,6 +62,35 @@ with req ${COLUMNS} as (
 )
 select serial from cert`;
 
+/**
+ * One renewal (see IssuanceRepository.recordRenewalGuarded). Not batched: two renewals of one node
+ * in one statement would share a snapshot and both find the old certificate valid. Lock order is
+ * node, then certificate: the `cur` CTE reads `node`, and the first data-modifying CTE pulls `cur`.
+ */
+const GUARDED_RENEWAL = `
+with node as (
+  select id from nodes where id = ? and status = 'active' for update
+), cur as (
+  select c.serial from certificates c join node on c.node_id = node.id
+  where c.serial = ? and c.kind = 'node' and c.status = 'valid' and c.not_after > ?
+  for update of c
+), seen as (
+  update nodes set last_seen_at = ? from cur where nodes.id = ? returning nodes.id
+), superseded as (
+  update certificates set status = 'superseded' from cur
+  where certificates.node_id = ? and certificates.kind = 'node' and certificates.status = 'valid'
+  returning certificates.serial
+), cert as (
+  insert into certificates
+    (serial, ca_id, kind, spiffe_id, node_id, issued_via, not_before, not_after, key_fingerprint, der, status, created_at)
+  select ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'valid', ? from cur
+  returning serial
+), audit as (
+  insert into audit_log (at, event, actor, source, subject, outcome, details)
+  select ?, ?, ?, ?, ?, ?, ?::jsonb from cert
+)
+select (select count(*)::int from cert) as n`;
+
 interface Pending {
   record: CertificateRecord;
   audit: AuditEvent;
@@ -128,9 +157,39 @@ export function knexIssuanceRepository(
     (await db(() => insertBatch(k, [{ ...p, resolve: () => undefined, reject: () => undefined }]))).has(
       p.record.serial,
     );
+  const recordRenewalGuarded: IssuanceRepository['recordRenewalGuarded'] = (r, a, g) =>
+    db(async () => {
+      const result = (await k.raw(GUARDED_RENEWAL, [
+        g.nodeId,
+        g.peerSerial,
+        g.now,
+        g.now,
+        g.nodeId,
+        g.nodeId,
+        r.serial,
+        r.caId,
+        r.kind,
+        r.spiffeId,
+        r.nodeId,
+        r.issuedVia,
+        r.notBefore,
+        r.notAfter,
+        r.keyFingerprint,
+        r.der,
+        r.createdAt,
+        a.at,
+        a.event,
+        a.actor,
+        a.source,
+        a.subject,
+        a.outcome,
+        JSON.stringify(a.details),
+      ])) as { rows: { n: number }[] };
+      return Number(result.rows[0]?.n ?? 0) === 1;
+    });
   // Inside a transaction there is nothing to batch with.
   if (k.isTransaction) {
-    return { recordWorkloadGuarded: (record, audit, guard) => one({ record, audit, guard }) };
+    return { recordWorkloadGuarded: (record, audit, guard) => one({ record, audit, guard }), recordRenewalGuarded };
   }
   const queue: Pending[] = [];
   let inFlight = 0;
@@ -155,6 +214,7 @@ export function knexIssuanceRepository(
     }
   };
   return {
+    recordRenewalGuarded,
     recordWorkloadGuarded: (record, audit, guard) =>
       db(
         () =>

@@ -52,6 +52,15 @@ export function knexNodeRepository(k: Knex | Knex.Transaction): NodeRepository {
         });
       }),
     findById: (id) => db(() => one(k('nodes').where({ id }))),
+    findByCertificate: (serial) =>
+      db(() =>
+        one(
+          k('nodes as n')
+            .select('n.*')
+            .join('certificates as c', 'c.node_id', 'n.id')
+            .where({ 'c.serial': serial, 'c.kind': 'node' }),
+        ),
+      ),
     lockById: (id) => db(() => one(k('nodes').where({ id }).forUpdate())),
     list: () => db(async () => ((await k('nodes').orderBy('created_at')) as NodeRow[]).map(toNode)),
     countActive: (now) =>
