@@ -124,7 +124,8 @@ async function issueJob(job: IssueJob, next: () => Promise<ToLoad>): Promise<voi
     const client = clients[worker % clients.length]!;
     const i = cursor++ % csrs.length;
     const body = job.api === 'baton-workload' ? `${client.prefix}${csrJson[i]}}` : fixedBodies[i]!;
-    return timedSend(t, target, { method: 'POST', path: route.path, body, agent: client.agent }, route.ok);
+    const agent = job.newConnections ? false : client.agent;
+    return timedSend(t, target, { method: 'POST', path: route.path, body, agent }, route.ok);
   };
   const warm: Timed = { ok: 0, latencies: [], statuses: {} };
   await closedLoop(job.warmupRequests, job.concurrency, monoMs() + 60_000, (_i, w) =>

@@ -21,6 +21,8 @@ export interface IssueJob {
    */
   identities?: { cert: string; key: string; spiffeId: string }[];
   concurrency: number;
+  /** Each request on a new connection (a full mTLS handshake), as a renewing node makes it. */
+  newConnections?: boolean;
   warmupRequests: number;
   /** A timed run ends at whichever comes first. */
   durationMs: number;

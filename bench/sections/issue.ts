@@ -120,6 +120,14 @@ export async function loadgenSection(c: Context) {
     recordIssue(c, 'loadgen_echo', 16, s);
     // What a bare node:https server spends per keep-alive mTLS request: the floor under Baton's HTTP layer.
     set(c, 'loadgen_echo_server_cpu_ms_per_request', figureOf(s.cpuPerOk, 'ms'));
+    // And per request on a new connection: a full mTLS handshake on each side, as in a renewal.
+    const h = await measureIssue(
+      c,
+      { target, api: 'echo', concurrency: 16, newConnections: true },
+      child.pid,
+    );
+    recordIssue(c, 'loadgen_echo_handshake', 16, h);
+    set(c, 'loadgen_echo_handshake_server_cpu_ms_per_request', figureOf(h.cpuPerOk, 'ms'));
     // The generator's own CPU per request bounds what one generator process can drive on one core.
     const cpu = c.figures.loadgen_echo_c16_client_cpu_ms_per_request!;
     set(

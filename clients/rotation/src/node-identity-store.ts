@@ -26,7 +26,8 @@ import { realWorkloadFileOps, type WorkloadFileOps } from './workload-store';
  *
  *   1. bundle.pem, replaced atomically (roots; a superset across a CA rotation)
  *   2. mkdir .node.<serial>/ (after removing a leftover of a crashed attempt with that serial),
- *      write state.json, key.pem, cert.pem (mode set before the data, each fsynced), fsync it
+ *      write state.json, key.pem, cert.pem (mode set before the data, each fsynced), fsync it,
+ *      fsync DIR (the generation's entry is durable before a link names it)
  *   3. symlink .node.<serial>.link → .node.<serial>
  *   4. rename .node.<serial>.link → node   (rename(2) replaces the old link atomically)
  *   5. fsync DIR
@@ -156,6 +157,8 @@ export class NodeIdentityStore implements NodeIdentityStorage {
     this.#io.writeFile(join(dir, 'key.pem'), identity.keyPem, 0o600);
     this.#io.writeFile(join(dir, 'cert.pem'), identity.certificateChainPem, 0o644);
     this.#io.fsyncDir(dir);
+    // The generation's own entry in DIR is durable before any link can point at it.
+    this.#io.fsyncDir(this.dir);
     this.#link(gen, replaced);
   }
 

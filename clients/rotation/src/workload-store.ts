@@ -36,7 +36,8 @@ import { isKeyForCertificate, parseCertificates } from './pem';
  * directory of its own, and what changes is one symlink:
  *
  *   1. mkdir .<name>.<serial>/, write its four files (owner and mode set before the data, each
- *      fsynced), fsync the directory
+ *      fsynced), fsync the directory, then fsync DIR/workloads/ (its entry is durable before a link
+ *      names it)
  *   2. symlink .<name>.<serial>.link → .<name>.<serial>
  *   3. rename .<name>.<serial>.link → <name>   (rename(2) replaces the old link atomically)
  *   4. fsync DIR/workloads/
@@ -231,6 +232,8 @@ export class WorkloadStore {
     this.#io.writeFile(join(dir, 'bundle.pem'), w.bundlePem, 0o644, w.owner);
     this.#io.writeFile(join(dir, 'state.json'), `${JSON.stringify(state, null, 2)}\n`, 0o644, w.owner);
     this.#io.fsyncDir(dir);
+    // The generation's own entry is durable before any link can point at it.
+    this.#io.fsyncDir(this.root);
     const tmpLink = join(this.root, `${gen}${LINK_SUFFIX}`);
     this.#io.remove(tmpLink);
     this.#io.symlink(gen, tmpLink);

@@ -159,12 +159,13 @@ const SAVE_STEPS = (id: NewNodeIdentity) => [
   `write ${gen(id)}/key.pem`,
   `write ${gen(id)}/cert.pem`,
   `fsync ${gen(id)}`,
+  'fsync .',
   `remove ${gen(id)}.link`,
   `symlink ${gen(id)}.link`,
   `rename ${gen(id)}.link`,
   'fsync .',
 ];
-const SAVE_STEP_COUNT = 11;
+const SAVE_STEP_COUNT = 12;
 /** Steps after which the new generation's pair is complete on disk (its cert.pem is written). */
 const COMPLETE = 6;
 
@@ -401,8 +402,8 @@ describe('NodeIdentityStore', () => {
     });
 
     // A migrating save: SAVE_STEPS plus remove .node.legacy, rename node aside before the link,
-    // and remove .node.legacy after the fsync: 14 steps.
-    const MIGRATION_STEPS = 14;
+    // and remove .node.legacy after the fsync: 15 steps.
+    const MIGRATION_STEPS = 15;
     it.each(Array.from({ length: MIGRATION_STEPS + 1 }, (_, n) => n))(
       'ok/crash after %i steps of a migrating save: the old or the new identity, and the next save finishes',
       (n) => {
@@ -430,7 +431,7 @@ describe('NodeIdentityStore', () => {
     it('ok/the migrating save stops after moving the directory aside, and the new generation is garbled: the directory comes back', () => {
       const dir = newDir();
       writeLegacy(dir, legacyOf(first));
-      const ops = crashingOps(11);
+      const ops = crashingOps(12);
       expect(() => new NodeIdentityStore(dir, ops).save(second)).toThrow(Crash);
       expect(ops.steps.at(-1)).toBe('rename node');
       expect(existsSync(join(dir, 'node'))).toBe(false);

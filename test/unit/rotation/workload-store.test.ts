@@ -208,6 +208,7 @@ describe('WorkloadStore kill safety', () => {
       `write .web.${b}/bundle.pem`,
       `write .web.${b}/state.json`,
       `fsync workloads/.web.${b}`,
+      expect.stringMatching(/^fsync d\d+\/workloads$/),
       `remove workloads/.web.${b}.link`,
       `symlink workloads/.web.${b}.link`,
       `rename workloads/.web.${b}.link`,
@@ -217,7 +218,7 @@ describe('WorkloadStore kill safety', () => {
 
   // Every prefix of the swap, then a crash: the reader sees the old pair or the new pair, the
   // next load agrees with it, and the next swap cleans up and works.
-  it.each(Array.from({ length: 12 }, (_, k) => [k]))(
+  it.each(Array.from({ length: 13 }, (_, k) => [k]))(
     'ok/crash after %i steps of a replacing swap: old pair or new pair, then recovery',
     (k) => {
       const dir = newDir();
@@ -243,7 +244,7 @@ describe('WorkloadStore kill safety', () => {
     },
   );
 
-  it.each(Array.from({ length: 11 }, (_, k) => [k]))(
+  it.each(Array.from({ length: 12 }, (_, k) => [k]))(
     'ok/crash after %i steps of a first issuance: no files, or the new pair',
     (k) => {
       const dir = newDir();
@@ -266,7 +267,7 @@ describe('WorkloadStore kill safety', () => {
     const dir = newDir();
     new WorkloadStore(dir).save(pairs[0]!);
     // Crash right after the rename, before the directory fsync, and the rename did not persist.
-    const ops = crashingOps(10, { loseRename: true });
+    const ops = crashingOps(11, { loseRename: true });
     expect(() => new WorkloadStore(dir, ops).save(pairs[1]!)).toThrow(Crash);
     expect(ops.steps.at(-1)).toMatch(/^rename /);
     expect(readPair(dir)!.serial).toBe(pairs[0]!.serial);

@@ -147,7 +147,7 @@ export interface IssuanceBatching {
   maxBatch: number;
 }
 
-const DEFAULT_BATCHING: IssuanceBatching = { maxInFlight: 2, maxBatch: 64 };
+const DEFAULT_BATCHING: IssuanceBatching = { maxInFlight: 1, maxBatch: 64 };
 
 export function knexIssuanceRepository(
   k: Knex | Knex.Transaction,
