@@ -16,6 +16,41 @@ import { startTestServer, type TestServer } from '../support/test-server';
  */
 const TD = 'guard.example.org';
 
+/** A certificate record as the domain builds one: random serial and key, 10 minutes from `now`. */
+function certificate(
+  p: {
+    kind: CertificateRecord['kind'];
+    caId: string;
+    spiffeId: string;
+    nodeId: string | null;
+    issuedVia: string | null;
+  },
+  now: Date,
+  serial = randomBytes(16).toString('hex'),
+): CertificateRecord {
+  return {
+    serial,
+    ...p,
+    notBefore: now,
+    notAfter: new Date(now.getTime() + 600_000),
+    keyFingerprint: randomBytes(32).toString('hex'),
+    der: randomBytes(200),
+    status: 'valid',
+    createdAt: now,
+  };
+}
+
+/** The audit row that goes with it. */
+const event = (
+  p: { event: string; actor: string; subject: string; details: Record<string, unknown> },
+  at: Date,
+): AuditEvent => ({
+  at,
+  source: null,
+  outcome: 'success',
+  ...p,
+});
+
 describeEachBackend('guarded workload insert', (backend) => {
   let t: TestServer;
   let nodeId: string;
@@ -44,32 +79,21 @@ describeEachBackend('guarded workload insert', (backend) => {
   });
   afterAll(() => t.close());
 
-  const record = (): CertificateRecord => {
-    const now = t.clock.now();
-    return {
-      serial: randomBytes(16).toString('hex'),
-      caId,
-      kind: 'workload',
-      spiffeId: entry.spiffeId,
-      nodeId: null,
-      issuedVia: nodeId,
-      notBefore: now,
-      notAfter: new Date(now.getTime() + 600_000),
-      keyFingerprint: randomBytes(32).toString('hex'),
-      der: randomBytes(300),
-      status: 'valid',
-      createdAt: now,
-    };
-  };
-  const audit = (serial: string): AuditEvent => ({
-    at: t.clock.now(),
-    event: 'certificate.issued',
-    actor: `spiffe://${TD}/node/${nodeId}`,
-    source: '127.0.0.1',
-    subject: entry.spiffeId,
-    outcome: 'success',
-    details: { kind: 'workload', serial },
-  });
+  const record = (): CertificateRecord =>
+    certificate(
+      { kind: 'workload', caId, spiffeId: entry.spiffeId, nodeId: null, issuedVia: nodeId },
+      t.clock.now(),
+    );
+  const audit = (serial: string): AuditEvent =>
+    event(
+      {
+        event: 'certificate.issued',
+        actor: `spiffe://${TD}/node/${nodeId}`,
+        subject: entry.spiffeId,
+        details: { kind: 'workload', serial },
+      },
+      t.clock.now(),
+    );
   const guard = (over: Partial<WorkloadGuard> = {}): WorkloadGuard => ({
     nodeId,
     peerSerial,
@@ -231,29 +255,20 @@ describePostgres('guarded workload insert racing a revocation', () => {
   };
   const insert = (serial = randomBytes(16).toString('hex')) => {
     const now = t.clock.now();
-    const rec: CertificateRecord = {
+    const rec = certificate(
+      { kind: 'workload', caId, spiffeId: entry.spiffeId, nodeId: null, issuedVia: nodeId },
+      now,
       serial,
-      caId,
-      kind: 'workload',
-      spiffeId: entry.spiffeId,
-      nodeId: null,
-      issuedVia: nodeId,
-      notBefore: now,
-      notAfter: new Date(now.getTime() + 600_000),
-      keyFingerprint: randomBytes(32).toString('hex'),
-      der: randomBytes(100),
-      status: 'valid',
-      createdAt: now,
-    };
-    const ev: AuditEvent = {
-      at: now,
-      event: 'certificate.issued',
-      actor: 'test',
-      source: null,
-      subject: entry.spiffeId,
-      outcome: 'success',
-      details: { serial: rec.serial },
-    };
+    );
+    const ev = event(
+      {
+        event: 'certificate.issued',
+        actor: 'test',
+        subject: entry.spiffeId,
+        details: { serial: rec.serial },
+      },
+      now,
+    );
     return {
       rec,
       done: t.ca.storage.issuances.recordWorkloadGuarded(rec, ev, { nodeId, peerSerial, now, entry }),
@@ -337,29 +352,17 @@ describeEachBackend('guarded renewal', (backend) => {
     return { nodeId: n.body.node_id!, peer };
   };
   const renewal = (nodeId: string, caId: string, peerSerial: string, now = t.clock.now()) => {
-    const rec: CertificateRecord = {
-      serial: randomBytes(16).toString('hex'),
-      caId,
-      kind: 'node',
-      spiffeId: `spiffe://${TD}/node/${nodeId}`,
-      nodeId,
-      issuedVia: null,
-      notBefore: now,
-      notAfter: new Date(now.getTime() + 3_600_000),
-      keyFingerprint: randomBytes(32).toString('hex'),
-      der: randomBytes(200),
-      status: 'valid',
-      createdAt: now,
-    };
-    const ev: AuditEvent = {
-      at: now,
-      event: 'certificate.renewed',
-      actor: rec.spiffeId,
-      source: null,
-      subject: rec.spiffeId,
-      outcome: 'success',
-      details: { serial: rec.serial, previous: peerSerial },
-    };
+    const spiffeId = `spiffe://${TD}/node/${nodeId}`;
+    const rec = certificate({ kind: 'node', caId, spiffeId, nodeId, issuedVia: null }, now);
+    const ev = event(
+      {
+        event: 'certificate.renewed',
+        actor: spiffeId,
+        subject: spiffeId,
+        details: { serial: rec.serial, previous: peerSerial },
+      },
+      now,
+    );
     return {
       rec,
       done: t.ca.storage.issuances.recordRenewalGuarded(rec, ev, { nodeId, peerSerial, now }),

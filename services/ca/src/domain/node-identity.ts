@@ -55,7 +55,12 @@ function nodeLeafParams(deps: NodeIdentityDeps, node: NodeRecord, csr: ParsedCsr
   };
 }
 
-function issuanceOf(deps: NodeIdentityDeps, leaf: IssuedLeaf, nodeId: string): Issuance {
+/** The answer to an issuance: the chain, the bundle, and when to renew (with jitter). */
+export function issuanceOf(
+  deps: { keyring: Keyring; clock: Clock; random: () => number },
+  leaf: IssuedLeaf,
+  nodeId: string,
+): Issuance {
   return {
     leaf,
     bundlePem: deps.keyring.bundlePem,

@@ -7,8 +7,7 @@ import { BatonError } from './errors';
 import { type IssuedLeaf, type IssueLeafParams, issueLeaf, recordLeaf } from './issue';
 import type { Keyring } from './keyring';
 import type { EntryRecord, Installation, NodeRecord, Storage } from './ports';
-import { refreshAt } from './refresh';
-import type { Issuance } from './node-identity';
+import { type Issuance, issuanceOf } from './node-identity';
 
 export interface WorkloadDeps {
   clock: Clock;
@@ -72,7 +71,7 @@ export async function issueWorkloadSvid(deps: WorkloadDeps, p: WorkloadRequest):
           entry: entry!,
         }),
     );
-    if (leaf) return issuance(deps, leaf, p.peer.nodeId);
+    if (leaf) return issuanceOf(deps, leaf, p.peer.nodeId);
     deps.entries?.forget(p.peer.nodeId, spiffeId);
   }
   const node = await p.authenticate();
@@ -102,7 +101,7 @@ async function issueLocked(
     await tx.audit.append(issuedEvent(audit, deps.clock.now(), issued, entry));
     return issued;
   });
-  return issuance(deps, leaf, nodeId);
+  return issuanceOf(deps, leaf, nodeId);
 }
 
 function checkSpiffeId(v: unknown): string {
@@ -137,12 +136,3 @@ const issuedEvent = (audit: AuditContext, at: Date, leaf: IssuedLeaf, entry: Ent
     entry: entry.name,
     node: leaf.record.issuedVia,
   });
-
-function issuance(deps: WorkloadDeps, leaf: IssuedLeaf, nodeId: string): Issuance {
-  return {
-    leaf,
-    bundlePem: deps.keyring.bundlePem,
-    refreshAt: refreshAt(deps.clock.now(), leaf.record.notAfter, deps.random),
-    nodeId,
-  };
-}

@@ -83,7 +83,7 @@ with node as (
 ), cert as (
   insert into certificates
     (serial, ca_id, kind, spiffe_id, node_id, issued_via, not_before, not_after, key_fingerprint, der, status, created_at)
-  select ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'valid', ? from cur
+  select ?, ?, ?, ?, ?, null, ?, ?, ?, ?, 'valid', ? from cur
   returning serial
 ), audit as (
   insert into audit_log (at, event, actor, source, subject, outcome, details)
@@ -112,25 +112,38 @@ const bindingsOf = (p: Pending, i: number): Knex.RawBinding[] => {
     JSON.stringify(e.dnsNames),
     e.ttlMs,
     e.createdAt,
-    r.serial,
-    r.caId,
-    r.kind,
-    r.spiffeId,
-    r.nodeId,
-    r.notBefore,
-    r.notAfter,
-    r.keyFingerprint,
-    r.der,
-    r.createdAt,
-    a.at,
-    a.event,
-    a.actor,
-    a.source,
-    a.subject,
-    a.outcome,
-    JSON.stringify(a.details),
+    ...certificateValues(r),
+    ...auditValues(a),
   ];
 };
+
+/**
+ * The new certificate's columns, in the order of both statements' inserts (issued_via, which both
+ * take from elsewhere, left out: the guarding node for a workload, null for a node certificate).
+ */
+const certificateValues = (r: CertificateRecord): Knex.RawBinding[] => [
+  r.serial,
+  r.caId,
+  r.kind,
+  r.spiffeId,
+  r.nodeId,
+  r.notBefore,
+  r.notAfter,
+  r.keyFingerprint,
+  r.der,
+  r.createdAt,
+];
+
+/** The audit row's columns, in the order of both statements' `insert into audit_log`. */
+const auditValues = (a: AuditEvent): Knex.RawBinding[] => [
+  a.at,
+  a.event,
+  a.actor,
+  a.source,
+  a.subject,
+  a.outcome,
+  JSON.stringify(a.details),
+];
 
 /** Records `batch` in one statement; the set of serials that were inserted. */
 async function insertBatch(k: Knex | Knex.Transaction, batch: Pending[]): Promise<Set<string>> {
@@ -166,30 +179,17 @@ export function knexIssuanceRepository(
         g.now,
         g.nodeId,
         g.nodeId,
-        r.serial,
-        r.caId,
-        r.kind,
-        r.spiffeId,
-        r.nodeId,
-        r.issuedVia,
-        r.notBefore,
-        r.notAfter,
-        r.keyFingerprint,
-        r.der,
-        r.createdAt,
-        a.at,
-        a.event,
-        a.actor,
-        a.source,
-        a.subject,
-        a.outcome,
-        JSON.stringify(a.details),
+        ...certificateValues(r),
+        ...auditValues(a),
       ])) as { rows: { n: number }[] };
       return Number(result.rows[0]?.n ?? 0) === 1;
     });
   // Inside a transaction there is nothing to batch with.
   if (k.isTransaction) {
-    return { recordWorkloadGuarded: (record, audit, guard) => one({ record, audit, guard }), recordRenewalGuarded };
+    return {
+      recordWorkloadGuarded: (record, audit, guard) => one({ record, audit, guard }),
+      recordRenewalGuarded,
+    };
   }
   const queue: Pending[] = [];
   let inFlight = 0;
