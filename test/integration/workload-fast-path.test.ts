@@ -202,8 +202,12 @@ describe('workload fast path: which requests it takes', () => {
       hasHeader: () => false,
       writeHead: () => undefined,
       end: () => undefined,
-      on: (e: string, f: () => void) => void (listeners[e] = f),
-      once: (e: string, f: () => void) => void (listeners[e] = f),
+      on: (e: string, f: () => void) => {
+        listeners[e] = f;
+      },
+      once: (e: string, f: () => void) => {
+        listeners[e] = f;
+      },
       close: () => listeners.close?.(),
     } as unknown as ServerResponse & { close(): void };
   };
