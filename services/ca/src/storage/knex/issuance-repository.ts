@@ -91,16 +91,21 @@ with node as (
 )
 select (select count(*)::int from cert) as n`;
 
-interface Pending {
+/** One workload certificate to record: its row, its audit row and what must still hold. */
+interface GuardedRow {
   record: CertificateRecord;
   audit: AuditEvent;
   guard: WorkloadGuard;
+}
+
+/** A row waiting for the next batch, with the answer to its request. */
+interface Pending extends GuardedRow {
   resolve(recorded: boolean): void;
   reject(e: unknown): void;
 }
 
-const bindingsOf = (p: Pending, i: number): Knex.RawBinding[] => {
-  const { record: r, audit: a, guard: g } = p;
+const bindingsOf = (row: GuardedRow, i: number): Knex.RawBinding[] => {
+  const { record: r, audit: a, guard: g } = row;
   const e = g.entry;
   return [
     i,
@@ -146,7 +151,7 @@ const auditValues = (a: AuditEvent): Knex.RawBinding[] => [
 ];
 
 /** Records `batch` in one statement; the set of serials that were inserted. */
-async function insertBatch(k: Knex | Knex.Transaction, batch: Pending[]): Promise<Set<string>> {
+async function insertBatch(k: Knex | Knex.Transaction, batch: readonly GuardedRow[]): Promise<Set<string>> {
   const result = (await k.raw(statement(batch.length), batch.flatMap(bindingsOf))) as {
     rows: { serial: string }[];
   };
@@ -166,10 +171,7 @@ export function knexIssuanceRepository(
   k: Knex | Knex.Transaction,
   batching: IssuanceBatching = DEFAULT_BATCHING,
 ): IssuanceRepository {
-  const one = async (p: Omit<Pending, 'resolve' | 'reject'>) =>
-    (await db(() => insertBatch(k, [{ ...p, resolve: () => undefined, reject: () => undefined }]))).has(
-      p.record.serial,
-    );
+  const one = async (row: GuardedRow) => (await db(() => insertBatch(k, [row]))).has(row.record.serial);
   const recordRenewalGuarded: IssuanceRepository['recordRenewalGuarded'] = (r, a, g) =>
     db(async () => {
       const result = (await k.raw(GUARDED_RENEWAL, [
