@@ -54,22 +54,40 @@ describeEachBackend('HTTPS foundation', (backend) => {
     );
   });
 
-  it('refuses TLS 1.1', async () => {
-    const err = await new Promise<Error | undefined>((resolve) => {
-      const s = connect({
-        host: '127.0.0.1',
-        port: Number(new URL(t.url).port),
-        maxVersion: 'TLSv1.1',
-        minVersion: 'TLSv1',
-        rejectUnauthorized: false,
-      });
-      s.on('secureConnect', () => {
-        s.destroy();
-        resolve(undefined);
-      });
-      s.on('error', resolve);
+  /** One TLS handshake (no HTTP): the error, or whether a given session was resumed. */
+  const handshake = (opts: import('node:tls').ConnectionOptions) =>
+    new Promise<{ err?: Error; reused?: boolean; session?: Buffer }>((resolve) => {
+      let session: Buffer | undefined;
+      const s = connect({ host: '127.0.0.1', port: Number(new URL(t.url).port), ca: t.bundle, ...opts });
+      // TLS 1.3 delivers tickets after the handshake: wait a moment for them before closing.
+      s.on('session', (x: Buffer) => (session = x));
+      s.on('secureConnect', () =>
+        setTimeout(() => {
+          const reused = s.isSessionReused();
+          s.destroy();
+          resolve({ reused, session });
+        }, 50),
+      );
+      s.on('error', (err) => resolve({ err }));
     });
-    expect(err?.message).toMatch(/protocol|version/i);
+  const refusesTls11 = async () => {
+    const r = await handshake({ maxVersion: 'TLSv1.1', minVersion: 'TLSv1', rejectUnauthorized: false });
+    expect(r.err?.message).toMatch(/protocol|version/i);
+  };
+  /** Offers the server the session (ticket or id) of a first connection on a second one. */
+  const resumes = async (version: 'TLSv1.2' | 'TLSv1.3') => {
+    const first = await handshake({ maxVersion: version, minVersion: version });
+    expect(first.err).toBeUndefined();
+    const second = await handshake({ maxVersion: version, minVersion: version, session: first.session });
+    expect(second.err).toBeUndefined();
+    return second.reused;
+  };
+
+  it('refuses TLS 1.1', refusesTls11);
+
+  it('resumes no TLS session, so every handshake verifies the client certificate again', async () => {
+    expect(await resumes('TLSv1.3')).toBe(false);
+    expect(await resumes('TLSv1.2')).toBe(false);
   });
 
   it('renews its certificate without a restart: an open connection stays, new ones get the new certificate', async () => {
@@ -99,6 +117,10 @@ describeEachBackend('HTTPS foundation', (backend) => {
     fresh.destroy();
     const rec = await t.ca.storage.certificates.findBySerial(newSerial);
     expect(rec?.kind).toBe('server');
+    // The renewed secure context keeps every TLS option of the first.
+    await refusesTls11();
+    expect(await resumes('TLSv1.3')).toBe(false);
+    expect(await resumes('TLSv1.2')).toBe(false);
   });
 
   it('reports not ready with 503 and Retry-After when the database is gone', async () => {
