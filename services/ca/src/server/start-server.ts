@@ -119,12 +119,12 @@ export async function startServer(p: {
     ca: ca.keyring.bundlePem,
     minVersion: 'TLSv1.2',
     // No TLS session resumption. A resumed session carries the client certificate and OpenSSL's
-    // verdict on it forward without checking them again, so a certificate that expired since
-    // would still be "authorized" (http/peer-cert.ts); every handshake must verify it, as the
-    // client library's agent already insists (maxCachedSessions 0). It also saves the server a
-    // quarter of a millisecond per handshake: OpenSSL 3 encodes and re-parses the session, client
-    // certificate included, for each stateless ticket (RFC 8446 §4.6.1), and most of Baton's
-    // clients are nodes that connect once per renewal and would never use one.
+    // verdict on it forward without checking them again (a certificate expired since would still
+    // be "authorized" in http/peer-cert.ts; only the per-request database checks would catch it):
+    // every connection gets a full handshake, as the client library's agent already insists
+    // (maxCachedSessions 0). It also saves the server a quarter of a millisecond per handshake:
+    // OpenSSL 3 encodes and re-parses the session, client certificate included, for each stateless
+    // ticket (RFC 8446 §4.6.1), and most clients are nodes that connect once per renewal.
     secureOptions: constants.SSL_OP_NO_TICKET,
   });
   const limits = config.http;
