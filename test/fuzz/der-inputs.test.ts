@@ -1,8 +1,7 @@
 import fc from 'fast-check';
 import { toPem } from '../../services/ca/src/pki/der';
 import { fromPem } from '../../services/ca/src/pki/der-reader';
-import { attestedNode, keyAndCsr } from '../support/node-client';
-import type { TestServer } from '../support/test-server';
+import { keyAndCsr } from '../support/node-client';
 import {
   csrStructuralMutations,
   headerMutations,
@@ -12,18 +11,7 @@ import {
   ocspStructuralMutations,
   truncations,
 } from './support/der-mutations';
-import {
-  type Answer,
-  assertProcessBounded,
-  assertRefused,
-  type Credential,
-  expectServerAlive,
-  FuzzClient,
-  ProcessWatch,
-  report,
-  rowCounts,
-  startFuzzServer,
-} from './support/fuzz-harness';
+import { type Answer, assertRefused, useFuzzServer } from './support/fuzz-harness';
 import { inPool } from './support/pool';
 
 /**
@@ -35,46 +23,21 @@ import { inPool } from './support/pool';
 const CSR_CODES = ['ERR_CSR_INVALID', 'ERR_CSR_KEY_UNSUPPORTED', 'ERR_BODY_TOO_LARGE'];
 
 describe('fuzz: mutated DER and PEM through the API', () => {
-  let t: TestServer;
-  let c: FuzzClient;
-  let watch: ProcessWatch;
-  let node: Credential;
-  let admin: Credential;
   let csrDer: Buffer;
   let ocspDer: Buffer;
   let unknownToken: string;
-  let before: Awaited<ReturnType<typeof rowCounts>>;
 
-  beforeAll(async () => {
-    t = await startFuzzServer();
-    c = new FuzzClient(t);
-    const n = await attestedNode(t);
-    node = { cert: n.cert, key: n.key };
-    admin = await t.issueAdmin();
-    csrDer = fromPem((await keyAndCsr('fuzz')).csrPem, 'CERTIFICATE REQUEST');
-    ocspDer = ocspRequest(t.ca.keyring.signing.record.certificateDer, n.body.serial);
-    // Well formed and pinned to this CA, but unknown: a CSR that survives parsing meets a 401.
-    unknownToken = `BATON1-${t.ca.keyring.pin}-${'0'.repeat(16)}.${'a'.repeat(52)}`;
-    before = await rowCounts(t);
-    watch = new ProcessWatch();
-  });
-
-  afterAll(async () => {
-    if (!c) return;
-    try {
-      const p = report('mutated DER and PEM', c, watch);
-      await expectServerAlive(c);
-      // Nothing hostile was issued: no node, token or certificate beyond the fixtures.
-      const after = await rowCounts(t);
-      expect(after.nodes).toBe(before.nodes);
-      expect(after.certificates).toBe(before.certificates);
-      expect(after.join_tokens).toBe(before.join_tokens);
-      expect(c.stats.serverErrors).toBe(0);
-      assertProcessBounded(p);
-    } finally {
-      c.close();
-      await t.close();
-    }
+  // Nothing hostile is issued: no node, token or certificate beyond the fixtures.
+  const f = useFuzzServer('mutated DER and PEM', {
+    node: true,
+    admin: 'admin',
+    unchangedTables: ['nodes', 'certificates', 'join_tokens'],
+    setup: async ({ t, node }) => {
+      csrDer = fromPem((await keyAndCsr('fuzz')).csrPem, 'CERTIFICATE REQUEST');
+      ocspDer = ocspRequest(t.ca.keyring.signing.record.certificateDer, node.body.serial);
+      // Well formed and pinned to this CA, but unknown: a CSR that survives parsing meets a 401.
+      unknownToken = `BATON1-${t.ca.keyring.pin}-${'0'.repeat(16)}.${'a'.repeat(52)}`;
+    },
   });
 
   const expectCsrRefusal = (a: Answer, what: string, extra: string[] = []) => {
@@ -84,7 +47,7 @@ describe('fuzz: mutated DER and PEM through the API', () => {
   };
 
   const attestWith = (csr: string) =>
-    c.send({
+    f.c.send({
       method: 'POST',
       path: '/v1/attest',
       body: JSON.stringify({ method: 'join_token', token: unknownToken, csr }),
@@ -96,17 +59,18 @@ describe('fuzz: mutated DER and PEM through the API', () => {
     {
       name: 'POST /v1/renew',
       extra: [],
-      send: (csr) => c.send({ method: 'POST', path: '/v1/renew', body: JSON.stringify({ csr }), as: node }),
+      send: (csr) =>
+        f.c.send({ method: 'POST', path: '/v1/renew', body: JSON.stringify({ csr }), as: f.node }),
     },
     {
       name: 'POST /v1/workload-svids',
       extra: [],
       send: (csr) =>
-        c.send({
+        f.c.send({
           method: 'POST',
           path: '/v1/workload-svids',
           body: JSON.stringify({ spiffe_id: 'spiffe://test.example.org/fuzz', csr }),
-          as: node,
+          as: f.node,
         }),
     },
     {
@@ -114,11 +78,11 @@ describe('fuzz: mutated DER and PEM through the API', () => {
       // The route bounds the csr field itself (16 KiB) before parsing it.
       extra: ['ERR_BAD_REQUEST'],
       send: (csr) =>
-        c.send({
+        f.c.send({
           method: 'POST',
           path: '/v1/admin/admins',
           body: JSON.stringify({ name: 'fuzz', role: 'auditor', csr }),
-          as: admin,
+          as: f.admin,
         }),
     },
   ];
@@ -244,13 +208,14 @@ describe('fuzz: mutated DER and PEM through the API', () => {
   });
 
   const ocspPost = (der: Buffer) =>
-    c.send({
+    f.c.send({
       method: 'POST',
       path: '/v1/ocsp',
       body: der,
       headers: { 'content-type': 'application/ocsp-request' },
     });
-  const ocspGet = (der: Buffer) => c.send({ path: `/v1/ocsp/${encodeURIComponent(der.toString('base64'))}` });
+  const ocspGet = (der: Buffer) =>
+    f.c.send({ path: `/v1/ocsp/${encodeURIComponent(der.toString('base64'))}` });
 
   const expectOcspAnswer = (a: Answer, what: string) => {
     assertRefused(a, what, [200]);
@@ -306,7 +271,7 @@ describe('fuzz: mutated DER and PEM through the API', () => {
         } catch {
           return; // a lone surrogate has no URL form
         }
-        const a = await c.send({ path: `/v1/ocsp/${path}` });
+        const a = await f.c.send({ path: `/v1/ocsp/${path}` });
         expectOcspAnswer(a, `GET ${JSON.stringify(text)}`);
       }),
       { numRuns: 150 },
@@ -315,7 +280,7 @@ describe('fuzz: mutated DER and PEM through the API', () => {
 
   it('ocsp-get-double-decoding: a GET path whose decoded form holds "%" is a 400, not a 500', async () => {
     for (const path of ['%25ZZ', '%25', 'MA%253D%253D', '%25E0%25A4%25A']) {
-      const a = await c.send({ path: `/v1/ocsp/${path}` });
+      const a = await f.c.send({ path: `/v1/ocsp/${path}` });
       expect(a.status).toBe(400);
       expect(a.json()).toEqual({ error: { code: 'ERR_BAD_REQUEST', message: expect.any(String) } });
     }

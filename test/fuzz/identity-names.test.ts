@@ -1,17 +1,5 @@
 import fc from 'fast-check';
-import { attestedNode } from '../support/node-client';
-import type { TestServer } from '../support/test-server';
-import {
-  type Answer,
-  assertProcessBounded,
-  assertRefused,
-  type Credential,
-  expectServerAlive,
-  FuzzClient,
-  ProcessWatch,
-  report,
-  startFuzzServer,
-} from './support/fuzz-harness';
+import { type Answer, assertRefused, useFuzzServer } from './support/fuzz-harness';
 
 /**
  * Issue 8 item 3, names: SPIFFE IDs (SPIFFE ID spec §2) and DNS names (RFC 1123, RFC 5890 A-labels,
@@ -49,46 +37,22 @@ function isValidDnsName(name: string, allowWildcard: boolean): boolean {
 }
 
 describe('fuzz: SPIFFE ID and DNS name edge cases through the entries API', () => {
-  let t: TestServer;
-  let c: FuzzClient;
-  let watch: ProcessWatch;
-  let admin: Credential;
-  let nodeId: string;
   let n = 0;
   const acceptedIds = new Set<string>();
 
-  beforeAll(async () => {
-    t = await startFuzzServer();
-    c = new FuzzClient(t);
-    nodeId = (await attestedNode(t)).body.node_id!;
-    admin = await t.issueAdmin('admin', 'names');
-    watch = new ProcessWatch();
-  });
-
-  afterAll(async () => {
-    if (!c) return;
-    try {
-      const p = report('SPIFFE ID and DNS names', c, watch);
-      await expectServerAlive(c);
-      expect(c.stats.serverErrors).toBe(0);
-      assertProcessBounded(p);
-    } finally {
-      c.close();
-      await t.close();
-    }
-  });
+  const f = useFuzzServer('SPIFFE ID and DNS names', { node: true, admin: 'names' });
 
   const createEntry = (fields: Record<string, unknown>): Promise<Answer> =>
-    c.send({
+    f.c.send({
       method: 'POST',
       path: '/v1/admin/entries',
       body: JSON.stringify({
         name: `e${n++}`,
         spiffe_id: `${ID}/names/${n}`,
-        parent: nodeId,
+        parent: f.node.body.node_id!,
         ...fields,
       }),
-      as: admin,
+      as: f.admin,
     });
 
   /** Valid: 201 (or 409 for a SPIFFE ID this parent already has). Invalid: 400 ERR_BAD_REQUEST. */

@@ -1,19 +1,6 @@
 import { gzipSync } from 'node:zlib';
 import fc from 'fast-check';
-import { attestedNode } from '../support/node-client';
-import type { TestServer } from '../support/test-server';
-import {
-  type Answer,
-  assertProcessBounded,
-  assertRefused,
-  type Credential,
-  expectServerAlive,
-  FuzzClient,
-  ProcessWatch,
-  report,
-  rowCounts,
-  startFuzzServer,
-} from './support/fuzz-harness';
+import { type Answer, assertRefused, useFuzzServer } from './support/fuzz-harness';
 import { hostileJson, hostileObjectBody, MALFORMED_BODIES } from './support/hostile';
 import { inPool } from './support/pool';
 
@@ -46,38 +33,11 @@ const ROUTES: JsonRoute[] = [
 ];
 
 describe('fuzz: JSON bodies', () => {
-  let t: TestServer;
-  let c: FuzzClient;
-  let watch: ProcessWatch;
-  const creds: Partial<Record<'node' | 'admin', Credential>> = {};
-  let before: Awaited<ReturnType<typeof rowCounts>>;
-
-  beforeAll(async () => {
-    t = await startFuzzServer();
-    c = new FuzzClient(t);
-    const n = await attestedNode(t);
-    creds.node = { cert: n.cert, key: n.key };
-    creds.admin = await t.issueAdmin('admin', 'fuzzer');
-    before = await rowCounts(t);
-    watch = new ProcessWatch();
-  });
-
-  afterAll(async () => {
-    if (!c) return;
-    try {
-      const p = report('JSON bodies', c, watch);
-      await expectServerAlive(c);
-      // Every request was refused, so nothing was created: no node, token, entry or certificate,
-      // and every table still answers.
-      const after = await rowCounts(t);
-      for (const table of ['nodes', 'join_tokens', 'entries', 'certificates', 'revocation_events'] as const)
-        expect(`${table}: ${after[table]}`).toBe(`${table}: ${before[table]}`);
-      expect(c.stats.serverErrors).toBe(0);
-      assertProcessBounded(p);
-    } finally {
-      c.close();
-      await t.close();
-    }
+  // Every request is refused, so nothing is created: no node, token, entry or certificate.
+  const f = useFuzzServer('JSON bodies', {
+    node: true,
+    admin: 'fuzzer',
+    unchangedTables: ['nodes', 'join_tokens', 'entries', 'certificates', 'revocation_events'],
   });
 
   const post = (
@@ -85,8 +45,8 @@ describe('fuzz: JSON bodies', () => {
     body: string | Buffer,
     headers: Record<string, string> = {},
   ): Promise<Answer> =>
-    c.send(
-      { method: 'POST', path: route.path, body, headers, as: route.as ? creds[route.as] : undefined },
+    f.c.send(
+      { method: 'POST', path: route.path, body, headers, as: route.as ? f[route.as] : undefined },
       route.name,
     );
 
@@ -156,7 +116,7 @@ describe('fuzz: JSON bodies', () => {
         } catch {
           return; // a lone surrogate has no URL form
         }
-        const a = await c.send({ path: `/v1/revocations?${q}`, as: creds.node }, 'GET /v1/revocations');
+        const a = await f.c.send({ path: `/v1/revocations?${q}`, as: f.node }, 'GET /v1/revocations');
         assertRefused(a, `GET /v1/revocations?${q}`, [200]);
       }),
       { numRuns: 150 },

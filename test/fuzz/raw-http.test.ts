@@ -1,18 +1,7 @@
 import { connect as connectTcp } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import fc from 'fast-check';
-import type { TestServer } from '../support/test-server';
-import {
-  assertErrorBody,
-  assertProcessBounded,
-  BOUND_MS,
-  expectServerAlive,
-  FuzzClient,
-  ProcessWatch,
-  report,
-  routeOf,
-  startFuzzServer,
-} from './support/fuzz-harness';
+import { assertErrorBody, BOUND_MS, expectServerAlive, routeOf, useFuzzServer } from './support/fuzz-harness';
 import { openTls, type RawAnswer, rawRequest, readAnswer, write } from './support/raw-tls';
 
 /**
@@ -27,39 +16,20 @@ const REQUEST_TIMEOUT_MS = 2000;
 const HEADERS_TIMEOUT_MS = 1000;
 
 describe('fuzz: raw HTTP over TLS', () => {
-  let t: TestServer;
-  let c: FuzzClient;
-  let watch: ProcessWatch;
-
-  beforeAll(async () => {
-    t = await startFuzzServer({
+  const f = useFuzzServer('raw HTTP over TLS', {
+    serverFlags: {
       'request-timeout': `${REQUEST_TIMEOUT_MS}ms`,
       'headers-timeout': `${HEADERS_TIMEOUT_MS}ms`,
-    });
-    c = new FuzzClient(t);
-    watch = new ProcessWatch();
+    },
   });
 
-  afterAll(async () => {
-    if (!c) return;
-    try {
-      const p = report('raw HTTP over TLS', c, watch);
-      await expectServerAlive(c);
-      expect(c.stats.serverErrors).toBe(0);
-      assertProcessBounded(p);
-    } finally {
-      c.close();
-      await t.close();
-    }
-  });
-
-  const target = () => ({ url: t.url, ca: t.bundle });
+  const target = () => ({ url: f.t.url, ca: f.t.bundle });
   const head = (method: string, path: string, headers: string[] = []) =>
     `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n${headers.map((h) => `${h}\r\n`).join('')}\r\n`;
 
   /** Records a raw answer and checks it: a 4xx (or `ok`), a JSON error body when there is one, in time. */
   const check = (what: string, a: RawAnswer, allowed: number[], label = what): void => {
-    c.stats.record(label, a.status ?? 0, a.ms);
+    f.c.stats.record(label, a.status ?? 0, a.ms);
     const show = () => `${what}: ${a.status} ${a.body.toString('utf8').slice(0, 200)}`;
     if (a.status === null) throw new Error(`no answer for ${show()}`);
     if (!allowed.includes(a.status)) throw new Error(`expected ${allowed.join('/')} for ${show()}`);
@@ -90,7 +60,7 @@ describe('fuzz: raw HTTP over TLS', () => {
   it('keeps memory bounded under eight 10 MB uploads at once', async () => {
     const serverSockets: TLSSocket[] = [];
     const onSecure = (s: TLSSocket) => serverSockets.push(s);
-    t.running.server.on('secureConnection', onSecure);
+    f.t.running.server.on('secureConnection', onSecure);
     const rssBefore = process.memoryUsage().rss;
     const body = Buffer.alloc(TEN_MB, 0x7b);
     const answers = await Promise.all(
@@ -107,7 +77,7 @@ describe('fuzz: raw HTTP over TLS', () => {
         return a;
       }),
     );
-    t.running.server.off('secureConnection', onSecure);
+    f.t.running.server.off('secureConnection', onSecure);
     const grownMb = Math.round((process.memoryUsage().rss - rssBefore) / 1024 / 1024);
     const readMb = serverSockets.reduce((n, s) => n + s.bytesRead, 0) / 1024 / 1024;
     for (const a of answers) check('10 MB upload', a, [413], 'POST /v1/attest (10 MB)');
@@ -176,7 +146,7 @@ describe('fuzz: raw HTTP over TLS', () => {
       expect({ what, closed: r.a.closed || r.a.status === 408 }).toEqual({ what, closed: true });
       if (r.a.status !== null) expect({ what, status: r.a.status }).toEqual({ what, status: 408 });
       expect(r.ms).toBeLessThan(limit + 2500);
-      c.stats.record(what, r.a.status ?? 408, 0);
+      f.c.stats.record(what, r.a.status ?? 408, 0);
     }
   });
 
@@ -342,11 +312,11 @@ describe('fuzz: raw HTTP over TLS', () => {
     const withGarbage = await collect(`${head('GET', '/healthz')}GARBAGE\r\n\r\n`);
     expect(withGarbage.every((s) => s === 200 || s === 400)).toBe(true);
     for (const status of [...Array(n).fill(200), ...withGarbage])
-      c.stats.record('pipelined burst', status, 0);
+      f.c.stats.record('pipelined burst', status, 0);
   });
 
   it('survives plain text, TLS garbage and half-open handshakes on the TLS port', async () => {
-    const u = new URL(t.url);
+    const u = new URL(f.t.url);
     const sendTcp = (bytes: Buffer) =>
       new Promise<void>((resolve) => {
         const sock = connectTcp({ host: u.hostname, port: Number(u.port) }, () => sock.end(bytes));
@@ -366,7 +336,7 @@ describe('fuzz: raw HTTP over TLS', () => {
       }),
       { numRuns: 30 },
     );
-    await expectServerAlive(c);
+    await expectServerAlive(f.c);
   });
 
   it('answers the public GET routes whatever the query string and headers', async () => {
@@ -409,7 +379,7 @@ describe('fuzz: raw HTTP over TLS', () => {
           } catch {
             return; // a lone surrogate has no URL form
           }
-          const a = await c.send(
+          const a = await f.c.send(
             { method, path: qs ? `${route}?${qs}` : route, headers },
             `${method} ${route}`,
           );

@@ -1,18 +1,12 @@
 import { describeEachBackend } from '../support/database';
-import { attestedNode, keyAndCsr } from '../support/node-client';
-import type { TestServer } from '../support/test-server';
+import { keyAndCsr } from '../support/node-client';
 import {
   type Answer,
-  assertProcessBounded,
   assertRefused,
   type Credential,
-  expectServerAlive,
-  FuzzClient,
-  ProcessWatch,
-  report,
   rowCounts,
-  startFuzzServer,
   TABLES,
+  useFuzzServer,
 } from './support/fuzz-harness';
 import { SQL_METACHARACTERS } from './support/hostile';
 import { inPool } from './support/pool';
@@ -35,54 +29,31 @@ interface Case {
 }
 
 describeEachBackend('fuzz: SQL metacharacters in every string field', (backend) => {
-  let t: TestServer;
-  let c: FuzzClient;
-  let watch: ProcessWatch;
-  let admin: Credential;
-  let node: Credential;
-  let nodeId: string;
   let validCsr: string;
-  let before: Awaited<ReturnType<typeof rowCounts>>;
   const created = {
     entries: [] as { name: string; spiffeId: string }[],
     deletedEntries: [] as string[],
     tokens: [] as (string | null)[],
   };
 
-  beforeAll(async () => {
-    t = await startFuzzServer({}, backend);
-    c = new FuzzClient(t);
-    const n = await attestedNode(t);
-    node = { cert: n.cert, key: n.key };
-    nodeId = n.body.node_id!;
-    admin = await t.issueAdmin('admin', 'fuzzer');
-    validCsr = (await keyAndCsr()).csrPem;
-    before = await rowCounts(t);
-    watch = new ProcessWatch();
-  });
-
-  afterAll(async () => {
-    if (!c) return;
-    try {
-      const p = report(`SQL metacharacters [${backend}]`, c, watch);
-      await expectServerAlive(c);
-      expect(c.stats.serverErrors).toBe(0);
-      assertProcessBounded(p);
-    } finally {
-      c.close();
-      await t.close();
-    }
+  const f = useFuzzServer(`SQL metacharacters [${backend}]`, {
+    backend,
+    node: true,
+    admin: 'fuzzer',
+    setup: async () => {
+      validCsr = (await keyAndCsr()).csrPem;
+    },
   });
 
   const json = (path: string, body: unknown, as?: Credential, method = 'POST') =>
-    c.send({ method, path, body: JSON.stringify(body), as });
-  const get = (path: string, as?: Credential, method = 'GET') => c.send({ method, path, as });
+    f.c.send({ method, path, body: JSON.stringify(body), as });
+  const get = (path: string, as?: Credential, method = 'GET') => f.c.send({ method, path, as });
   const enc = encodeURIComponent;
 
   const entryBody = (i: number) => ({
     name: `meta-${i}`,
     spiffe_id: `spiffe://${TD}/meta/${i}`,
-    parent: nodeId,
+    parent: f.node.body.node_id!,
     selectors: ['unix:uid:1000'],
     dns_names: ['meta.example.org'],
     ttl: '1h',
@@ -95,32 +66,32 @@ describeEachBackend('fuzz: SQL metacharacters in every string field', (backend) 
       field,
       // "null" is a valid entry name, for one.
       ok: [201],
-      send: (m: string, i: number) => json('/v1/admin/entries', { ...entryBody(i), [field]: m }, admin),
+      send: (m: string, i: number) => json('/v1/admin/entries', { ...entryBody(i), [field]: m }, f.admin),
     })),
     {
       route: 'POST /v1/admin/entries',
       field: 'spiffe_id path',
       ok: [201],
       send: (m, i) =>
-        json('/v1/admin/entries', { ...entryBody(i), spiffe_id: `spiffe://${TD}/meta/${m}` }, admin),
+        json('/v1/admin/entries', { ...entryBody(i), spiffe_id: `spiffe://${TD}/meta/${m}` }, f.admin),
     },
     ...(['selectors', 'dns_names'] as const).map((field) => ({
       route: 'POST /v1/admin/entries',
       field: `${field}[]`,
       ok: [],
-      send: (m: string, i: number) => json('/v1/admin/entries', { ...entryBody(i), [field]: [m] }, admin),
+      send: (m: string, i: number) => json('/v1/admin/entries', { ...entryBody(i), [field]: [m] }, f.admin),
     })),
     ...(['role', 'ttl', 'node_ttl', 'uses'] as const).map((field) => ({
       route: 'POST /v1/admin/tokens',
       field,
       ok: [],
-      send: (m: string) => json('/v1/admin/tokens', { ...tokenBody, [field]: m }, admin),
+      send: (m: string) => json('/v1/admin/tokens', { ...tokenBody, [field]: m }, f.admin),
     })),
     {
       route: 'POST /v1/admin/tokens',
       field: 'node_name',
       ok: [201],
-      send: (m) => json('/v1/admin/tokens', { ...tokenBody, node_name: m }, admin),
+      send: (m) => json('/v1/admin/tokens', { ...tokenBody, node_name: m }, f.admin),
     },
     ...(['method', 'token', 'csr'] as const).map((field) => ({
       route: 'POST /v1/attest',
@@ -134,82 +105,82 @@ describeEachBackend('fuzz: SQL metacharacters in every string field', (backend) 
       ok: [],
       send: (m) => json('/v1/attest/challenge', { method: m }),
     },
-    { route: 'POST /v1/renew', field: 'csr', ok: [], send: (m) => json('/v1/renew', { csr: m }, node) },
+    { route: 'POST /v1/renew', field: 'csr', ok: [], send: (m) => json('/v1/renew', { csr: m }, f.node) },
     ...(['spiffe_id', 'csr'] as const).map((field) => ({
       route: 'POST /v1/workload-svids',
       field,
       ok: [],
       send: (m: string) =>
-        json('/v1/workload-svids', { spiffe_id: `spiffe://${TD}/x`, csr: 'x', [field]: m }, node),
+        json('/v1/workload-svids', { spiffe_id: `spiffe://${TD}/x`, csr: 'x', [field]: m }, f.node),
     })),
     ...(['name', 'role', 'ttl', 'csr'] as const).map((field) => ({
       route: 'POST /v1/admin/admins',
       field,
       ok: [],
       send: (m: string) =>
-        json('/v1/admin/admins', { name: 'meta', role: 'auditor', csr: 'x', [field]: m }, admin),
+        json('/v1/admin/admins', { name: 'meta', role: 'auditor', csr: 'x', [field]: m }, f.admin),
     })),
     {
       route: 'POST /v1/admin/nodes/:id/revoke',
       field: ':id',
       ok: [],
-      send: (m) => json(`/v1/admin/nodes/${enc(m || 'x')}/revoke`, { reason: 'superseded' }, admin),
+      send: (m) => json(`/v1/admin/nodes/${enc(m || 'x')}/revoke`, { reason: 'superseded' }, f.admin),
     },
     {
       route: 'POST /v1/admin/nodes/:id/revoke',
       field: 'reason',
       ok: [],
-      send: (m) => json('/v1/admin/nodes/no-such-node/revoke', { reason: m }, admin),
+      send: (m) => json('/v1/admin/nodes/no-such-node/revoke', { reason: m }, f.admin),
     },
     {
       route: 'POST /v1/admin/certificates/:serial/revoke',
       field: ':serial',
       ok: [],
-      send: (m) => json(`/v1/admin/certificates/${enc(m || 'x')}/revoke`, {}, admin),
+      send: (m) => json(`/v1/admin/certificates/${enc(m || 'x')}/revoke`, {}, f.admin),
     },
     {
       route: 'GET /v1/admin/nodes/:id',
       field: ':id',
       ok: [],
-      send: (m) => get(`/v1/admin/nodes/${enc(m || 'x')}`, admin),
+      send: (m) => get(`/v1/admin/nodes/${enc(m || 'x')}`, f.admin),
     },
     {
       route: 'DELETE /v1/admin/entries/:name',
       field: ':name',
       // Deletes the "null" entry when the name case created it first.
       ok: [204],
-      send: (m) => get(`/v1/admin/entries/${enc(m || 'x')}`, admin, 'DELETE'),
+      send: (m) => get(`/v1/admin/entries/${enc(m || 'x')}`, f.admin, 'DELETE'),
     },
     {
       route: 'GET /v1/admin/certificates',
       field: '?node',
       ok: [200],
-      send: (m) => get(`/v1/admin/certificates?node=${enc(m)}`, admin),
+      send: (m) => get(`/v1/admin/certificates?node=${enc(m)}`, f.admin),
     },
     {
       route: 'GET /v1/admin/certificates',
       field: '?status',
       ok: [],
-      send: (m) => get(`/v1/admin/certificates?status=${enc(m)}`, admin),
+      send: (m) => get(`/v1/admin/certificates?status=${enc(m)}`, f.admin),
     },
     ...(['actor', 'subject', 'event'] as const).map((field) => ({
       route: 'GET /v1/admin/audit',
       field: `?${field}`,
       ok: [200],
-      send: (m: string) => get(`/v1/admin/audit?${field}=${enc(m)}`, admin),
+      send: (m: string) => get(`/v1/admin/audit?${field}=${enc(m)}`, f.admin),
     })),
     ...(['since', 'until', 'limit'] as const).map((field) => ({
       route: 'GET /v1/admin/audit',
       field: `?${field}`,
       ok: [200],
-      send: (m: string) => get(`/v1/admin/audit?${field}=${enc(m)}`, admin),
+      send: (m: string) => get(`/v1/admin/audit?${field}=${enc(m)}`, f.admin),
     })),
     { route: 'GET /v1/crl', field: '?issuer', ok: [], send: (m) => get(`/v1/crl?issuer=${enc(m)}`) },
     {
       route: 'GET /v1/revocations',
       field: '?since',
       ok: [200],
-      send: (m) => get(`/v1/revocations?wait=0&since=${enc(m)}`, node),
+      send: (m) => get(`/v1/revocations?wait=0&since=${enc(m)}`, f.node),
     },
     { route: 'GET /v1/ocsp/:b64', field: ':b64', ok: [], send: (m) => get(`/v1/ocsp/${enc(m || 'x')}`) },
   ];
@@ -254,39 +225,39 @@ describeEachBackend('fuzz: SQL metacharacters in every string field', (backend) 
   });
 
   it('left every table in place, and created rows only for the accepted requests', async () => {
-    const present = await t.db.knex.raw<{ rows: { name: string | null }[] }>(
+    const present = await f.t.db.knex.raw<{ rows: { name: string | null }[] }>(
       `select ${TABLES.map((_, i) => `to_regclass(?)::text as t${i}`).join(', ')}`,
       [...TABLES],
     );
     expect(Object.values(present.rows[0]!)).toEqual([...TABLES]);
-    const after = await rowCounts(t);
-    expect(after.nodes).toBe(before.nodes);
-    expect(after.certificates).toBe(before.certificates);
-    expect(after.revocation_events).toBe(before.revocation_events);
-    expect(after.entries).toBe(before.entries + created.entries.length - created.deletedEntries.length);
-    expect(after.join_tokens).toBe(before.join_tokens + created.tokens.length);
+    const after = await rowCounts(f.t);
+    expect(after.nodes).toBe(f.before.nodes);
+    expect(after.certificates).toBe(f.before.certificates);
+    expect(after.revocation_events).toBe(f.before.revocation_events);
+    expect(after.entries).toBe(f.before.entries + created.entries.length - created.deletedEntries.length);
+    expect(after.join_tokens).toBe(f.before.join_tokens + created.tokens.length);
     // What was stored is what was sent, byte for byte.
-    const rows = (await t.db.knex('entries').select('name', 'spiffe_id')) as {
+    const rows = (await f.t.db.knex('entries').select('name', 'spiffe_id')) as {
       name: string;
       spiffe_id: string;
     }[];
     const stored = new Map(rows.map((r) => [r.name, r.spiffe_id]));
     for (const e of created.entries)
       expect(stored.get(e.name)).toBe(created.deletedEntries.includes(e.name) ? undefined : e.spiffeId);
-    const names = (await t.db.knex('join_tokens').whereNotNull('node_name').pluck('node_name')) as string[];
+    const names = (await f.t.db.knex('join_tokens').whereNotNull('node_name').pluck('node_name')) as string[];
     expect(names.sort()).toEqual(created.tokens.filter((n): n is string => n !== null).sort());
   });
 
   it('nul-in-text-fields: a NUL in a path, query or body field is a 400, not a 500', async () => {
     const nul = '\u0000';
     const answers = [
-      await json('/v1/admin/entries', { ...entryBody(99_999), parent: `a${nul}` }, admin),
-      await get(`/v1/admin/nodes/${enc(nul)}`, admin),
-      await get(`/v1/admin/entries/${enc(nul)}`, admin, 'DELETE'),
-      await get(`/v1/admin/certificates?node=${enc(nul)}`, admin),
-      await get(`/v1/admin/audit?actor=${enc(nul)}`, admin),
+      await json('/v1/admin/entries', { ...entryBody(99_999), parent: `a${nul}` }, f.admin),
+      await get(`/v1/admin/nodes/${enc(nul)}`, f.admin),
+      await get(`/v1/admin/entries/${enc(nul)}`, f.admin, 'DELETE'),
+      await get(`/v1/admin/certificates?node=${enc(nul)}`, f.admin),
+      await get(`/v1/admin/audit?actor=${enc(nul)}`, f.admin),
       // A valid CSR, so that the SPIFFE ID reaches the entry lookup.
-      await json('/v1/workload-svids', { spiffe_id: `spiffe://${TD}/${nul}`, csr: validCsr }, node),
+      await json('/v1/workload-svids', { spiffe_id: `spiffe://${TD}/${nul}`, csr: validCsr }, f.node),
     ];
     for (const a of answers) {
       expect(a.status).toBe(400);

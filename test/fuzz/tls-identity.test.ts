@@ -5,13 +5,10 @@ import { attestedNode, keyAndCsr } from '../support/node-client';
 import type { TestServer } from '../support/test-server';
 import {
   assertErrorBody,
-  assertProcessBounded,
   type Credential,
   expectServerAlive,
-  FuzzClient,
-  ProcessWatch,
-  report,
-  startFuzzServer,
+  type FuzzClient,
+  useFuzzServer,
 } from './support/fuzz-harness';
 import { openTls, readAnswer, write } from './support/raw-tls';
 
@@ -102,37 +99,18 @@ class OneConnection {
 }
 
 describe('fuzz: identities on reused TLS connections', () => {
-  let t: TestServer;
-  let c: FuzzClient;
-  let watch: ProcessWatch;
-  let admin: Credential & { serial: string };
   const open: OneConnection[] = [];
+  const f = useFuzzServer('identities on reused TLS connections', {
+    admin: 'root',
+    teardown: () => {
+      for (const k of open) k.close();
+    },
+  });
   const conn = (cred?: Credential) => {
-    const k = new OneConnection(t, c.stats, cred);
+    const k = new OneConnection(f.t, f.c.stats, cred);
     open.push(k);
     return k;
   };
-
-  beforeAll(async () => {
-    t = await startFuzzServer();
-    c = new FuzzClient(t);
-    admin = await t.issueAdmin('admin', 'root');
-    watch = new ProcessWatch();
-  });
-
-  afterAll(async () => {
-    if (!c) return;
-    try {
-      const p = report('identities on reused TLS connections', c, watch);
-      await expectServerAlive(c);
-      expect(c.stats.serverErrors).toBe(0);
-      assertProcessBounded(p);
-    } finally {
-      for (const k of open) k.close();
-      c.close();
-      await t.close();
-    }
-  });
 
   const ADMIN_CALLS: [string, string, unknown?][] = [
     ['GET', '/v1/admin/nodes'],
@@ -144,13 +122,13 @@ describe('fuzz: identities on reused TLS connections', () => {
   ];
 
   it('a node connection stays a node: admin routes are 403 on every request, spoofed identity headers or not', async () => {
-    const n = await attestedNode(t);
+    const n = await attestedNode(f.t);
     const k = conn(n);
-    const tokensBefore = await t.db.knex('join_tokens').count({ n: '*' }).first();
+    const tokensBefore = await f.t.db.knex('join_tokens').count({ n: '*' }).first();
     const spoof = {
       'x-forwarded-client-cert': `Hash=1;URI=spiffe://${TD}/admin/root`,
-      'x-ssl-client-cert': encodeURIComponent(admin.cert),
-      'x-client-cert': Buffer.from(admin.cert).toString('base64'),
+      'x-ssl-client-cert': encodeURIComponent(f.admin.cert),
+      'x-client-cert': Buffer.from(f.admin.cert).toString('base64'),
       'x-spiffe-id': `spiffe://${TD}/admin/root`,
       'x-forwarded-for': '127.0.0.1',
       forwarded: 'for=127.0.0.1;by=baton',
@@ -168,12 +146,12 @@ describe('fuzz: identities on reused TLS connections', () => {
       }
     }
     expect(k.ports.size).toBe(1);
-    expect(await t.db.knex('join_tokens').count({ n: '*' }).first()).toEqual(tokensBefore);
+    expect(await f.t.db.knex('join_tokens').count({ n: '*' }).first()).toEqual(tokensBefore);
   });
 
   it('an admin connection stays an admin: node routes are refused on every request', async () => {
-    const k = conn(admin);
-    const workloadsBefore = await t.db
+    const k = conn(f.admin);
+    const workloadsBefore = await f.t.db
       .knex('certificates')
       .where({ kind: 'workload' })
       .count({ n: '*' })
@@ -194,7 +172,7 @@ describe('fuzz: identities on reused TLS connections', () => {
       }
     }
     expect(k.ports.size).toBe(1);
-    expect(await t.db.knex('certificates').where({ kind: 'workload' }).count({ n: '*' }).first()).toEqual(
+    expect(await f.t.db.knex('certificates').where({ kind: 'workload' }).count({ n: '*' }).first()).toEqual(
       workloadsBefore,
     );
   });
@@ -220,11 +198,11 @@ describe('fuzz: identities on reused TLS connections', () => {
   });
 
   it('a certificate superseded, then a node revoked, mid-connection is refused on that same connection', async () => {
-    const n = await attestedNode(t);
+    const n = await attestedNode(f.t);
     const k = conn(n);
     expect((await k.send('GET', '/v1/entries')).status).toBe(200);
     // The node renews on another connection: the certificate of this one is superseded.
-    const renewed = await c.send({
+    const renewed = await f.c.send({
       method: 'POST',
       path: '/v1/renew',
       body: JSON.stringify({ csr: (await keyAndCsr()).csrPem }),
@@ -237,14 +215,14 @@ describe('fuzz: identities on reused TLS connections', () => {
   });
 
   it('a node revoked mid-connection is refused on that same connection', async () => {
-    const n = await attestedNode(t);
+    const n = await attestedNode(f.t);
     const k = conn(n);
     expect((await k.send('GET', '/v1/entries')).status).toBe(200);
-    const r = await c.send({
+    const r = await f.c.send({
       method: 'POST',
       path: `/v1/admin/nodes/${n.body.node_id}/revoke`,
       body: '{"reason":"key-compromise"}',
-      as: admin,
+      as: f.admin,
     });
     expect(r.status).toBe(200);
     const after = await k.send('GET', '/v1/entries');
@@ -253,11 +231,11 @@ describe('fuzz: identities on reused TLS connections', () => {
   });
 
   it('admin-cert-expiry-per-request: an admin certificate that expires mid-connection is refused on it', async () => {
-    const shortLived = await t.issueAdmin('admin', 'short');
+    const shortLived = await f.t.issueAdmin('admin', 'short');
     const k = conn(shortLived);
     expect((await k.send('GET', '/v1/admin/nodes')).status).toBe(200);
     // The handshake was done while the certificate was valid; the connection outlives it.
-    t.clock.advance(9 * HOUR);
+    f.t.clock.advance(9 * HOUR);
     try {
       const a = await k.send('GET', '/v1/admin/nodes');
       expect([a.status, a.code]).toEqual([401, 'ERR_CERT_EXPIRED']);
@@ -265,26 +243,32 @@ describe('fuzz: identities on reused TLS connections', () => {
       expect([b.status, b.code]).toEqual([401, 'ERR_CERT_EXPIRED']);
       expect(k.ports.size).toBe(1);
     } finally {
-      t.clock.advance(-9 * HOUR);
+      f.t.clock.advance(-9 * HOUR);
     }
   });
 
   it('node-cert-expiry-per-request: a node certificate that expires mid-connection is refused on it', async () => {
-    const n = await attestedNode(t);
+    const n = await attestedNode(f.t);
     const k = conn(n);
     expect((await k.send('GET', '/v1/entries')).status).toBe(200);
-    t.clock.advance(25 * HOUR);
+    f.t.clock.advance(25 * HOUR);
     try {
       const a = await k.send('GET', '/v1/entries');
       expect([a.status, a.code]).toEqual([401, 'ERR_CERT_EXPIRED']);
     } finally {
-      t.clock.advance(-25 * HOUR);
+      f.t.clock.advance(-25 * HOUR);
     }
   });
 
   it('refuses TLS 1.2 renegotiation: one certificate per connection', async () => {
-    const n = await attestedNode(t);
-    const s = await openTls({ url: t.url, ca: t.bundle, cert: n.cert, key: n.key, maxVersion: 'TLSv1.2' });
+    const n = await attestedNode(f.t);
+    const s = await openTls({
+      url: f.t.url,
+      ca: f.t.bundle,
+      cert: n.cert,
+      key: n.key,
+      maxVersion: 'TLSv1.2',
+    });
     expect(s.getProtocol()).toBe('TLSv1.2');
     await write(s, 'GET /v1/entries HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
     expect((await readAnswer(s, 2000)).status).toBe(200);
@@ -299,26 +283,26 @@ describe('fuzz: identities on reused TLS connections', () => {
     });
     s.destroy();
     expect(['refused', 'closed']).toContain(outcome);
-    c.stats.record('TLS 1.2 renegotiation', outcome === 'renegotiated' ? 200 : 400, 0);
-    await expectServerAlive(c);
+    f.c.stats.record('TLS 1.2 renegotiation', outcome === 'renegotiated' ? 200 : 400, 0);
+    await expectServerAlive(f.c);
   });
 
   it('TLS 1.3 is what a default client negotiates', async () => {
-    const s = await openTls({ url: t.url, ca: t.bundle });
+    const s = await openTls({ url: f.t.url, ca: f.t.bundle });
     expect(s.getProtocol()).toBe('TLSv1.3');
     s.destroy();
   });
 
   it('a request that changes its Host or uses an absolute URI does not change who it is from', async () => {
-    const n = await attestedNode(t);
-    const s = await openTls({ url: t.url, ca: t.bundle, cert: n.cert, key: n.key });
+    const n = await attestedNode(f.t);
+    const s = await openTls({ url: f.t.url, ca: f.t.bundle, cert: n.cert, key: n.key });
     for (const line of [
       'GET http://127.0.0.1/v1/admin/nodes HTTP/1.1\r\nHost: admin.internal\r\n\r\n',
       `GET /v1/admin/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-Client-Cert: URI=spiffe://${TD}/admin/root\r\n\r\n`,
     ]) {
       await write(s, line);
       const a = await readAnswer(s, 2000);
-      c.stats.record('GET /v1/admin/nodes (raw, node)', a.status ?? 0, a.ms);
+      f.c.stats.record('GET /v1/admin/nodes (raw, node)', a.status ?? 0, a.ms);
       expect(a.status).toBe(403);
     }
     s.destroy();

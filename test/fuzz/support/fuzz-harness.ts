@@ -2,13 +2,15 @@ import { Agent, request } from 'node:https';
 import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Flags } from '../../../services/ca/src/config';
 import type { Backend } from '../../support/database';
+import { attestedNode } from '../../support/node-client';
 import { startTestServer, type TestServer } from '../../support/test-server';
 
 /**
  * The fuzz suite's shared harness: a server with the abuse controls off (the fuzzer is one client
  * address sending thousands of requests; rate limits are tested on their own), a request function
- * that times each answer from the moment the request was completely written, and the figures every
- * fuzz file prints: inputs per route, latency, 5xx count, event-loop delay, RSS.
+ * that times each answer from the moment the request was completely written, the figures every
+ * fuzz file prints (inputs per route, latency, 5xx count, event-loop delay, RSS), and
+ * useFuzzServer, the beforeAll and afterAll every fuzz file shares.
  */
 
 /** `baton server` flags of the fuzz server: rate limits, quotas and load shedding off. */
@@ -249,11 +251,126 @@ export const TABLES = [
   'audit_log',
 ] as const;
 
-export async function rowCounts(t: TestServer): Promise<Record<(typeof TABLES)[number], number>> {
-  const out = {} as Record<(typeof TABLES)[number], number>;
+export type Table = (typeof TABLES)[number];
+export type RowCounts = Record<Table, number>;
+
+export async function rowCounts(t: TestServer): Promise<RowCounts> {
+  const out = {} as RowCounts;
   for (const table of TABLES) {
     const row = (await t.db.knex(table).count({ n: '*' }).first()) as { n: string | number };
     out[table] = Number(row.n);
   }
   return out;
+}
+
+export type AttestedNode = Awaited<ReturnType<typeof attestedNode>>;
+export type AdminCredential = Awaited<ReturnType<TestServer['issueAdmin']>>;
+
+/** What a fuzz file needs around its tests; see useFuzzServer. */
+export interface FuzzServerOptions {
+  /** `baton server` flags on top of FUZZ_SERVER_FLAGS. */
+  serverFlags?: Flags;
+  backend?: Backend;
+  /** Attests one node before the tests: `f.node`. */
+  node?: boolean;
+  /** Issues an admin credential (role admin) of this name before the tests: `f.admin`. */
+  admin?: string;
+  /** Tables that must hold as many rows after the file as before it: nothing hostile created a row. */
+  unchangedTables?: readonly Table[];
+  /** The file's own fixtures: after the node and admin, before the row counts and the process watch. */
+  setup?: (f: FuzzSuite) => Promise<void>;
+  /** Closes what the file opened itself, before the client and the server close. */
+  teardown?: () => void;
+}
+
+/**
+ * The server, client and fixtures of one fuzz file. They exist from the file's beforeAll on, so
+ * tests read them at run time; asking for one the file did not request throws rather than
+ * handing a test `undefined` (an anonymous request where a node's was meant would pass for the
+ * wrong reason).
+ */
+export class FuzzSuite {
+  private server?: TestServer;
+  private client?: FuzzClient;
+  private attested?: AttestedNode;
+  private adminCredential?: AdminCredential;
+  private counts?: RowCounts;
+  private watch?: ProcessWatch;
+
+  constructor(
+    private readonly title: string,
+    private readonly opts: FuzzServerOptions,
+  ) {}
+
+  get t(): TestServer {
+    return present(this.server, 'the fuzz server');
+  }
+  get c(): FuzzClient {
+    return present(this.client, 'the fuzz client');
+  }
+  get node(): AttestedNode {
+    return present(this.attested, 'the node (useFuzzServer { node: true })');
+  }
+  get admin(): AdminCredential {
+    return present(this.adminCredential, 'the admin (useFuzzServer { admin: name })');
+  }
+  /** Row counts of every table once the fixtures exist, before the first hostile input. */
+  get before(): RowCounts {
+    return present(this.counts, 'the row counts');
+  }
+
+  /** beforeAll: the fixtures are made before the counts and the watch start, so neither sees them. */
+  async start(): Promise<void> {
+    this.server = await startFuzzServer(this.opts.serverFlags, this.opts.backend);
+    this.client = new FuzzClient(this.server);
+    if (this.opts.node) this.attested = await attestedNode(this.server);
+    if (this.opts.admin) this.adminCredential = await this.server.issueAdmin('admin', this.opts.admin);
+    await this.opts.setup?.(this);
+    this.counts = await rowCounts(this.server);
+    this.watch = new ProcessWatch();
+  }
+
+  /** afterAll: the figures, then the checks every fuzz file makes; closes the server whatever failed. */
+  async finish(): Promise<void> {
+    const { server: t, client: c, watch } = this;
+    if (!t || !c) return;
+    try {
+      // A beforeAll that stopped part way has already failed the file: there are no figures to check.
+      if (!watch) return;
+      const p = report(this.title, c, watch);
+      await expectServerAlive(c);
+      await this.expectTablesUnchanged(t);
+      expect(c.stats.serverErrors).toBe(0);
+      assertProcessBounded(p);
+    } finally {
+      this.opts.teardown?.();
+      c.close();
+      await t.close();
+    }
+  }
+
+  private async expectTablesUnchanged(t: TestServer): Promise<void> {
+    const tables = this.opts.unchangedTables ?? [];
+    if (tables.length === 0) return;
+    const after = await rowCounts(t);
+    // The table is named in the failure, not just two numbers.
+    for (const table of tables) expect(`${table}: ${after[table]}`).toBe(`${table}: ${this.before[table]}`);
+  }
+}
+
+function present<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new Error(`${what} is not there: not requested, or beforeAll has not run`);
+  return value;
+}
+
+/**
+ * The shared frame of a fuzz file, registered as its beforeAll and afterAll: a fuzz server with
+ * the requested node and admin; afterwards the figures printed under `title`, the server still
+ * answering, the unchanged tables unchanged, no 5xx and the process within bounds.
+ */
+export function useFuzzServer(title: string, opts: FuzzServerOptions = {}): FuzzSuite {
+  const f = new FuzzSuite(title, opts);
+  beforeAll(() => f.start());
+  afterAll(() => f.finish());
+  return f;
 }
