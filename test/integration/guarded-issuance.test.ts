@@ -165,8 +165,12 @@ describeEachBackend('guarded workload insert', (backend) => {
   it('group commit: concurrent requests share statements, and each gets its own outcome', async () => {
     /** Rows per guarded statement sent (26 bindings a row). */
     const statements: number[] = [];
-    const onQuery = (q: { sql: string; bindings?: unknown[] }) => {
-      if (q.sql.includes('with req')) statements.push((q.bindings?.length ?? 0) / 26);
+    /** Each statement is a prepared statement named after its batch size (planned once per connection). */
+    const names: string[] = [];
+    const onQuery = (q: { sql: string; bindings?: unknown[]; options?: { name?: string } }) => {
+      if (!q.sql.includes('with req')) return;
+      statements.push((q.bindings?.length ?? 0) / 26);
+      names.push(q.options?.name ?? 'unnamed');
     };
     t.db.knex.on('query', onQuery);
     try {
@@ -175,6 +179,7 @@ describeEachBackend('guarded workload insert', (backend) => {
         true,
       );
       statements.length = 0;
+      names.length = 0;
       const recs = Array.from({ length: 12 }, () => record());
       // One row reuses a certified key (a unique violation fails its whole batch), one is refused.
       recs[5]!.keyFingerprint = taken.keyFingerprint;
@@ -188,6 +193,7 @@ describeEachBackend('guarded workload insert', (backend) => {
       // Batched: some statement carried several rows; every row was attempted.
       expect(Math.max(...statements)).toBeGreaterThan(1);
       expect(statements.reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(12);
+      expect(names).toEqual(statements.map((rows) => `baton_workload_${rows}`));
       for (const [i, r] of recs.entries()) {
         const stored = await t.ca.storage.certificates.findBySerial(r.serial);
         expect(stored === null).toBe(i === 5 || i === 8);
@@ -376,8 +382,16 @@ describeEachBackend('guarded renewal', (backend) => {
   it('ok/supersedes the presented certificate, records the new one with its audit row and when the node was seen', async () => {
     const { nodeId, peer } = await fresh('r1');
     t.clock.advance(5000);
+    const names: (string | undefined)[] = [];
+    const onQuery = (q: { sql: string; options?: { name?: string } }) => {
+      if (q.sql.includes('superseded as')) names.push(q.options?.name);
+    };
+    t.db.knex.on('query', onQuery);
     const { rec, done } = renewal(nodeId, peer.caId, peer.serial);
     expect(await done).toBe(true);
+    t.db.knex.off('query', onQuery);
+    // A prepared statement: PostgreSQL plans it once per connection.
+    expect(names).toEqual(['baton_renewal']);
     expect((await t.ca.storage.certificates.findBySerial(peer.serial))!.status).toBe('superseded');
     expect((await t.ca.storage.certificates.findBySerial(rec.serial))!.status).toBe('valid');
     expect(await renewedAudit(rec.serial)).toHaveLength(1);

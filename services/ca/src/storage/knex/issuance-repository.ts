@@ -32,6 +32,15 @@ const TYPED_ROW =
   ' ?::timestamptz, ?::text, ?::text, ?::text, ?::text, ?::text, ?::jsonb)';
 const ROW = `(${Array.from({ length: 26 }, () => '?').join(', ')})`;
 
+/**
+ * Both statements are named, so each connection parses and plans them once (a PostgreSQL prepared
+ * statement, one per batch size) instead of on every execution: for a batch of 16 rows, planning
+ * the 416-parameter statement cost the server about 2 ms of CPU, executing it 0.3 ms. The text of
+ * a name never changes (the pg driver refuses that), and the result types do not depend on the
+ * tables' columns, so a later migration only makes PostgreSQL plan again. PGlite ignores the name.
+ */
+const prepared = (name: string) => ({ name: `baton_${name}` });
+
 const statement = (rows: number) => `
 with req ${COLUMNS} as (
   values ${[TYPED_ROW, ...Array.from({ length: rows - 1 }, () => ROW)].join(', ')}
@@ -152,7 +161,9 @@ const auditValues = (a: AuditEvent): Knex.RawBinding[] => [
 
 /** Records `batch` in one statement; the set of serials that were inserted. */
 async function insertBatch(k: Knex | Knex.Transaction, batch: readonly GuardedRow[]): Promise<Set<string>> {
-  const result = (await k.raw(statement(batch.length), batch.flatMap(bindingsOf))) as {
+  const result = (await k
+    .raw(statement(batch.length), batch.flatMap(bindingsOf))
+    .options(prepared(`workload_${batch.length}`))) as {
     rows: { serial: string }[];
   };
   return new Set(result.rows.map((r) => r.serial));
@@ -174,16 +185,18 @@ export function knexIssuanceRepository(
   const one = async (row: GuardedRow) => (await db(() => insertBatch(k, [row]))).has(row.record.serial);
   const recordRenewalGuarded: IssuanceRepository['recordRenewalGuarded'] = (r, a, g) =>
     db(async () => {
-      const result = (await k.raw(GUARDED_RENEWAL, [
-        g.nodeId,
-        g.peerSerial,
-        g.now,
-        g.now,
-        g.nodeId,
-        g.nodeId,
-        ...certificateValues(r),
-        ...auditValues(a),
-      ])) as { rows: { n: number }[] };
+      const result = (await k
+        .raw(GUARDED_RENEWAL, [
+          g.nodeId,
+          g.peerSerial,
+          g.now,
+          g.now,
+          g.nodeId,
+          g.nodeId,
+          ...certificateValues(r),
+          ...auditValues(a),
+        ])
+        .options(prepared('renewal'))) as { rows: { n: number }[] };
       return Number(result.rows[0]?.n ?? 0) === 1;
     });
   // Inside a transaction there is nothing to batch with.
