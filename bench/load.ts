@@ -118,6 +118,9 @@ async function issueJob(job: IssueJob, next: () => Promise<ToLoad>): Promise<voi
       cert: id.cert,
       key: id.key,
     }),
+    // A new connection per request (newConnections) uses the identity's context made here, as the
+    // renewal storm's nodes do.
+    target: { ...target, secureContext: createSecureContext({ ca: target.ca, cert: id.cert, key: id.key }) },
     prefix: `{"spiffe_id":${JSON.stringify(id.spiffeId ?? '')},"csr":`,
   }));
   let cursor = 0;
@@ -126,7 +129,7 @@ async function issueJob(job: IssueJob, next: () => Promise<ToLoad>): Promise<voi
     const i = cursor++ % csrs.length;
     const body = job.api === 'baton-workload' ? `${client.prefix}${csrJson[i]}}` : fixedBodies[i]!;
     const agent = job.newConnections ? false : client.agent;
-    return timedSend(t, target, { method: 'POST', path: route.path, body, agent }, route.ok);
+    return timedSend(t, client.target, { method: 'POST', path: route.path, body, agent }, route.ok);
   };
   const warm: Timed = { ok: 0, latencies: [], statuses: {} };
   await closedLoop(job.warmupRequests, job.concurrency, monoMs() + 60_000, (_i, w) =>
