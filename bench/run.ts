@@ -18,6 +18,7 @@ import { loadgenSection } from './sections/issue';
 import { batonPostgres } from './sections/baton';
 import { batonPglite, workersAb } from './sections/baton-variants';
 import { cfsslSection } from './sections/cfssl';
+import { versusSection } from './sections/versus';
 
 async function main() {
   const o = parseOptions(process.argv.slice(2));
@@ -76,6 +77,9 @@ async function main() {
     );
     await section(c, 'pglite', ['pglite_issuance_c16_per_s'], () => batonPglite(c));
     await section(c, 'cfssl', ['cfssl_nodb_c16_per_s', 'cfssl_pg_c16_per_s'], () => cfsslSection(c));
+    await section(c, 'versus', ['ratio_versus_cfssl_nodb_c16', 'ratio_versus_cfssl_pg_c16'], () =>
+      versusSection(c),
+    );
   } finally {
     rmSync(c.work, { recursive: true, force: true });
   }

@@ -58,16 +58,21 @@ export function targets(f: Record<string, Figure>, stormNodes: number): Target[]
   const ge = (a: number | null, b: number | null, k: number) =>
     a === null || b === null ? null : a >= k * b;
   const lt = (a: number | null, b: number | null) => (a === null || b === null ? null : a < b);
+  // Against cfssl: the alternated comparison (section versus) when it ran, since it sees the same
+  // machine; the sections' own figures, minutes apart, otherwise. Both are printed among the ratios.
+  const versus = (name: string, separate: string, k: number): [string, boolean | null] => {
+    const r = m(name) ?? m(separate);
+    if (r === null) return ['not measured', null];
+    return [`${r}x (${m(name) !== null ? 'alternated' : 'separate sections'})`, r >= k];
+  };
   return [
     check(
       'issuance c16 >= 3x cfssl with PostgreSQL',
-      `${m('ratio_issuance_vs_cfssl_pg_c16')}x`,
-      ge(m('issuance_c16_per_s'), m('cfssl_pg_c16_per_s'), 3),
+      ...versus('ratio_versus_cfssl_pg_c16', 'ratio_issuance_vs_cfssl_pg_c16', 3),
     ),
     check(
       'issuance c16 >= 0.5x cfssl without database',
-      `${m('ratio_issuance_vs_cfssl_nodb_c16')}x`,
-      ge(m('issuance_c16_per_s'), m('cfssl_nodb_c16_per_s'), 0.5),
+      ...versus('ratio_versus_cfssl_nodb_c16', 'ratio_issuance_vs_cfssl_nodb_c16', 0.5),
     ),
     check('issuance c16 p99 < 25 ms', `${m('issuance_c16_p99_ms')} ms`, lt(m('issuance_c16_p99_ms'), 25)),
     check(

@@ -11,6 +11,7 @@ import {
   type Results,
   writeResults,
 } from '../../../bench/lib/results';
+import { targets } from '../../../bench/lib/report';
 import { percentile } from '../../../bench/lib/stats';
 
 /** Fake figures only: this checks the writer's shape, never a timing. */
@@ -102,5 +103,35 @@ describe('bench results writer', () => {
     const table = formatTable(fakeResults().figures);
     expect(table.split('\n')).toHaveLength(REQUIRED_FIGURES.length);
     expect(table).toContain('issuance_c16_p99_ms');
+  });
+});
+
+describe('bench targets against cfssl', () => {
+  const cfsslTargets = (figures: Record<string, ReturnType<typeof figureOf>>) =>
+    targets(figures, 10_000).filter((t) => /cfssl with/.test(t.what));
+
+  it('ok/judge the alternated ratios when the versus section ran', () => {
+    const t = cfsslTargets({
+      ratio_versus_cfssl_pg_c16: figureOf([3.2], 'x'),
+      ratio_versus_cfssl_nodb_c16: figureOf([0.45], 'x'),
+      // The separate sections' ratios say the opposite: they must not be the ones judged.
+      ratio_issuance_vs_cfssl_pg_c16: figureOf([2], 'x'),
+      ratio_issuance_vs_cfssl_nodb_c16: figureOf([0.6], 'x'),
+    });
+    expect(t.map((x) => [x.met, x.value])).toEqual([
+      [true, '3.2x (alternated)'],
+      [false, '0.45x (alternated)'],
+    ]);
+  });
+
+  it('ok/fall back to the separate sections, and to n/a without either', () => {
+    const t = cfsslTargets({
+      ratio_versus_cfssl_pg_c16: missing('x', 'section versus skipped (--skip)'),
+      ratio_issuance_vs_cfssl_pg_c16: figureOf([2], 'x'),
+    });
+    expect(t.map((x) => [x.met, x.value])).toEqual([
+      [false, '2x (separate sections)'],
+      [null, 'not measured'],
+    ]);
   });
 });
