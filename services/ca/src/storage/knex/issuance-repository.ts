@@ -35,7 +35,7 @@ const ROW = `(${Array.from({ length: 26 }, () => '?').join(', ')})`;
 /**
  * Both statements are named, so each connection parses and plans them once (a PostgreSQL prepared
  * statement, one per batch size) instead of on every execution: for a batch of 16 rows, planning
- * the 416-parameter statement cost the server about 2 ms of CPU, executing it 0.3 ms. The text of
+ * the 416-parameter statement cost PostgreSQL about 2 ms of CPU, executing it 0.3 ms. The text of
  * a name never changes (the pg driver refuses that), and the result types do not depend on the
  * tables' columns, so a later migration only makes PostgreSQL plan again. PGlite ignores the name.
  */
