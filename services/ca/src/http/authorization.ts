@@ -42,6 +42,13 @@ export interface AuthDeps {
   trustDomain: string;
 }
 
+/** What authentication needs, from the application's dependencies (every route's the same). */
+export const authDepsOf = (deps: {
+  clock: Clock;
+  storage: Repositories;
+  installation: { trustDomain: string };
+}): AuthDeps => ({ clock: deps.clock, repos: deps.storage, trustDomain: deps.installation.trustDomain });
+
 /** The admin certificate must be ours, current (not revoked or expired) and carry an admin SPIFFE ID. */
 export async function authenticateAdmin(deps: AuthDeps, req: Request): Promise<AdminIdentity> {
   const peer = peerCertificate(req);

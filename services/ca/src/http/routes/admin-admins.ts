@@ -4,7 +4,7 @@ import { issueAdminCertificate } from '../../domain/admin-identity';
 import { parseCsr } from '../../pki/csr';
 import type { AppDeps } from '../app';
 import { auditContext } from '../audit-context';
-import { type AdminIdentity, requireAdmin } from '../authorization';
+import { type AdminIdentity, authDepsOf, requireAdmin } from '../authorization';
 import { renderIssuance } from '../render';
 import { timedIssuance } from '../metrics';
 import { refreshAt } from '../../domain/refresh';
@@ -13,7 +13,7 @@ import { body, optionalDurationMs, requiredString } from '../validate';
 /** `POST /v1/admin/admins` {name, role, ttl?, csr}: an admin certificate for a key made by the caller. */
 export function adminAdminRoutes(deps: AppDeps): Router {
   const r = Router();
-  const auth = { clock: deps.clock, repos: deps.storage, trustDomain: deps.installation.trustDomain };
+  const auth = authDepsOf(deps);
   r.post('/v1/admin/admins', requireAdmin(auth, 'POST /v1/admin/admins'), async (req, res) => {
     const b = body(req);
     const admin = res.locals.admin as AdminIdentity;

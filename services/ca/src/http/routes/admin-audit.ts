@@ -3,7 +3,7 @@ import { sealAudit } from '../../domain/audit';
 import { BatonError } from '../../domain/errors';
 import type { AuditRecord } from '../../domain/ports';
 import type { AppDeps } from '../app';
-import { requireAdmin } from '../authorization';
+import { authDepsOf, requireAdmin } from '../authorization';
 
 export function renderAudit(r: AuditRecord) {
   return {
@@ -48,7 +48,7 @@ const str = (req: Request, name: string): string | undefined =>
  */
 export function adminAuditRoutes(deps: AppDeps): Router {
   const r = Router();
-  const auth = { clock: deps.clock, repos: deps.storage, trustDomain: deps.installation.trustDomain };
+  const auth = authDepsOf(deps);
   r.get('/v1/admin/audit', requireAdmin(auth, 'GET /v1/admin/audit'), async (req, res) => {
     const limit = intParam(req, 'limit', 1, 10_000) ?? 100;
     const sealedAfter = intParam(req, 'sealed_after', 0, Number.MAX_SAFE_INTEGER);

@@ -4,14 +4,14 @@ import { createEntry, deleteEntry } from '../../domain/entries';
 import { BatonError } from '../../domain/errors';
 import type { AppDeps } from '../app';
 import { auditContext } from '../audit-context';
-import { type AdminIdentity, requireAdmin } from '../authorization';
+import { type AdminIdentity, authDepsOf, requireAdmin } from '../authorization';
 import { renderEntry } from '../render';
 import { body, optionalDurationMs } from '../validate';
 
 /** Registration entries, for admins (CONTRACT: GET|POST /v1/admin/entries, DELETE /v1/admin/entries/:name). */
 export function adminEntryRoutes(deps: AppDeps): Router {
   const r = Router();
-  const auth = { clock: deps.clock, repos: deps.storage, trustDomain: deps.installation.trustDomain };
+  const auth = authDepsOf(deps);
   const ttl = deps.installation.workloadTtlMs;
 
   r.get('/v1/admin/entries', requireAdmin(auth, 'GET /v1/admin/entries'), async (_req, res) => {

@@ -6,14 +6,14 @@ import { issueJoinToken } from '../../domain/join-token';
 import { NODE_ROLES } from '../../domain/ports';
 import type { AppDeps } from '../app';
 import { auditContext } from '../audit-context';
-import { type AdminIdentity, requireAdmin } from '../authorization';
+import { type AdminIdentity, authDepsOf, requireAdmin } from '../authorization';
 import { renderCertificate, renderNode } from '../render';
 import { body, oneOf, optionalDurationMs, optionalInt, optionalString } from '../validate';
 
 /** Join tokens and nodes, for admins (CONTRACT "HTTP API", admin mTLS). */
 export function adminNodeRoutes(deps: AppDeps): Router {
   const r = Router();
-  const auth = { clock: deps.clock, repos: deps.storage, trustDomain: deps.installation.trustDomain };
+  const auth = authDepsOf(deps);
 
   r.post('/v1/admin/tokens', requireAdmin(auth, 'POST /v1/admin/tokens'), async (req, res) => {
     const b = body(req);

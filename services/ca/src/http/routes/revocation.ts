@@ -7,7 +7,7 @@ import { revokeCertificate, revokeNode } from '../../domain/revocation';
 import { parseRevocationReason, revocationReasonName } from '../../pki/crl';
 import type { AppDeps } from '../app';
 import { auditContext } from '../audit-context';
-import { type AdminIdentity, authenticateNode, requireAdmin } from '../authorization';
+import { type AdminIdentity, authDepsOf, authenticateNode, requireAdmin } from '../authorization';
 import { peerCertificate } from '../peer-cert';
 import { renderCertificate } from '../render';
 import { body, optionalString } from '../validate';
@@ -26,7 +26,7 @@ export function renderEvent(e: RevocationEvent) {
 /** Revocation for admins, and the revocation feed for nodes and workloads. */
 export function revocationRoutes(deps: AppDeps): Router {
   const r = Router();
-  const auth = { clock: deps.clock, repos: deps.storage, trustDomain: deps.installation.trustDomain };
+  const auth = authDepsOf(deps);
   const auditOf = (req: Request, admin: AdminIdentity): AuditContext => auditContext(req, admin.spiffeId);
   const reasonOf = (b: Record<string, unknown>) => {
     const text = optionalString(b, 'reason', 64);

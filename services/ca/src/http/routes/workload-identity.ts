@@ -2,9 +2,11 @@ import type { IncomingMessage } from 'node:http';
 import { Router } from 'express';
 import { type EntrySource, entryCache } from '../../domain/entry-cache';
 import type { NodeRecord } from '../../domain/ports';
+import { nodeSpiffeId } from '../../domain/trust-domain';
 import { issueWorkloadSvid } from '../../domain/workload-identity';
 import type { AppDeps } from '../app';
-import { authenticateNode, nodePeer, requireNode } from '../authorization';
+import { auditContext } from '../audit-context';
+import { authDepsOf, authenticateNode, nodePeer, requireNode } from '../authorization';
 import { timedIssuance } from '../metrics';
 import { renderEntry, renderIssuance } from '../render';
 import { jsonObject } from '../validate';
@@ -25,7 +27,7 @@ export function workloadIssuer(
   entries: EntrySource = entryCache(deps.storage.entries, { nowMs: deps.monotonicMs }),
 ): WorkloadIssuer {
   const td = deps.installation.trustDomain;
-  const authDeps = { clock: deps.clock, repos: deps.storage, trustDomain: td };
+  const authDeps = authDepsOf(deps);
   return async (req, parsedBody) => {
     const peer = nodePeer(req, td);
     const authenticate = async () => (await authenticateNode(authDeps, req)).node;
@@ -50,7 +52,7 @@ export function workloadIssuer(
           peer,
           spiffeId: b.spiffe_id,
           csr: b.csr,
-          audit: { actor: `spiffe://${td}/node/${peer.nodeId}`, source: req.socket.remoteAddress ?? null },
+          audit: auditContext(req, nodeSpiffeId(td, peer.nodeId)),
           authenticate,
         },
       ),
@@ -62,11 +64,7 @@ export function workloadIssuer(
 /** Node mTLS: the entries a node may mint, and minting them. Authorization runs per request. */
 export function workloadIdentityRoutes(deps: AppDeps, issue: WorkloadIssuer): Router {
   const r = Router();
-  const auth = requireNode({
-    clock: deps.clock,
-    repos: deps.storage,
-    trustDomain: deps.installation.trustDomain,
-  });
+  const auth = requireNode(authDepsOf(deps));
   const nodeOf = (locals: Record<string, unknown>) => (locals.node as { node: NodeRecord }).node;
 
   r.get('/v1/entries', auth, async (_req, res) => {
