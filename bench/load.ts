@@ -119,8 +119,10 @@ async function issueJob(job: IssueJob, next: () => Promise<ToLoad>): Promise<voi
       key: id.key,
     }),
     // A new connection per request (newConnections) uses the identity's context made here, as the
-    // renewal storm's nodes do.
-    target: { ...target, secureContext: createSecureContext({ ca: target.ca, cert: id.cert, key: id.key }) },
+    // renewal storm's nodes do; keep-alive connections have the agent's.
+    target: job.newConnections
+      ? { ...target, secureContext: createSecureContext({ ca: target.ca, cert: id.cert, key: id.key }) }
+      : target,
     prefix: `{"spiffe_id":${JSON.stringify(id.spiffeId ?? '')},"csr":`,
   }));
   let cursor = 0;

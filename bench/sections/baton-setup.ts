@@ -15,7 +15,7 @@ export interface Issuance {
 }
 
 /** Attests one node from the orchestrator (setup) and gives it an entry to mint. */
-export async function nodeWithEntry(server: BatonServer, token: string, name: string) {
+async function nodeWithEntry(server: BatonServer, token: string, name: string) {
   const kc = keyAndCsr(name);
   const r = json<Issuance>(
     await send(
@@ -39,6 +39,20 @@ export async function nodeWithEntry(server: BatonServer, token: string, name: st
 export const BATON_ENV = { BATON_RATE_LIMITS: 'off' };
 
 /**
+ * `n` nodes attested from the orchestrator, each with an entry to mint: the identities of a fleet's
+ * connections (connection k speaks for node k), and a target for the generator.
+ */
+export async function fleet(server: BatonServer, n: number, label: string) {
+  const token = await createToken(server, n);
+  const made: Awaited<ReturnType<typeof nodeWithEntry>>[] = [];
+  for (let i = 0; i < n; i++) made.push(await nodeWithEntry(server, token, `${label}-web${i}`));
+  return {
+    target: made[0]!.target,
+    identities: made.map((m) => ({ cert: m.target.cert!, key: m.target.key!, spiffeId: m.spiffeId })),
+  };
+}
+
+/**
  * Workload SVID issuance at each concurrency. Connection k speaks for node k (its own client
  * certificate and entry), as a fleet of agents does; with `oneNode`, c16 is measured again with
  * all sixteen connections speaking for one node, which serializes on that node's row lock.
@@ -50,17 +64,12 @@ export async function batonIssuance(
   concurrencies: number[],
   oneNode = false,
 ) {
-  const nodes = Math.max(...concurrencies);
-  const token = await createToken(server, nodes);
-  const made: Awaited<ReturnType<typeof nodeWithEntry>>[] = [];
-  for (let i = 0; i < nodes; i++)
-    made.push(await nodeWithEntry(server, token, `${prefix.replace(/_/g, '-')}-web${i}`));
-  const identities = made.map((n) => ({ cert: n.target.cert!, key: n.target.key!, spiffeId: n.spiffeId }));
+  const { target, identities } = await fleet(server, Math.max(...concurrencies), prefix.replace(/_/g, '-'));
   for (const conc of concurrencies) {
     const s = await measureIssue(
       c,
       {
-        target: made[0]!.target,
+        target,
         api: 'baton-workload',
         identities: identities.slice(0, conc),
         concurrency: conc,
@@ -76,7 +85,7 @@ export async function batonIssuance(
   if (oneNode) {
     const s = await measureIssue(
       c,
-      { target: made[0]!.target, api: 'baton-workload', spiffeId: made[0]!.spiffeId, concurrency: 16 },
+      { target, api: 'baton-workload', spiffeId: identities[0]!.spiffeId, concurrency: 16 },
       server.pid,
     );
     recordIssue(c, `${prefix}_one_node`, 16, s);

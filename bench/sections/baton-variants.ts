@@ -1,11 +1,11 @@
 /** Baton with one process against several, and on the embedded PGlite. */
-import { type BatonServer, createToken, startBaton } from '../lib/baton';
+import { type BatonServer, startBaton } from '../lib/baton';
 import { Generator } from '../lib/generator';
 import { type BenchDatabase, createDatabase } from '../lib/postgres';
 import { RssWatch, treeCpuMs } from '../lib/proc';
 import { figureOf, ratioOf } from '../lib/results';
 import { type Context, log, set } from '../lib/context';
-import { BATON_ENV, batonIssuance, nodeWithEntry } from './baton-setup';
+import { BATON_ENV, batonIssuance, fleet } from './baton-setup';
 import { issueJob } from './issue';
 
 export async function workersAb(c: Context) {
@@ -27,18 +27,9 @@ export async function workersAb(c: Context) {
       });
       servers.push(server);
       watches.push(new RssWatch(server.pid));
-      const token = await createToken(server, 16);
-      const made: Awaited<ReturnType<typeof nodeWithEntry>>[] = [];
-      for (let i = 0; i < 16; i++) made.push(await nodeWithEntry(server, token, `ab-web${i}`));
-      const identities = made.map((n) => ({
-        cert: n.target.cert!,
-        key: n.target.key!,
-        spiffeId: n.spiffeId,
-      }));
+      const { target, identities } = await fleet(server, 16, 'ab');
       gens.push(
-        await Generator.start(
-          issueJob(c, { target: made[0]!.target, api: 'baton-workload', identities, concurrency: 16 }),
-        ),
+        await Generator.start(issueJob(c, { target, api: 'baton-workload', identities, concurrency: 16 })),
       );
     }
     const rates: number[][] = [[], []];

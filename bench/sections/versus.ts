@@ -6,14 +6,14 @@
  * Baton's rate over cfssl's in that round, and the figure is the median round.
  */
 import { join } from 'node:path';
-import { type BatonServer, createToken, startBaton } from '../lib/baton';
+import { type BatonServer, startBaton } from '../lib/baton';
 import { type CfsslServer, startCfssl } from '../lib/cfssl';
 import { Generator } from '../lib/generator';
 import { type BenchDatabase, createDatabase, runSql } from '../lib/postgres';
 import { figureOf } from '../lib/results';
 import { readFileSync } from 'node:fs';
 import { type Context, log, ROOT, set } from '../lib/context';
-import { BATON_ENV, nodeWithEntry } from './baton-setup';
+import { BATON_ENV, fleet } from './baton-setup';
 import { issueJob } from './issue';
 
 const NAMES = ['baton', 'cfssl_nodb', 'cfssl_pg'] as const;
@@ -33,14 +33,9 @@ export async function versusSection(c: Context) {
       logLevel: c.o.logLevel,
       env: BATON_ENV,
     });
-    const token = await createToken(baton, 16);
-    const made: Awaited<ReturnType<typeof nodeWithEntry>>[] = [];
-    for (let i = 0; i < 16; i++) made.push(await nodeWithEntry(baton, token, `vs-web${i}`));
-    const identities = made.map((n) => ({ cert: n.target.cert!, key: n.target.key!, spiffeId: n.spiffeId }));
+    const { target, identities } = await fleet(baton, 16, 'vs');
     gens.push(
-      await Generator.start(
-        issueJob(c, { target: made[0]!.target, api: 'baton-workload', identities, concurrency: 16 }),
-      ),
+      await Generator.start(issueJob(c, { target, api: 'baton-workload', identities, concurrency: 16 })),
     );
     cfssls.push(await startCfssl(c.cfsslCa));
     const cfsslDb = await createDatabase('cfssl_bench_vs');
