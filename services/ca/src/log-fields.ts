@@ -12,6 +12,8 @@ export const F = {
   caId: 'ca_id',
   url: 'url',
   trustDomain: 'trust_domain',
+  /** Which ECDSA verifier checks CSRs: `native` (services/ca/native) or `node:crypto`. */
+  csrVerifier: 'csr_verifier',
   remoteAddress: 'remote_addr',
   peer: 'peer_spiffe_id',
   notAfter: 'not_after',

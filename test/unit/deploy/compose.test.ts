@@ -309,6 +309,34 @@ describe('Dockerfile', () => {
     expect(copies.some((c) => /\bbin\/?\s/.test(`${c} `))).toBe(true);
   });
 
+  it('builds the native ECDSA verifier in the build stage and ships only the module', () => {
+    const build = stages.slice(0, -1).flatMap((s) => s.lines);
+    const buildRuns = build
+      .filter((l) => l.op === 'RUN')
+      .map((l) => l.args)
+      .join('\n');
+    expect(buildRuns).toMatch(/apt-get install\b[^&;|]*\bpython3\b/);
+    expect(buildRuns).toMatch(/apt-get install\b[^&;|]*\bg\+\+/);
+    expect(buildRuns).toMatch(/apt-get install\b[^&;|]*\bmake\b/);
+    const env = build
+      .filter((l) => l.op === 'ENV')
+      .map((l) => l.args)
+      .join(' ');
+    expect(env).toMatch(/\bBATON_REQUIRE_NATIVE=1\b/);
+    // `npm ci` comes before the sources: it must not run `prepare` (the build) there.
+    const firstCi = build.find((l) => l.op === 'RUN' && /\bnpm ci\b/.test(l.args))!;
+    expect(firstCi.args).toMatch(/--ignore-scripts\b/);
+    const copies = final.lines.filter((l) => l.op === 'COPY').map((l) => l.args);
+    expect(
+      copies.some((c) =>
+        /^--from=\S+ \/app\/services\/ca\/native\/build\/Release\/baton_ec_verify\.node \.\/services\/ca\/native\/build\/Release\/$/.test(
+          c,
+        ),
+      ),
+    ).toBe(true);
+    expect(runs.join('\n')).not.toMatch(/\b(g\+\+|gcc|python3)\b/);
+  });
+
   it('runs as a non-root user', () => {
     const user = last('USER');
     expect(user).toBeDefined();
@@ -344,7 +372,16 @@ describe('.dockerignore', () => {
       .split('\n')
       .map((l) => l.trim().replace(/^\/|\/$/g, ''))
       .filter((l) => l && !l.startsWith('#'));
-    for (const e of ['node_modules', 'dist', 'baton-data', '.git', 'bench/results', 'coverage', '.env']) {
+    for (const e of [
+      'node_modules',
+      'dist',
+      'services/ca/native/build',
+      'baton-data',
+      '.git',
+      'bench/results',
+      'coverage',
+      '.env',
+    ]) {
       expect(entries).toContain(e);
     }
   });

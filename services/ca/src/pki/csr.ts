@@ -1,8 +1,13 @@
-import { verify } from 'node:crypto';
 import { BatonError } from '../domain/errors';
 import { nullValue, oid, seq } from './der';
 import { children, decodeOid, fromPem, readWhole, type Tlv } from './der-reader';
-import { describePublicKey, EC_COORDINATE_BYTES, EC_SPKI_PREFIX, type PublicKeyInfo } from './keys';
+import {
+  describePublicKey,
+  EC_COORDINATE_BYTES,
+  EC_SPKI_PREFIX,
+  type PublicKeyInfo,
+  verifySignature,
+} from './keys';
 import { OID } from './oids';
 
 /**
@@ -122,13 +127,9 @@ function parse(input: string | Buffer): ParsedCsr {
   // RFC 2986 §4.2: the signature is computed over the DER encoding of certificationRequestInfo,
   // so it is verified over the exact bytes received, never over a re-encoding. ECDSA signatures are
   // the DER Ecdsa-Sig-Value of RFC 5480 §2.2 / RFC 3279 §2.2.3; RSA is PKCS#1 v1.5 (RFC 8017 §8.2).
-  let ok: boolean;
-  try {
-    ok = verify(alg.hash, info.raw, key.key, sig);
-  } catch {
-    ok = false;
+  if (!verifySignature(key, alg.hash, info.raw, sig)) {
+    throw invalid('csr signature does not verify');
   }
-  if (!ok) throw invalid('csr signature does not verify');
 
   return { key, subjectRaw: Buffer.from(subject.raw), der: Buffer.from(der) };
 }

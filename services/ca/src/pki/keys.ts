@@ -1,6 +1,7 @@
-import { createHash, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createHash, createPublicKey, generateKeyPairSync, type KeyObject, verify } from 'node:crypto';
 import { BatonError } from '../domain/errors';
 import { children, readWhole } from './der-reader';
+import { NATIVE_CURVE, NATIVE_HASH, type NativeEc, nativeEc } from './native-ec';
 import { OID } from './oids';
 
 export type KeyKind = 'ec-p256' | 'ec-p384' | 'rsa';
@@ -11,8 +12,14 @@ export interface PublicKeyInfo {
   bits: number;
   /** SubjectPublicKeyInfo DER, exactly as it will appear in the certificate. */
   spki: Buffer;
-  key: KeyObject;
+  /**
+   * The key for node:crypto. Absent for a canonical EC key whose point the native verifier checked
+   * (native-ec.ts): `verifySignature` then verifies natively and no KeyObject is ever made.
+   */
+  key?: KeyObject;
 }
+
+type CanonicalEcKind = keyof typeof EC_SPKI_PREFIX;
 
 /**
  * RFC 5480 §2: the whole SPKI of an EC key on a named curve, up to and including the 0x04 octet of
@@ -25,43 +32,65 @@ export const EC_SPKI_PREFIX = {
 export const EC_COORDINATE_BYTES = { 'ec-p256': 32, 'ec-p384': 48 } as const;
 const JWK_CURVE = { 'ec-p256': 'P-256', 'ec-p384': 'P-384' } as const;
 
-/**
- * An uncompressed named-curve EC key in its one canonical SPKI encoding, imported from its
- * coordinates as a JWK (RFC 7518 §6.2.1). OpenSSL 3 checks the point is on the curve either way,
- * but its generic SPKI decoder costs about twice as much as the JWK path, and a CSR arrives with
- * every issuance. Anything else (RSA, other curves, compressed points, explicit parameters) returns
- * undefined and goes through the DER decoder, which also produces the precise refusal.
- */
-function importCanonicalEcKey(spki: Buffer): { kind: 'ec-p256' | 'ec-p384'; key: KeyObject } | undefined {
+/** The kind of an uncompressed named-curve EC key in its one canonical SPKI encoding, if it is one. */
+function canonicalEcKind(spki: Buffer): CanonicalEcKind | undefined {
   for (const kind of ['ec-p256', 'ec-p384'] as const) {
     const prefix = EC_SPKI_PREFIX[kind];
-    const size = EC_COORDINATE_BYTES[kind];
-    if (spki.length !== prefix.length + 2 * size || spki.compare(prefix, 0, prefix.length, 0, prefix.length))
-      continue;
-    const x = spki.toString('base64url', prefix.length, prefix.length + size);
-    const y = spki.toString('base64url', prefix.length + size);
-    try {
-      return {
-        kind,
-        key: createPublicKey({ key: { kty: 'EC', crv: JWK_CURVE[kind], x, y }, format: 'jwk' }),
-      };
-    } catch {
-      // Not a point on the curve.
-      throw new BatonError('ERR_CSR_INVALID', 'the public key cannot be decoded');
+    if (
+      spki.length === prefix.length + 2 * EC_COORDINATE_BYTES[kind] &&
+      spki.compare(prefix, 0, prefix.length, 0, prefix.length) === 0
+    ) {
+      return kind;
     }
   }
   return undefined;
 }
 
+/** SEC 1 §2.3.3: the encoded point, 0x04 || X || Y, is the last octets of the canonical SPKI. */
+function ecPoint(kind: CanonicalEcKind, spki: Buffer): Buffer {
+  return spki.subarray(EC_SPKI_PREFIX[kind].length - 1);
+}
+
+const undecodable = (): BatonError => new BatonError('ERR_CSR_INVALID', 'the public key cannot be decoded');
+
+/**
+ * A canonical EC key, checked to be a point on its curve. With the native verifier that check is all
+ * it costs (a few µs); without it, the key is imported from its coordinates as a JWK (RFC 7518
+ * §6.2.1), which OpenSSL 3 does about twice as fast as its generic SPKI decoder.
+ */
+function canonicalEcKey(kind: CanonicalEcKind, spki: Buffer, native: NativeEc | null): PublicKeyInfo {
+  const bits = kind === 'ec-p256' ? 256 : 384;
+  if (native) {
+    if (native.checkPoint(NATIVE_CURVE[kind], ecPoint(kind, spki)) !== 1) throw undecodable();
+    return { kind, bits, spki };
+  }
+  return { kind, bits, spki, key: importEcJwk(kind, spki) };
+}
+
+function importEcJwk(kind: CanonicalEcKind, spki: Buffer): KeyObject {
+  const at = EC_SPKI_PREFIX[kind].length;
+  const size = EC_COORDINATE_BYTES[kind];
+  const x = spki.toString('base64url', at, at + size);
+  const y = spki.toString('base64url', at + size);
+  try {
+    return createPublicKey({ key: { kty: 'EC', crv: JWK_CURVE[kind], x, y }, format: 'jwk' });
+  } catch {
+    // Not a point on the curve.
+    throw undecodable();
+  }
+}
+
 /** Keys accepted in CSRs (CONTRACT "Certificate profile"): EC P-256, EC P-384, RSA 2048–4096. */
-export function describePublicKey(spki: Buffer): PublicKeyInfo {
-  const ec = importCanonicalEcKey(spki);
-  if (ec) return { kind: ec.kind, bits: ec.kind === 'ec-p256' ? 256 : 384, spki, key: ec.key };
+/** Anything but a canonical EC key (RSA, other curves, compressed points, explicit parameters) goes
+ * through OpenSSL's DER decoder, which also gives the precise refusal. `native` is for tests. */
+export function describePublicKey(spki: Buffer, native: NativeEc | null = nativeEc): PublicKeyInfo {
+  const ecKind = canonicalEcKind(spki);
+  if (ecKind) return canonicalEcKey(ecKind, spki, native);
   let key: KeyObject;
   try {
     key = createPublicKey({ key: spki, format: 'der', type: 'spki' });
   } catch {
-    throw new BatonError('ERR_CSR_INVALID', 'the public key cannot be decoded');
+    throw undecodable();
   }
   const details = key.asymmetricKeyDetails ?? {};
   if (key.asymmetricKeyType === 'ec') {
@@ -80,6 +109,36 @@ export function describePublicKey(spki: Buffer): PublicKeyInfo {
     return { kind: 'rsa', bits, spki, key };
   }
   throw new BatonError('ERR_CSR_KEY_UNSUPPORTED', 'unsupported key type: use EC P-256, EC P-384 or RSA');
+}
+
+/**
+ * Verifies `signature` over `data` with the key: DER Ecdsa-Sig-Value (RFC 5480 §2.2) for EC,
+ * PKCS#1 v1.5 (RFC 8017 §8.2) for RSA. False for anything that does not verify, never a throw.
+ */
+export function verifySignature(
+  info: PublicKeyInfo,
+  hash: keyof typeof NATIVE_HASH,
+  data: Buffer,
+  signature: Buffer,
+  native: NativeEc | null = nativeEc,
+): boolean {
+  if (!info.key && info.kind !== 'rsa' && native) {
+    return (
+      native.verify(
+        NATIVE_CURVE[info.kind],
+        NATIVE_HASH[hash],
+        ecPoint(info.kind, info.spki),
+        data,
+        signature,
+      ) === 1
+    );
+  }
+  try {
+    const key = info.key ?? importEcJwk(info.kind as CanonicalEcKind, info.spki);
+    return verify(hash, data, key, signature);
+  } catch {
+    return false;
+  }
 }
 
 export function generateP256(): { privateKey: KeyObject; publicKey: KeyObject } {

@@ -14,6 +14,7 @@ import { MAX_HEADER_BYTES } from '../http/abuse-controls';
 import { buildApp } from '../http/app';
 import { createMetrics, type Metrics, timedIssuance } from '../http/metrics';
 import { F } from '../log-fields';
+import { nativeEc } from '../pki/native-ec';
 import { caSetVersion } from '../domain/ca-rotation';
 import { BatonError } from '../domain/errors';
 import { type Keyring, loadKeyring } from '../domain/keyring';
@@ -223,7 +224,14 @@ export async function startServer(p: {
   });
   const port = (server.address() as AddressInfo).port;
   const url = urlForListen({ host: config.listen.host, port });
-  log.info({ [F.url]: url, [F.trustDomain]: ca.installation.trustDomain }, 'Server listening');
+  log.info(
+    {
+      [F.url]: url,
+      [F.trustDomain]: ca.installation.trustDomain,
+      [F.csrVerifier]: nativeEc ? 'native' : 'node:crypto',
+    },
+    'Server listening',
+  );
 
   return {
     url,
