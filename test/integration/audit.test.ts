@@ -1,6 +1,6 @@
 import knexFactory, { type Knex } from 'knex';
 import { type AuditView, toRecord } from '../../services/ca/src/cli/commands/audit';
-import { type AuditVerdict, auditVerifier, sealAudit } from '../../services/ca/src/domain/audit';
+import { type AuditVerdict, auditVerifier, SEAL_BATCH, sealAudit } from '../../services/ca/src/domain/audit';
 import { issueJoinToken } from '../../services/ca/src/domain/join-token';
 import type { Storage } from '../../services/ca/src/domain/ports';
 import { knexStorage } from '../../services/ca/src/storage/knex/knex-storage';
@@ -290,6 +290,32 @@ describeEachBackend('audit log', (backend) => {
     } finally {
       await replicaKnex?.destroy();
     }
+  });
+
+  it('seals batches larger than one hashing slice into one chain while two sealers race', async () => {
+    const before = (await sealedRows()).length;
+    const n = 3 * SEAL_BATCH + 7; // several batches, each hashed in slices with turns of the event loop between
+    for (let i = 0; i < n; i += 100) {
+      await Promise.all(
+        Array.from({ length: Math.min(100, n - i) }, (_, j) =>
+          t.ca.storage.audit.append({
+            at: t.clock.now(),
+            event: 'test.bulk',
+            actor: 'test',
+            source: null,
+            subject: `bulk/${i + j}`,
+            outcome: 'success',
+            details: { i: i + j, note: 'ünïcode ✓' },
+          }),
+        ),
+      );
+    }
+    const [a, b] = await Promise.all([sealAudit(t.ca.storage.audit), sealAudit(t.ca.storage.audit)]);
+    expect(a + b).toBeGreaterThanOrEqual(n);
+    const sealed = await sealedRows();
+    expect(sealed.length).toBeGreaterThanOrEqual(before + n);
+    expect(sealed.map((r) => r.seal_seq)).toEqual(sealed.map((_, i) => i + 1));
+    expect(await verifyOverApi(97)).toEqual({ ok: true, rows: sealed.length, unsealed: 0 });
   });
 
   describe('tampering with a sealed row', () => {
