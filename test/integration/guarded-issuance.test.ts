@@ -167,10 +167,17 @@ describeEachBackend('guarded workload insert', (backend) => {
     const statements: number[] = [];
     /** Each statement is a prepared statement named after its batch size (planned once per connection). */
     const names: string[] = [];
-    const onQuery = (q: { sql: string; bindings?: unknown[]; options?: { name?: string } }) => {
+    const paths: string[] = [];
+    const onQuery = (q: {
+      sql: string;
+      bindings?: unknown[];
+      options?: { name?: string };
+      direct?: boolean;
+    }) => {
       if (!q.sql.includes('with req')) return;
       statements.push((q.bindings?.length ?? 0) / 26);
       names.push(q.options?.name ?? 'unnamed');
+      paths.push(q.direct ? 'pg' : 'knex');
     };
     t.db.knex.on('query', onQuery);
     try {
@@ -194,6 +201,8 @@ describeEachBackend('guarded workload insert', (backend) => {
       expect(Math.max(...statements)).toBeGreaterThan(1);
       expect(statements.reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(12);
       expect(names).toEqual(statements.map((rows) => `baton_workload_${rows}`));
+      // On PostgreSQL the batch goes straight to a pg connection; on PGlite through knex.raw.
+      expect(new Set(paths)).toEqual(new Set([t.db.url ? 'pg' : 'knex']));
       for (const [i, r] of recs.entries()) {
         const stored = await t.ca.storage.certificates.findBySerial(r.serial);
         expect(stored === null).toBe(i === 5 || i === 8);
@@ -383,15 +392,15 @@ describeEachBackend('guarded renewal', (backend) => {
     const { nodeId, peer } = await fresh('r1');
     t.clock.advance(5000);
     const names: (string | undefined)[] = [];
-    const onQuery = (q: { sql: string; options?: { name?: string } }) => {
-      if (q.sql.includes('superseded as')) names.push(q.options?.name);
+    const onQuery = (q: { sql: string; options?: { name?: string }; direct?: boolean }) => {
+      if (q.sql.includes('superseded as')) names.push(`${q.options?.name} ${q.direct ? 'pg' : 'knex'}`);
     };
     t.db.knex.on('query', onQuery);
     const { rec, done } = renewal(nodeId, peer.caId, peer.serial);
     expect(await done).toBe(true);
     t.db.knex.off('query', onQuery);
     // A prepared statement: PostgreSQL plans it once per connection.
-    expect(names).toEqual(['baton_renewal']);
+    expect(names).toEqual([`baton_renewal ${t.db.url ? 'pg' : 'knex'}`]);
     expect((await t.ca.storage.certificates.findBySerial(peer.serial))!.status).toBe('superseded');
     expect((await t.ca.storage.certificates.findBySerial(rec.serial))!.status).toBe('valid');
     expect(await renewedAudit(rec.serial)).toHaveLength(1);

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import type { AuditEvent, CertificateRecord, IssuanceRepository, WorkloadGuard } from '../../domain/ports';
 import { db } from './db-errors';
+import { runPrepared } from './prepared-statement';
 
 /**
  * The hot path of workload issuance: guard, certificate row and audit row commit together or not
@@ -39,9 +40,20 @@ const ROW = `(${Array.from({ length: 26 }, () => '?').join(', ')})`;
  * a name never changes (the pg driver refuses that), and the result types do not depend on the
  * tables' columns, so a later migration only makes PostgreSQL plan again. PGlite ignores the name.
  */
-const prepared = (name: string) => ({ name: `baton_${name}` });
+const prepared = (name: string) => `baton_${name}`;
 
-const statement = (rows: number) => `
+/** The text for a batch of `rows`, made once per size. */
+const statements = new Map<number, string>();
+const statement = (rows: number): string => {
+  let text = statements.get(rows);
+  if (text === undefined) {
+    text = statementText(rows);
+    statements.set(rows, text);
+  }
+  return text;
+};
+
+const statementText = (rows: number) => `
 with req ${COLUMNS} as (
   values ${[TYPED_ROW, ...Array.from({ length: rows - 1 }, () => ROW)].join(', ')}
 ), guard as (
@@ -161,12 +173,13 @@ const auditValues = (a: AuditEvent): Knex.RawBinding[] => [
 
 /** Records `batch` in one statement; the set of serials that were inserted. */
 async function insertBatch(k: Knex | Knex.Transaction, batch: readonly GuardedRow[]): Promise<Set<string>> {
-  const result = (await k
-    .raw(statement(batch.length), batch.flatMap(bindingsOf))
-    .options(prepared(`workload_${batch.length}`))) as {
-    rows: { serial: string }[];
-  };
-  return new Set(result.rows.map((r) => r.serial));
+  const rows = await runPrepared<{ serial: string }>(
+    k,
+    prepared(`workload_${batch.length}`),
+    statement(batch.length),
+    batch.flatMap(bindingsOf),
+  );
+  return new Set(rows.map((r) => r.serial));
 }
 
 export interface IssuanceBatching {
@@ -185,19 +198,17 @@ export function knexIssuanceRepository(
   const one = async (row: GuardedRow) => (await db(() => insertBatch(k, [row]))).has(row.record.serial);
   const recordRenewalGuarded: IssuanceRepository['recordRenewalGuarded'] = (r, a, g) =>
     db(async () => {
-      const result = (await k
-        .raw(GUARDED_RENEWAL, [
-          g.nodeId,
-          g.peerSerial,
-          g.now,
-          g.now,
-          g.nodeId,
-          g.nodeId,
-          ...certificateValues(r),
-          ...auditValues(a),
-        ])
-        .options(prepared('renewal'))) as { rows: { n: number }[] };
-      return Number(result.rows[0]?.n ?? 0) === 1;
+      const rows = await runPrepared<{ n: number }>(k, prepared('renewal'), GUARDED_RENEWAL, [
+        g.nodeId,
+        g.peerSerial,
+        g.now,
+        g.now,
+        g.nodeId,
+        g.nodeId,
+        ...certificateValues(r),
+        ...auditValues(a),
+      ]);
+      return Number(rows[0]?.n ?? 0) === 1;
     });
   // Inside a transaction there is nothing to batch with.
   if (k.isTransaction) {
