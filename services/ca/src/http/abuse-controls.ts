@@ -78,6 +78,10 @@ const byClient = (req: Request) => clientKey(req.socket.remoteAddress);
 /** The node's SPIFFE ID from its TLS-verified certificate: cheap, and no database read before the quota. */
 const byPeer = (req: Request) => peerCertificate(req).spiffeId;
 
+/** The quotas' names in their refusals, shared with the fast path. */
+export const RENEW_QUOTA = 'renewal quota';
+export const WORKLOAD_QUOTA = 'workload SVID quota';
+
 export interface AbuseControls {
   /** Sheds requests past the in-flight limit with 429 (a renewal storm is refused, not queued). */
   concurrency: RequestHandler;
@@ -88,6 +92,8 @@ export interface AbuseControls {
   tryEnter(res: ServerResponse): boolean;
   /** The workload quota of `workload`, by the node's SPIFFE ID, outside Express. */
   takeWorkload(peerSpiffeId: string): TakeResult;
+  /** The renewal quota of `renew`, by the node's SPIFFE ID, outside Express. */
+  takeRenew(peerSpiffeId: string): TakeResult;
   attest: RequestHandler;
   challenge: RequestHandler;
   ocsp: RequestHandler;
@@ -122,16 +128,18 @@ export function abuseControls(limits: AbuseLimits, metrics: Metrics, nowMs: () =
     next(new BatonError('ERR_RATE_LIMITED', 'server busy: too many requests in progress'));
   };
   const takeWorkload = quota(limits.workload, nowMs);
+  const takeRenew = quota(limits.renew, nowMs);
   return {
     concurrency,
     tryEnter,
     takeWorkload,
+    takeRenew,
     attest: limiter(quota(limits.attest, nowMs), byClient, 'attestation'),
     challenge: limiter(quota(limits.attest, nowMs), byClient, 'attestation challenge'),
     ocsp: limiter(quota(limits.public, nowMs), byClient, 'OCSP'),
     crl: limiter(quota(limits.public, nowMs), byClient, 'CRL'),
     bundle: limiter(quota(limits.public, nowMs), byClient, 'bundle'),
-    renew: limiter(quota(limits.renew, nowMs), byPeer, 'renewal quota'),
-    workload: limiter(takeWorkload, byPeer, 'workload SVID quota'),
+    renew: limiter(takeRenew, byPeer, RENEW_QUOTA),
+    workload: limiter(takeWorkload, byPeer, WORKLOAD_QUOTA),
   };
 }

@@ -10,7 +10,8 @@ import type { Installation, Storage } from '../domain/ports';
 import { errorHandler } from './errors';
 import type { CrlService } from '../server/crl-service';
 import type { RevocationFeed } from '../server/revocation-feed';
-import { abuseControls, BODY_LIMIT, headerLimit } from './abuse-controls';
+import { fastPath, RENEW_ROUTE, WORKLOAD_ROUTE } from './fast-path';
+import { abuseControls, BODY_LIMIT, headerLimit, RENEW_QUOTA, WORKLOAD_QUOTA } from './abuse-controls';
 import type { Metrics } from './metrics';
 import { requestContext, secureHeaders } from './request-context';
 import { attestChallengeRoutes } from './routes/attest-challenge';
@@ -21,11 +22,10 @@ import { adminAuditRoutes } from './routes/admin-audit';
 import { adminEntryRoutes } from './routes/admin-entries';
 import { adminNodeRoutes } from './routes/admin-nodes';
 import { healthRoutes } from './routes/health';
-import { nodeIdentityRoutes } from './routes/node-identity';
+import { nodeIdentityRoutes, nodeRenewer } from './routes/node-identity';
 import { ocspRoutes } from './routes/ocsp';
 import { revocationRoutes } from './routes/revocation';
 import { workloadIdentityRoutes, workloadIssuer } from './routes/workload-identity';
-import { workloadFastPath } from './workload-fast-path';
 
 export interface AppDeps {
   clock: Clock;
@@ -63,8 +63,8 @@ const refuseDeclaredOversize: RequestHandler = (req, res, next) => {
 };
 
 /**
- * Builds the HTTP application; it never listens (tests and main.ts decide that). Workload SVID
- * requests in the plain case take the fast path (workload-fast-path.ts); everything else, Express.
+ * Builds the HTTP application; it never listens (tests and main.ts decide that). Workload SVID and
+ * renewal requests in the plain case take the fast path (fast-path.ts); everything else, Express.
  */
 export function buildApp(deps: AppDeps): RequestListener & { express: Express } {
   const app = express();
@@ -91,7 +91,8 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   // The busiest routes first: Express tries each router in turn.
   const issueWorkload = workloadIssuer(deps);
   app.use(workloadIdentityRoutes(deps, issueWorkload));
-  app.use(nodeIdentityRoutes(deps));
+  const renewNode = nodeRenewer(deps);
+  app.use(nodeIdentityRoutes(deps, renewNode));
   app.use(bundleRoutes(deps));
   app.use(healthRoutes(deps));
   app.use(attestChallengeRoutes(deps));
@@ -103,8 +104,11 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   app.use(revocationRoutes(deps));
   app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));
   app.use(errorHandler(deps.log, deps.metrics));
-  const fast = workloadFastPath({
-    issue: issueWorkload,
+  const fast = fastPath({
+    routes: [
+      { path: WORKLOAD_ROUTE, take: limit.takeWorkload, quotaName: WORKLOAD_QUOTA, handle: issueWorkload },
+      { path: RENEW_ROUTE, take: limit.takeRenew, quotaName: RENEW_QUOTA, handle: renewNode },
+    ],
     controls: limit,
     log: deps.log,
     metrics: deps.metrics,

@@ -19,7 +19,7 @@ export type WorkloadIssuer = (
 
 /**
  * The one implementation of POST /v1/workload-svids, shared by the Express route and the fast path
- * (http/workload-fast-path.ts). Authentication and authorization run in issueWorkloadSvid, inside
+ * (http/fast-path.ts). Authentication and authorization run in issueWorkloadSvid, inside
  * the statement that records the certificate (or, on any refusal, in full before the refusal).
  */
 export function workloadIssuer(

@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { X509Certificate } from 'node:crypto';
 import { abuseControls } from '../../services/ca/src/http/abuse-controls';
 import { createMetrics } from '../../services/ca/src/http/metrics';
-import { WORKLOAD_ROUTE, workloadFastPath } from '../../services/ca/src/http/workload-fast-path';
+import { fastPath, RENEW_ROUTE, WORKLOAD_ROUTE } from '../../services/ca/src/http/fast-path';
 import { createLogger } from '../../services/ca/src/logger';
 import { describeEachBackend } from '../support/database';
 import { https, type HttpsResult } from '../support/https';
@@ -10,8 +10,8 @@ import { attestedNode, keyAndCsr } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 
 /**
- * POST /v1/workload-svids has two implementations of its HTTP layer: the fast path
- * (http/workload-fast-path.ts) for plain requests and Express for everything else. The fast path
+ * POST /v1/workload-svids and POST /v1/renew have two implementations of their HTTP layer: the
+ * fast path (http/fast-path.ts) for plain requests and Express for everything else. The fast path
  * must be indistinguishable: every case is sent once as `application/json` (fast path) and once as
  * `application/vnd.baton+json` (Express's JSON parser takes it, the fast path does not), and the
  * answers must match in status, error body and headers.
@@ -59,8 +59,13 @@ describeEachBackend('workload SVIDs: the fast path answers as Express does', (ba
   });
   afterAll(() => t.close());
 
-  const send = (contentType: string, body: string, cred?: { cert: string; key: string }) =>
-    https(`${t.url}${WORKLOAD_ROUTE}`, {
+  const send = (
+    contentType: string,
+    body: string,
+    cred?: { cert: string; key: string },
+    route: string = WORKLOAD_ROUTE,
+  ) =>
+    https(`${t.url}${route}`, {
       method: 'POST',
       body,
       // A declared length, as the agent sends it (without one, Node's client sends chunked).
@@ -134,20 +139,70 @@ describeEachBackend('workload SVIDs: the fast path answers as Express does', (ba
     }
   });
 
-  it('the fast path counts one request per call, under the route pattern', async () => {
-    const metricsText = () => t.running.metrics.registry.metrics();
-    const before = await metricsText();
-    const [body] = await cases[0]![1]();
-    expect((await send('application/json', body, n1)).status).toBe(201);
-    const after = await metricsText();
-    const count = (text: string) =>
-      Number(
-        /baton_http_requests_total\{route="\/v1\/workload-svids",method="POST",status="201"\} (\d+)/.exec(
-          text,
-        )?.[1] ?? 0,
-      );
-    expect(count(after) - count(before)).toBe(1);
+  /** A renewal case: the request body and the credential it is sent with, made anew for each path. */
+  let renewals = 0;
+  const fresh = () => attestedNode(t, { nodeName: `r${++renewals}` });
+  const csrBody = async () => JSON.stringify({ csr: (await keyAndCsr()).csrPem });
+  const renewalCases: [string, () => Promise<[string, { cert: string; key: string } | undefined]>][] = [
+    ['ok: a current node certificate', async () => [await csrBody(), await fresh()]],
+    [
+      'a superseded certificate',
+      async () => {
+        const node = await fresh();
+        const r = await send('application/json', await csrBody(), node, RENEW_ROUTE);
+        expect(r.status).toBe(201);
+        return [await csrBody(), node];
+      },
+    ],
+    ['a revoked node', async () => [await csrBody(), revoked]],
+    ['no client certificate', async () => [await csrBody(), undefined]],
+    ['missing csr', async () => ['{}', await fresh()]],
+    ['a CSR that is not PEM', async () => [JSON.stringify({ csr: 'nonsense' }), await fresh()]],
+    ['malformed JSON', async () => ['{"csr":', await fresh()]],
+    ['a JSON string', async () => ['"text"', await fresh()]],
+    ['a JSON array', async () => ['[1,2]', await fresh()]],
+    ['an empty body', async () => ['', await fresh()]],
+    [
+      'the key of the current certificate (ERR_KEY_REUSED)',
+      async () => {
+        const node = await fresh();
+        return [JSON.stringify({ csr: await csrForKey(node.key) }), node];
+      },
+    ],
+  ];
+
+  it.each(renewalCases)('renewal: %s', async (_name, make) => {
+    const [body, cred] = await make();
+    const fast = await send('application/json', body, cred, RENEW_ROUTE);
+    const [body2, cred2] = await make();
+    const slow = await send('application/vnd.baton+json', body2, cred2, RENEW_ROUTE);
+    expect(view(fast)).toEqual(view(slow));
+    if (fast.status === 201) {
+      const issued = fast.json<{ certificate_chain: string; node_id: string }>();
+      const cert = new X509Certificate(issued.certificate_chain);
+      expect(cert.subjectAltName).toBe(`URI:spiffe://${TD}/node/${issued.node_id}`);
+    }
   });
+
+  it.each([
+    [WORKLOAD_ROUTE, async () => (await cases[0]![1]())[0], () => n1],
+    [RENEW_ROUTE, csrBody, fresh],
+  ] as const)(
+    'the fast path counts one request per call to %s, under the route pattern',
+    async (route, make, who) => {
+      const metricsText = () => t.running.metrics.registry.metrics();
+      const cred = await who();
+      const body = await make();
+      const before = await metricsText();
+      expect((await send('application/json', body, cred, route)).status).toBe(201);
+      const after = await metricsText();
+      const pattern = new RegExp(
+        `baton_http_requests_total\\{route="${route.replace(/\//g, '\\/')}",method="POST",status="201"\\} (\\d+)`,
+      );
+      const count = (text: string) => Number(pattern.exec(text)?.[1] ?? 0);
+      expect(count(after) - count(before)).toBe(1);
+    },
+  );
 });
 
 /** A CSR signed by an existing private key (PEM), through openssl. */
@@ -167,17 +222,21 @@ async function csrForKey(keyPem: string): Promise<string> {
   }
 }
 
-describe('workload fast path: which requests it takes', () => {
+describe('fast path: which requests it takes', () => {
   const metrics = createMetrics();
   const controls = abuseControls(
     { maxInFlight: 1, attest: null, renew: null, workload: null, public: null },
     metrics,
     () => 0,
   );
-  const fast = workloadFastPath({
-    issue: async () => {
-      throw new Error('not reached: no peer certificate');
-    },
+  const handle = async () => {
+    throw new Error('not reached: no peer certificate');
+  };
+  const fast = fastPath({
+    routes: [
+      { path: WORKLOAD_ROUTE, take: controls.takeWorkload, quotaName: 'w', handle },
+      { path: RENEW_ROUTE, take: controls.takeRenew, quotaName: 'r', handle },
+    ],
     controls,
     log: createLogger('silent'),
     metrics,
@@ -215,7 +274,9 @@ describe('workload fast path: which requests it takes', () => {
   it.each([
     ['another method', { method: 'PUT' }],
     ['a query string', { url: `${WORKLOAD_ROUTE}?x=1` }],
-    ['another route', { url: '/v1/renew' }],
+    ['another route', { url: '/v1/attest' }],
+    ['a route that only starts like one', { url: `${RENEW_ROUTE}/x` }],
+    ['a GET of the route', { method: 'GET', url: RENEW_ROUTE }],
     ['a chunked body', { headers: { 'content-length': '', 'transfer-encoding': 'chunked' } }],
     ['a body over the limit', { headers: { 'content-length': String(64 * 1024 + 1) } }],
     ['a content encoding', { headers: { 'content-encoding': 'gzip' } }],
@@ -234,7 +295,11 @@ describe('workload fast path: which requests it takes', () => {
     const first = res();
     expect(fast(req({ headers: { 'content-type': 'application/json; charset=UTF-8' } }), first)).toBe(true);
     expect(fast(req({}), res())).toBe(false);
+    expect(fast(req({ url: RENEW_ROUTE }), res())).toBe(false);
     first.close();
+    const renewal = res();
+    expect(fast(req({ url: RENEW_ROUTE }), renewal)).toBe(true);
+    renewal.close();
     expect(fast(req({}), res())).toBe(true);
   });
 });

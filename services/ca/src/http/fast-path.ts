@@ -6,31 +6,46 @@ import { refusal } from './errors';
 import type { Metrics } from './metrics';
 import { peerCertificate } from './peer-cert';
 import { newRequestId, recordRequest, SECURE_HEADERS } from './request-context';
-import type { WorkloadIssuer } from './routes/workload-identity';
+import type { TakeResult } from './token-bucket';
 
 export const WORKLOAD_ROUTE = '/v1/workload-svids';
+export const RENEW_ROUTE = '/v1/renew';
 const JSON_TYPE = /^application\/json\s*(;\s*charset\s*=\s*"?utf-8"?\s*)?$/i;
 
+/** A node-authenticated POST route that the fast path may answer. */
+export interface FastRoute {
+  /** The exact path; a query string goes to Express. */
+  path: string;
+  /** The route's per-node quota (the one its Express limiter uses), and its name in a refusal. */
+  take(peerSpiffeId: string): TakeResult;
+  quotaName: string;
+  /** The 201 body for a request whose JSON body has been read, or a throw: the Express route's own. */
+  handle(req: IncomingMessage, parsedBody: unknown): Promise<unknown>;
+}
+
 /**
- * POST /v1/workload-svids without Express: the busiest route, a node minting its workloads' SVIDs,
- * answered by the same issuer as the Express route (routes/workload-identity.ts), with the same
- * headers, request id, log line, metrics, in-flight limit, quota and error bodies. Express costs
- * more per request than the rest of the HTTP stack (bench: `loadgen_echo_server_cpu_ms_per_request`
- * against Baton's), and this route is most of a fleet's traffic.
+ * The two routes a fleet calls most, without Express: POST /v1/workload-svids (a node minting its
+ * workloads' SVIDs) and POST /v1/renew (a node renewing its own certificate, all nodes at once in a
+ * renewal storm). Each is answered by the same handler as its Express route, with the same headers,
+ * request id, log line, metrics, in-flight limit, quota and error bodies. Express costs more per
+ * request than the rest of the HTTP stack (bench: `loadgen_echo_server_cpu_ms_per_request` against
+ * Baton's).
  *
  * It takes only the plain case: the exact path, a JSON body of a declared length within the limit,
  * no content encoding, a header count within the limit, and a free in-flight slot. Anything else
  * (false) goes to Express untouched, body unread, and gets Express's answer, so every edge case
  * (chunked or oversized bodies, header floods, shedding, other content types) has one implementation.
  */
-export function workloadFastPath(p: {
-  issue: WorkloadIssuer;
+export function fastPath(p: {
+  routes: readonly FastRoute[];
   controls: AbuseControls;
   log: Logger;
   metrics: Metrics;
 }): (req: IncomingMessage, res: ServerResponse) => boolean {
+  const routes = new Map(p.routes.map((r) => [r.path, r]));
   return (req, res) => {
-    if (req.method !== 'POST' || req.url !== WORKLOAD_ROUTE) return false;
+    const route = req.method === 'POST' && req.url !== undefined ? routes.get(req.url) : undefined;
+    if (!route) return false;
     const h = req.headers;
     const length = Number(h['content-length']);
     if (
@@ -52,7 +67,7 @@ export function workloadFastPath(p: {
       recordRequest(p.log, p.metrics, {
         id,
         method: 'POST',
-        route: WORKLOAD_ROUTE,
+        route: route.path,
         status: res.statusCode,
         started,
         remoteAddress: req.socket.remoteAddress,
@@ -70,7 +85,7 @@ export function workloadFastPath(p: {
       if (res.headersSent) return;
       const answer = refusal(p.log, p.metrics, err, {
         requestId: id,
-        route: WORKLOAD_ROUTE,
+        route: route.path,
         hasRetryAfter: res.hasHeader('Retry-After'),
         setRetryAfter: (s) => res.setHeader('Retry-After', s),
       });
@@ -85,13 +100,13 @@ export function workloadFastPath(p: {
       fail(e);
       return true;
     }
-    const quota = p.controls.takeWorkload(peerId);
+    const quota = route.take(peerId);
     if (!quota.ok) {
       res.setHeader('Retry-After', String(quota.retryAfterS));
       fail(
         new BatonError(
           'ERR_RATE_LIMITED',
-          `workload SVID quota: rate limit reached, retry after ${quota.retryAfterS}s`,
+          `${route.quotaName}: rate limit reached, retry after ${quota.retryAfterS}s`,
         ),
       );
       return true;
@@ -108,7 +123,7 @@ export function workloadFastPath(p: {
         fail(e);
         return;
       }
-      p.issue(req, parsed).then((issued) => send(201, issued), fail);
+      route.handle(req, parsed).then((answer) => send(201, answer), fail);
     });
     return true;
   };
