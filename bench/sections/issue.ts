@@ -25,14 +25,15 @@ export function issueJob(
   job: Omit<IssueJob, 'kind' | 'warmupRequests' | 'durationMs' | 'maxRequests' | 'csrPool'>,
 ): IssueJob {
   // A cap well above any rate seen here; each request has its own key (a key is certified once,
-  // so a reused one would be refused: the pool is sized so a Baton run never wraps it).
+  // so a reused one would be refused with 409). The pool is sized so that a Baton run does not wrap
+  // it: 60,000 covers five 3-second runs at 4,000/s (30,000 wrapped once Baton passed 2,000/s).
   const expected = Math.max(2000, Math.round((c.s.issueDurationMs / 1000) * 8000));
   return {
     kind: 'issue',
     warmupRequests: c.s.warmupRequests,
     durationMs: c.s.issueDurationMs,
     maxRequests: expected,
-    csrPool: Math.min(30_000, c.s.warmupRequests + c.s.runs * expected),
+    csrPool: Math.min(60_000, c.s.warmupRequests + c.s.runs * expected),
     ...job,
   };
 }

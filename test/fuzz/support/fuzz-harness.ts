@@ -20,7 +20,7 @@ export const FUZZ_SERVER_FLAGS: Flags = { 'rate-limits': 'off', 'max-in-flight':
 export const TARGET_MS = 100;
 export const BOUND_MS = 1000;
 
-export function startFuzzServer(extraFlags: Flags = {}, backend: Backend = 'pglite'): Promise<TestServer> {
+function startFuzzServer(extraFlags: Flags = {}, backend: Backend = 'pglite'): Promise<TestServer> {
   return startTestServer({ backend, serverFlags: { ...FUZZ_SERVER_FLAGS, ...extraFlags } });
 }
 

@@ -135,3 +135,24 @@ describe('bench targets against cfssl', () => {
     ]);
   });
 });
+
+describe('bench target lines', () => {
+  it('say "not measured" for a figure whose section did not run, never null', () => {
+    const t = targets(
+      {
+        issuance_c16_p99_ms: missing('ms', 'section baton skipped (--skip)'),
+        crl_100k_ms: figureOf([40], 'ms'),
+        openssl_crl_100k_ms: figureOf([700], 'ms'),
+        storm_10k_seconds: figureOf([28], 's'),
+      },
+      10_000,
+    );
+    const line = (what: RegExp) => t.find((x) => what.test(x.what))!;
+    expect(line(/p99/)).toEqual(expect.objectContaining({ met: null, value: 'not measured' }));
+    expect(line(/CRL/)).toEqual(
+      expect.objectContaining({ met: null, value: '40 ms (openssl 700, cfssl not measured)' }),
+    );
+    expect(line(/storm/).value).toBe('28 s, not measured');
+    for (const x of t) expect(x.value).not.toMatch(/null|undefined/);
+  });
+});

@@ -165,9 +165,11 @@ const SAVE_STEPS = (id: NewNodeIdentity) => [
   `rename ${gen(id)}.link`,
   'fsync .',
 ];
-const SAVE_STEP_COUNT = 12;
+/** The step list for any identity (the names differ, not the steps): `first` is made later, in beforeAll. */
+const ANY = { serial: 'any' } as NewNodeIdentity;
+const SAVE_STEP_COUNT = SAVE_STEPS(ANY).length;
 /** Steps after which the new generation's pair is complete on disk (its cert.pem is written). */
-const COMPLETE = 6;
+const COMPLETE = SAVE_STEPS(ANY).indexOf(`write ${gen(ANY)}/cert.pem`) + 1;
 
 describe('NodeIdentityStore', () => {
   it('ok/empty directory: no identity', () => {
@@ -219,8 +221,8 @@ describe('NodeIdentityStore', () => {
     expectConsistent(dir, loaded);
   });
 
-  // SAVE_STEPS: 11 steps. Crash before each, and once after the last.
-  it.each(Array.from({ length: 12 }, (_, n) => n))(
+  // Crash before each of SAVE_STEPS, and once after the last.
+  it.each(Array.from({ length: SAVE_STEP_COUNT + 1 }, (_, n) => n))(
     'ok/crash after %i steps of a save: the old or the new identity, always a matching pair',
     (n) => {
       const dir = newDir();
@@ -241,7 +243,7 @@ describe('NodeIdentityStore', () => {
     },
   );
 
-  it.each(Array.from({ length: 12 }, (_, n) => n))(
+  it.each(Array.from({ length: SAVE_STEP_COUNT + 1 }, (_, n) => n))(
     'ok/crash after %i steps of the very first save: nothing or the whole pair',
     (n) => {
       const dir = newDir();
@@ -404,6 +406,13 @@ describe('NodeIdentityStore', () => {
     // A migrating save: SAVE_STEPS plus remove .node.legacy, rename node aside before the link,
     // and remove .node.legacy after the fsync: 15 steps.
     const MIGRATION_STEPS = 15;
+    it('ok/a migrating save takes MIGRATION_STEPS steps (the crash cases below cover each)', () => {
+      const dir = newDir();
+      writeLegacy(dir, legacyOf(first));
+      const ops = crashingOps(Number.POSITIVE_INFINITY);
+      new NodeIdentityStore(dir, ops).save(second);
+      expect(ops.steps).toHaveLength(MIGRATION_STEPS);
+    });
     it.each(Array.from({ length: MIGRATION_STEPS + 1 }, (_, n) => n))(
       'ok/crash after %i steps of a migrating save: the old or the new identity, and the next save finishes',
       (n) => {
