@@ -2,7 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { BatonError } from '../../services/ca/src/domain/errors';
 import { issueLeaf } from '../../services/ca/src/domain/issue';
 import { loadKeyring } from '../../services/ca/src/domain/keyring';
-import type { CaRecord, CertificateRecord, Installation, Storage } from '../../services/ca/src/domain/ports';
+import type {
+  CaRecord,
+  CertificateRecord,
+  Installation,
+  NodeRecord,
+  Storage,
+} from '../../services/ca/src/domain/ports';
 import { describePublicKey, generateP256, spkiOf } from '../../services/ca/src/pki/keys';
 import { migrateLatest, openDatabase } from '../../services/ca/src/storage/knex/database';
 import { knexStorage } from '../../services/ca/src/storage/knex/knex-storage';
@@ -181,6 +187,36 @@ describeEachBackend('Storage contract (knexStorage)', (backend) => {
       const record = certificateRecord(ca.keyring.signing.record.id, over);
       await storage.certificates.insert(record);
       expect(await storage.certificates.findBySerial(record.serial)).toStrictEqual(record);
+    });
+
+    it('ok/findByCertificate gives the node of a node certificate, every field; nothing for another kind or serial', async () => {
+      const node: NodeRecord = {
+        id: 'n-find',
+        role: 'manager',
+        status: 'active',
+        attestationMethod: 'join_token',
+        certTtlMs: 7_200_000,
+        createdAt: new Date('2026-11-26T15:00:00.001Z'),
+        lastAttestedAt: new Date('2026-11-26T15:00:00.002Z'),
+        lastSeenAt: new Date('2026-11-26T15:30:00.003Z'),
+        revokedAt: null,
+        revocationReason: null,
+      };
+      await storage.nodes.insert(node);
+      const caId = ca.keyring.signing.record.id;
+      const cert = certificateRecord(caId, {
+        kind: 'node',
+        nodeId: node.id,
+        spiffeId: `spiffe://${TEST_TD}/node/${node.id}`,
+      });
+      const workload = certificateRecord(caId, { kind: 'workload', issuedVia: node.id });
+      await storage.certificates.insert(cert);
+      await storage.certificates.insert(workload);
+      // Twice: on PostgreSQL the second call runs the statement prepared by the first.
+      expect(await storage.nodes.findByCertificate(cert.serial)).toStrictEqual(node);
+      expect(await storage.nodes.findByCertificate(cert.serial)).toStrictEqual(node);
+      expect(await storage.nodes.findByCertificate(workload.serial)).toBeNull();
+      expect(await storage.nodes.findByCertificate('7f'.repeat(16))).toBeNull();
     });
 
     it('fail/a key certified once cannot be certified again, for any identity (ERR_KEY_REUSED); findByKeyFingerprint finds it', async () => {

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import type { NodeRecord, NodeRepository } from '../../domain/ports';
 import { db } from './db-errors';
+import { runPrepared } from './prepared-statement';
 
 interface NodeRow {
   id: string;
@@ -16,6 +17,19 @@ interface NodeRow {
 }
 
 const date = (d: Date | null): Date | null => (d ? new Date(d) : null);
+
+/**
+ * The node of a presented certificate: asked once per renewal (a storm asks it for every node at
+ * once) and by every node-authenticated route, so it is a named prepared statement, planned once
+ * per connection. Columns are listed, not `n.*`: a prepared statement's result type must not change
+ * under it when a migration adds a column to a running replica's table.
+ */
+const NODE_BY_CERTIFICATE = `
+select n.id, n.role, n.status, n.attestation_method, n.cert_ttl_ms, n.created_at, n.last_attested_at,
+       n.last_seen_at, n.revoked_at, n.revocation_reason
+from nodes n join certificates c on c.node_id = n.id
+where c.serial = ? and c.kind = 'node'
+limit 1`;
 
 const toNode = (r: NodeRow): NodeRecord => ({
   id: r.id,
@@ -53,14 +67,12 @@ export function knexNodeRepository(k: Knex | Knex.Transaction): NodeRepository {
       }),
     findById: (id) => db(() => one(k('nodes').where({ id }))),
     findByCertificate: (serial) =>
-      db(() =>
-        one(
-          k('nodes as n')
-            .select('n.*')
-            .join('certificates as c', 'c.node_id', 'n.id')
-            .where({ 'c.serial': serial, 'c.kind': 'node' }),
-        ),
-      ),
+      db(async () => {
+        const [row] = await runPrepared<NodeRow>(k, 'baton_node_by_certificate', NODE_BY_CERTIFICATE, [
+          serial,
+        ]);
+        return row ? toNode(row) : null;
+      }),
     lockById: (id) => db(() => one(k('nodes').where({ id }).forUpdate())),
     list: () => db(async () => ((await k('nodes').orderBy('created_at')) as NodeRow[]).map(toNode)),
     countActive: (now) =>
