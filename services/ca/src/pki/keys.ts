@@ -80,9 +80,11 @@ function importEcJwk(kind: CanonicalEcKind, spki: Buffer): KeyObject {
   }
 }
 
-/** Keys accepted in CSRs (CONTRACT "Certificate profile"): EC P-256, EC P-384, RSA 2048–4096. */
-/** Anything but a canonical EC key (RSA, other curves, compressed points, explicit parameters) goes
- * through OpenSSL's DER decoder, which also gives the precise refusal. `native` is for tests. */
+/**
+ * Keys accepted in CSRs (CONTRACT "Certificate profile"): EC P-256, EC P-384, RSA 2048–4096.
+ * Anything but a canonical EC key (RSA, other curves, compressed points, explicit parameters) goes
+ * through OpenSSL's DER decoder, which also gives the precise refusal. `native` is for tests.
+ */
 export function describePublicKey(spki: Buffer, native: NativeEc | null = nativeEc): PublicKeyInfo {
   const ecKind = canonicalEcKind(spki);
   if (ecKind) return canonicalEcKey(ecKind, spki, native);
