@@ -46,7 +46,12 @@ let failure;
 if (!gyp) {
   failure = 'node-gyp was not found (it comes with npm)';
 } else {
-  const run = spawnSync(process.execPath, [gyp, 'rebuild'], { cwd: here, encoding: 'utf8' });
+  // Outside npm (which passes its `nodedir` setting on), use the headers installed beside this Node
+  // when there are any, rather than let node-gyp download them.
+  const prefix = path.join(path.dirname(process.execPath), '..');
+  const local = fs.existsSync(path.join(prefix, 'include', 'node', 'node_api.h'));
+  const args = [gyp, 'rebuild', ...(!process.env.npm_config_nodedir && local ? [`--nodedir=${prefix}`] : [])];
+  const run = spawnSync(process.execPath, args, { cwd: here, encoding: 'utf8' });
   if (run.error) failure = run.error.message;
   else if (run.status !== 0 || !fs.existsSync(output)) {
     failure = `node-gyp exited ${run.status}:\n${`${run.stdout}${run.stderr}`.trim().split('\n').slice(-15).join('\n')}`;

@@ -14,10 +14,17 @@
  * It links against the OpenSSL inside the running Node (Node exports its symbols to addons), so
  * there is no second copy of OpenSSL and nothing to keep in step with it. Only N-API is used, so one
  * build serves every Node version with the same OpenSSL 3 ABI.
+ *
+ * That OpenSSL's error queue is per thread and shared with Node's TLS: SSL_get_error() reports any
+ * error left on it as a failure of the connection being served. A refused point or signature
+ * leaves errors there, so every entry point sets a mark first and pops back to it before
+ * returning (as Node's own MarkPopErrorOnReturn does): a hostile CSR must not fail the next TLS
+ * read on the event loop.
  */
 #include <node_api.h>
 #include <openssl/ec.h>
 #include <openssl/ecdsa.h>
+#include <openssl/err.h>
 #include <openssl/obj_mac.h>
 #include <openssl/sha.h>
 #include <pthread.h>
@@ -91,9 +98,12 @@ static napi_value CheckPoint(napi_env env, napi_callback_info info) {
   if (!read_int(env, argv[0], &curve) || curve < 0 || curve >= CURVES)
     return throw_type(env, "curve must be 0 (P-256) or 1 (P-384)");
   if (!read_bytes(env, argv[1], &point, &point_size)) return throw_type(env, "point must be a Buffer");
+  ERR_set_mark();
   EC_KEY *key = point_key(curve, point, point_size);
+  int ok = key != NULL;
   EC_KEY_free(key);
-  return int_result(env, key != NULL);
+  ERR_pop_to_mark();
+  return int_result(env, ok);
 }
 
 /*
@@ -118,8 +128,12 @@ static napi_value Verify(napi_env env, napi_callback_info info) {
   if (!read_bytes(env, argv[4], &signature, &signature_size))
     return throw_type(env, "signature must be a Buffer");
 
+  ERR_set_mark();
   EC_KEY *key = point_key(curve, point, point_size);
-  if (key == NULL) return int_result(env, -1);
+  if (key == NULL) {
+    ERR_pop_to_mark();
+    return int_result(env, -1);
+  }
   unsigned char digest[SHA512_DIGEST_LENGTH];
   int digest_size;
   if (hash == HASH_SHA256) {
@@ -136,6 +150,7 @@ static napi_value Verify(napi_env env, napi_callback_info info) {
   int ok = signature_size <= 1024 &&
            ECDSA_verify(0, digest, digest_size, signature, (int)signature_size, key) == 1;
   EC_KEY_free(key);
+  ERR_pop_to_mark();
   return int_result(env, ok);
 }
 
