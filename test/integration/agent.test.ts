@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
@@ -15,7 +14,7 @@ import {
 import { createJoinToken } from '../../services/ca/src/domain/join-token';
 import { describeEachBackend } from '../support/database';
 import { startTestServer, type TestServer } from '../support/test-server';
-import { opensslText, run, tempDir, writeFiles } from '../support/tools';
+import { opensslText, run, selfSignedEc, tempDir, writeFiles } from '../support/tools';
 
 const HOUR = 3600_000;
 
@@ -31,41 +30,14 @@ const spki = (pem: string) =>
 
 /** A plain HTTPS server with a self-signed certificate that records every request it gets. */
 async function recordingServer(bundle: string): Promise<{ url: string; seen: string[]; server: Server }> {
-  const dir = tempDir('baton-rogue-');
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-subj',
-      '/CN=127.0.0.1',
-      '-addext',
-      'subjectAltName=IP:127.0.0.1',
-      '-days',
-      '1',
-      '-keyout',
-      join(dir.path, 'key.pem'),
-      '-out',
-      join(dir.path, 'cert.pem'),
-    ],
-    { stdio: 'ignore' },
-  );
+  const pem = selfSignedEc('/CN=127.0.0.1', ['-addext', 'subjectAltName=IP:127.0.0.1']);
   const seen: string[] = [];
-  const server = createServer(
-    { key: readFileSync(join(dir.path, 'key.pem')), cert: readFileSync(join(dir.path, 'cert.pem')) },
-    (req, res) => {
-      seen.push(`${req.method} ${req.url}`);
-      req.resume();
-      if (req.url === '/v1/bundle') res.end(bundle);
-      else res.writeHead(500).end();
-    },
-  );
-  dir.cleanup();
+  const server = createServer(pem, (req, res) => {
+    seen.push(`${req.method} ${req.url}`);
+    req.resume();
+    if (req.url === '/v1/bundle') res.end(bundle);
+    else res.writeHead(500).end();
+  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return { url: `https://127.0.0.1:${(server.address() as AddressInfo).port}`, seen, server };
 }

@@ -1,5 +1,5 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -25,6 +25,35 @@ export function writeFiles(dir: string, files: Record<string, string>): Record<s
 
 export function opensslText(pem: string): string {
   return execFileSync('openssl', ['x509', '-noout', '-text'], { input: pem, encoding: 'utf8' });
+}
+
+/**
+ * A self-signed EC P-256 certificate and its key (PEM) from `openssl req -x509`, valid for a day:
+ * a TLS server that is none of Baton's. `extra` adds openssl arguments (e.g. `-addext`).
+ */
+export function selfSignedEc(subject: string, extra: string[] = []): { key: Buffer; cert: Buffer } {
+  const dir = tempDir('baton-selfsigned-');
+  try {
+    const [key, cert] = [join(dir.path, 'key.pem'), join(dir.path, 'cert.pem')];
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-subj',
+        subject,
+      ].concat(extra, ['-days', '1', '-keyout', key, '-out', cert]),
+      { stdio: 'ignore' },
+    );
+    return { key: readFileSync(key), cert: readFileSync(cert) };
+  } finally {
+    dir.cleanup();
+  }
 }
 
 export const hasTool = (cmd: string): boolean => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;

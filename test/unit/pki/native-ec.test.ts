@@ -1,12 +1,9 @@
-import { execFileSync } from 'node:child_process';
 import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes, sign, verify } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { connect, createServer } from 'node:tls';
 import type { BatonError } from '../../../services/ca/src/domain/errors';
 import { describePublicKey, spkiOf, verifySignature } from '../../../services/ca/src/pki/keys';
 import { NATIVE_CURVE, NATIVE_HASH, nativeEc } from '../../../services/ca/src/pki/native-ec';
-import { tempDir } from '../../support/tools';
+import { selfSignedEc } from '../../support/tools';
 
 /**
  * The native ECDSA verifier (services/ca/native/ec_verify.c) must give node:crypto's answer on every
@@ -182,61 +179,34 @@ describeNative('native ECDSA verifier agrees with node:crypto', () => {
   it("leaves nothing on OpenSSL's error queue: TLS on the same thread still works after refusals", async () => {
     // The queue is per thread and shared with Node's TLS, which reads a leftover error as the
     // failure of whatever connection it serves next: hostile CSRs broke the next requests' sockets.
-    const dir = tempDir('baton-native-tls-');
+    const pem = selfSignedEc('/CN=localhost');
+    const server = createServer(pem, (s) => s.on('data', (d: Buffer) => s.end(`pong ${d}`)));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     try {
-      const [key, cert] = [join(dir.path, 'k.pem'), join(dir.path, 'c.pem')];
-      execFileSync(
-        'openssl',
-        [
-          'req',
-          '-x509',
-          '-newkey',
-          'ec',
-          '-pkeyopt',
-          'ec_paramgen_curve:P-256',
-          '-nodes',
-          '-keyout',
-          key,
-          '-out',
-          cert,
-          '-subj',
-          '/CN=localhost',
-          '-days',
-          '1',
-        ],
-        { stdio: 'ignore' },
-      );
-      const pem = { key: readFileSync(key), cert: readFileSync(cert) };
-      const server = createServer(pem, (s) => s.on('data', (d: Buffer) => s.end(`pong ${d}`)));
-      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-      try {
-        const port = (server.address() as { port: number }).port;
-        const c = connect({ host: '127.0.0.1', port, ca: pem.cert, servername: 'localhost' });
-        await new Promise<void>((resolve, reject) => c.once('secureConnect', resolve).once('error', reject));
-        const reply = new Promise<string>((resolve, reject) => {
-          let text = '';
-          c.on('data', (d: Buffer) => {
-            text += d.toString();
-          });
-          c.on('end', () => resolve(text));
-          c.on('error', reject);
+      const port = (server.address() as { port: number }).port;
+      const c = connect({ host: '127.0.0.1', port, ca: pem.cert, servername: 'localhost' });
+      await new Promise<void>((resolve, reject) => c.once('secureConnect', resolve).once('error', reject));
+      const reply = new Promise<string>((resolve, reject) => {
+        let text = '';
+        c.on('data', (d: Buffer) => {
+          text += d.toString();
         });
-        // Every refusal the verifier makes, between two reads of an established connection, as a
-        // request with a hostile CSR sits between other requests on the event loop.
-        const offCurve = Buffer.from(point);
-        offCurve[64] ^= 0x01;
-        const noise = randomBytes(70);
-        expect(n.checkPoint(0, offCurve)).toBe(0);
-        expect(n.verify(0, 0, offCurve, message, good)).toBe(-1);
-        expect(n.verify(0, 0, point, message, Buffer.from([0x30, 0x03, 0x02, 0x01]))).toBe(0);
-        expect(n.verify(0, 0, point, message, noise)).toBe(0);
-        c.write('ping');
-        expect(await reply).toBe('pong ping');
-      } finally {
-        server.close();
-      }
+        c.on('end', () => resolve(text));
+        c.on('error', reject);
+      });
+      // Every refusal the verifier makes, between two reads of an established connection, as a
+      // request with a hostile CSR sits between other requests on the event loop.
+      const offCurve = Buffer.from(point);
+      offCurve[64] ^= 0x01;
+      const noise = randomBytes(70);
+      expect(n.checkPoint(0, offCurve)).toBe(0);
+      expect(n.verify(0, 0, offCurve, message, good)).toBe(-1);
+      expect(n.verify(0, 0, point, message, Buffer.from([0x30, 0x03, 0x02, 0x01]))).toBe(0);
+      expect(n.verify(0, 0, point, message, noise)).toBe(0);
+      c.write('ping');
+      expect(await reply).toBe('pong ping');
     } finally {
-      dir.cleanup();
+      server.close();
     }
   });
 

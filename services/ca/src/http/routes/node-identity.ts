@@ -47,11 +47,10 @@ export function nodeRenewer(deps: AppDeps): NodeRenewer {
 /** POST /v1/attest (unauthenticated: the evidence authenticates) and POST /v1/renew (node mTLS). */
 export function nodeIdentityRoutes(deps: AppDeps, renew: NodeRenewer): Router {
   const r = Router();
-  const identityDeps = () => identityDepsOf(deps);
   r.post('/v1/attest', async (req, res) => {
     const { method, csr, ...payload } = body(req);
     const issued = await timedIssuance(deps.metrics, 'node', 'attest', () =>
-      attestNode(identityDeps(), { method, csr, payload, audit: auditContext(req, 'anonymous') }),
+      attestNode(identityDepsOf(deps), { method, csr, payload, audit: auditContext(req, 'anonymous') }),
     );
     res.status(201).json(renderIssuance(issued, { withNodeId: true }));
   });

@@ -39,8 +39,8 @@ const ROW = `(${Array.from({ length: 26 }, () => '?').join(', ')})`;
  * the 416-parameter statement cost PostgreSQL about 2 ms of CPU, executing it 0.3 ms. The text of
  * a name never changes (the pg driver refuses that), and the result types do not depend on the
  * tables' columns, so a later migration only makes PostgreSQL plan again. PGlite ignores the name.
+ * (runPrepared names them `baton_workload_<rows>` and `baton_renewal`.)
  */
-const prepared = (name: string) => `baton_${name}`;
 
 /** The text for a batch of `rows`, made once per size. */
 const statements = new Map<number, string>();
@@ -175,7 +175,7 @@ const auditValues = (a: AuditEvent): Knex.RawBinding[] => [
 async function insertBatch(k: Knex | Knex.Transaction, batch: readonly GuardedRow[]): Promise<Set<string>> {
   const rows = await runPrepared<{ serial: string }>(
     k,
-    prepared(`workload_${batch.length}`),
+    `workload_${batch.length}`,
     statement(batch.length),
     batch.flatMap(bindingsOf),
   );
@@ -198,7 +198,7 @@ export function knexIssuanceRepository(
   const one = async (row: GuardedRow) => (await db(() => insertBatch(k, [row]))).has(row.record.serial);
   const recordRenewalGuarded: IssuanceRepository['recordRenewalGuarded'] = (r, a, g) =>
     db(async () => {
-      const rows = await runPrepared<{ n: number }>(k, prepared('renewal'), GUARDED_RENEWAL, [
+      const rows = await runPrepared<{ n: number }>(k, 'renewal', GUARDED_RENEWAL, [
         g.nodeId,
         g.peerSerial,
         g.now,

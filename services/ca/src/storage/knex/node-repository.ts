@@ -20,8 +20,7 @@ const date = (d: Date | null): Date | null => (d ? new Date(d) : null);
 
 /**
  * The node of a presented certificate: asked once per renewal (a storm asks it for every node at
- * once) and by every node-authenticated route, so it is a named prepared statement, planned once
- * per connection. Columns are listed, not `n.*`: a prepared statement's result type must not change
+ * once), so it is a named prepared statement, planned once per connection. Columns are listed, not `n.*`: a prepared statement's result type must not change
  * under it when a migration adds a column to a running replica's table.
  */
 const NODE_BY_CERTIFICATE = `
@@ -68,9 +67,7 @@ export function knexNodeRepository(k: Knex | Knex.Transaction): NodeRepository {
     findById: (id) => db(() => one(k('nodes').where({ id }))),
     findByCertificate: (serial) =>
       db(async () => {
-        const [row] = await runPrepared<NodeRow>(k, 'baton_node_by_certificate', NODE_BY_CERTIFICATE, [
-          serial,
-        ]);
+        const [row] = await runPrepared<NodeRow>(k, 'node_by_certificate', NODE_BY_CERTIFICATE, [serial]);
         return row ? toNode(row) : null;
       }),
     lockById: (id) => db(() => one(k('nodes').where({ id }).forUpdate())),

@@ -24,7 +24,9 @@ function toNumbered(text: string): string {
 }
 
 /**
- * Runs a named statement (a PostgreSQL prepared statement: parsed and planned once per connection).
+ * Runs a named statement (a PostgreSQL prepared statement: parsed and planned once per connection)
+ * as `baton_<name>`: one text per name, for the life of the process (the pg driver refuses a name
+ * reused with another text).
  * Its text uses `?` placeholders and must contain no other `?` (no jsonb `?` operators).
  *
  * On PostgreSQL through `pg`, outside a transaction, it goes straight to a pooled connection: for
@@ -36,10 +38,11 @@ function toNumbered(text: string): string {
  */
 export async function runPrepared<R>(
   k: Knex | Knex.Transaction,
-  name: string,
+  shortName: string,
   text: string,
   values: readonly Knex.RawBinding[],
 ): Promise<R[]> {
+  const name = `baton_${shortName}`;
   const client = k.client as PoolClient;
   if (k.isTransaction || client.config.client !== 'pg') {
     const result = (await k.raw(text, values as Knex.RawBinding[]).options({ name })) as { rows: R[] };
