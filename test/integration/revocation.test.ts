@@ -1,5 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import type { Agent } from 'node:https';
+import { revokeNode } from '../../services/ca/src/domain/revocation';
 import { describeEachBackend } from '../support/database';
 import { https } from '../support/https';
 import { attest, attestedNode, type IssuanceBody, keyAndCsr, newToken, renew } from '../support/node-client';
@@ -189,6 +190,28 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
     expect(errorOf(viaNew).code).toBe('ERR_NODE_REVOKED');
     expect((await adminCall('POST', '/v1/admin/nodes/n1/revoke', {})).status).toBe(409);
     expect((await t.ca.storage.nodes.findById('n1'))?.status).toBe('revoked');
+  });
+
+  it('a revocation commits with the CRLs that list it: nothing after the commit is needed for the CRL to list it', async () => {
+    // Another replica's feed may announce the event the moment it commits, and a node that hears
+    // of it fetches the CRL at once: that CRL must already list it. Called here without the
+    // route's post-commit step (which only drops this replica's cache and wakes its feed).
+    const n = await attestedNode(t);
+    const result = await revokeNode(
+      {
+        clock: t.clock,
+        storage: t.ca.storage,
+        trustDomain: TD,
+        publishCrls: (tx) => t.running.crls.publishIn(tx),
+      },
+      { nodeId: n.body.node_id!, audit: { actor: 'test', source: null } },
+    );
+    expect(result.serials).toContain(n.body.serial);
+    const latest = await t.ca.storage.crls.latest(t.ca.keyring.signing.record.id);
+    const file = `${dir.path}/committed.der`;
+    writeFileSync(file, latest!.der);
+    const text = run('openssl', ['crl', '-inform', 'DER', '-noout', '-text', '-in', file]).out.toLowerCase();
+    for (const serial of result.serials) expect(text).toContain(serial);
   });
 
   it('cert revoke revokes one certificate; CRL numbers only grow under concurrent revocations', async () => {

@@ -1,7 +1,7 @@
 import { buildCrl } from '../pki/crl';
 import type { Clock } from './clock';
 import type { Keyring, SigningCa } from './keyring';
-import type { CrlRecord, Storage } from './ports';
+import type { CrlRecord, Repositories, Storage } from './ports';
 
 export interface CrlDeps {
   clock: Clock;
@@ -23,7 +23,17 @@ export async function publishCrl(
   ca: SigningCa,
   opts: { force: boolean },
 ): Promise<CrlRecord | null> {
-  return deps.storage.transaction(async (tx) => {
+  return deps.storage.transaction((tx) => publishCrlIn(tx, deps, ca, opts));
+}
+
+/** `publishCrl` inside the caller's transaction `tx`: the CRL commits with the caller's writes. */
+export async function publishCrlIn(
+  tx: Repositories,
+  deps: Omit<CrlDeps, 'storage'>,
+  ca: SigningCa,
+  opts: { force: boolean },
+): Promise<CrlRecord | null> {
+  {
     await tx.crls.lockBuilder();
     const now = deps.clock.now();
     const prev = await tx.crls.latest(ca.record.id);
@@ -49,7 +59,7 @@ export async function publishCrl(
     };
     await tx.crls.insert(record);
     return record;
-  });
+  }
 }
 
 /** A CRL is rebuilt once half of its validity has passed, well before nextUpdate. */
@@ -66,6 +76,23 @@ export async function publishAllCrls(deps: CrlDeps, opts: { force: boolean }): P
   const out: CrlRecord[] = [];
   for (const ca of crlIssuers(deps.keyring, deps.clock.now())) {
     const crl = await publishCrl(deps, ca, opts);
+    if (crl) out.push(crl);
+  }
+  return out;
+}
+
+/**
+ * New CRLs for every CA inside the caller's transaction: a revocation commits with the CRLs that
+ * list it, so no replica's revocation feed can announce it while the current CRL does not list it
+ * yet (a node following the feed fetches the CRL as soon as it hears of a revocation).
+ */
+export async function publishAllCrlsIn(
+  tx: Repositories,
+  deps: Omit<CrlDeps, 'storage'>,
+): Promise<CrlRecord[]> {
+  const out: CrlRecord[] = [];
+  for (const ca of crlIssuers(deps.keyring, deps.clock.now())) {
+    const crl = await publishCrlIn(tx, deps, ca, { force: true });
     if (crl) out.push(crl);
   }
   return out;

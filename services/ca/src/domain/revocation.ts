@@ -2,13 +2,18 @@ import { REVOCATION_REASONS } from '../pki/crl';
 import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
 import { BatonError } from './errors';
-import type { RevocationEvent, Storage } from './ports';
+import type { Repositories, RevocationEvent, Storage } from './ports';
 import { nodeSpiffeId } from './trust-domain';
 
 export interface RevocationDeps {
   clock: Clock;
   storage: Storage;
   trustDomain: string;
+  /**
+   * Publishes new CRLs inside the revocation's transaction (crl-publisher.ts publishAllCrlsIn), so
+   * the revocation event and the CRLs that list it become visible together.
+   */
+  publishCrls(tx: Repositories): Promise<unknown>;
 }
 
 export interface RevocationResult {
@@ -20,7 +25,7 @@ export interface RevocationResult {
  * `baton node revoke`: in one transaction, mark the node revoked (no renewal, no workload SVID, no
  * attestation under its bound name), revoke every unexpired certificate of the node and every
  * workload certificate issued through it, spend its unused bound tokens, record a revocation event
- * for the feed and an audit row. The caller then publishes new CRLs.
+ * for the feed and an audit row, and publish new CRLs.
  */
 export async function revokeNode(
   deps: RevocationDeps,
@@ -51,6 +56,7 @@ export async function revokeNode(
         event: event.id,
       }),
     );
+    await deps.publishCrls(tx);
     return { event, serials };
   });
 }
@@ -87,6 +93,7 @@ export async function revokeCertificate(
         event: event.id,
       }),
     );
+    await deps.publishCrls(tx);
     return { event, serials };
   });
 }

@@ -41,7 +41,7 @@ export interface AppDeps {
   random: () => number;
   crls: CrlService;
   feed: RevocationFeed;
-  /** Publishes new CRLs and wakes the feed; called after a revocation commits. */
+  /** Serves the CRLs a revocation committed (drops cached ones) and wakes the feed; called after it commits. */
   afterRevocation(): Promise<void>;
   /** Rate limits, quotas and the in-flight limit (per replica). */
   limits: AbuseLimits;

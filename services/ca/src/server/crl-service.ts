@@ -1,6 +1,6 @@
-import { type CrlDeps, publishAllCrls, publishCrl } from '../domain/crl-publisher';
+import { type CrlDeps, publishAllCrls, publishAllCrlsIn, publishCrl } from '../domain/crl-publisher';
 import { BatonError } from '../domain/errors';
-import type { CrlRecord } from '../domain/ports';
+import type { CrlRecord, Repositories } from '../domain/ports';
 
 /**
  * The current CRL of each CA for the HTTP routes: read from the database (so all replicas serve the
@@ -31,11 +31,21 @@ export class CrlService {
     return crl;
   }
 
-  /** After a revocation: new CRLs for every CA, at once. */
+  /** New CRLs for every CA, at once (outside a revocation; tests, operators). */
   async republish(): Promise<CrlRecord[]> {
     const out = await publishAllCrls(this.deps(), { force: true });
     this.#cache.clear();
     return out;
+  }
+
+  /** New CRLs for every CA inside a revocation's transaction `tx`; call `forget` once it commits. */
+  publishIn(tx: Repositories): Promise<CrlRecord[]> {
+    return publishAllCrlsIn(tx, this.deps());
+  }
+
+  /** Drops the cached CRLs, so the next request reads the ones a revocation just committed. */
+  forget(): void {
+    this.#cache.clear();
   }
 
   /** Periodic: rebuild the CRLs that have used half of their validity. */

@@ -2,7 +2,7 @@ import { type Request, Router } from 'express';
 import type { AuditContext } from '../../domain/audit';
 import { crlIssuers } from '../../domain/crl-publisher';
 import { BatonError } from '../../domain/errors';
-import type { RevocationEvent } from '../../domain/ports';
+import type { Repositories, RevocationEvent } from '../../domain/ports';
 import { revokeCertificate, revokeNode } from '../../domain/revocation';
 import { parseRevocationReason, revocationReasonName } from '../../pki/crl';
 import type { AppDeps } from '../app';
@@ -28,6 +28,12 @@ export function revocationRoutes(deps: AppDeps): Router {
   const r = Router();
   const auth = authDepsOf(deps);
   const auditOf = (req: Request, admin: AdminIdentity): AuditContext => auditContext(req, admin.spiffeId);
+  const revocationDeps = {
+    clock: deps.clock,
+    storage: deps.storage,
+    trustDomain: deps.installation.trustDomain,
+    publishCrls: (tx: Repositories) => deps.crls.publishIn(tx),
+  };
   const reasonOf = (b: Record<string, unknown>) => {
     const text = optionalString(b, 'reason', 64);
     return text === undefined ? undefined : parseRevocationReason(text);
@@ -37,14 +43,11 @@ export function revocationRoutes(deps: AppDeps): Router {
     '/v1/admin/nodes/:id/revoke',
     requireAdmin(auth, 'POST /v1/admin/nodes/:id/revoke'),
     async (req, res) => {
-      const result = await revokeNode(
-        { clock: deps.clock, storage: deps.storage, trustDomain: deps.installation.trustDomain },
-        {
-          nodeId: String(req.params.id),
-          reason: reasonOf(body(req)),
-          audit: auditOf(req, res.locals.admin as AdminIdentity),
-        },
-      );
+      const result = await revokeNode(revocationDeps, {
+        nodeId: String(req.params.id),
+        reason: reasonOf(body(req)),
+        audit: auditOf(req, res.locals.admin as AdminIdentity),
+      });
       await deps.afterRevocation();
       deps.metrics.revocations.inc({ kind: 'node' });
       res.json({
@@ -59,14 +62,11 @@ export function revocationRoutes(deps: AppDeps): Router {
     '/v1/admin/certificates/:serial/revoke',
     requireAdmin(auth, 'POST /v1/admin/certificates/:serial/revoke'),
     async (req, res) => {
-      const result = await revokeCertificate(
-        { clock: deps.clock, storage: deps.storage, trustDomain: deps.installation.trustDomain },
-        {
-          serial: String(req.params.serial),
-          reason: reasonOf(body(req)),
-          audit: auditOf(req, res.locals.admin as AdminIdentity),
-        },
-      );
+      const result = await revokeCertificate(revocationDeps, {
+        serial: String(req.params.serial),
+        reason: reasonOf(body(req)),
+        audit: auditOf(req, res.locals.admin as AdminIdentity),
+      });
       await deps.afterRevocation();
       deps.metrics.revocations.inc({ kind: 'certificate' });
       res.json({ revoked_certificates: result.serials, event: renderEvent(result.event) });
