@@ -3,17 +3,22 @@ import fc from 'fast-check';
 import { type Answer, assertRefused, useFuzzServer } from './support/fuzz-harness';
 import { hostileJson, hostileObjectBody, MALFORMED_BODIES } from './support/hostile';
 import { inPool } from './support/pool';
+import { isValidTokenRequest } from './support/valid-bodies';
 
 /**
  * Issue 8 item 3, JSON: property-based bodies (arbitrary JSON, wrong types per field, huge strings,
  * Unicode, nesting, prototype keys, duplicate keys) and malformed bodies on every route that reads
  * a JSON body, anonymous and with valid node and admin certificates. Each answer is a 4xx with a
- * stable code, and nothing is created from a refused request.
+ * stable code, and nothing is created from a refused request. The generators use the routes' own
+ * field names and words ("role", "manager"), so they now and then write a valid token request:
+ * the route's oracle says which, and those must be created (201, one join_tokens row each).
  */
 interface JsonRoute {
   name: string;
   path: string;
   as?: 'node' | 'admin';
+  /** Bodies this route must accept, restated from the contract; absent: none can be written by chance. */
+  valid?: { oracle: (body: string) => boolean; table: 'join_tokens' };
 }
 
 const ROUTES: JsonRoute[] = [
@@ -22,7 +27,12 @@ const ROUTES: JsonRoute[] = [
   { name: 'POST /v1/renew', path: '/v1/renew', as: 'node' },
   { name: 'POST /v1/workload-svids', path: '/v1/workload-svids', as: 'node' },
   { name: 'POST /v1/admin/entries', path: '/v1/admin/entries', as: 'admin' },
-  { name: 'POST /v1/admin/tokens', path: '/v1/admin/tokens', as: 'admin' },
+  {
+    name: 'POST /v1/admin/tokens',
+    path: '/v1/admin/tokens',
+    as: 'admin',
+    valid: { oracle: isValidTokenRequest, table: 'join_tokens' },
+  },
   { name: 'POST /v1/admin/admins', path: '/v1/admin/admins', as: 'admin' },
   { name: 'POST /v1/admin/nodes/:id/revoke', path: '/v1/admin/nodes/fuzz-no-such-node/revoke', as: 'admin' },
   {
@@ -50,12 +60,91 @@ describe('fuzz: JSON bodies', () => {
       route.name,
     );
 
+  /** Refused, unless the route's oracle calls the body valid: then created, and counted as a row. */
+  const expectAnswer = async (route: JsonRoute, body: string, what = body.slice(0, 200)): Promise<Answer> => {
+    const a = await post(route, body);
+    if (route.valid?.oracle(body)) {
+      if (a.status !== 201)
+        throw new Error(`valid, yet refused: ${route.name} ${what}: ${a.status} ${a.body}`);
+      f.created(route.valid.table);
+    } else assertRefused(a, `${route.name} ${what}`);
+    return a;
+  };
+
+  it('the token oracle agrees with the server on bodies it calls valid, duplicates and extra keys included', async () => {
+    const route = ROUTES.find((r) => r.valid)!;
+    const valid = [
+      '{"role":"manager"}',
+      '{"role":"worker","ttl":60,"uses":10000,"node_ttl":"30d"}',
+      '{"role":"worker","node_name":"a","uses":1,"ttl":" 1h30m "}',
+      '{"role":"x","role":"worker","__proto__":{"role":1},"toString":1,"k":[1]}',
+      '{"role":"worker","ttl":null,"uses":null,"node_name":null,"node_ttl":null}',
+    ];
+    const invalid = [
+      '{"role":"worker","role":"admin"}',
+      '{"role":"worker","ttl":59}',
+      '{"role":"worker","ttl":60.5}',
+      '{"role":"worker","node_ttl":60.0005}',
+      '{"role":"worker","uses":2,"node_name":"a"}',
+      '{"role":"worker","node_name":"A"}',
+      '{"role":"worker","ttl":"24"}',
+      `{"role":"worker","pad":"${'x'.repeat(64 * 1024)}"}`,
+    ];
+    for (const body of valid) expect(route.valid!.oracle(body)).toBe(true);
+    for (const body of invalid) expect(route.valid!.oracle(body)).toBe(false);
+    for (const body of [...valid, ...invalid]) await expectAnswer(route, body, body.slice(0, 80));
+  });
+
+  it('answers near-valid token requests as the oracle says: each field valid, at a bound or just past it', async () => {
+    const route = ROUTES.find((r) => r.valid)!;
+    // Each field is left out half the time, so that about one body in four is valid.
+    const maybe = (...values: unknown[]) =>
+      fc.option(fc.constantFrom(...values), { nil: undefined, freq: 2 });
+    const body = fc.record(
+      {
+        role: fc.constantFrom('worker', 'manager', 'admin'),
+        ttl: maybe(
+          null,
+          60,
+          59,
+          2_592_000,
+          2_592_001,
+          60.5,
+          '1m',
+          '59s',
+          '30d',
+          '721h',
+          ' 15m',
+          '1h30m',
+          '15',
+          -60,
+        ),
+        node_ttl: maybe(null, 60, 59, 2_592_000, 2_592_001, 90.25, '1m', '30d', '31d', '60000ms', '59999ms'),
+        uses: maybe(null, 1, 0, 2, 10_000, 10_001, 1.5, '1', true),
+        node_name: maybe(null, 'a', 'node-1.x_y', 'A', '-a', 'a-', '', 'x'.repeat(63), 'x'.repeat(64), 5),
+        extra: maybe(1, 'x', null, [], {}),
+      },
+      { requiredKeys: ['role'] },
+    );
+    let accepted = 0;
+    await fc.assert(
+      fc.asyncProperty(body, async (b) => {
+        const text = JSON.stringify(b);
+        if ((await expectAnswer(route, text)).status === 201) accepted++;
+      }),
+      { numRuns: 150 },
+    );
+    // Both sides were reached (about 35 of 150 accepted), so the oracle was checked both ways.
+    expect(accepted).toBeGreaterThan(0);
+    expect(accepted).toBeLessThan(150);
+  });
+
   it.each(ROUTES.map((r) => [r.name, r] as const))(
     'refuses hostile JSON objects on %s',
     async (_n, route) => {
       await fc.assert(
         fc.asyncProperty(hostileObjectBody, async (body) => {
-          assertRefused(await post(route, body), `${route.name} ${body.slice(0, 200)}`);
+          await expectAnswer(route, body);
         }),
         { numRuns: 120 },
       );
@@ -67,7 +156,7 @@ describe('fuzz: JSON bodies', () => {
     async (_n, route) => {
       await fc.assert(
         fc.asyncProperty(fc.oneof(hostileJson, fc.json()), async (body) => {
-          assertRefused(await post(route, body), `${route.name} ${body.slice(0, 200)}`);
+          await expectAnswer(route, body);
         }),
         { numRuns: 60 },
       );

@@ -1,5 +1,5 @@
 import { writeFileSync } from 'node:fs';
-import type { Agent } from 'node:https';
+import { Agent } from 'node:https';
 import { revokeNode } from '../../services/ca/src/domain/revocation';
 import { describeEachBackend } from '../support/database';
 import { https } from '../support/https';
@@ -190,6 +190,11 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
     expect(errorOf(viaNew).code).toBe('ERR_NODE_REVOKED');
     expect((await adminCall('POST', '/v1/admin/nodes/n1/revoke', {})).status).toBe(409);
     expect((await t.ca.storage.nodes.findById('n1'))?.status).toBe('revoked');
+    // The node's reason reads as a name, as in the event and the CRL listing (it was the code, 1).
+    expect((await adminCall('GET', '/v1/admin/nodes/n1')).json<{ node: unknown }>().node).toMatchObject({
+      status: 'revoked',
+      revocation_reason: 'key-compromise',
+    });
   });
 
   it('a revocation commits with the CRLs that list it: nothing after the commit is needed for the CRL to list it', async () => {
@@ -240,10 +245,12 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
     expect(again.status).toBe(409);
     expect((await adminCall('POST', '/v1/admin/certificates/abcd/revoke', {})).status).toBe(404);
     expect((await adminCall('POST', '/v1/admin/certificates/zz/revoke', {})).status).toBe(400);
-    expect(
-      (await adminCall('POST', `/v1/admin/certificates/${ws[1]!.body.serial}/revoke`, { reason: 'because' }))
-        .status,
-    ).toBe(400);
+    const unknownReason = await adminCall('POST', `/v1/admin/certificates/${ws[1]!.body.serial}/revoke`, {
+      reason: 'because<script>',
+    });
+    expect(unknownReason.status).toBe(400);
+    expect(errorOf(unknownReason).message).toMatch(/^reason: unknown revocation reason, use one of /);
+    expect(errorOf(unknownReason).message).not.toContain('because');
   });
 
   it('rebuilds the CRL before nextUpdate with no change, with a larger number and a later thisUpdate', async () => {
@@ -301,6 +308,34 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
     expect((await asNode(n, 'GET', '/v1/revocations?since=-1')).status).toBe(400);
   });
 
+  it('a workload SVID may follow the feed while current; once expired or revoked it is refused per request', async () => {
+    const n = await attestedNode(t, { nodeName: 'feed-parent' });
+    const entry = { name: 'feed-reader', spiffe_id: `spiffe://${TD}/feed-reader`, parent: 'feed-parent' };
+    expect((await adminCall('POST', '/v1/admin/entries', entry)).status).toBe(201);
+    const w = await workloadFor(n, entry.spiffe_id);
+    // One keep-alive connection throughout: TLS checked the certificate once, at its handshake.
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const feed = () => asNode(w, 'GET', '/v1/revocations?since=0&wait=0', undefined, agent);
+      expect((await feed()).status).toBe(200);
+      const saved = t.clock.now();
+      try {
+        t.clock.set(new Date(Date.parse(w.body.expires_at)));
+        const expired = await feed();
+        expect([expired.status, errorOf(expired).code]).toEqual([401, 'ERR_CERT_EXPIRED']);
+      } finally {
+        t.clock.set(saved);
+      }
+      expect((await feed()).status).toBe(200);
+      const revoke = `/v1/admin/certificates/${w.body.serial}/revoke`;
+      expect((await adminCall('POST', revoke, { reason: 'key-compromise' })).status).toBe(200);
+      const revoked = await feed();
+      expect([revoked.status, errorOf(revoked).code]).toEqual([403, 'ERR_CERT_REVOKED']);
+    } finally {
+      agent.destroy();
+    }
+  });
+
   it('an auditor cannot revoke; lists certificates by node and status', async () => {
     const auditor = await t.issueAdmin('auditor', 'aud');
     const n = await attestedNode(t);
@@ -323,5 +358,29 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
     }>().certificates;
     expect(certs.length).toBe(3);
     expect(certs.every((c) => c.status === 'revoked')).toBe(true);
+    // "expired" means a valid certificate past its notAfter, as each listed status says; a revoked
+    // one past its notAfter keeps its own status and is not listed as expired.
+    const entry = { name: 'lapsing', spiffe_id: `spiffe://${TD}/lapsing`, parent: n.body.node_id, ttl: '1m' };
+    expect((await adminCall('POST', '/v1/admin/entries', entry)).status).toBe(201);
+    const lapsed = await workloadFor(n, entry.spiffe_id);
+    const revoked = await workloadFor(n, entry.spiffe_id);
+    expect((await adminCall('POST', `/v1/admin/certificates/${revoked.body.serial}/revoke`, {})).status).toBe(
+      200,
+    );
+    const saved = t.clock.now();
+    try {
+      t.clock.set(new Date(saved.getTime() + 2 * 60_000));
+      const expired = await https(`${t.url}/v1/admin/certificates?status=expired`, {
+        ca: t.bundle,
+        cert: auditor.cert,
+        key: auditor.key,
+      });
+      const listed = expired.json<{ certificates: { status: string; serial: string }[] }>().certificates;
+      expect(listed.map((c) => c.serial)).toContain(lapsed.body.serial);
+      expect(listed.map((c) => c.serial)).not.toContain(revoked.body.serial);
+      expect(new Set(listed.map((c) => c.status))).toEqual(new Set(['expired']));
+    } finally {
+      t.clock.set(saved);
+    }
   });
 });

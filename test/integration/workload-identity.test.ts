@@ -241,6 +241,14 @@ describeEachBackend('workload identity: entries and workload SVIDs', (backend) =
       404,
       'ERR_NOT_FOUND',
     ],
+    ['fail/no parent', { name: 'x1', spiffe_id: `spiffe://${TD}/x1` }, 400, 'ERR_BAD_REQUEST'],
+    [
+      'fail/a parent that is not a string',
+      { name: 'x1', spiffe_id: `spiffe://${TD}/x1`, parent: 1 },
+      400,
+      'ERR_BAD_REQUEST',
+    ],
+
     [
       'fail/duplicate name',
       { name: 'web', spiffe_id: `spiffe://${TD}/other`, parent: 'n2' },
@@ -299,6 +307,23 @@ describeEachBackend('workload identity: entries and workload SVIDs', (backend) =
     const r = await adminCall('POST', '/v1/admin/entries', body);
     expect(r.status).toBe(status);
     expect(errorOf(r).code).toBe(code);
+  });
+
+  it('fail/each refusal names its field: no parent, a parent not a string, 33 DNS names', async () => {
+    const base = { name: 'x9', spiffe_id: `spiffe://${TD}/x9` };
+    const dns = Array.from({ length: 33 }, (_, i) => `h${i}.example`);
+    for (const [body, message] of [
+      [base, /^parent: /],
+      [{ ...base, parent: 1 }, /^parent: /],
+      [{ ...base, parent: 'n1', dns_names: dns }, /^dns_names: a list of at most 32$/],
+    ] as const) {
+      const r = await adminCall('POST', '/v1/admin/entries', body);
+      expect([r.status, errorOf(r).code, errorOf(r).message]).toEqual([
+        400,
+        'ERR_BAD_REQUEST',
+        expect.stringMatching(message),
+      ]);
+    }
   });
 
   it('ok/the same SPIFFE ID may be parented to two nodes, and a wildcard when the entry allows it', async () => {

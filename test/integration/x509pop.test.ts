@@ -371,6 +371,22 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
     expectFailed((await attestPop({ chain: leaf.certPem, signer: leaf.keyPem, nonce: n })).r, n);
   });
 
+  it('ok/the background job deletes expired nonces, used or not, and keeps live ones usable', async () => {
+    const leaf = pki.issue(provisioning, { cn: 'node-purge' });
+    const first = await attestPop({ chain: leaf.certPem, signer: leaf.keyPem });
+    expect(first.r.status).toBe(201);
+    const unused = await nonce();
+    t.clock.advance(4 * 60_000);
+    const live = await nonce();
+    // The first two expire exactly now: `use` already refuses them, so they are only weight.
+    t.clock.advance(60_000);
+    await t.running.jobs.runOnce();
+    expect(await nonceRow(first.nonce)).toBeUndefined();
+    expect(await nonceRow(unused)).toBeUndefined();
+    expect(await nonceRow(live)).toMatchObject({ used_at: null });
+    expect((await attestPop({ chain: leaf.certPem, signer: leaf.keyPem, nonce: live })).r.status).toBe(201);
+  });
+
   it('fail/a well-formed nonce the server never issued', async () => {
     const leaf = pki.issue(provisioning, { cn: 'node-forged-nonce' });
     const n = randomBytes(32).toString('base64url');

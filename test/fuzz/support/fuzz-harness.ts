@@ -181,10 +181,14 @@ export function routeOf(path: string): string {
 
 export const ERROR_CODE = /^ERR_[A-Z0-9_]+$/;
 
+/** RFC 6960 §4.2.1: OCSPResponse { responseStatus malformedRequest (1) }, no responseBytes. */
+export const OCSP_MALFORMED_REQUEST = Buffer.from('30030a0101', 'hex');
+
 /**
  * The invariant of every hostile answer: not a 5xx; a 4xx (or one of `ok`) within the bound; a
- * 4xx with a body carries `{"error":{"code":"ERR_…","message"}}`. Throws (for fast-check to shrink)
- * rather than calling expect, and names the input.
+ * 4xx with a body carries `{"error":{"code":"ERR_…","message"}}`, or, on the OCSP routes, is the
+ * 400 whose body is the OCSP `malformedRequest` response. Throws (for fast-check to shrink) rather
+ * than calling expect, and names the input.
  */
 export function assertRefused(a: Answer, what: string, ok: readonly number[] = []): void {
   const show = () => `${what}: ${a.status} ${a.body.toString('utf8').slice(0, 300)}`;
@@ -192,10 +196,19 @@ export function assertRefused(a: Answer, what: string, ok: readonly number[] = [
   if (a.ms > BOUND_MS) throw new Error(`answer took ${a.ms.toFixed(0)} ms for ${show()}`);
   if (ok.includes(a.status)) return;
   if (a.status < 400) throw new Error(`accepted ${show()}`);
-  assertErrorBody(a.body, show);
+  const type = a.headers['content-type'];
+  if (type === 'application/ocsp-response' && a.status !== 400)
+    throw new Error(`OCSP refusal not a 400: ${show()}`);
+  assertErrorBody(a.body, show, typeof type === 'string' ? type : undefined);
 }
 
-export function assertErrorBody(body: Buffer, show: () => string): void {
+/** A refusal's body: the JSON error, or (content type application/ocsp-response) OCSP's malformedRequest. */
+export function assertErrorBody(body: Buffer, show: () => string, contentType?: string): void {
+  if (contentType === 'application/ocsp-response') {
+    if (!body.equals(OCSP_MALFORMED_REQUEST))
+      throw new Error(`not the OCSP malformedRequest answer: ${show()}`);
+    return;
+  }
   if (body.length === 0) return;
   let parsed: { error?: { code?: unknown; message?: unknown } };
   try {
@@ -275,7 +288,10 @@ export interface FuzzServerOptions {
   node?: boolean;
   /** Issues an admin credential (role admin) of this name before the tests: `f.admin`. */
   admin?: string;
-  /** Tables that must hold as many rows after the file as before it: nothing hostile created a row. */
+  /**
+   * Tables that must hold as many rows after the file as before it, plus the rows the file said
+   * it created (`created`): nothing hostile created a row.
+   */
   unchangedTables?: readonly Table[];
   /** The file's own fixtures: after the node and admin, before the row counts and the process watch. */
   setup?: (f: FuzzSuite) => Promise<void>;
@@ -296,6 +312,7 @@ export class FuzzSuite {
   private adminCredential?: AdminCredential;
   private counts?: RowCounts;
   private watch?: ProcessWatch;
+  private readonly made: Partial<RowCounts> = {};
 
   constructor(
     private readonly title: string,
@@ -317,6 +334,11 @@ export class FuzzSuite {
   /** Row counts of every table once the fixtures exist, before the first hostile input. */
   get before(): RowCounts {
     return present(this.counts, 'the row counts');
+  }
+
+  /** A test created a row on purpose (an input the oracle called valid): the table may grow by one. */
+  created(table: Table): void {
+    this.made[table] = (this.made[table] ?? 0) + 1;
   }
 
   /** beforeAll: the fixtures are made before the counts and the watch start, so neither sees them. */
@@ -354,7 +376,8 @@ export class FuzzSuite {
     if (tables.length === 0) return;
     const after = await rowCounts(t);
     // The table is named in the failure, not just two numbers.
-    for (const table of tables) expect(`${table}: ${after[table]}`).toBe(`${table}: ${this.before[table]}`);
+    for (const table of tables)
+      expect(`${table}: ${after[table]}`).toBe(`${table}: ${this.before[table] + (this.made[table] ?? 0)}`);
   }
 }
 

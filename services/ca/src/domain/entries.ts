@@ -51,15 +51,21 @@ export async function createEntry(
       'invalid entry name: lowercase letters, digits, ".", "-", "_" (at most 63)',
     );
   }
+  // A missing parent is a malformed request (400), not a node that does not exist (404).
+  if (typeof p.parentNodeId !== 'string' || p.parentNodeId === '')
+    throw new BatonError(
+      'ERR_BAD_REQUEST',
+      'parent: the id of the node that may mint this identity is required',
+    );
   const allowWildcardDns = p.allowWildcardDns === true;
   const entry: EntryRecord = {
     name: p.name,
     spiffeId: validateWorkloadSpiffeId(p.spiffeId, deps.trustDomain),
-    parentNodeId: typeof p.parentNodeId === 'string' ? p.parentNodeId : '',
+    parentNodeId: p.parentNodeId,
     selectors: list(p.selectors, 'selectors', MAX_SELECTORS).map(parseSelector),
     dnsNames: [
       ...new Set(
-        list(p.dnsNames, 'dns', MAX_DNS_NAMES).map((d) =>
+        list(p.dnsNames, 'dns_names', MAX_DNS_NAMES).map((d) =>
           validateDnsName(d, { allowWildcard: allowWildcardDns }),
         ),
       ),
@@ -72,7 +78,7 @@ export async function createEntry(
   if (entry.ttlMs !== null && (entry.ttlMs < MIN_TTL_MS || entry.ttlMs > MAX_TTL.workload)) {
     throw new BatonError('ERR_BAD_REQUEST', `ttl: must be between 1m and ${MAX_TTL.workload / 86_400_000}d`);
   }
-  const parent = entry.parentNodeId ? await deps.repos.nodes.findById(entry.parentNodeId) : null;
+  const parent = await deps.repos.nodes.findById(entry.parentNodeId);
   if (!parent) throw new BatonError('ERR_NOT_FOUND', 'no such parent node');
   if (parent.status !== 'active')
     throw new BatonError('ERR_NODE_REVOKED', 'the parent node has been revoked');

@@ -199,6 +199,8 @@ export interface NonceRepository {
   insert(nonce: string, method: string, expiresAt: Date): Promise<void>;
   /** Marks an unexpired, unused nonce as used; false when it was not (one use, atomically). */
   use(nonce: string, method: string, now: Date): Promise<boolean>;
+  /** Deletes up to `limit` nonces that expired before `now`, used or not; returns how many. */
+  purgeExpired(now: Date, limit: number): Promise<number>;
 }
 
 /** A selector the agent matches workloads by (`unix:uid:N`, `unix:gid:N`). */

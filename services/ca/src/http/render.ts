@@ -1,6 +1,7 @@
 import type { Issuance } from '../domain/node-identity';
 import { formatSelector } from '../domain/entries';
 import type { CertificateRecord, EntryRecord, NodeRecord } from '../domain/ports';
+import { revocationReasonName } from '../pki/crl';
 
 /** CONTRACT "HTTP API": the issuance response. */
 export function renderIssuance(i: Issuance, opts: { withNodeId: boolean }) {
@@ -27,7 +28,9 @@ export function renderNode(n: NodeRecord) {
     last_attested_at: iso(n.lastAttestedAt),
     last_seen_at: iso(n.lastSeenAt),
     revoked_at: iso(n.revokedAt),
-    revocation_reason: n.revocationReason,
+    // A name, as in the feed, the CRL listing and the revoke request (RFC 5280 5.3.1 CRLReason).
+    revocation_reason:
+      n.revocationReason === null ? null : (revocationReasonName(n.revocationReason) ?? 'unspecified'),
   };
 }
 

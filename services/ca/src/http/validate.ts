@@ -43,7 +43,11 @@ export function optionalInt(
   return v;
 }
 
-/** A duration field: "15m" style string or a number of seconds. */
+/**
+ * A duration field: "15m" style string or a whole number of seconds. Fractional seconds are
+ * refused: the milliseconds are stored in bigint columns, where 60000.5 is not a value (it was a
+ * 500 on `node_ttl: 60.0005`).
+ */
 export function optionalDurationMs(
   b: Record<string, unknown>,
   field: string,
@@ -53,14 +57,14 @@ export function optionalDurationMs(
   const v = b[field];
   if (v === undefined || v === null) return undefined;
   let ms: number;
-  if (typeof v === 'number' && Number.isFinite(v)) ms = v * 1000;
+  if (typeof v === 'number' && Number.isSafeInteger(v)) ms = v * 1000;
   else if (typeof v === 'string' && v.length <= 32) {
     try {
       ms = parseDuration(v, field);
     } catch {
       throw bad(field, 'a duration such as 15m, 24h or 7d');
     }
-  } else throw bad(field, 'a duration such as 15m, 24h or 7d');
+  } else throw bad(field, 'a duration such as 15m, 24h or 7d, or a whole number of seconds');
   if (ms < minMs || ms > maxMs) throw bad(field, `must be between ${minMs / 1000}s and ${maxMs / 1000}s`);
   return ms;
 }

@@ -49,7 +49,8 @@ export function parseRevocationReason(name: string): number {
   const allowed = Object.keys(REVOCATION_REASONS).filter((k) => k !== 'remove-from-crl');
   throw new BatonError(
     'ERR_BAD_REQUEST',
-    `unknown revocation reason "${name}": use one of ${allowed.join(', ')}`,
+    // The input is not echoed: error messages never carry what the client sent.
+    `reason: unknown revocation reason, use one of ${allowed.join(', ')}`,
   );
 }
 

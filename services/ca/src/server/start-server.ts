@@ -221,6 +221,8 @@ export async function startServer(p: {
     reloadKeyring,
     crls,
     audit: ca.storage.audit,
+    nonces: ca.storage.nonces,
+    clock,
     log,
     intervalMs: config.backgroundIntervalMs,
   });

@@ -2,21 +2,32 @@ import { createHash } from 'node:crypto';
 import express, { Router } from 'express';
 import { BatonError } from '../../domain/errors';
 import { answerOcsp } from '../../domain/ocsp-responder';
-import { MAX_OCSP_REQUEST_OCTETS } from '../../pki/ocsp';
+import { MAX_OCSP_REQUEST_OCTETS, ocspErrorResponse } from '../../pki/ocsp';
 import type { AppDeps } from '../app';
 
 /**
  * OCSP (RFC 6960 Appendix A): POST with an application/ocsp-request body, or GET with the
  * base64 DER in the path (RFC 5019 §5 caching rules: cacheable when there is no nonce).
- * A request that does not parse gets the JSON 400 ERR_BAD_REQUEST every Baton route gives.
+ * A request that does not parse gets the unsigned `malformedRequest` response of RFC 6960 §2.3,
+ * which OCSP clients understand, with HTTP 400 for everything else that reads the status (as
+ * cfssl's responder does). A body over the limit stays the JSON 413 of every route.
  */
 export function ocspRoutes(deps: AppDeps): Router {
   const r = Router();
+  const malformed = (res: express.Response): void =>
+    void res.status(400).type('application/ocsp-response').send(ocspErrorResponse('malformedRequest'));
   const respond = async (der: Buffer, res: express.Response) => {
-    const out = await answerOcsp(
-      { clock: deps.clock, keyring: deps.keyring(), certificates: deps.storage.certificates },
-      der,
-    );
+    let out: Awaited<ReturnType<typeof answerOcsp>>;
+    try {
+      out = await answerOcsp(
+        { clock: deps.clock, keyring: deps.keyring(), certificates: deps.storage.certificates },
+        der,
+      );
+    } catch (err) {
+      if (!(err instanceof BatonError && err.code === 'ERR_BAD_REQUEST')) throw err;
+      malformed(res);
+      return;
+    }
     res.status(200).type('application/ocsp-response');
     if (out.cacheable) {
       const maxAge = Math.max(0, Math.floor((out.nextUpdate.getTime() - deps.clock.now().getTime()) / 1000));
@@ -28,8 +39,7 @@ export function ocspRoutes(deps: AppDeps): Router {
     res.send(out.der);
   };
   r.post('/v1/ocsp', express.raw({ type: () => true, limit: MAX_OCSP_REQUEST_OCTETS }), async (req, res) => {
-    if (!Buffer.isBuffer(req.body) || req.body.length === 0)
-      throw new BatonError('ERR_BAD_REQUEST', 'an OCSP request body is required');
+    if (!Buffer.isBuffer(req.body) || req.body.length === 0) return malformed(res);
     await respond(req.body, res);
   });
   r.get('/v1/ocsp/*path', async (req, res) => {
@@ -39,10 +49,10 @@ export function ocspRoutes(deps: AppDeps): Router {
     try {
       encoded = decodeURIComponent((req.params as { path: string[] }).path.join('/'));
     } catch {
-      throw new BatonError('ERR_BAD_REQUEST', 'malformed OCSP request');
+      return malformed(res);
     }
     if (encoded.length > MAX_OCSP_REQUEST_OCTETS * 2 || !/^[A-Za-z0-9+/=_-]+$/.test(encoded)) {
-      throw new BatonError('ERR_BAD_REQUEST', 'malformed OCSP request');
+      return malformed(res);
     }
     await respond(Buffer.from(encoded.replace(/-/g, '+').replace(/_/g, '/'), 'base64'), res);
   });

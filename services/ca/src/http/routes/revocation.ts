@@ -2,6 +2,7 @@ import { type Request, Router } from 'express';
 import type { AuditContext } from '../../domain/audit';
 import { crlIssuers } from '../../domain/crl-publisher';
 import { BatonError } from '../../domain/errors';
+import { assertCurrent } from '../../domain/node-identity';
 import type { Repositories, RevocationEvent } from '../../domain/ports';
 import { revokeCertificate, revokeNode } from '../../domain/revocation';
 import { parseRevocationReason, revocationReasonName } from '../../pki/crl';
@@ -81,7 +82,8 @@ export function revocationRoutes(deps: AppDeps): Router {
     }
     const certs = await deps.storage.certificates.list({
       nodeId: req.query.node === undefined ? undefined : String(req.query.node),
-      status: status === 'expired' ? undefined : (status as 'valid' | 'revoked' | 'superseded' | undefined),
+      // "expired" is what renderCertificate calls a valid certificate past its notAfter.
+      status: status === 'expired' ? 'valid' : (status as 'valid' | 'revoked' | 'superseded' | undefined),
       expiredAt: status === 'expired' ? now : undefined,
       validAt: status === 'valid' ? now : undefined,
       limit: 10_000,
@@ -121,8 +123,11 @@ export function revocationRoutes(deps: AppDeps): Router {
       await authenticateNode(auth, req);
     else {
       const rec = await deps.storage.certificates.findBySerial(peer.serial);
-      if (!rec || rec.kind !== 'workload' || rec.status !== 'valid')
+      if (!rec || rec.kind !== 'workload')
         throw new BatonError('ERR_NOT_AUTHORIZED', 'a current node or workload certificate is required');
+      // Per request, as for nodes: TLS checked the validity only at the handshake, with the wall
+      // clock, and a keep-alive connection outlives both an expiry and a revocation.
+      assertCurrent(rec.status, rec.notAfter, deps.clock.now());
     }
     const since = req.query.since === undefined ? 0 : Number(req.query.since);
     if (!Number.isSafeInteger(since) || since < 0)

@@ -85,5 +85,16 @@ export function knexNonceRepository(k: Knex | Knex.Transaction): NonceRepository
           .update({ used_at: now });
         return n === 1;
       }),
+    // An expired nonce can never be used again (`use` checks expires_at), so its row is only
+    // weight; in batches, so that one purge after a flood of challenges holds no long lock.
+    purgeExpired: (now, limit) =>
+      db(async () =>
+        k('attestation_nonces')
+          .whereIn(
+            'nonce',
+            k('attestation_nonces').select('nonce').where('expires_at', '<=', now).limit(limit),
+          )
+          .del(),
+      ),
   };
 }
