@@ -54,14 +54,15 @@ export function auditContent(row: SealedContent): string {
   return `{${out}}`;
 }
 
+/** The previous hash of the first sealed row. */
+const ZERO_HASH = Buffer.alloc(32);
+
 export function auditHash(row: SealedContent, prevHash: Buffer | null): Buffer {
   return createHash('sha256')
     .update(prevHash ?? ZERO_HASH)
     .update(auditContent(row), 'utf8')
     .digest();
 }
-
-const ZERO_HASH = Buffer.alloc(32);
 
 export type AuditVerdict =
   | { ok: true; rows: number }

@@ -33,33 +33,31 @@ export async function publishCrlIn(
   ca: SigningCa,
   opts: { force: boolean },
 ): Promise<CrlRecord | null> {
-  {
-    await tx.crls.lockBuilder();
-    const now = deps.clock.now();
-    const prev = await tx.crls.latest(ca.record.id);
-    if (!opts.force && prev && !isStale(prev, now, deps.nextUpdateMs)) return null;
-    const thisUpdate = new Date(Math.max(now.getTime(), prev?.thisUpdate.getTime() ?? 0));
-    const nextUpdate = new Date(thisUpdate.getTime() + deps.nextUpdateMs);
-    const entries = await tx.revocations.revokedForCa(ca.record.id, now);
-    const crlNumber = await tx.crls.nextNumber();
-    const der = buildCrl({
-      issuer: { name: ca.subjectName, keyId: ca.keyId, signer: ca.template.signer },
-      crlNumber,
-      thisUpdate,
-      nextUpdate,
-      entries,
-    });
-    const record: CrlRecord = {
-      caId: ca.record.id,
-      crlNumber,
-      thisUpdate,
-      nextUpdate,
-      entries: entries.length,
-      der,
-    };
-    await tx.crls.insert(record);
-    return record;
-  }
+  await tx.crls.lockBuilder();
+  const now = deps.clock.now();
+  const prev = await tx.crls.latest(ca.record.id);
+  if (!opts.force && prev && !isStale(prev, now, deps.nextUpdateMs)) return null;
+  const thisUpdate = new Date(Math.max(now.getTime(), prev?.thisUpdate.getTime() ?? 0));
+  const nextUpdate = new Date(thisUpdate.getTime() + deps.nextUpdateMs);
+  const entries = await tx.revocations.revokedForCa(ca.record.id, now);
+  const crlNumber = await tx.crls.nextNumber();
+  const der = buildCrl({
+    issuer: { name: ca.subjectName, keyId: ca.keyId, signer: ca.template.signer },
+    crlNumber,
+    thisUpdate,
+    nextUpdate,
+    entries,
+  });
+  const record: CrlRecord = {
+    caId: ca.record.id,
+    crlNumber,
+    thisUpdate,
+    nextUpdate,
+    entries: entries.length,
+    der,
+  };
+  await tx.crls.insert(record);
+  return record;
 }
 
 /** A CRL is rebuilt once half of its validity has passed, well before nextUpdate. */
@@ -72,13 +70,22 @@ export function crlIssuers(keyring: Keyring, now: Date): SigningCa[] {
   return keyring.all.filter((c) => c.record.kind === 'root' || c.record.notAfter.getTime() > now.getTime());
 }
 
-export async function publishAllCrls(deps: CrlDeps, opts: { force: boolean }): Promise<CrlRecord[]> {
+/** Runs `publish` for every CA that needs a CRL, one after the other; the CRLs it made. */
+async function publishEach(
+  deps: Omit<CrlDeps, 'storage'>,
+  publish: (ca: SigningCa) => Promise<CrlRecord | null>,
+): Promise<CrlRecord[]> {
   const out: CrlRecord[] = [];
   for (const ca of crlIssuers(deps.keyring, deps.clock.now())) {
-    const crl = await publishCrl(deps, ca, opts);
+    const crl = await publish(ca);
     if (crl) out.push(crl);
   }
   return out;
+}
+
+/** New CRLs for every CA that needs one (`force`: all of them), each in its own transaction. */
+export function publishAllCrls(deps: CrlDeps, opts: { force: boolean }): Promise<CrlRecord[]> {
+  return publishEach(deps, (ca) => publishCrl(deps, ca, opts));
 }
 
 /**
@@ -86,14 +93,6 @@ export async function publishAllCrls(deps: CrlDeps, opts: { force: boolean }): P
  * list it, so no replica's revocation feed can announce it while the current CRL does not list it
  * yet (a node following the feed fetches the CRL as soon as it hears of a revocation).
  */
-export async function publishAllCrlsIn(
-  tx: Repositories,
-  deps: Omit<CrlDeps, 'storage'>,
-): Promise<CrlRecord[]> {
-  const out: CrlRecord[] = [];
-  for (const ca of crlIssuers(deps.keyring, deps.clock.now())) {
-    const crl = await publishCrlIn(tx, deps, ca, { force: true });
-    if (crl) out.push(crl);
-  }
-  return out;
+export function publishAllCrlsIn(tx: Repositories, deps: Omit<CrlDeps, 'storage'>): Promise<CrlRecord[]> {
+  return publishEach(deps, (ca) => publishCrlIn(tx, deps, ca, { force: true }));
 }

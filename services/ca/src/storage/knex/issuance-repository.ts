@@ -39,10 +39,9 @@ const ROW = `(${Array.from({ length: 26 }, () => '?').join(', ')})`;
  * the 416-parameter statement cost PostgreSQL about 2 ms of CPU, executing it 0.3 ms. The text of
  * a name never changes (the pg driver refuses that), and the result types do not depend on the
  * tables' columns, so a later migration only makes PostgreSQL plan again. PGlite ignores the name.
- * (runPrepared names them `baton_workload_<rows>` and `baton_renewal`.)
+ * runPrepared names them `baton_workload_<rows>` and `baton_renewal`. The text for a batch of
+ * `rows` is made once per size.
  */
-
-/** The text for a batch of `rows`, made once per size. */
 const statements = new Map<number, string>();
 const statement = (rows: number): string => {
   let text = statements.get(rows);

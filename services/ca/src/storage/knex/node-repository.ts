@@ -20,8 +20,9 @@ const date = (d: Date | null): Date | null => (d ? new Date(d) : null);
 
 /**
  * The node of a presented certificate: asked once per renewal (a storm asks it for every node at
- * once), so it is a named prepared statement, planned once per connection. Columns are listed, not `n.*`: a prepared statement's result type must not change
- * under it when a migration adds a column to a running replica's table.
+ * once), so it is a named prepared statement, planned once per connection. Columns are listed,
+ * not `n.*`: a prepared statement's result type must not change under it when a migration adds a
+ * column to a running replica's table.
  */
 const NODE_BY_CERTIFICATE = `
 select n.id, n.role, n.status, n.attestation_method, n.cert_ttl_ms, n.created_at, n.last_attested_at,
