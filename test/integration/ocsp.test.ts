@@ -1,12 +1,21 @@
+import { X509Certificate, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { responderKeyHash } from '../../services/ca/src/pki/ocsp';
 import { describeEachBackend } from '../support/database';
 import { https } from '../support/https';
 import { attestedNode } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
-import { run, runAsync, tempDir, writeFiles } from '../support/tools';
+import { ocspQuery } from '../support/revocation-checks';
+import { run, tempDir, writeFiles } from '../support/tools';
 
 const certsOf = (chain: string) =>
   chain.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n/g)!;
+
+/** RFC 6960 §4.2.1 KeyHash of a certificate's key, as `openssl ocsp -resp_text` prints the Responder Id. */
+const keyHashOf = (pem: string): string =>
+  responderKeyHash(new X509Certificate(pem).publicKey.export({ type: 'spki', format: 'der' }))
+    .toString('hex')
+    .toUpperCase();
 
 describeEachBackend('OCSP responder (RFC 6960) checked by openssl ocsp', (backend) => {
   let t: TestServer;
@@ -19,35 +28,17 @@ describeEachBackend('OCSP responder (RFC 6960) checked by openssl ocsp', (backen
     dir.cleanup();
   });
 
-  const ocsp = async (leafPem: string, interPem: string, extra: string[] = []) => {
-    const f = writeFiles(dir.path, {
-      'leaf.pem': leafPem,
-      'inter.pem': interPem,
-      'bundle.pem': t.bundle + interPem,
-    });
-    const r = await runAsync('openssl', [
-      'ocsp',
-      '-issuer',
-      f['inter.pem']!,
-      '-cert',
-      f['leaf.pem']!,
-      '-url',
-      `${t.url}/v1/ocsp`,
-      '-CAfile',
-      f['bundle.pem']!,
-      '-resp_text',
-      ...extra,
-    ]);
-    return r.out;
-  };
+  /** Asks about a leaf (or a bare serial) under `issuerPem`; the answer verified with the roots only. */
+  const ocsp = (issuerPem: string, target: { certPem: string } | { serial: string }) =>
+    ocspQuery({ url: t.url, bundle: t.bundle, dir: dir.path, issuerPem, ...target });
 
   it('answers good, then revoked with time and reason after a revocation, with the nonce echoed', async () => {
     const n = await attestedNode(t);
     const [leaf, inter] = certsOf(n.cert);
-    const good = await ocsp(leaf!, inter!);
-    expect(good).toMatch(/Response verify OK/);
-    expect(good).toMatch(/leaf\.pem: good/);
-    expect(good).not.toMatch(/WARNING: no nonce/);
+    const good = await ocsp(inter!, { certPem: leaf! });
+    expect(good.verified).toBe(true);
+    expect(good.status).toBe('good');
+    expect(good.out).toMatch(/OCSP Nonce:/);
     const admin = await t.issueAdmin();
     const r = await https(`${t.url}/v1/admin/nodes/${n.body.node_id}/revoke`, {
       method: 'POST',
@@ -56,26 +47,83 @@ describeEachBackend('OCSP responder (RFC 6960) checked by openssl ocsp', (backen
       ...admin,
     });
     expect(r.status).toBe(200);
-    const revoked = await ocsp(leaf!, inter!);
-    expect(revoked).toMatch(/Response verify OK/);
-    expect(revoked).toMatch(/leaf\.pem: revoked/);
-    expect(revoked).toMatch(/Reason: keyCompromise/);
-    expect(revoked).toMatch(/Revocation Time: /);
+    const revoked = await ocsp(inter!, { certPem: leaf! });
+    expect(revoked.verified).toBe(true);
+    expect(revoked.status).toBe('revoked');
+    expect(revoked.out).toMatch(/Reason: keyCompromise/);
+    expect(revoked.out).toMatch(/Revocation Time: /);
   });
 
-  it('answers unknown for a serial it never issued', async () => {
+  it('answers unknown, signed by the CA named in the request, for a serial that CA never issued', async () => {
     const n = await attestedNode(t);
     const [, inter] = certsOf(n.cert);
+    // RFC 6960 §2.2: "unknown" is for a CertID naming our CA (issuer name and key hashes) whose
+    // serial it never issued. 20 random octets: not a serial Baton wrote.
+    const serial = `7f${randomBytes(19).toString('hex')}`;
+    const out = await ocsp(inter!, { serial });
+    expect(out.verified).toBe(true);
+    expect(out.status).toBe('unknown');
+    // Signed by that CA, whose certificate travels in `certs` (§4.2.1): the roots alone verify it.
+    expect(out.out).toContain(`Responder Id: ${keyHashOf(inter!)}`);
+  });
+
+  it('answers unauthorized (RFC 6960 §2.3), unsigned, about a certificate of another CA', async () => {
     const other = await startTestServer({ backend: 'pglite' });
     try {
       const foreign = await attestedNode(other);
-      const [fleaf] = certsOf(foreign.cert);
-      // A certificate of another CA, asked about as if our intermediate issued it: an unknown serial.
-      const out = await ocsp(fleaf!, inter!);
-      expect(out).toMatch(/Response verify OK/);
-      expect(out).toMatch(/leaf\.pem: unknown/);
+      const [fleaf, finter] = certsOf(foreign.cert);
+      const out = await ocsp(finter!, { certPem: fleaf! });
+      expect(out.status).toBe('unauthorized');
+      expect(out.der).toEqual(Buffer.from('30030a0106', 'hex'));
+      // An answer (HTTP 200), never cached: a later CA of ours might be asked the same.
+      const f = writeFiles(dir.path, { 'f-leaf.pem': fleaf!, 'f-inter.pem': finter! });
+      const reqFile = `${dir.path}/foreign-req.der`;
+      run('openssl', ['ocsp', '-issuer', f['f-inter.pem']!, '-cert', f['f-leaf.pem']!, '-reqout', reqFile]);
+      const r = await https(`${t.url}/v1/ocsp`, {
+        method: 'POST',
+        body: readFileSync(reqFile),
+        ca: t.bundle,
+      });
+      expect([r.status, r.headers['content-type'], r.headers['cache-control']]).toEqual([
+        200,
+        'application/ocsp-response',
+        'no-store',
+      ]);
+      expect(r.body).toEqual(out.der);
+      // The same leaf named under our CA's key but its own issuer name: still not ours to answer.
+      const [, inter] = certsOf((await attestedNode(t)).cert);
+      const mixed = await ocsp(inter!, { certPem: fleaf! });
+      expect(mixed.status).toBe('unauthorized');
     } finally {
       await other.close();
+    }
+  });
+
+  // GnuTLS checks a stapled OCSP answer against the issuer of the certificate in question
+  // (gnutls_ocsp_resp_verify_direct): `ocsptool --load-signer`. Its trust-list mode (--load-trust)
+  // accepts only a signer that is itself an anchor or a delegated responder with id-kp-OCSPSigning,
+  // which an issuing CA answering for itself (RFC 6960 §4.2.2.2) is not: see docs/revocation.md.
+  it('answers verify with GnuTLS ocsptool against the issuing CA, and not against another key', async () => {
+    const n = await attestedNode(t);
+    const [leaf, inter] = certsOf(n.cert);
+    const answers = {
+      good: await ocsp(inter!, { certPem: leaf! }),
+      unknown: await ocsp(inter!, { serial: `7f${randomBytes(19).toString('hex')}` }),
+    };
+    const f = writeFiles(dir.path, { 'signer.pem': inter!, 'root.pem': certsOf(t.bundle)[0]! });
+    for (const [status, q] of Object.entries(answers)) {
+      const respFile = `${dir.path}/gnutls-${status}.der`;
+      writeFileSync(respFile, q.der);
+      const verify = (signer: string) =>
+        run('ocsptool', ['--verify-response', '--load-signer', signer, '--infile', respFile]);
+      const ok = verify(f['signer.pem']!);
+      expect({ status, out: ok.out, code: ok.status }).toMatchObject({ status, code: 0 });
+      expect(ok.out).toMatch(/Verifying OCSP Response: Success/);
+      const wrong = verify(f['root.pem']!);
+      expect(wrong.status).not.toBe(0);
+      expect(wrong.out).toMatch(/Verifying OCSP Response: Failure/);
+      const info = run('ocsptool', ['--response-info', '--infile', respFile]);
+      expect(info.out).toMatch(new RegExp(`Certificate Status: ${status}`));
     }
   });
 
@@ -101,20 +149,11 @@ describeEachBackend('OCSP responder (RFC 6960) checked by openssl ocsp', (backen
     expect(String(r.headers['cache-control'])).toMatch(/max-age=\d+/);
     const respFile = `${dir.path}/resp.der`;
     writeFileSync(respFile, r.body);
-    const fb = writeFiles(dir.path, { 'chain.pem': t.bundle + inter! });
-    const v = run('openssl', [
-      'ocsp',
-      '-respin',
-      respFile,
-      '-issuer',
-      f['inter.pem']!,
-      '-cert',
-      f['leaf.pem']!,
-      '-CAfile',
-      fb['chain.pem']!,
-    ]);
-    expect(v.out).toMatch(/Response verify OK/);
-    expect(v.out).toMatch(/leaf\.pem: good/);
+    // Verified with the roots alone (no -issuer: see ocspQuery).
+    const fb = writeFiles(dir.path, { 'roots.pem': t.bundle });
+    const v = run('openssl', ['ocsp', '-respin', respFile, '-CAfile', fb['roots.pem']!, '-resp_text']);
+    expect(v.out).toMatch(/^Response verify OK$/m);
+    expect(v.out).toMatch(/Cert Status: good/);
   });
 
   // RFC 6960 §2.3: an unsigned malformedRequest response, read here by openssl, not our parser.

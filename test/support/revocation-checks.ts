@@ -1,11 +1,84 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { certsOf } from './load-client';
 import { writeFiles } from './tools';
 
-/** `openssl ocsp -url URL/v1/ocsp` for a leaf: good, revoked or unknown (or the raw output). */
+export interface OcspQuery {
+  /** `openssl ocsp -resp_text` of the answer, verified given only the trust bundle. */
+  out: string;
+  /** Whether that verification passed ("Response verify OK"). */
+  verified: boolean;
+  /** `good`, `revoked`, `unknown` for a signed answer; the responder error (`unauthorized`) if any. */
+  status: string | undefined;
+  /** The DER response as fetched. */
+  der: Buffer;
+}
+
+/**
+ * Asks `URL/v1/ocsp` about a leaf (or a bare serial under `issuerPem`) with `openssl ocsp`, then
+ * verifies the answer in a second `openssl ocsp -respin` call given nothing but the trust bundle
+ * (the roots). No `-issuer` in that call on purpose: with it, openssl retries a failed verification
+ * trusting the issuer certificate outright (OCSP_TRUSTOTHER), which older releases did without any
+ * check of who signed for which CertID and so hid an answer no client should accept.
+ */
+export async function ocspQuery(p: {
+  url: string;
+  bundle: string;
+  dir: string;
+  issuerPem: string;
+  certPem?: string;
+  serial?: string;
+  /** Extra options for the request (e.g. `-no_nonce`, `-sha256`). */
+  options?: string[];
+}): Promise<OcspQuery> {
+  const tag = randomBytes(4).toString('hex');
+  const f = writeFiles(p.dir, {
+    [`issuer-${tag}.pem`]: p.issuerPem,
+    [`trust-${tag}.pem`]: p.bundle,
+    ...(p.certPem ? { [`leaf-${tag}.pem`]: p.certPem } : {}),
+  });
+  const target = p.certPem ? ['-cert', f[`leaf-${tag}.pem`]!] : ['-serial', `0x${p.serial}`];
+  const respFile = join(p.dir, `resp-${tag}.der`);
+  const fetch = await runTool('openssl', [
+    'ocsp',
+    ...(p.options ?? []),
+    '-issuer',
+    f[`issuer-${tag}.pem`]!,
+    ...target,
+    '-url',
+    `${p.url}/v1/ocsp`,
+    // -CAfile here is for the TLS connection to the responder; the answer is checked below.
+    '-CAfile',
+    f[`trust-${tag}.pem`]!,
+    '-noverify',
+    '-respout',
+    respFile,
+    '-timeout',
+    '10',
+  ]);
+  if (fetch.status !== 0 && !/Responder Error/.test(fetch.out))
+    throw new Error(`openssl ocsp could not fetch an answer: ${fetch.out}`);
+  const der = readFileSync(respFile);
+  const check = await runTool('openssl', [
+    'ocsp',
+    '-respin',
+    respFile,
+    '-CAfile',
+    f[`trust-${tag}.pem`]!,
+    '-resp_text',
+  ]);
+  const error = /Responder Error: (\w+)/.exec(check.out)?.[1];
+  return {
+    out: check.out,
+    verified: /^Response verify OK$/m.test(check.out),
+    status: error ?? /Cert Status: (good|revoked|unknown)/.exec(check.out)?.[1],
+    der,
+  };
+}
+
+/** The OCSP status of a node or workload chain (leaf, then its CA), or the raw output when unverified. */
 export async function ocspStatus(
   url: string,
   chainPem: string,
@@ -13,27 +86,8 @@ export async function ocspStatus(
   dir: string,
 ): Promise<string> {
   const [leaf, inter] = certsOf(chainPem);
-  const tag = randomBytes(4).toString('hex');
-  const f = writeFiles(dir, {
-    [`leaf-${tag}.pem`]: leaf!,
-    [`inter-${tag}.pem`]: inter!,
-    [`trust-${tag}.pem`]: bundle + inter!,
-  });
-  const r = await runTool('openssl', [
-    'ocsp',
-    '-issuer',
-    f[`inter-${tag}.pem`]!,
-    '-cert',
-    f[`leaf-${tag}.pem`]!,
-    '-url',
-    `${url}/v1/ocsp`,
-    '-CAfile',
-    f[`trust-${tag}.pem`]!,
-    '-timeout',
-    '10',
-  ]);
-  if (!/Response verify OK/.test(r.out)) return r.out;
-  return /: (good|revoked|unknown)/.exec(r.out)?.[1] ?? r.out;
+  const q = await ocspQuery({ url, bundle, dir, issuerPem: inter!, certPem: leaf! });
+  return q.verified && q.status ? q.status : q.out;
 }
 
 /** The serials a DER CRL lists, and its CRL Number (openssl crl -text). */

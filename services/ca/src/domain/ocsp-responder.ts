@@ -5,6 +5,7 @@ import {
   type OcspCertStatus,
   type OcspSingleResponse,
   issuerHashes,
+  ocspErrorResponse,
   parseOcspRequest,
   responderKeyHash,
 } from '../pki/ocsp';
@@ -25,42 +26,56 @@ const hashesOf = (ca: SigningCa): IssuerHashes => {
   return h;
 };
 
+export type OcspAnswer =
+  | { kind: 'signed'; der: Buffer; cacheable: boolean; nextUpdate: Date }
+  /** The unsigned `unauthorized` response (RFC 6960 §2.3): not one of our CAs' certificates. */
+  | { kind: 'unauthorized'; der: Buffer };
+
 /**
- * RFC 6960 responder: each CertID is matched to one of our CAs by its issuer name and key hashes,
- * then to a certificate record by serial. Unknown issuer or serial: "unknown" (§2.2). Revoked:
- * time and reason. The response is signed by the issuing CA itself (§2.6, no delegated
- * responder certificate needed), byKey responder id, the request nonce echoed (§4.4.1).
+ * RFC 6960 responder. Every CertID must name one and the same of our CAs by its issuer name and key
+ * hashes; that CA signs the answer (§4.2.2.2: the CA that issued the certificate, no delegated
+ * responder needed), byKey responder id, the request nonce echoed (§4.4.1), and its own certificate
+ * in `certs` (§4.2.1) so that a client holding only the trust bundle can build the chain to the
+ * signer. A serial that CA never issued is "unknown" (§2.2).
+ *
+ * A CertID naming an issuer we do not serve gets the unsigned "unauthorized" (§2.3; RFC 5019
+ * §2.2.3), as does a request spanning two of our CAs: no key of ours can sign an answer that a
+ * client would accept for it (§4.2.2.2 requires the signer to be the CA named in each CertID), and
+ * a signature by the wrong CA is an answer no client can verify.
  */
 export async function answerOcsp(
   deps: { clock: Clock; keyring: Keyring; certificates: CertificateRepository },
   requestDer: Buffer,
-): Promise<{ der: Buffer; cacheable: boolean; nextUpdate: Date }> {
+): Promise<OcspAnswer> {
   const req = parseOcspRequest(requestDer);
+  const cas = req.requests.map((r) => deps.keyring.all.find((c) => isIssuedBy(r, hashesOf(c))));
+  const responder = cas[0];
+  if (!responder || cas.some((c) => c !== responder))
+    return { kind: 'unauthorized', der: ocspErrorResponse('unauthorized') };
   const now = deps.clock.now();
   const nextUpdate = new Date(now.getTime() + OCSP_VALIDITY_MS);
-  let responder: SigningCa | undefined;
   const responses: OcspSingleResponse[] = [];
   for (const r of req.requests) {
-    const ca = deps.keyring.all.find((c) => isIssuedBy(r, hashesOf(c)));
-    responder ??= ca;
     let status: OcspCertStatus = 'unknown';
-    if (ca) {
-      const cert = await deps.certificates.findBySerial(r.serialHex);
-      if (cert && cert.caId === ca.record.id) {
-        status =
-          cert.status === 'revoked' && cert.revokedAt
-            ? { revokedAt: cert.revokedAt, reason: cert.revocationReason ?? 0 }
-            : 'good';
-      }
+    const cert = await deps.certificates.findBySerial(r.serialHex);
+    if (cert && cert.caId === responder.record.id) {
+      status =
+        cert.status === 'revoked' && cert.revokedAt
+          ? { revokedAt: cert.revokedAt, reason: cert.revocationReason ?? 0 }
+          : 'good';
     }
     responses.push({ certId: r.certId, status, thisUpdate: now, nextUpdate });
   }
-  const signer = responder ?? deps.keyring.signing;
   const der = buildOcspResponse({
-    responder: { keyHash: responderKeyHash(signer.spki), signer: signer.template.signer },
+    responder: {
+      keyHash: responderKeyHash(responder.spki),
+      signer: responder.template.signer,
+      // A root is the trust anchor itself: the client has it already.
+      certificates: responder.record.kind === 'root' ? undefined : [responder.record.certificateDer],
+    },
     producedAt: now,
     responses,
     nonce: req.nonce,
   });
-  return { der, cacheable: req.nonce === undefined, nextUpdate };
+  return { kind: 'signed', der, cacheable: req.nonce === undefined, nextUpdate };
 }

@@ -10,7 +10,9 @@ import type { AppDeps } from '../app';
  * base64 DER in the path (RFC 5019 §5 caching rules: cacheable when there is no nonce).
  * A request that does not parse gets the unsigned `malformedRequest` response of RFC 6960 §2.3,
  * which OCSP clients understand, with HTTP 400 for everything else that reads the status (as
- * cfssl's responder does). A body over the limit stays the JSON 413 of every route.
+ * cfssl's responder does). A well-formed request about certificates that none of our CAs issued
+ * gets the unsigned `unauthorized` response (RFC 5019 §2.2.3) with HTTP 200, uncached: it is an
+ * answer, not a transport error. A body over the limit stays the JSON 413 of every route.
  */
 export function ocspRoutes(deps: AppDeps): Router {
   const r = Router();
@@ -29,7 +31,7 @@ export function ocspRoutes(deps: AppDeps): Router {
       return;
     }
     res.status(200).type('application/ocsp-response');
-    if (out.cacheable) {
+    if (out.kind === 'signed' && out.cacheable) {
       const maxAge = Math.max(0, Math.floor((out.nextUpdate.getTime() - deps.clock.now().getTime()) / 1000));
       res.set({
         'Cache-Control': `public, max-age=${Math.min(maxAge, 300)}, no-transform, must-revalidate`,
