@@ -246,6 +246,45 @@ describeEachBackend('audit log', (backend) => {
     expect(everything).not.toContain('BEGIN');
   });
 
+  it('regression/issue 14: an auditor’s read writes nothing, sealed_after=0 included; the background job seals', async () => {
+    await createToken(operator);
+    const table = async () =>
+      (await t.ca.knex('audit_log').select('id', 'seal_seq', 'prev_hash', 'hash').orderBy('id')).map(
+        (r: {
+          id: string | number;
+          seal_seq: string | number | null;
+          prev_hash: Buffer | null;
+          hash: Buffer | null;
+        }) => ({
+          id: Number(r.id),
+          seal_seq: r.seal_seq === null ? null : Number(r.seal_seq),
+          prev_hash: r.prev_hash?.toString('hex') ?? null,
+          hash: r.hash?.toString('hex') ?? null,
+        }),
+      );
+    const before = await table();
+    const pending = before.filter((r) => r.seal_seq === null).length;
+    expect(pending).toBeGreaterThan(0);
+
+    const chain = await call(auditor, 'GET', '/v1/admin/audit?sealed_after=0&limit=10000');
+    expect(chain.status).toBe(200);
+    const page = chain.json<{ events: AuditView[]; unsealed: number }>();
+    expect(page.unsealed).toBe(pending);
+    expect(page.events.map((e) => e.id)).toEqual(
+      before
+        .filter((r) => r.seal_seq !== null)
+        .sort((a, b) => a.seal_seq! - b.seal_seq!)
+        .map((r) => r.id),
+    );
+    await audit();
+    await verifyOverApi();
+    expect(await table()).toEqual(before);
+
+    await t.running.jobs.runOnce();
+    expect(await verifyOverApi()).toMatchObject({ ok: true, rows: before.length, unsealed: 0 });
+    expect((await table()).filter((r) => r.seal_seq === null)).toEqual([]);
+  });
+
   it('seals one chain under 40 concurrent writers and two concurrent sealers (another replica)', async () => {
     // The "replica": its own connection pool on PostgreSQL; PGlite has one connection to share.
     let replicaKnex: Knex | undefined;

@@ -225,7 +225,15 @@ async function csrForKey(keyPem: string): Promise<string> {
 describe('fast path: which requests it takes', () => {
   const metrics = createMetrics();
   const controls = abuseControls(
-    { maxInFlight: 1, attest: null, renew: null, workload: null, public: null },
+    {
+      maxInFlight: 1,
+      attest: null,
+      renew: null,
+      workload: null,
+      public: null,
+      feedWaiters: null,
+      feedWaitersPerIdentity: null,
+    },
     metrics,
     () => 0,
   );

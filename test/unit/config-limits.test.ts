@@ -51,6 +51,8 @@ describe('loadServerConfig: abuse limits and timeouts', () => {
       renew: { perSecond: 10 / 60, burst: 10 },
       workload: { perSecond: 5, burst: 300 },
       maxInFlight: 256,
+      feedWaiters: 20_000,
+      feedWaitersPerIdentity: 4,
     });
     expect(c.http).toEqual({
       requestTimeoutMs: 30_000,
@@ -58,6 +60,7 @@ describe('loadServerConfig: abuse limits and timeouts', () => {
       keepAliveTimeoutMs: 65_000,
       idleTimeoutMs: 120_000,
       maxRequestsPerSocket: 1000,
+      maxConnections: 25_000,
     });
     expect(Object.isFrozen(c.limits) && Object.isFrozen(c.http)).toBe(true);
   });
@@ -76,6 +79,8 @@ describe('loadServerConfig: abuse limits and timeouts', () => {
       renew: null,
       workload: { perSecond: 0.05, burst: 3 },
       maxInFlight: 256,
+      feedWaiters: 20_000,
+      feedWaitersPerIdentity: 4,
     });
     expect(load({}, { BATON_RATE_LIMITS: 'off', BATON_MAX_IN_FLIGHT: 'off' }).limits.maxInFlight).toBeNull();
   });
@@ -97,7 +102,32 @@ describe('loadServerConfig: abuse limits and timeouts', () => {
       keepAliveTimeoutMs: 5000,
       idleTimeoutMs: 45_000,
       maxRequestsPerSocket: null,
+      maxConnections: 25_000,
     });
+  });
+
+  it('ok/issue 14: the revocation feed caps and the connection cap, from flags and the environment', () => {
+    const c = load(
+      { 'max-feed-waiters-per-identity': '2' },
+      { BATON_MAX_FEED_WAITERS: '100', BATON_MAX_CONNECTIONS: '400', BATON_MAX_IN_FLIGHT: '50' },
+    );
+    expect([c.limits.feedWaiters, c.limits.feedWaitersPerIdentity, c.http.maxConnections]).toEqual([
+      100, 2, 400,
+    ]);
+    const off = load({
+      'max-feed-waiters': 'off',
+      'max-feed-waiters-per-identity': 'off',
+      'max-connections': 'off',
+    });
+    expect([off.limits.feedWaiters, off.limits.feedWaitersPerIdentity, off.http.maxConnections]).toEqual([
+      null,
+      null,
+      null,
+    ]);
+    // Exactly one more connection than a full feed and a full in-flight limit take is enough.
+    expect(
+      load({ 'max-feed-waiters': '10', 'max-in-flight': '5', 'max-connections': '16' }).http.maxConnections,
+    ).toBe(16);
   });
 
   it.each([
@@ -108,6 +138,28 @@ describe('loadServerConfig: abuse limits and timeouts', () => {
     ['fail/idle timeout within the long-poll', { 'idle-timeout': '30s' }, /^--idle-timeout: .*long-poll/],
     ['fail/timeout too short', { 'request-timeout': '10ms' }, /^--request-timeout: /],
     ['fail/timeout without unit', { 'keep-alive-timeout': '65' }, /^--keep-alive-timeout: /],
+    ['fail/zero feed waiters', { 'max-feed-waiters': '0' }, /^--max-feed-waiters: /],
+    [
+      'fail/feed waiters not a count',
+      { 'max-feed-waiters-per-identity': '1.5' },
+      /^--max-feed-waiters-per-identity: /,
+    ],
+    ['fail/bad connection cap', { 'max-connections': '-1' }, /^--max-connections: /],
+    [
+      'fail/per-identity above the total',
+      { 'max-feed-waiters': '3', 'max-feed-waiters-per-identity': '4' },
+      /^--max-feed-waiters-per-identity: must not exceed --max-feed-waiters/,
+    ],
+    [
+      'fail/a full feed would take every connection',
+      { 'max-feed-waiters': '10', 'max-in-flight': '5', 'max-connections': '15' },
+      /^--max-connections: must be above --max-feed-waiters plus --max-in-flight/,
+    ],
+    [
+      'fail/connections capped, long-polls not',
+      { 'max-feed-waiters': 'off', 'max-connections': '1000' },
+      /^--max-connections: needs --max-feed-waiters/,
+    ],
   ])('%s -> ERR_CONFIG_INVALID', (_name, flags, message) => {
     const e = errorOf(() => load(flags as Flags));
     expect(e.code).toBe('ERR_CONFIG_INVALID');

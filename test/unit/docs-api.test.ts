@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { ADMIN_ROUTES, type AdminRoute } from '../../services/ca/src/http/authorization';
+import { ADMIN_ROUTES, type AdminRoute, REVOCATION_ROLES } from '../../services/ca/src/http/authorization';
 import { HTTP_STATUS } from '../../services/ca/src/http/errors';
 
 /**
@@ -96,6 +96,22 @@ describe('docs/api.md', () => {
       expect(roles.sort()).toEqual([...ADMIN_ROUTES[route]].sort());
     },
   );
+
+  it('ok/the kinds each role may revoke are REVOCATION_ROLES (issue 14), within the route’s roles', () => {
+    const route = 'POST /v1/admin/certificates/:serial/revoke';
+    const section = documented.find((d) => d.route === route)?.section ?? '';
+    // The rows of the section's "| kind | roles |" table.
+    const kinds = /^\| kind \| roles \|\n\|[- |]+\|\n((?:\|[^\n]*\n)+)/m.exec(section)?.[1] ?? '';
+    const rows = [...kinds.matchAll(/^\| `(\w+)` \| ([^\n|]*) \|$/gm)].map((m) => [
+      m[1],
+      [...m[2]!.matchAll(/`(admin|operator|auditor)`/g)].map((r) => r[1]).sort(),
+    ]);
+    const table = Object.entries(REVOCATION_ROLES).map(([kind, roles]) => [kind, [...roles].sort()]);
+    expect(Object.fromEntries(rows)).toEqual(Object.fromEntries(table));
+    expect(rows).toHaveLength(table.length);
+    const allowed: readonly string[] = ADMIN_ROUTES[route];
+    for (const [, roles] of table) for (const role of roles!) expect(allowed).toContain(role);
+  });
 
   it('ok/the error table is http/errors.ts HTTP_STATUS (plus ERR_INTERNAL 500)', () => {
     const rows = [...doc.matchAll(/^\| `(ERR_[A-Z_]+)` \| (\d{3}) \|/gm)].map((m) => [m[1], Number(m[2])]);

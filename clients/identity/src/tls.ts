@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { constants, X509Certificate } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage, RequestListener } from 'node:http';
 import {
   Agent,
@@ -52,6 +52,24 @@ function contextOptions(id: IdentitySnapshot, v: TlsVersions): SecureContextOpti
     minVersion: v.minVersion ?? DEFAULT_MIN_VERSION,
     ...(v.maxVersion ? { maxVersion: v.maxVersion } : {}),
   };
+}
+
+/**
+ * A server's secure context: every option it needs, since tls.Server#setSecureContext (each
+ * rotation) resets whatever it is not given.
+ *
+ * No TLS session resumption. A resumed session carries the client certificate and OpenSSL's
+ * verdict on it forward without checking them again: a client whose SVID expired after it saved a
+ * ticket was served on it, and with only the leaf in a resumed session (no chain), a revoked
+ * intermediate went unchecked (issue 14). SSL_OP_NO_TICKET turns stateless tickets off (RFC 5077;
+ * in TLS 1.3, RFC 8446 §4.6.1, OpenSSL then issues stateful ones); stateful sessions, TLS 1.2
+ * session IDs included, need a session store, which Node's server has only while someone listens
+ * for 'newSession' or 'resumeSession'. bindServer refuses a resumed session should one happen all
+ * the same. Every handshake is then a full one, and the library's agent already never offers a
+ * session (maxCachedSessions 0).
+ */
+function serverContextOptions(id: IdentitySnapshot, v: TlsVersions): SecureContextOptions {
+  return { ...contextOptions(id, v), secureOptions: constants.SSL_OP_NO_TICKET };
 }
 
 /** One SecureContext per snapshot and version range, built on first use (parsing keys per connection is waste). */
@@ -144,12 +162,17 @@ export function requestPeer(req: IncomingMessage): Peer {
 
 /**
  * Options for tls.createServer / https.createServer: the current identity, the bundle as the only
- * trust anchors, and a client certificate required and verified. TLS options cannot authorize a
- * peer by itself (Node has no verify callback on servers) nor follow a rotation: pass the server
- * to bindServer, or use createMtlsServer, which does both.
+ * trust anchors, a client certificate required and verified, and no session resumption, so that
+ * every connection verifies its client's chain again (see serverContextOptions). TLS options
+ * cannot authorize a peer by themselves (Node has no verify callback on servers) nor follow a
+ * rotation: pass the server to bindServer, or use createMtlsServer, which does both.
  */
 export function serverTlsOptions(identity: Identity, versions: TlsVersions = {}): TlsOptions {
-  return { ...contextOptions(identity.current(), versions), requestCert: true, rejectUnauthorized: true };
+  return {
+    ...serverContextOptions(identity.current(), versions),
+    requestCert: true,
+    rejectUnauthorized: true,
+  };
 }
 
 export interface ServerAuthorization extends TlsVersions, RevocationEnforcement {
@@ -167,12 +190,20 @@ export interface ServerAuthorization extends TlsVersions, RevocationEnforcement 
  * refuses is destroyed right after the handshake, before a byte of application data is read (an
  * unauthorized client gets no HTTP response), with `revocation` a revoked one too and open
  * connections closed when their peer is revoked later, and each rotation becomes the server's secure
- * context for new connections while open ones keep theirs (tls.Server#setSecureContext). Returns a
- * function that unbinds; closing the server unbinds too.
+ * context for new connections while open ones keep theirs (tls.Server#setSecureContext), without
+ * session resumption. A resumed session is refused (ERR_PEER_UNVERIFIED): build the server with
+ * serverTlsOptions, which resumes none. Returns a function that unbinds; closing the server
+ * unbinds too.
  */
 export function bindServer(server: TlsServer, identity: Identity, opts: ServerAuthorization): () => void {
   const onSecureConnection = (socket: TLSSocket): void => {
     try {
+      // A resumed session was not verified on this connection: its certificate may have expired
+      // or left the bundle since, and it has no chain to check for revocation. Servers built with
+      // serverTlsOptions never resume; one built otherwise gets a refusal rather than a pass.
+      if (socket.isSessionReused()) {
+        throw new IdentityError('ERR_PEER_UNVERIFIED', 'peer not verified: resumed TLS session');
+      }
       const cert = socket.authorized ? socket.getPeerX509Certificate() : undefined;
       if (!cert) {
         throw new IdentityError(
@@ -199,7 +230,7 @@ export function bindServer(server: TlsServer, identity: Identity, opts: ServerAu
     }
   };
   const onRotated = (current: IdentitySnapshot): void =>
-    server.setSecureContext(contextOptions(current, opts));
+    server.setSecureContext(serverContextOptions(current, opts));
   // Prepended so it runs before https' own 'secureConnection' listener starts the HTTP parser.
   server.prependListener('secureConnection', onSecureConnection);
   identity.on('rotated', onRotated);
@@ -252,7 +283,9 @@ function spiffeServerCheck(
 /**
  * Options for tls.connect or https.request with the current identity. With https.request, pass
  * `agent: false` or an mtlsAgent: Node's global agent pools sockets by host and TLS material,
- * not by checkServerIdentity, so a pooled socket could skip this authorizer.
+ * not by checkServerIdentity, so a pooled socket could skip this authorizer. Pass no `session`
+ * either: Node skips checkServerIdentity (this authorizer and the revocation check) on a resumed
+ * session. Baton's servers resume none, but other servers may.
  */
 export function clientTlsOptions(identity: Identity, opts: ClientAuthorization): ConnectionOptions {
   return {

@@ -1,6 +1,6 @@
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from './atomic-file';
+import { readOwnTextOrUndefined } from './safe-fs';
 
 /**
  * DIR/state.json: what the agent keeps between runs besides the identities, so that a restart
@@ -29,7 +29,10 @@ export class AgentState {
 
   read(): AgentStateData {
     try {
-      const s = JSON.parse(readFileSync(this.path, 'utf8')) as StateFile;
+      // The agent's own file, read without following or waiting on anything planted (safe-fs).
+      const text = readOwnTextOrUndefined(this.path, { maxBytes: 64 * 1024 });
+      if (text === undefined) return {};
+      const s = JSON.parse(text) as StateFile;
       return {
         crlEtag: typeof s.crl_etag === 'string' ? s.crl_etag : undefined,
         revocationsLast: Number.isSafeInteger(s.revocations_last) ? s.revocations_last : undefined,

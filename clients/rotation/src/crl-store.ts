@@ -1,8 +1,8 @@
-import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AgentCaApi } from './agent-api';
 import type { AgentState } from './agent-state';
 import { writeFileAtomic } from './atomic-file';
+import { readOwnTextOrUndefined } from './safe-fs';
 
 /**
  * DIR/crl.pem: every current CRL of the CA (root and intermediates, RFC 5280 §5), as
@@ -19,6 +19,9 @@ export interface CrlResult {
   /** How many CRLs crl.pem holds now (when updated). */
   crls?: number;
 }
+
+/** A 1,000,000-entry CRL is about 40 MB of PEM; a crl.pem past this bound is not one the agent wrote. */
+const MAX_CRL_PEM_BYTES = 256 * 1024 * 1024;
 
 export class CrlStore {
   readonly path: string;
@@ -39,11 +42,12 @@ export class CrlStore {
   }
 
   async #refresh(client: Pick<AgentCaApi, 'fetchCrlPem'>, trustBundlePem: string): Promise<CrlResult> {
-    const held = existsSync(this.path) ? this.state.read().crlEtag : undefined;
+    const current = () => readOwnTextOrUndefined(this.path, { maxBytes: MAX_CRL_PEM_BYTES });
+    const held = current() !== undefined ? this.state.read().crlEtag : undefined;
     const r = await client.fetchCrlPem({ trustBundlePem, etag: held });
     if (!r.changed) return { action: 'unchanged' };
     // A server that sends no ETag answers 200 every time: an identical body is no update.
-    const same = existsSync(this.path) && readFileSync(this.path, 'utf8') === r.pem;
+    const same = current() === r.pem;
     if (!same) writeFileAtomic(this.path, r.pem, 0o644);
     if (r.etag !== held) this.state.update({ crlEtag: r.etag });
     return same

@@ -14,6 +14,7 @@ import {
   unrefTimers,
 } from './rotator';
 import { RevocationFollower } from './revocation-follower';
+import { ensurePrivateDirectory } from './safe-fs';
 import { type WorkloadResult, WorkloadRotator } from './workload-rotator';
 import { WorkloadStore } from './workload-store';
 
@@ -146,6 +147,8 @@ export class NodeAgent {
    * whose renewal failed still keeps its workloads and crl.pem up to date.
    */
   async runOnce(): Promise<AgentRunResult> {
+    // Everything below works by path in DIR: it must be the agent's alone (safe-fs, issue 14).
+    ensurePrivateDirectory(this.#o.dir, 0o755);
     let node: RunOnceResult | undefined;
     let nodeError: (Error & { code?: string }) | undefined;
     try {

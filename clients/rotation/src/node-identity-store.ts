@@ -1,11 +1,12 @@
 import type { X509Certificate } from 'node:crypto';
-import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { lstatSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentError } from './agent-error';
 import { writeFileAtomic } from './atomic-file';
 import type { NewNodeIdentity } from './bootstrap';
 import { nodeIdOf } from './ca-client';
 import { isKeyForCertificate, parseCertificates } from './pem';
+import { assertPrivateDirectory, ensurePrivateDirectory, readOwnTextOrUndefined } from './safe-fs';
 import { realWorkloadFileOps, type WorkloadFileOps } from './workload-store';
 
 /**
@@ -96,9 +97,15 @@ const GENERATION_RE = /^\.node\.[0-9a-f]+$/;
 const LINK_RE = /^\.node\.[0-9a-f]+\.link$/;
 /** The staged files of the legacy layout. */
 const NEW = '.new';
+/** The files a generation holds, and those the legacy directory may hold: removal unlinks these. */
+const GENERATION_FILES = ['state.json', 'key.pem', 'cert.pem'] as const;
+const LEGACY_FILES = GENERATION_FILES.flatMap((f) => [f, f + NEW]);
+/** Every file the agent reads here is its own and small: a certificate chain, a key, a bundle of roots. */
+const MAX_FILE_BYTES = 1024 * 1024;
+const QUARANTINE = '.quarantine';
 
 /** The file operations save() and load() make; tests inject failures to simulate a crash at each. */
-export interface NodeFileOps extends Omit<WorkloadFileOps, 'chown'> {
+export interface NodeFileOps extends WorkloadFileOps {
   /** Replaces a file atomically (atomic-file.ts): DIR/bundle.pem. */
   writeFileAtomic(path: string, data: string, mode: number): void;
 }
@@ -148,11 +155,12 @@ export class NodeIdentityStore implements NodeIdentityStorage {
     const gen = `.node.${identity.serial}`;
     if (gen === replaced)
       throw new AgentError('ERR_BAD_RESPONSE', 'the CA sent the serial of the current certificate');
+    ensurePrivateDirectory(this.dir, 0o755);
     this.#io.writeFileAtomic(this.paths.bundle, identity.bundlePem, 0o644);
     const dir = join(this.dir, gen);
     // A leftover of a crash with this very serial: never linked, so safe to start over.
-    this.#io.remove(dir);
-    this.#io.mkdir(dir);
+    this.#removeDir(gen, GENERATION_FILES);
+    this.#io.mkdir(dir, 0o755);
     this.#io.writeFile(join(dir, 'state.json'), `${JSON.stringify(state, null, 2)}\n`, 0o644);
     this.#io.writeFile(join(dir, 'key.pem'), identity.keyPem, 0o600);
     this.#io.writeFile(join(dir, 'cert.pem'), identity.certificateChainPem, 0o644);
@@ -164,6 +172,8 @@ export class NodeIdentityStore implements NodeIdentityStorage {
 
   load(): StoredNodeIdentity | undefined {
     const p = this.paths;
+    if (kindOf(this.dir) === 'missing') return undefined;
+    assertPrivateDirectory(this.dir);
     const kind = kindOf(p.nodeDir);
     let linked: string | undefined;
     let current: Pair | undefined;
@@ -177,7 +187,7 @@ export class NodeIdentityStore implements NodeIdentityStorage {
           `${p.nodeDir} (→ ${linked}) holds no certificate matching its key: remove it and attest with a new token`,
         );
       // A crash between the link of a migration and the removal of the directory it replaced.
-      if (kindOf(join(this.dir, LEGACY)) !== 'missing') this.#io.remove(join(this.dir, LEGACY));
+      if (kindOf(join(this.dir, LEGACY)) !== 'missing') this.#removeDir(LEGACY, LEGACY_FILES);
     } else if (kind === 'dir') {
       current = readLegacy(p.nodeDir);
     } else if (kind === 'missing') {
@@ -191,10 +201,10 @@ export class NodeIdentityStore implements NodeIdentityStorage {
     for (const entry of this.#list()) {
       const path = join(this.dir, entry);
       // A temporary link of a save that did not finish (a finished one renamed it).
-      if (LINK_RE.test(entry)) this.#io.remove(path);
+      if (LINK_RE.test(entry)) this.#io.unlink(path);
       if (!GENERATION_RE.test(entry) || entry === linked) continue;
       const pair = readGeneration(path);
-      if (!pair) this.#io.remove(path);
+      if (!pair) this.#removeDir(entry, GENERATION_FILES);
       else if ((!current || compareAge(pair, current) > 0) && (!adopt || compareAge(pair, adopt) > 0))
         adopt = { ...pair, gen: entry };
     }
@@ -207,13 +217,15 @@ export class NodeIdentityStore implements NodeIdentityStorage {
     }
     if (!current) return undefined;
 
-    if (!existsSync(p.bundle)) throw corrupt(`${p.bundle} is missing: remove ${p.nodeDir} and attest again`);
+    const bundlePem = readOrUndefined(p.bundle);
+    if (bundlePem === undefined)
+      throw corrupt(`${p.bundle} is missing or not the agent's: remove ${p.nodeDir} and attest again`);
     const { leaf, state } = current;
     const spiffeId = state?.spiffe_id ?? uriSan(leaf.subjectAltName);
     return {
       keyPem: current.keyPem,
       certificateChainPem: current.certPem,
-      bundlePem: readFileSync(p.bundle, 'utf8'),
+      bundlePem,
       serial: serialOf(leaf),
       nodeId: state?.node_id ?? nodeIdOf(spiffeId),
       spiffeId,
@@ -231,21 +243,27 @@ export class NodeIdentityStore implements NodeIdentityStorage {
     const p = this.paths;
     const tmpLink = join(this.dir, `${gen}${LINK_SUFFIX}`);
     const legacy = join(this.dir, LEGACY);
-    this.#io.remove(tmpLink);
+    this.#io.unlink(tmpLink);
     this.#io.symlink(gen, tmpLink);
     const migrating = kindOf(p.nodeDir) === 'dir';
     if (migrating) {
-      this.#io.remove(legacy);
+      this.#removeDir(LEGACY, LEGACY_FILES);
       this.#io.rename(p.nodeDir, legacy);
     }
     this.#io.rename(tmpLink, p.nodeDir);
     this.#io.fsyncDir(this.dir);
-    if (migrating || kindOf(legacy) !== 'missing') this.#io.remove(legacy);
+    if (migrating || kindOf(legacy) !== 'missing') this.#removeDir(LEGACY, LEGACY_FILES);
     const keep = new Set([gen, ...(replaced ? [replaced] : [])]);
     for (const entry of this.#list()) {
-      if ((GENERATION_RE.test(entry) || LINK_RE.test(entry)) && !keep.has(entry))
-        this.#io.remove(join(this.dir, entry));
+      if (keep.has(entry)) continue;
+      if (LINK_RE.test(entry)) this.#io.unlink(join(this.dir, entry));
+      else if (GENERATION_RE.test(entry)) this.#removeDir(entry, GENERATION_FILES);
     }
+  }
+
+  /** Removes a directory of DIR by the names the agent writes in it, never recursively (safe-fs). */
+  #removeDir(name: string, files: readonly string[]): void {
+    this.#io.removeDir(join(this.dir, name), files, join(this.dir, QUARANTINE));
   }
 
   /** The generation DIR/node links to, when the link is one the agent makes. */
@@ -340,12 +358,9 @@ function corrupt(message: string): AgentError {
   return new AgentError('ERR_IDENTITY_CORRUPT', message);
 }
 
+/** An agent file (O_NOFOLLOW, non-blocking, its own, bounded: safe-fs), or undefined. */
 function readOrUndefined(path: string): string | undefined {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return undefined;
-  }
+  return readOwnTextOrUndefined(path, { maxBytes: MAX_FILE_BYTES });
 }
 
 function leafOf(chainPem: string): X509Certificate | undefined {

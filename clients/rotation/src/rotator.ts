@@ -79,6 +79,8 @@ const TERMINAL = new Set([
   'ERR_CERT_REVOKED',
   'ERR_NODE_REVOKED',
   'ERR_IDENTITY_CORRUPT',
+  // The agent directory, or a directory on the way to it, can be changed by another user.
+  'ERR_UNSAFE_PATH',
 ]);
 
 export function isTerminal(e: unknown): boolean {

@@ -1,35 +1,42 @@
-import {
-  chmodSync,
-  chownSync,
-  closeSync,
-  fchmodSync,
-  fchownSync,
-  fsyncSync,
-  lstatSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  renameSync,
-  rmSync,
-  symlinkSync,
-  writeSync,
-} from 'node:fs';
+import { lstatSync, readdirSync, readlinkSync, renameSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentError } from './agent-error';
 import { fsyncDir } from './atomic-file';
-import { isKeyForCertificate, parseCertificates } from './pem';
+import { parseCertificates } from './pem';
+import {
+  assertPrivateDirectory,
+  createFile,
+  ensurePrivateDirectory,
+  isOwnDirectory,
+  makeDirectory,
+  readOwnTextOrUndefined,
+  removeDirectory,
+  unlinkName,
+} from './safe-fs';
 
 /**
  * The workload SVIDs of the agent (CONTRACT "Command line", `baton agent`):
  *
+ *   DIR/workloads/                        the agent's (0755): no one else adds or removes a name
  *   DIR/workloads/<name>                  symlink → .<name>.<serial>
- *   DIR/workloads/.<name>.<serial>/       one generation, never modified once linked:
- *       cert.pem    leaf + intermediate
- *       key.pem     the workload key, mode 0600
- *       bundle.pem  trust bundle (roots)
- *       state.json  serial, spiffe_id, dns_names, owner, expires_at, refresh_at, previous
+ *   DIR/workloads/.<name>.<serial>/       one generation, the agent's directory (0755, or 0750
+ *                                         with the entry's group), never modified once linked:
+ *       cert.pem    leaf + intermediate      ┐ owned by the entry's unix:uid (and unix:gid)
+ *       key.pem     the workload key, 0600    │ when the agent runs as root: given through the
+ *       bundle.pem  trust bundle (roots)      ┘ descriptor when created, never chowned by path
+ *       state.json  the agent's own (serial, spiffe_id, dns_names, owner, validity, previous)
+ *
+ * Privilege boundary (STYLE §18; issue 14): the agent runs as root beside its workloads. A
+ * workload owns its files but no directory the agent works in, so it cannot add, remove, rename or
+ * swap a name where the agent reads, links or deletes. The agent reads only its own state.json,
+ * through safe-fs (O_NOFOLLOW | O_NONBLOCK, fstat: a regular file of its own, bounded), never the
+ * workload's files; it removes a generation by unlinking the files it wrote, then rmdir.
+ *
+ * Earlier agents gave the generation directory itself to the workload. Such a directory is never
+ * read (load() finds no usable state in it and the entry is issued anew, into an agent-owned
+ * directory), and it is removed through safe-fs's removeDirectory: taken over through a
+ * descriptor first, so its former owner can no longer change its names, then unlinked by name;
+ * whatever its owner had added is moved whole to DIR/.quarantine for the operator, never deleted.
  *
  * Atomic swap (the scheme of Kubernetes' AtomicWriter for secret volumes). A key and its
  * certificate are two files and no rename moves two files at once, so the pair lives in a
@@ -83,7 +90,15 @@ export interface NewWorkload {
   owner?: FileOwner;
 }
 
-export interface StoredWorkload extends NewWorkload {
+/** What load() knows of the current generation: all from the agent's own state.json. */
+export interface StoredWorkload {
+  name: string;
+  spiffeId: string;
+  serial: string;
+  dnsNames: string[];
+  expiresAt: Date;
+  refreshAt: Date;
+  owner?: FileOwner;
   /** The generation directory the link resolves to. */
   dir: string;
   notBefore: Date;
@@ -98,50 +113,46 @@ interface StateFile {
   owner: FileOwner | null;
   expires_at: string;
   refresh_at: string;
+  not_before: string;
+  not_after: string;
   /** The generation this one replaced: kept for readers until the next swap. */
   previous: string | null;
 }
 
+/** The files of a generation: removal unlinks exactly these, then the directory. */
+const GENERATION_FILES = ['key.pem', 'cert.pem', 'bundle.pem', 'state.json'] as const;
+/** state.json is a few hundred bytes; anything near this is not one the agent wrote. */
+const MAX_STATE_BYTES = 64 * 1024;
+
 /** The file operations save() makes; tests inject failures to simulate a crash at each one. */
 export interface WorkloadFileOps {
-  mkdir(path: string): void;
+  /** A new directory of the agent's, with that mode, and that group when given. */
+  mkdir(path: string, mode: number, gid?: number): void;
   /** A new file, owned by `owner` when given, fsynced. */
   writeFile(path: string, data: string, mode: number, owner?: FileOwner): void;
-  chown(path: string, owner: FileOwner): void;
   fsyncDir(dir: string): void;
   symlink(target: string, path: string): void;
   rename(from: string, to: string): void;
-  remove(path: string): void;
+  /** Removes a link or file by name (never what a link points to). */
+  unlink(path: string): void;
+  /** Removes a generation directory by the names the agent writes in it (safe-fs removeDirectory). */
+  removeDir(path: string, names: readonly string[], quarantine: string): void;
 }
 
 export const realWorkloadFileOps: WorkloadFileOps = {
-  mkdir: (path) => {
-    mkdirSync(path);
-    chmodSync(path, 0o755);
-  },
-  writeFile: writeFileDurable,
-  chown: (path, o) => chownSync(path, o.uid, o.gid),
+  mkdir: makeDirectory,
+  writeFile: createFile,
   fsyncDir,
   symlink: (target, path) => symlinkSync(target, path),
   rename: renameSync,
-  remove: (path) => rmSync(path, { recursive: true, force: true }),
+  unlink: unlinkName,
+  removeDir: (path, names, quarantine) => void removeDirectory(path, names, quarantine),
 };
-
-/** A new file: owner, exact mode (not the umask's), data, fsync. Owner and mode come first. */
-function writeFileDurable(path: string, data: string, mode: number, owner?: FileOwner): void {
-  const fd = openSync(path, 'wx', mode);
-  try {
-    if (owner) fchownSync(fd, owner.uid, owner.gid);
-    fchmodSync(fd, mode);
-    writeSync(fd, Buffer.from(data));
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 export class WorkloadStore {
   readonly root: string;
+  /** Where generations holding files the agent did not write are moved (safe-fs removeDirectory). */
+  readonly quarantine: string;
   readonly #io: WorkloadFileOps;
 
   constructor(
@@ -149,6 +160,7 @@ export class WorkloadStore {
     io: WorkloadFileOps = realWorkloadFileOps,
   ) {
     this.root = join(agentDir, 'workloads');
+    this.quarantine = join(agentDir, '.quarantine');
     this.#io = io;
   }
 
@@ -158,48 +170,54 @@ export class WorkloadStore {
   }
 
   /**
+   * DIR/workloads must be the agent's, reached through directories no one else can change
+   * (safe-fs assertPrivateDirectory): every name below it is then the agent's to interpret.
+   * Throws UnsafePathError otherwise; false when it does not exist yet.
+   */
+  #rootIsPrivate(create = false): boolean {
+    if (create) {
+      ensurePrivateDirectory(this.root, 0o755);
+      return true;
+    }
+    if (!lstatOrUndefined(this.root)) return false;
+    assertPrivateDirectory(this.root);
+    return true;
+  }
+
+  /**
    * The current generation of `name`, or undefined when there is none or it is unusable (a link
-   * the agent did not make, a missing file, a key that does not match): the caller issues anew.
+   * the agent did not make, a directory that is not the agent's, a state.json that is not the
+   * agent's or does not describe that generation, a missing file): the caller issues anew.
    */
   load(name: string): StoredWorkload | undefined {
     checkName(name);
+    if (!this.#rootIsPrivate()) return undefined;
     const gen = this.#target(name);
     if (!gen) return undefined;
     const dir = join(this.root, gen);
-    try {
-      const state = JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')) as StateFile;
-      const certificateChainPem = readFileSync(join(dir, 'cert.pem'), 'utf8');
-      const keyPem = readFileSync(join(dir, 'key.pem'), 'utf8');
-      const bundlePem = readFileSync(join(dir, 'bundle.pem'), 'utf8');
-      const leaf = parseCertificates(certificateChainPem)[0];
-      if (!leaf || !isKeyForCertificate(certificateChainPem, keyPem)) return undefined;
-      const refreshAt = new Date(state.refresh_at);
-      if (typeof state.serial !== 'string' || !Number.isFinite(refreshAt.getTime())) return undefined;
-      return {
-        name,
-        dir,
-        spiffeId: state.spiffe_id,
-        serial: state.serial,
-        certificateChainPem,
-        keyPem,
-        bundlePem,
-        dnsNames: Array.isArray(state.dns_names) ? state.dns_names : [],
-        expiresAt: new Date(state.expires_at),
-        refreshAt,
-        owner: state.owner ?? undefined,
-        notBefore: new Date(leaf.validFrom),
-        notAfter: new Date(leaf.validTo),
-      };
-    } catch {
-      return undefined;
-    }
+    const state = this.#stateOf(gen);
+    if (!state || state.name !== name || `.${name}.${state.serial}` !== gen) return undefined;
+    // The workload's files are its own and never read; that they are still there is enough.
+    if (!GENERATION_FILES.every((f) => lstatOrUndefined(join(dir, f))?.isFile())) return undefined;
+    return {
+      name,
+      dir,
+      spiffeId: state.spiffe_id,
+      serial: state.serial,
+      dnsNames: state.dns_names,
+      expiresAt: new Date(state.expires_at),
+      refreshAt: new Date(state.refresh_at),
+      owner: state.owner ?? undefined,
+      notBefore: new Date(state.not_before),
+      notAfter: new Date(state.not_after),
+    };
   }
 
   /** Swaps in a new generation for `w.name` (steps 1–5 above). */
   save(w: NewWorkload): void {
     checkName(w.name);
     if (!/^[0-9a-f]+$/.test(w.serial)) throw new AgentError('ERR_BAD_RESPONSE', 'the CA sent a bad serial');
-    mkdirSync(this.root, { recursive: true, mode: 0o755 });
+    this.#rootIsPrivate(true);
     const linkPath = join(this.root, w.name);
     const stat = lstatOrUndefined(linkPath);
     if (stat && !stat.isSymbolicLink())
@@ -212,8 +230,11 @@ export class WorkloadStore {
     const dir = join(this.root, gen);
     if (gen === previous)
       throw new AgentError('ERR_BAD_RESPONSE', 'the CA sent the serial of the current certificate');
+    const leaf = parseCertificates(w.certificateChainPem)[0];
+    if (!leaf) throw new AgentError('ERR_BAD_RESPONSE', 'the CA sent no certificate');
     // A leftover of a crash with this very serial: never linked, so safe to start over.
-    this.#io.remove(dir);
+    this.#removeGeneration(gen);
+    const kept = previous ? this.#stateOf(previous) : undefined;
     const state: StateFile = {
       name: w.name,
       serial: w.serial,
@@ -222,20 +243,23 @@ export class WorkloadStore {
       owner: w.owner ?? null,
       expires_at: w.expiresAt.toISOString(),
       refresh_at: w.refreshAt.toISOString(),
-      // A new owner must not keep reading the key of the old one: drop the old generation then.
-      previous: previous && sameOwner(this.#ownerOf(previous), w.owner) ? previous : null,
+      not_before: new Date(leaf.validFrom).toISOString(),
+      not_after: new Date(leaf.validTo).toISOString(),
+      // Kept for readers only when it is one of the agent's generations, and for the same owner:
+      // a new owner must not keep reading the key of the old one.
+      previous: previous && kept && sameOwner(kept.owner ?? undefined, w.owner) ? previous : null,
     };
-    this.#io.mkdir(dir);
-    if (w.owner) this.#io.chown(dir, w.owner);
+    const group = w.owner && w.owner.gid >= 0 ? w.owner.gid : undefined;
+    this.#io.mkdir(dir, group === undefined ? 0o755 : 0o750, group);
     this.#io.writeFile(join(dir, 'key.pem'), w.keyPem, 0o600, w.owner);
     this.#io.writeFile(join(dir, 'cert.pem'), w.certificateChainPem, 0o644, w.owner);
     this.#io.writeFile(join(dir, 'bundle.pem'), w.bundlePem, 0o644, w.owner);
-    this.#io.writeFile(join(dir, 'state.json'), `${JSON.stringify(state, null, 2)}\n`, 0o644, w.owner);
+    this.#io.writeFile(join(dir, 'state.json'), `${JSON.stringify(state, null, 2)}\n`, 0o644);
     this.#io.fsyncDir(dir);
     // The generation's own entry is durable before any link can point at it.
     this.#io.fsyncDir(this.root);
     const tmpLink = join(this.root, `${gen}${LINK_SUFFIX}`);
-    this.#io.remove(tmpLink);
+    this.#io.unlink(tmpLink);
     this.#io.symlink(gen, tmpLink);
     this.#io.rename(tmpLink, linkPath);
     this.#io.fsyncDir(this.root);
@@ -245,9 +269,10 @@ export class WorkloadStore {
   /** Removes the link of `name` first (readers then see no identity), then its generations. */
   remove(name: string): void {
     checkName(name);
+    if (!this.#rootIsPrivate()) return;
     const linkPath = join(this.root, name);
     if (lstatOrUndefined(linkPath)?.isSymbolicLink()) {
-      this.#io.remove(linkPath);
+      this.#io.unlink(linkPath);
       this.#io.fsyncDir(this.root);
     }
     this.#collect(name, new Set());
@@ -258,26 +283,34 @@ export class WorkloadStore {
    * current one of a linked name nor the previous one it keeps for readers.
    */
   collectGarbage(): void {
+    if (!this.#rootIsPrivate()) return;
     const keep = new Set<string>();
     for (const name of this.names()) {
       const gen = this.#target(name);
       if (!gen) continue;
       keep.add(gen);
-      const previous = this.#previousOf(gen);
+      const previous = this.#stateOf(gen)?.previous;
       if (previous) keep.add(previous);
     }
     for (const entry of this.#list()) {
       if (!entry.startsWith('.')) continue;
-      if (entry.endsWith(LINK_SUFFIX) || (GENERATION_RE.test(entry) && !keep.has(entry)))
-        this.#io.remove(join(this.root, entry));
+      if (entry.endsWith(LINK_SUFFIX)) this.#io.unlink(join(this.root, entry));
+      else if (GENERATION_RE.test(entry) && !keep.has(entry)) this.#removeGeneration(entry);
     }
   }
 
   #collect(name: string, keep: Set<string>): void {
     for (const entry of this.#list()) {
-      const m = GENERATION_RE.exec(entry.endsWith(LINK_SUFFIX) ? entry.slice(0, -LINK_SUFFIX.length) : entry);
-      if (m?.[1] === name && !keep.has(entry)) this.#io.remove(join(this.root, entry));
+      const isLink = entry.endsWith(LINK_SUFFIX);
+      const m = GENERATION_RE.exec(isLink ? entry.slice(0, -LINK_SUFFIX.length) : entry);
+      if (m?.[1] !== name || keep.has(entry)) continue;
+      if (isLink) this.#io.unlink(join(this.root, entry));
+      else this.#removeGeneration(entry);
     }
+  }
+
+  #removeGeneration(gen: string): void {
+    this.#io.removeDir(join(this.root, gen), GENERATION_FILES, this.quarantine);
   }
 
   /** The generation `name` links to, when the link is one the agent makes. */
@@ -292,23 +325,16 @@ export class WorkloadStore {
     return m && m[1] === name ? target : undefined;
   }
 
-  #previousOf(gen: string): string | undefined {
-    try {
-      const p = (JSON.parse(readFileSync(join(this.root, gen, 'state.json'), 'utf8')) as StateFile).previous;
-      return typeof p === 'string' && GENERATION_RE.test(p) ? p : undefined;
-    } catch {
-      return undefined;
-    }
-  }
-
-  #ownerOf(gen: string): FileOwner | undefined {
-    try {
-      return (
-        (JSON.parse(readFileSync(join(this.root, gen, 'state.json'), 'utf8')) as StateFile).owner ?? undefined
-      );
-    } catch {
-      return undefined;
-    }
+  /**
+   * The state of a generation, from the agent's own directory and file only: a generation
+   * directory of an earlier layout (the workload's) or a state.json the agent did not write is
+   * no state at all.
+   */
+  #stateOf(gen: string): StateFile | undefined {
+    const dir = join(this.root, gen);
+    if (!isOwnDirectory(dir)) return undefined;
+    const text = readOwnTextOrUndefined(join(dir, 'state.json'), { maxBytes: MAX_STATE_BYTES });
+    return text === undefined ? undefined : parseState(text);
   }
 
   #isLink(name: string): boolean {
@@ -339,4 +365,29 @@ function lstatOrUndefined(path: string) {
   } catch {
     return undefined;
   }
+}
+
+const isDate = (v: unknown): v is string => typeof v === 'string' && Number.isFinite(Date.parse(v));
+const isId = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= -1;
+
+/** A state.json of this layout, or undefined (an earlier layout's, or not one at all). */
+function parseState(text: string): StateFile | undefined {
+  let s: Partial<StateFile>;
+  try {
+    s = JSON.parse(text) as Partial<StateFile>;
+  } catch {
+    return undefined;
+  }
+  const ok =
+    typeof s === 'object' &&
+    s !== null &&
+    typeof s.name === 'string' &&
+    typeof s.serial === 'string' &&
+    typeof s.spiffe_id === 'string' &&
+    Array.isArray(s.dns_names) &&
+    s.dns_names.every((d) => typeof d === 'string') &&
+    (s.owner === null || (typeof s.owner === 'object' && isId(s.owner?.uid) && isId(s.owner?.gid))) &&
+    [s.expires_at, s.refresh_at, s.not_before, s.not_after].every(isDate) &&
+    (s.previous === null || (typeof s.previous === 'string' && GENERATION_RE.test(s.previous)));
+  return ok ? (s as StateFile) : undefined;
 }

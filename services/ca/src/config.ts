@@ -73,6 +73,19 @@ export interface AbuseLimits {
   readonly workload: RateLimit | null;
   /** --max-in-flight / BATON_MAX_IN_FLIGHT, default 256: requests in progress past which new ones are shed (429) */
   readonly maxInFlight: number | null;
+  /**
+   * --max-feed-waiters / BATON_MAX_FEED_WAITERS, default 20000: revocation long-polls waiting at once
+   * in this process; past it a new one gets 429 (a `wait=0` read, or one with events to answer at
+   * once, never waits and is never counted). Sized for a 10,000-node fleet on one replica with room
+   * for as many library-based services; about 70 KB of RSS each (docs/configuration.md).
+   */
+  readonly feedWaiters: number | null;
+  /**
+   * --max-feed-waiters-per-identity / BATON_MAX_FEED_WAITERS_PER_IDENTITY, default 4: the same per
+   * caller, a node (its SPIFFE ID) or a workload SPIFFE ID on the node that minted its SVID. An
+   * agent holds one; the rest is room for a poll whose socket has not closed yet.
+   */
+  readonly feedWaitersPerIdentity: number | null;
 }
 
 export interface HttpLimits {
@@ -86,6 +99,12 @@ export interface HttpLimits {
   readonly idleTimeoutMs: number;
   /** --max-requests-per-socket / BATON_MAX_REQUESTS_PER_SOCKET, default 1000 (off: unlimited): then the connection closes */
   readonly maxRequestsPerSocket: number | null;
+  /**
+   * --max-connections / BATON_MAX_CONNECTIONS, default 25000 (off: unlimited): open connections of
+   * this process past which a new one is closed at once, before its TLS handshake. Above
+   * --max-feed-waiters plus --max-in-flight, so a full feed leaves room for every other route.
+   */
+  readonly maxConnections: number | null;
 }
 
 export interface X509popConfig extends X509popSettings {
@@ -241,6 +260,14 @@ function loadAbuseLimits(flags: Flags, env: Env): AbuseLimits {
       str(flags, 'max-in-flight', env, 'BATON_MAX_IN_FLIGHT') ?? '256',
       '--max-in-flight',
     ),
+    feedWaiters: parseCount(
+      str(flags, 'max-feed-waiters', env, 'BATON_MAX_FEED_WAITERS') ?? '20000',
+      '--max-feed-waiters',
+    ),
+    feedWaitersPerIdentity: parseCount(
+      str(flags, 'max-feed-waiters-per-identity', env, 'BATON_MAX_FEED_WAITERS_PER_IDENTITY') ?? '4',
+      '--max-feed-waiters-per-identity',
+    ),
   });
 }
 
@@ -259,6 +286,10 @@ function loadHttpLimits(flags: Flags, env: Env): HttpLimits {
       str(flags, 'max-requests-per-socket', env, 'BATON_MAX_REQUESTS_PER_SOCKET') ?? '1000',
       '--max-requests-per-socket',
     ),
+    maxConnections: parseCount(
+      str(flags, 'max-connections', env, 'BATON_MAX_CONNECTIONS') ?? '25000',
+      '--max-connections',
+    ),
   };
   // Cross-field: Node refuses headersTimeout above requestTimeout, and a socket timeout shorter than
   // the long-poll would cut every idle revocation feed.
@@ -269,10 +300,29 @@ function loadHttpLimits(flags: Flags, env: Env): HttpLimits {
   return Object.freeze(limits);
 }
 
+/**
+ * Cross-field: the per-identity cap fits in the total one, and a full feed still leaves connections
+ * for the routes it must not starve (renewals above all); past --max-connections Node closes new
+ * connections without a word, which no client can tell from a network fault.
+ */
+function checkConnectionBudget(limits: AbuseLimits, http: HttpLimits): void {
+  const { feedWaiters, feedWaitersPerIdentity, maxInFlight } = limits;
+  if (feedWaiters !== null && feedWaitersPerIdentity !== null && feedWaitersPerIdentity > feedWaiters)
+    invalid('--max-feed-waiters-per-identity: must not exceed --max-feed-waiters');
+  if (http.maxConnections === null) return;
+  if (feedWaiters === null)
+    invalid('--max-connections: needs --max-feed-waiters (unlimited long-polls would take every connection)');
+  if (http.maxConnections <= feedWaiters! + (maxInFlight ?? 0))
+    invalid('--max-connections: must be above --max-feed-waiters plus --max-in-flight');
+}
+
 export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
   const level = (env.BATON_LOG_LEVEL || 'info') as LogLevel;
   if (!LOG_LEVELS.includes(level)) invalid(`BATON_LOG_LEVEL: one of ${LOG_LEVELS.join(', ')}`);
   const publicUrl = str(flags, 'public-url', env, 'BATON_PUBLIC_URL');
+  const limits = loadAbuseLimits(flags, env);
+  const http = loadHttpLimits(flags, env);
+  checkConnectionBudget(limits, http);
   return Object.freeze({
     ...loadStorageConfig(flags, env),
     listen: parseListen(str(flags, 'listen', env, 'BATON_LISTEN') ?? DEFAULT_LISTEN),
@@ -286,8 +336,8 @@ export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
     ),
     backgroundIntervalMs: parseDuration(env.BATON_BACKGROUND_INTERVAL ?? '10s', 'BATON_BACKGROUND_INTERVAL'),
     x509pop: loadX509popConfig(flags, env),
-    limits: loadAbuseLimits(flags, env),
-    http: loadHttpLimits(flags, env),
+    limits,
+    http,
   });
 }
 

@@ -72,13 +72,14 @@ function crashingOps(budget: number, opts: { loseRename?: boolean } = {}): NodeF
   return {
     steps,
     writeFileAtomic: (p, d, m) => step(`replace ${base(p)}`, () => r.writeFileAtomic(p, d, m)),
-    mkdir: (p) => step(`mkdir ${base(p)}`, () => r.mkdir(p)),
+    mkdir: (p, m, g) => step(`mkdir ${base(p)}`, () => r.mkdir(p, m, g)),
     writeFile: (p, d, m) => step(`write ${base(p)}`, () => r.writeFile(p, d, m)),
     fsyncDir: (p) => step(`fsync ${base(p)}`, () => r.fsyncDir(p)),
     symlink: (t, p) => step(`symlink ${base(p)}`, () => r.symlink(t, p)),
     rename: (f, t) =>
       step(`rename ${base(f)}`, () => (opts.loseRename && f.endsWith('.link') ? undefined : r.rename(f, t))),
-    remove: (p) => step(`remove ${base(p)}`, () => r.remove(p)),
+    unlink: (p) => step(`unlink ${base(p)}`, () => r.unlink(p)),
+    removeDir: (p, n, q) => step(`removeDir ${base(p)}`, () => r.removeDir(p, n, q)),
   };
 }
 
@@ -153,14 +154,14 @@ const legacyOf = (id: NewNodeIdentity) => ({
 /** The steps of a save over a linked generation. */
 const SAVE_STEPS = (id: NewNodeIdentity) => [
   'replace bundle.pem',
-  `remove ${gen(id)}`,
+  `removeDir ${gen(id)}`,
   `mkdir ${gen(id)}`,
   `write ${gen(id)}/state.json`,
   `write ${gen(id)}/key.pem`,
   `write ${gen(id)}/cert.pem`,
   `fsync ${gen(id)}`,
   'fsync .',
-  `remove ${gen(id)}.link`,
+  `unlink ${gen(id)}.link`,
   `symlink ${gen(id)}.link`,
   `rename ${gen(id)}.link`,
   'fsync .',

@@ -66,14 +66,14 @@ function crashingOps(
   const base = (p: string) => p.split('/').slice(-2).join('/');
   return {
     steps,
-    mkdir: (p) => step(`mkdir ${base(p)}`, () => r.mkdir(p)),
+    mkdir: (p, m, g) => step(`mkdir ${base(p)}`, () => r.mkdir(p, m, g)),
     writeFile: (p, d, m, o) => step(`write ${base(p)}`, () => r.writeFile(p, d, m, o)),
-    chown: (p, o) => step(`chown ${base(p)}`, () => r.chown(p, o)),
     fsyncDir: (p) => step(`fsync ${base(p)}`, () => r.fsyncDir(p)),
     symlink: (t, p) => step(`symlink ${base(p)}`, () => r.symlink(t, p)),
     // A power loss before the directory's fsync may forget the rename.
     rename: (f, t) => step(`rename ${base(f)}`, () => (opts.loseRename ? undefined : r.rename(f, t))),
-    remove: (p) => step(`remove ${base(p)}`, () => r.remove(p)),
+    unlink: (p) => step(`unlink ${base(p)}`, () => r.unlink(p)),
+    removeDir: (p, n, q) => step(`removeDir ${base(p)}`, () => r.removeDir(p, n, q)),
   };
 }
 
@@ -180,7 +180,7 @@ describe('WorkloadStore', () => {
     const dir = newDir();
     const store = new WorkloadStore(dir);
     store.save(pairs[0]!);
-    realWorkloadFileOps.remove(join(dir, 'workloads', 'web'));
+    realWorkloadFileOps.unlink(join(dir, 'workloads', 'web'));
     realWorkloadFileOps.symlink('/etc', join(dir, 'workloads', 'web'));
     expect(store.load('web')).toBeUndefined();
     store.save(pairs[1]!);
@@ -201,7 +201,7 @@ describe('WorkloadStore kill safety', () => {
   it('ok/the swap takes the documented steps; nothing is removed after a first replacement', () => {
     const b = pairs[1]!.serial;
     expect(stepsOf()).toEqual([
-      `remove workloads/.web.${b}`,
+      `removeDir workloads/.web.${b}`,
       `mkdir workloads/.web.${b}`,
       `write .web.${b}/key.pem`,
       `write .web.${b}/cert.pem`,
@@ -209,7 +209,7 @@ describe('WorkloadStore kill safety', () => {
       `write .web.${b}/state.json`,
       `fsync workloads/.web.${b}`,
       expect.stringMatching(/^fsync d\d+\/workloads$/),
-      `remove workloads/.web.${b}.link`,
+      `unlink workloads/.web.${b}.link`,
       `symlink workloads/.web.${b}.link`,
       `rename workloads/.web.${b}.link`,
       expect.stringMatching(/^fsync d\d+\/workloads$/),
@@ -287,15 +287,28 @@ describe('WorkloadStore kill safety', () => {
 const asRoot = process.getuid?.() === 0 ? it : it.skip;
 
 describe('WorkloadStore ownership', () => {
-  asRoot('ok/as root: the generation and its files belong to the owner; key 0600', () => {
+  asRoot(
+    "ok/as root: the generation is the agent's (0750, the entry's group); the owner gets the files; key 0600",
+    () => {
+      const dir = newDir();
+      new WorkloadStore(dir).save({ ...pairs[0]!, owner: { uid: 1234, gid: 4321 } });
+      const gen = realpathSync(join(dir, 'workloads', 'web'));
+      const dirStat = lstatSync(gen);
+      expect([dirStat.uid, dirStat.gid, dirStat.mode & 0o7777]).toEqual([0, 4321, 0o750]);
+      for (const f of ['key.pem', 'cert.pem', 'bundle.pem']) {
+        const st = lstatSync(join(gen, f));
+        expect([f, st.uid, st.gid]).toEqual([f, 1234, 4321]);
+      }
+      expect(lstatSync(join(gen, 'state.json')).uid).toBe(0);
+      expect(statSync(join(gen, 'key.pem')).mode & 0o777).toBe(0o600);
+    },
+  );
+
+  asRoot("ok/as root, an owner without a group: the generation is the agent's, 0755", () => {
     const dir = newDir();
-    new WorkloadStore(dir).save({ ...pairs[0]!, owner: { uid: 1234, gid: 4321 } });
-    const gen = realpathSync(join(dir, 'workloads', 'web'));
-    for (const f of ['', 'key.pem', 'cert.pem', 'bundle.pem', 'state.json']) {
-      const st = statSync(join(gen, f));
-      expect([st.uid, st.gid]).toEqual([1234, 4321]);
-    }
-    expect(statSync(join(gen, 'key.pem')).mode & 0o777).toBe(0o600);
+    new WorkloadStore(dir).save({ ...pairs[0]!, owner: { uid: 1234, gid: -1 } });
+    const st = lstatSync(realpathSync(join(dir, 'workloads', 'web')));
+    expect([st.uid, st.gid, st.mode & 0o7777]).toEqual([0, 0, 0o755]);
   });
 
   asRoot('ok/a new owner does not keep the previous generation (the old owner could read its key)', () => {

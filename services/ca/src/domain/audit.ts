@@ -125,7 +125,7 @@ export function auditVerifier() {
  */
 export const SEAL_BATCH = 500;
 
-/** Seals everything unsealed now (called periodically and before verification). */
+/** Seals everything unsealed now (the background job of every replica; reads never do). */
 export async function sealAudit(audit: AuditRepository): Promise<number> {
   let total = 0;
   for (;;) {

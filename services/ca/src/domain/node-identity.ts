@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { MAX_TTL } from '../config';
 import { base32 } from '../pki/base32';
-import { type ParsedCsr, parseCsr } from '../pki/csr';
+import { type ParsedCsr, readCsr, type UnverifiedCsr } from '../pki/csr';
 import type { Attestor } from './attestation/attestor';
 import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
@@ -37,10 +37,11 @@ export interface AttestParams {
 
 const newNodeId = (): string => base32(randomBytes(10));
 
-function csrFrom(input: unknown): ParsedCsr {
+/** The CSR read and within the key policy; its signature is checked by `verify()` (pki/csr.ts). */
+function csrFrom(input: unknown): UnverifiedCsr {
   if (typeof input !== 'string')
     throw new BatonError('ERR_CSR_INVALID', 'csr: a PEM certificate request is required');
-  return parseCsr(input);
+  return readCsr(input);
 }
 
 function nodeLeafParams(deps: NodeIdentityDeps, node: NodeRecord, csr: ParsedCsr): IssueLeafParams {
@@ -116,11 +117,18 @@ async function attestNodeOnce(deps: NodeIdentityDeps, p: AttestParams): Promise<
       `unknown attestation method; supported: ${[...deps.attestors.keys()].join(', ')}`,
     );
   }
-  const csr = csrFrom(p.csr);
+  // The CSR's structure and key policy (microseconds) first, then the evidence (for a join token,
+  // one lookup by id and a hash), then the CSR's signature, the dearest step: an anonymous caller
+  // without valid evidence never gets a signature verified. Only a request whose evidence and CSR
+  // signature are both bad is answered differently (the evidence's 401, no longer 400
+  // ERR_CSR_INVALID); an honest client's CSR always verifies. The evidence is spent only in the
+  // transaction below, so a CSR that does not verify still spends nothing.
+  const unverified = csrFrom(p.csr);
   const policy = await attestor.verify(
-    { clock: deps.clock, repos: deps.storage, pin: deps.keyring.pin, csrDer: csr.der },
+    { clock: deps.clock, repos: deps.storage, pin: deps.keyring.pin, csrDer: unverified.der },
     p.payload,
   );
+  const csr = unverified.verify();
   return deps.storage.transaction(async (tx) => {
     await policy.commit(tx);
     const now = deps.clock.now();
@@ -178,7 +186,7 @@ export async function renewNode(
   deps: NodeIdentityDeps,
   p: { peerSerial: string; csr: unknown; audit: AuditContext },
 ): Promise<Issuance> {
-  const csr = csrFrom(p.csr);
+  const csr = csrFrom(p.csr).verify();
   // Fast path: one read, then one statement that re-checks everything under the locks the
   // general path takes (IssuanceRepository.recordRenewalGuarded). Any refusal takes the general
   // path, which names the reason.

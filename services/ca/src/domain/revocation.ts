@@ -2,7 +2,7 @@ import { REVOCATION_REASONS } from '../pki/crl';
 import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
 import { BatonError } from './errors';
-import type { Repositories, RevocationEvent, Storage } from './ports';
+import type { CertificateKind, Repositories, RevocationEvent, Storage } from './ports';
 import { nodeSpiffeId } from './trust-domain';
 
 export interface RevocationDeps {
@@ -61,10 +61,15 @@ export async function revokeNode(
   });
 }
 
-/** `baton cert revoke SERIAL`: one certificate (any kind), with an RFC 5280 reason. */
+/**
+ * `baton cert revoke SERIAL`: one certificate, with an RFC 5280 reason. `authorize` decides whether
+ * the caller may revoke a certificate of this kind (the caller's role does: http/authorization.ts
+ * assertMayRevoke); it throws to refuse, and runs on the locked row before anything is written, so
+ * a refusal leaves no revocation, no feed event, no audit row and no new CRL.
+ */
 export async function revokeCertificate(
   deps: RevocationDeps,
-  p: { serial: string; reason?: number; audit: AuditContext },
+  p: { serial: string; reason?: number; audit: AuditContext; authorize(kind: CertificateKind): void },
 ): Promise<RevocationResult> {
   const reason = p.reason ?? REVOCATION_REASONS.unspecified;
   const serial = p.serial.toLowerCase();
@@ -74,6 +79,7 @@ export async function revokeCertificate(
     const now = deps.clock.now();
     const cert = await tx.certificates.lockBySerial(serial);
     if (!cert) throw new BatonError('ERR_NOT_FOUND', 'no such certificate');
+    p.authorize(cert.kind);
     if (cert.status === 'revoked') throw new BatonError('ERR_CONFLICT', 'the certificate is already revoked');
     if (cert.notAfter.getTime() <= now.getTime())
       throw new BatonError('ERR_CONFLICT', 'the certificate has already expired');

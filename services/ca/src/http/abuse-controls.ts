@@ -26,7 +26,9 @@ export const OVERLOAD_RETRY_AFTER_S = 2;
 
 /**
  * Routes the concurrency guard never sheds: probes and scrapes must see an overloaded server, and
- * the revocation long-poll holds a request for up to 30 s while costing nothing.
+ * the revocation long-poll holds a request for up to 30 s without work (a node must hear of a
+ * revocation when the server is busiest). Its waits have caps of their own, per identity and in
+ * total (server/revocation-feed.ts), and every connection counts against --max-connections.
  */
 const NEVER_SHED = new Set(['/healthz', '/readyz', '/metrics', '/v1/revocations']);
 

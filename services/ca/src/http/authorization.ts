@@ -2,7 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Request, RequestHandler } from 'express';
 import type { AdminRole } from '../admin-credentials';
 import { BatonError } from '../domain/errors';
-import type { NodeRecord, Repositories } from '../domain/ports';
+import type { CertificateKind, NodeRecord, Repositories } from '../domain/ports';
 import { assertCurrent } from '../domain/node-identity';
 import type { Clock } from '../domain/clock';
 import { peerCertificate } from './peer-cert';
@@ -10,7 +10,8 @@ import { peerCertificate } from './peer-cert';
 /**
  * Who may call which admin route: one table, checked on every request, also on a reused
  * keep-alive connection (never cached per connection: CVE-2018-1002105 came from trusting
- * a connection's earlier authorization). `auditor` reads only.
+ * a connection's earlier authorization). `auditor` reads only. Certificate revocation is further
+ * limited by the kind of certificate revoked: REVOCATION_ROLES.
  */
 export const ADMIN_ROUTES = {
   'POST /v1/admin/tokens': ['admin', 'operator'],
@@ -28,6 +29,19 @@ export const ADMIN_ROUTES = {
 } as const satisfies Record<string, readonly AdminRole[]>;
 
 export type AdminRoute = keyof typeof ADMIN_ROUTES;
+
+/**
+ * Who may revoke which kind of certificate (`POST /v1/admin/certificates/:serial/revoke`): an
+ * operator runs the fleet, so it may revoke node and workload certificates, but cutting off an
+ * admin or the server's own TLS certificate takes the `admin` role (issue 14, finding 5). Every
+ * kind is listed (`satisfies`), so a new kind does not compile until it is given its roles.
+ */
+export const REVOCATION_ROLES = {
+  node: ['admin', 'operator'],
+  workload: ['admin', 'operator'],
+  admin: ['admin'],
+  server: ['admin'],
+} as const satisfies Record<CertificateKind, readonly AdminRole[]>;
 
 export interface AdminIdentity {
   name: string;
@@ -81,6 +95,20 @@ export function requireAdmin(deps: AuthDeps, route: AdminRoute): RequestHandler 
     res.locals.admin = admin;
     next();
   };
+}
+
+/**
+ * Refuses, with the same code as a route the role may not call, a revocation of a kind of
+ * certificate REVOCATION_ROLES does not give the admin's role. The revocation use case calls it
+ * on the certificate it has locked, before it writes anything.
+ */
+export function assertMayRevoke(admin: Pick<AdminIdentity, 'role'>, kind: CertificateKind): void {
+  const allowed: readonly string[] = REVOCATION_ROLES[kind];
+  if (!allowed.includes(admin.role))
+    throw new BatonError(
+      'ERR_NOT_AUTHORIZED',
+      `role ${admin.role} may not revoke a certificate of kind ${kind}`,
+    );
 }
 
 /**

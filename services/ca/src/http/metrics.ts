@@ -24,6 +24,7 @@ export interface Metrics {
   crlAgeSeconds: Gauge<'ca_id'>;
   activeNodes: Gauge;
   feedWaiters: Gauge;
+  connectionsDropped: Counter;
   scrapeErrors: Counter;
 }
 
@@ -96,6 +97,11 @@ export function createMetrics(): Metrics {
     feedWaiters: new Gauge({
       name: 'baton_revocation_feed_waiters',
       help: 'Clients waiting on the revocation long-poll of this replica',
+      registers,
+    }),
+    connectionsDropped: new Counter({
+      name: 'baton_connections_dropped_total',
+      help: 'Connections closed unanswered because --max-connections were open',
       registers,
     }),
     scrapeErrors: new Counter({

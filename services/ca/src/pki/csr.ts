@@ -66,14 +66,31 @@ const ENCODED_ALGORITHMS: ReadonlyMap<string, SignatureAlgorithm> = new Map(
 const invalid = (message: string): BatonError => new BatonError('ERR_CSR_INVALID', message);
 
 /**
+ * A CSR checked in everything but its signature: structure, size, signature algorithm and the key
+ * policy (key-policy.ts), all in microseconds. `verify()` is the one expensive step, so that a
+ * caller can put cheaper checks of the requester (a join token) before it.
+ */
+export interface UnverifiedCsr {
+  /** The whole CertificationRequest DER, as received (x509pop evidence binds its hash). */
+  readonly der: Buffer;
+  /** RFC 2986 §4.2: verifies the signature; the ParsedCsr, or ERR_CSR_INVALID. */
+  verify(): ParsedCsr;
+}
+
+/**
  * Parses and verifies a PKCS#10 CSR given as PEM (label `CERTIFICATE REQUEST`, or the legacy
  * `NEW CERTIFICATE REQUEST` of RFC 7468 §7) or DER. Throws only BatonError: ERR_CSR_INVALID for
  * anything malformed or unverifiable, ERR_CSR_KEY_UNSUPPORTED for a well-formed key outside policy.
  * Messages name the fault and never echo the input.
  */
 export function parseCsr(input: string | Buffer): ParsedCsr {
+  return readCsr(input).verify();
+}
+
+/** parseCsr but for the signature, which `verify()` checks; the same refusals otherwise. */
+export function readCsr(input: string | Buffer): UnverifiedCsr {
   try {
-    return parse(input);
+    return read(input);
   } catch (e) {
     if (e instanceof BatonError) {
       // The reader speaks ERR_BAD_REQUEST for every structure it reads; here the structure is a CSR.
@@ -83,7 +100,7 @@ export function parseCsr(input: string | Buffer): ParsedCsr {
   }
 }
 
-function parse(input: string | Buffer): ParsedCsr {
+function read(input: string | Buffer): UnverifiedCsr {
   if (typeof input !== 'string' && !Buffer.isBuffer(input)) throw invalid('csr must be a string or a buffer');
   // A string's UTF-8 size is at least its length, so an oversized string is refused before it is scanned.
   const size =
@@ -124,14 +141,22 @@ function parse(input: string | Buffer): ParsedCsr {
   const family = key.kind === 'rsa' ? 'rsa' : 'ec';
   if (family !== alg.family) throw invalid('csr signature algorithm does not match the public key');
 
-  // RFC 2986 §4.2: the signature is computed over the DER encoding of certificationRequestInfo,
-  // so it is verified over the exact bytes received, never over a re-encoding. ECDSA signatures are
-  // the DER Ecdsa-Sig-Value of RFC 5480 §2.2 / RFC 3279 §2.2.3; RSA is PKCS#1 v1.5 (RFC 8017 §8.2).
-  if (!verifySignature(key, alg.hash, info.raw, sig)) {
-    throw invalid('csr signature does not verify');
-  }
-
-  return { key, subjectRaw: Buffer.from(subject.raw), der: Buffer.from(der) };
+  // Copies: the caller's buffer may change before verify() runs.
+  const parsed: ParsedCsr = { key, subjectRaw: Buffer.from(subject.raw), der: Buffer.from(der) };
+  const signed = Buffer.from(info.raw);
+  const signatureValue = Buffer.from(sig);
+  return {
+    der: parsed.der,
+    verify() {
+      // RFC 2986 §4.2: the signature is computed over the DER encoding of certificationRequestInfo,
+      // so it is verified over the exact bytes received, never over a re-encoding. ECDSA signatures
+      // are the DER Ecdsa-Sig-Value of RFC 5480 §2.2 / RFC 3279 §2.2.3; RSA is PKCS#1 v1.5 (RFC 8017
+      // §8.2). verifySignature answers false, never throws.
+      if (!verifySignature(key, alg.hash, signed, signatureValue))
+        throw invalid('csr signature does not verify');
+      return parsed;
+    },
+  };
 }
 
 function toDer(input: string | Buffer): Buffer {

@@ -1,10 +1,11 @@
 import { createHash, createPublicKey, generateKeyPairSync, type KeyObject, verify } from 'node:crypto';
 import { BatonError } from '../domain/errors';
-import { children, readWhole } from './der-reader';
+import { children, readWhole, type Tlv } from './der-reader';
+import { checkKeyPolicy, type KeyKind } from './key-policy';
 import { NATIVE_CURVE, NATIVE_HASH, type NativeEc, nativeEc } from './native-ec';
 import { OID } from './oids';
 
-export type KeyKind = 'ec-p256' | 'ec-p384' | 'rsa';
+export type { KeyKind } from './key-policy';
 
 export interface PublicKeyInfo {
   kind: KeyKind;
@@ -31,6 +32,7 @@ export const EC_SPKI_PREFIX = {
 } as const;
 export const EC_COORDINATE_BYTES = { 'ec-p256': 32, 'ec-p384': 48 } as const;
 const JWK_CURVE = { 'ec-p256': 'P-256', 'ec-p384': 'P-384' } as const;
+const OPENSSL_CURVE = { 'ec-p256': 'prime256v1', 'ec-p384': 'secp384r1' } as const;
 
 /** The kind of an uncompressed named-curve EC key in its one canonical SPKI encoding, if it is one. */
 function canonicalEcKind(spki: Buffer): CanonicalEcKind | undefined {
@@ -56,15 +58,24 @@ const undecodable = (): BatonError => new BatonError('ERR_CSR_INVALID', 'the pub
 /**
  * A canonical EC key, checked to be a point on its curve. With the native verifier that check is all
  * it costs (a few µs); without it, the key is imported from its coordinates as a JWK (RFC 7518
- * §6.2.1), which OpenSSL 3 does about twice as fast as its generic SPKI decoder.
+ * §6.2.1), which OpenSSL 3 does about twice as fast as its generic SPKI decoder, and which refuses a
+ * point off the curve.
  */
 function canonicalEcKey(kind: CanonicalEcKind, spki: Buffer, native: NativeEc | null): PublicKeyInfo {
-  const bits = kind === 'ec-p256' ? 256 : 384;
+  let key: KeyObject | undefined;
+  let onCurve: boolean;
   if (native) {
-    if (native.checkPoint(NATIVE_CURVE[kind], ecPoint(kind, spki)) !== 1) throw undecodable();
-    return { kind, bits, spki };
+    onCurve = native.checkPoint(NATIVE_CURVE[kind], ecPoint(kind, spki)) === 1;
+  } else {
+    try {
+      key = importEcJwk(kind, spki);
+      onCurve = true;
+    } catch {
+      onCurve = false;
+    }
   }
-  return { kind, bits, spki, key: importEcJwk(kind, spki) };
+  const { bits } = checkKeyPolicy({ type: 'ec', curve: OPENSSL_CURVE[kind], onCurve });
+  return key ? { kind, bits, spki, key } : { kind, bits, spki };
 }
 
 function importEcJwk(kind: CanonicalEcKind, spki: Buffer): KeyObject {
@@ -81,9 +92,9 @@ function importEcJwk(kind: CanonicalEcKind, spki: Buffer): KeyObject {
 }
 
 /**
- * Keys accepted in CSRs (CONTRACT "Certificate profile"): EC P-256, EC P-384, RSA 2048–4096.
- * Anything but a canonical EC key (RSA, other curves, compressed points, explicit parameters) goes
- * through OpenSSL's DER decoder, which also gives the precise refusal. `native` is for tests.
+ * Decodes a SubjectPublicKeyInfo and applies the key policy (key-policy.ts) to it. Anything but a
+ * canonical EC key (RSA, other curves, compressed points, explicit parameters) goes through
+ * OpenSSL's DER decoder, which also gives the precise refusal. `native` is for tests.
  */
 export function describePublicKey(spki: Buffer, native: NativeEc | null = nativeEc): PublicKeyInfo {
   const ecKind = canonicalEcKind(spki);
@@ -94,23 +105,39 @@ export function describePublicKey(spki: Buffer, native: NativeEc | null = native
   } catch {
     throw undecodable();
   }
-  const details = key.asymmetricKeyDetails ?? {};
-  if (key.asymmetricKeyType === 'ec') {
-    if (details.namedCurve === 'prime256v1') return { kind: 'ec-p256', bits: 256, spki, key };
-    if (details.namedCurve === 'secp384r1') return { kind: 'ec-p384', bits: 384, spki, key };
-    throw new BatonError('ERR_CSR_KEY_UNSUPPORTED', 'unsupported EC curve: use P-256 or P-384');
+  const type = key.asymmetricKeyType;
+  const { kind, bits } = checkKeyPolicy(
+    type === 'rsa'
+      ? { type, ...rsaPublicKey(spki) }
+      : type === 'ec'
+        ? // OpenSSL's decoder refuses a point that is not on the curve.
+          { type, curve: key.asymmetricKeyDetails?.namedCurve, onCurve: true }
+        : { type: 'other' },
+  );
+  return { kind, bits, spki, key };
+}
+
+/**
+ * RFC 8017 §A.1.1: RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }, read
+ * from the bytes that will be certified (a form only OpenSSL's lenient decoder takes is no key here).
+ */
+function rsaPublicKey(spki: Buffer): { modulus: bigint; exponent: bigint } {
+  let ints: Tlv[];
+  try {
+    const sequence = readWhole(subjectPublicKeyBits(spki), 'public key');
+    ints = sequence.tag === 0x30 ? children(sequence, 'public key') : [];
+  } catch {
+    throw undecodable();
   }
-  if (key.asymmetricKeyType === 'rsa') {
-    const bits = details.modulusLength ?? 0;
-    if (bits < 2048 || bits > 4096) {
-      throw new BatonError(
-        'ERR_CSR_KEY_UNSUPPORTED',
-        `unsupported RSA key size ${bits}: use 2048 to 4096 bits`,
-      );
-    }
-    return { kind: 'rsa', bits, spki, key };
-  }
-  throw new BatonError('ERR_CSR_KEY_UNSUPPORTED', 'unsupported key type: use EC P-256, EC P-384 or RSA');
+  const [modulus, exponent, ...rest] = ints;
+  if (!modulus || !exponent || rest.length > 0) throw undecodable();
+  return { modulus: positiveInteger(modulus), exponent: positiveInteger(exponent) };
+}
+
+/** X.690 §8.3: a two's-complement INTEGER; zero or negative is no RSA number (and no key). */
+function positiveInteger(el: Tlv): bigint {
+  if (el.tag !== 0x02 || el.value.length === 0 || el.value[0]! & 0x80) throw undecodable();
+  return BigInt(`0x${el.value.toString('hex')}`);
 }
 
 /**

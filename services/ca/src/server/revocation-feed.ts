@@ -1,11 +1,47 @@
 import type { Logger } from 'pino';
+import { BatonError } from '../domain/errors';
 import type { RevocationEvent, RevocationRepository } from '../domain/ports';
 import { F } from '../log-fields';
 
 interface Waiter {
   since: number;
+  identity: string;
   resolve(events: RevocationEvent[]): void;
   timer: NodeJS.Timeout;
+}
+
+/** How many long-polls may wait at once; null: no limit (config.ts AbuseLimits). */
+export interface FeedLimits {
+  readonly total: number | null;
+  readonly perIdentity: number | null;
+}
+
+export interface FeedOptions {
+  pollMs: number;
+  maxWaitMs: number;
+  pageSize: number;
+  limits: FeedLimits;
+}
+
+const DEFAULT_OPTIONS: FeedOptions = {
+  pollMs: 200,
+  maxWaitMs: 30_000,
+  pageSize: 1000,
+  limits: { total: null, perIdentity: null },
+};
+
+/**
+ * Seconds a refused long-poll is told to wait (Retry-After): the longest wait, by which every poll
+ * holding a slot now has answered. Shorter would bring a full feed's refused clients back in a herd
+ * (each retry a TLS handshake and a database read) while the agents that hold slots re-poll at once.
+ */
+export const FEED_RETRY_AFTER_S = 30;
+
+export interface WaitOptions {
+  /** Who waits: the per-identity cap counts by it. */
+  identity: string;
+  /** Aborted when the client goes away: the wait ends there and its slot is free at once. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -16,6 +52,9 @@ interface Waiter {
  */
 export class RevocationFeed {
   readonly #waiters = new Set<Waiter>();
+  /** Waiters per identity; an identity with none has no entry (the map stays as small as the set). */
+  readonly #perIdentity = new Map<string, number>();
+  readonly #opts: FeedOptions;
   #timer: NodeJS.Timeout | undefined;
   #lastSeen = 0;
   #polling = false;
@@ -23,26 +62,69 @@ export class RevocationFeed {
   constructor(
     private readonly repo: RevocationRepository,
     private readonly log: Logger,
-    private readonly opts = { pollMs: 200, maxWaitMs: 30_000, pageSize: 1000 },
-  ) {}
+    opts: Partial<FeedOptions> = {},
+  ) {
+    this.#opts = { ...DEFAULT_OPTIONS, ...opts };
+  }
 
-  /** Events after `since`, as soon as there are any, or [] after `maxWaitMs`. */
-  async wait(since: number, maxWaitMs = this.opts.maxWaitMs): Promise<RevocationEvent[]> {
-    const now = await this.repo.eventsSince(since, this.opts.pageSize);
-    if (now.length > 0 || maxWaitMs <= 0) return now;
+  /**
+   * Events after `since`, as soon as there are any, or [] after `maxWaitMs`. Only a call that
+   * has to wait takes a slot: a `maxWaitMs` of 0 (the catch-up read) and a call with events to
+   * answer at once are never refused. Past a limit: ERR_RATE_LIMITED (Retry-After
+   * FEED_RETRY_AFTER_S). The slot is freed when the wait ends, however it ends.
+   */
+  async wait(
+    since: number,
+    maxWaitMs = this.#opts.maxWaitMs,
+    o: WaitOptions = { identity: '' },
+  ): Promise<RevocationEvent[]> {
+    const now = await this.repo.eventsSince(since, this.#opts.pageSize);
+    if (now.length > 0 || maxWaitMs <= 0 || o.signal?.aborted) return now;
+    this.#admit(o.identity);
     return new Promise((resolve) => {
+      const onAbort = () => waiter.resolve([]);
       const waiter: Waiter = {
         since,
+        identity: o.identity,
         resolve: (events) => {
+          if (!this.#waiters.delete(waiter)) return;
           clearTimeout(waiter.timer);
-          this.#waiters.delete(waiter);
+          o.signal?.removeEventListener('abort', onAbort);
+          this.#release(waiter.identity);
           resolve(events);
         },
         timer: setTimeout(() => waiter.resolve([]), maxWaitMs),
       };
       this.#waiters.add(waiter);
+      this.#perIdentity.set(o.identity, (this.#perIdentity.get(o.identity) ?? 0) + 1);
+      o.signal?.addEventListener('abort', onAbort, { once: true });
       this.#ensurePolling();
     });
+  }
+
+  /** Long-polls waiting now for `identity`. */
+  waitingFor(identity: string): number {
+    return this.#perIdentity.get(identity) ?? 0;
+  }
+
+  #admit(identity: string): void {
+    const { total, perIdentity } = this.#opts.limits;
+    if (perIdentity !== null && this.waitingFor(identity) >= perIdentity)
+      throw new BatonError(
+        'ERR_RATE_LIMITED',
+        `revocation feed: ${perIdentity} long-polls already wait for this caller, retry after ${FEED_RETRY_AFTER_S}s`,
+      );
+    if (total !== null && this.#waiters.size >= total)
+      throw new BatonError(
+        'ERR_RATE_LIMITED',
+        `revocation feed: server busy (${total} long-polls waiting), retry after ${FEED_RETRY_AFTER_S}s`,
+      );
+  }
+
+  #release(identity: string): void {
+    const n = (this.#perIdentity.get(identity) ?? 1) - 1;
+    if (n > 0) this.#perIdentity.set(identity, n);
+    else this.#perIdentity.delete(identity);
   }
 
   /** Called by this replica right after it commits a revocation. */
@@ -61,7 +143,7 @@ export class RevocationFeed {
 
   #ensurePolling(): void {
     if (this.#timer) return;
-    this.#timer = setInterval(() => void this.#poll(), this.opts.pollMs);
+    this.#timer = setInterval(() => void this.#poll(), this.#opts.pollMs);
     this.#timer.unref();
   }
 
@@ -80,7 +162,7 @@ export class RevocationFeed {
       const waiters = [...this.#waiters].filter((w) => w.since < last);
       if (waiters.length === 0) return;
       const oldest = Math.min(...waiters.map((w) => w.since));
-      const events = await this.repo.eventsSince(oldest, this.opts.pageSize);
+      const events = await this.repo.eventsSince(oldest, this.#opts.pageSize);
       for (const w of waiters) {
         const mine = events.filter((e) => e.id > w.since);
         if (mine.length > 0) w.resolve(mine);

@@ -19,6 +19,7 @@ import { caSetVersion } from '../domain/ca-rotation';
 import { BatonError } from '../domain/errors';
 import { type Keyring, loadKeyring } from '../domain/keyring';
 import { type BackgroundJobs, startBackgroundJobs } from './background-jobs';
+import { capConnections } from './connection-cap';
 import { CrlService } from './crl-service';
 import { RevocationFeed } from './revocation-feed';
 import { issueServerCredential, type ServerCredential } from './server-certificate';
@@ -79,7 +80,9 @@ export async function startServer(p: {
     nextUpdateMs: config.crlNextUpdateMs,
   });
   const crls = new CrlService(crlDeps);
-  const feed = new RevocationFeed(ca.storage.revocations, log);
+  const feed = new RevocationFeed(ca.storage.revocations, log, {
+    limits: { total: config.limits.feedWaiters, perIdentity: config.limits.feedWaitersPerIdentity },
+  });
   const app = buildApp({
     clock,
     storage: ca.storage,
@@ -156,6 +159,9 @@ export async function startServer(p: {
   // Keep-alive connections end after this many requests, so clients behind an L4 load balancer
   // spread over replicas again (authorization never depends on the connection).
   server.maxRequestsPerSocket = limits.maxRequestsPerSocket ?? 0;
+  // Every connection costs memory, long-polls most of all (--max-feed-waiters caps those with a
+  // 429); past this many the rest are closed unanswered, whoever opens them.
+  capConnections(server, limits.maxConnections, () => metrics.connectionsDropped.inc());
   // A TLS 1.2 client could renegotiate with another certificate mid-connection; peer identity is
   // read once per socket (http/peer-cert.ts), so renegotiation is refused outright.
   server.on('secureConnection', (socket) => socket.disableRenegotiation());

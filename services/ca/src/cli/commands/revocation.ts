@@ -39,7 +39,8 @@ export const nodeRevoke: Command = {
 
 export const certRevoke: Command = {
   words: ['cert', 'revoke'],
-  summary: 'Revoke one certificate by serial (hex); a new CRL is published at once.',
+  summary:
+    'Revoke one certificate by serial (hex); a new CRL is published at once. An admin or server certificate needs the admin role.',
   args: ['SERIAL'],
   options: { ...REASON, ...ADMIN_OPTIONS },
   async run(ctx) {

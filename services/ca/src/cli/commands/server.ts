@@ -74,6 +74,24 @@ export const server: Command = {
       description:
         'requests in progress past which new ones get 429 + Retry-After, or off (env BATON_MAX_IN_FLIGHT)',
     },
+    'max-feed-waiters': {
+      type: 'string',
+      value: '20000',
+      description:
+        'revocation long-polls waiting at once past which a new one gets 429 + Retry-After, or off (env BATON_MAX_FEED_WAITERS)',
+    },
+    'max-feed-waiters-per-identity': {
+      type: 'string',
+      value: '4',
+      description:
+        'the same per node, or per workload SPIFFE ID on a node, or off (env BATON_MAX_FEED_WAITERS_PER_IDENTITY)',
+    },
+    'max-connections': {
+      type: 'string',
+      value: '25000',
+      description:
+        'open connections past which new ones are closed unanswered, or off; above --max-feed-waiters plus --max-in-flight (env BATON_MAX_CONNECTIONS)',
+    },
     'request-timeout': {
       type: 'string',
       value: '30s',

@@ -27,9 +27,10 @@ export interface AttestorDeps {
   /** Base32 SHA-256 of the current root's SPKI. */
   pin: string;
   /**
-   * The DER of the CSR being attested (already parsed and verified), so that evidence can be bound
-   * to the requested key: x509pop signs its hash, and a stolen nonce and signature then cannot be
-   * replayed with another key.
+   * The DER of the CSR being attested, so that evidence can be bound to the requested key: x509pop
+   * signs its hash, and a stolen nonce and signature then cannot be replayed with another key. It
+   * is parsed and within the key policy; its own signature is verified after `verify` accepts the
+   * evidence and before `commit` (domain/node-identity.ts), so `verify` must not spend anything.
    */
   csrDer: Buffer;
 }

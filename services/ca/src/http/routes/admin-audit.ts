@@ -1,5 +1,4 @@
 import { type Request, Router } from 'express';
-import { sealAudit } from '../../domain/audit';
 import { BatonError } from '../../domain/errors';
 import type { AuditRecord } from '../../domain/ports';
 import type { AppDeps } from '../app';
@@ -44,7 +43,9 @@ const str = (req: Request, name: string): string | undefined =>
 /**
  * `GET /v1/admin/audit`: newest first, filtered by actor, subject, event and time; or, with
  * `sealed_after=N`, the sealed chain in order for `baton audit verify` (which recomputes every
- * hash itself rather than trusting the server's verdict).
+ * hash itself rather than trusting the server's verdict). A read writes nothing, for `auditor`
+ * least of all (issue 14, finding 7): the chain is what the background job has sealed so far, and
+ * `unsealed` counts the rows it will seal within BATON_BACKGROUND_INTERVAL.
  */
 export function adminAuditRoutes(deps: AppDeps): Router {
   const r = Router();
@@ -53,7 +54,6 @@ export function adminAuditRoutes(deps: AppDeps): Router {
     const limit = intParam(req, 'limit', 1, 10_000) ?? 100;
     const sealedAfter = intParam(req, 'sealed_after', 0, Number.MAX_SAFE_INTEGER);
     if (sealedAfter !== undefined) {
-      if (sealedAfter === 0) await sealAudit(deps.storage.audit);
       const rows = await deps.storage.audit.sealedAfter(sealedAfter, limit);
       res.json({ events: rows.map(renderAudit), unsealed: await deps.storage.audit.countUnsealed() });
       return;

@@ -1,14 +1,21 @@
 import { type Request, Router } from 'express';
 import type { AuditContext } from '../../domain/audit';
 import { crlIssuers } from '../../domain/crl-publisher';
-import { BatonError } from '../../domain/errors';
+import { BatonError, isBatonError } from '../../domain/errors';
 import { assertCurrent } from '../../domain/node-identity';
 import type { Repositories, RevocationEvent } from '../../domain/ports';
 import { revokeCertificate, revokeNode } from '../../domain/revocation';
 import { parseRevocationReason, revocationReasonName } from '../../pki/crl';
+import { FEED_RETRY_AFTER_S } from '../../server/revocation-feed';
 import type { AppDeps } from '../app';
 import { auditContext } from '../audit-context';
-import { type AdminIdentity, authDepsOf, authenticateNode, requireAdmin } from '../authorization';
+import {
+  type AdminIdentity,
+  assertMayRevoke,
+  authDepsOf,
+  authenticateNode,
+  requireAdmin,
+} from '../authorization';
 import { peerCertificate } from '../peer-cert';
 import { renderCertificate } from '../render';
 import { body, optionalString } from '../validate';
@@ -63,10 +70,12 @@ export function revocationRoutes(deps: AppDeps): Router {
     '/v1/admin/certificates/:serial/revoke',
     requireAdmin(auth, 'POST /v1/admin/certificates/:serial/revoke'),
     async (req, res) => {
+      const admin = res.locals.admin as AdminIdentity;
       const result = await revokeCertificate(revocationDeps, {
         serial: String(req.params.serial),
         reason: reasonOf(body(req)),
-        audit: auditOf(req, res.locals.admin as AdminIdentity),
+        audit: auditOf(req, admin),
+        authorize: (kind) => assertMayRevoke(admin, kind),
       });
       await deps.afterRevocation();
       deps.metrics.revocations.inc({ kind: 'certificate' });
@@ -119,6 +128,8 @@ export function revocationRoutes(deps: AppDeps): Router {
   // is unauthenticated), and a library-based service holds a workload identity, not a node's.
   r.get('/v1/revocations', async (req, res) => {
     const peer = peerCertificate(req);
+    // The identity the waiting caps count by (docs/configuration.md "Revocation feed and connections").
+    let identity = peer.spiffeId;
     if (peer.spiffeId.startsWith(`spiffe://${deps.installation.trustDomain}/node/`))
       await authenticateNode(auth, req);
     else {
@@ -128,6 +139,9 @@ export function revocationRoutes(deps: AppDeps): Router {
       // Per request, as for nodes: TLS checked the validity only at the handshake, with the wall
       // clock, and a keep-alive connection outlives both an expiry and a revocation.
       assertCurrent(rec.status, rec.notAfter, deps.clock.now());
+      // Per SPIFFE ID on each node: the replicas of one service on other nodes do not share a cap,
+      // and a node minting more SVIDs for an entry gets no more slots for it.
+      identity = `${peer.spiffeId} on node ${rec.nodeId ?? rec.serial}`;
     }
     const since = req.query.since === undefined ? 0 : Number(req.query.since);
     if (!Number.isSafeInteger(since) || since < 0)
@@ -135,7 +149,17 @@ export function revocationRoutes(deps: AppDeps): Router {
     const wait = req.query.wait === undefined ? 30 : Number(req.query.wait);
     if (!Number.isFinite(wait) || wait < 0 || wait > 30)
       throw new BatonError('ERR_BAD_REQUEST', 'wait: 0 to 30 seconds');
-    const events = await deps.feed.wait(since, wait * 1000);
+    // A client that goes away frees its slot at once, not when its wait would have ended.
+    const gone = new AbortController();
+    res.once('close', () => gone.abort());
+    const events = await deps.feed.wait(since, wait * 1000, { identity, signal: gone.signal }).catch((e) => {
+      if (isBatonError(e, 'ERR_RATE_LIMITED')) {
+        res.set('Retry-After', String(FEED_RETRY_AFTER_S));
+        // The refused connection is not kept alive: its memory (most of a held poll's) goes with it.
+        res.set('Connection', 'close');
+      }
+      throw e;
+    });
     const last = events.length ? events[events.length - 1]!.id : since;
     res.json({ events: events.map(renderEvent), last });
   });
