@@ -78,18 +78,21 @@ export function readOwnFile(path: string, limits: ReadLimits): Buffer | undefine
       throw new UnsafePathError(`${path} is owned by uid ${st.uid}, not ${owner}: not read`);
     if (st.size > limits.maxBytes)
       throw new UnsafePathError(`${path} is larger than ${limits.maxBytes} bytes: not read`);
-    // The size can grow between fstat and read (the owner may be writing): read one byte more
-    // than allowed to tell, never more.
-    const buf = Buffer.alloc(limits.maxBytes + 1);
-    let n = 0;
+    // Sized by fstat, one byte over so that growth since is seen; never past the bound.
+    const chunks: Buffer[] = [];
+    let total = 0;
+    let room = st.size + 1;
     for (;;) {
-      const got = readSync(fd, buf, n, buf.length - n, null);
+      const buf = Buffer.allocUnsafe(Math.min(room, limits.maxBytes + 1 - total));
+      const got = readSync(fd, buf, 0, buf.length, null);
       if (got === 0) break;
-      n += got;
-      if (n > limits.maxBytes)
+      total += got;
+      if (total > limits.maxBytes)
         throw new UnsafePathError(`${path} is larger than ${limits.maxBytes} bytes: not read`);
+      chunks.push(buf.subarray(0, got));
+      room = 64 * 1024;
     }
-    return buf.subarray(0, n);
+    return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total);
   } finally {
     closeSync(fd);
   }
