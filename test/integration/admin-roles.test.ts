@@ -10,7 +10,7 @@ import { describePublicKey, generateP256, spkiOf } from '../../services/ca/src/p
 import { memoryCertificates, testCa } from '../fixtures/test-ca';
 import { batonAsync } from '../support/cli';
 import { describeEachBackend } from '../support/database';
-import { https } from '../support/https';
+import { callAs } from '../support/https';
 import { attestedNode, type IssuanceBody, keyAndCsr } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 import { opensslText, tempDir, writeFiles } from '../support/tools';
@@ -87,13 +87,7 @@ describeEachBackend('admin authorization: every route x every identity', (backen
   const dir = tempDir('baton-admin-roles-');
 
   const call = (cred: Cred, method: string, path: string, body?: unknown) =>
-    https(`${t.url}${path}`, {
-      method,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      ca: t.bundle,
-      cert: cred.cert,
-      key: cred.key,
-    });
+    callAs(t, cred, method, path, body);
 
   /** The request each route gets from identity `who`; names are unique per identity. */
   const callFor = async (route: AdminRoute, who: string): Promise<Call> => {

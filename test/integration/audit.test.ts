@@ -5,7 +5,7 @@ import { issueJoinToken } from '../../services/ca/src/domain/join-token';
 import type { Storage } from '../../services/ca/src/domain/ports';
 import { knexStorage } from '../../services/ca/src/storage/knex/knex-storage';
 import { describeEachBackend } from '../support/database';
-import { https } from '../support/https';
+import { callAs } from '../support/https';
 import { attest, type IssuanceBody, keyAndCsr, renew } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 
@@ -31,13 +31,7 @@ describeEachBackend('audit log', (backend) => {
   const tokens: string[] = [];
 
   const call = (cred: Cred, method: string, path: string, body?: unknown) =>
-    https(`${t.url}${path}`, {
-      method,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      ca: t.bundle,
-      cert: cred.cert,
-      key: cred.key,
-    });
+    callAs(t, cred, method, path, body);
   const createToken = async (cred: Cred, body: Record<string, unknown> = { role: 'worker' }) => {
     const r = await call(cred, 'POST', '/v1/admin/tokens', body);
     expect(r.status).toBe(201);

@@ -7,7 +7,7 @@ import type { SigningCa } from '../../services/ca/src/domain/keyring';
 import { responderKeyHash } from '../../services/ca/src/pki/ocsp';
 import { baton, type Env, type ServerProcess, startServerProcess } from '../support/cli';
 import { type Backend, createPostgresDatabase, describeEachBackend } from '../support/database';
-import { https } from '../support/https';
+import { https, callAs } from '../support/https';
 import { attestedNode, type IssuanceBody, keyAndCsr, renew } from '../support/node-client';
 import { ocspQuery } from '../support/revocation-checks';
 import { startTestServer, type TestServer } from '../support/test-server';
@@ -40,13 +40,7 @@ describeEachBackend('CA rotation: a new signing intermediate under the same root
   const dir = tempDir();
 
   const call = (cred: Cred, method: string, path: string, body?: unknown) =>
-    https(`${t.url}${path}`, {
-      method,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      ca: t.bundle,
-      cert: cred.cert,
-      key: cred.key,
-    });
+    callAs(t, cred, method, path, body);
   const workloadFor = async (n: Cred, spiffeId: string) => {
     const k = await keyAndCsr();
     const r = await call(n, 'POST', '/v1/workload-svids', { spiffe_id: spiffeId, csr: k.csrPem });

@@ -1,8 +1,7 @@
 import type { ClientRequest } from 'node:http';
-import { request } from 'node:https';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { describeEachBackend } from '../support/database';
-import { type HttpsResult, https } from '../support/https';
+import { type HttpsResult, https, httpsRequest } from '../support/https';
 import { attestedNode, type IssuanceBody, keyAndCsr } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 
@@ -38,27 +37,11 @@ describeEachBackend('revocation feed limits (issue 14)', (backend) => {
 
   /** A long-poll on its own connection, held until answered or destroyed. */
   const poll = (who: Credential, query: string): Held => {
-    let req!: ClientRequest;
-    const answer = new Promise<HttpsResult>((resolve, reject) => {
-      req = request(
-        `${t.url}/v1/revocations?${query}`,
-        { ca: t.bundle, cert: who.cert, key: who.key, agent: false },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c) => chunks.push(c));
-          res.on('end', () => {
-            const body = Buffer.concat(chunks);
-            resolve({
-              status: res.statusCode ?? 0,
-              headers: res.headers,
-              body,
-              json: () => JSON.parse(body.toString('utf8')),
-            });
-          });
-        },
-      );
-      req.on('error', reject);
-      req.end();
+    const { req, result: answer } = httpsRequest(`${t.url}/v1/revocations?${query}`, {
+      ca: t.bundle,
+      cert: who.cert,
+      key: who.key,
+      agent: false,
     });
     const held = { req, answer };
     open.push(held);

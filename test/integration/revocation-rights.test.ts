@@ -10,7 +10,7 @@ import { REVOCATION_ROLES } from '../../services/ca/src/http/authorization';
 import { describePublicKey, generateP256, spkiOf } from '../../services/ca/src/pki/keys';
 import { batonAsync } from '../support/cli';
 import { describeEachBackend } from '../support/database';
-import { https } from '../support/https';
+import { callAs } from '../support/https';
 import { attestedNode, type IssuanceBody, keyAndCsr } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 import { tempDir, writeFiles } from '../support/tools';
@@ -38,13 +38,7 @@ describeEachBackend('issue 14: who may revoke which kind of certificate', (backe
   const dir = tempDir('baton-revocation-rights-');
 
   const call = (cred: Cred, method: string, path: string, body?: unknown) =>
-    https(`${t.url}${path}`, {
-      method,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      ca: t.bundle,
-      cert: cred.cert,
-      key: cred.key,
-    });
+    callAs(t, cred, method, path, body);
   const revoke = (cred: Cred, serial: string) =>
     call(cred, 'POST', `/v1/admin/certificates/${serial}/revoke`, { reason: 'key-compromise' });
 

@@ -1,3 +1,4 @@
+import type { ClientRequest } from 'node:http';
 import { request, type Agent } from 'node:https';
 
 export interface HttpsResult {
@@ -15,15 +16,25 @@ export interface HttpsOptions {
   ca?: string;
   cert?: string;
   key?: string;
-  agent?: Agent;
+  /** false: a connection of its own, closed after the answer. */
+  agent?: Agent | false;
   /** Source address, e.g. 127.0.0.2 to be another client of a server on 127.0.0.1. */
   localAddress?: string;
 }
 
 /** A small HTTPS client for tests: no retries, no magic. */
 export function https(url: string, opts: HttpsOptions = {}): Promise<HttpsResult> {
-  return new Promise((resolve, reject) => {
-    const req = request(
+  return httpsRequest(url, opts).result;
+}
+
+/** https(), with the request itself, for a test that must abort it or watch its socket. */
+export function httpsRequest(
+  url: string,
+  opts: HttpsOptions = {},
+): { req: ClientRequest; result: Promise<HttpsResult> } {
+  let req!: ClientRequest;
+  const result = new Promise<HttpsResult>((resolve, reject) => {
+    req = request(
       url,
       {
         method: opts.method ?? 'GET',
@@ -52,5 +63,23 @@ export function https(url: string, opts: HttpsOptions = {}): Promise<HttpsResult
     req.on('error', reject);
     if (opts.body) req.write(opts.body);
     req.end();
+  });
+  return { req, result };
+}
+
+/** A JSON call to a Baton server (its URL and trust bundle) with a client credential. */
+export function callAs(
+  server: { url: string; bundle: string },
+  cred: { cert: string; key: string },
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<HttpsResult> {
+  return https(`${server.url}${path}`, {
+    method,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    ca: server.bundle,
+    cert: cred.cert,
+    key: cred.key,
   });
 }

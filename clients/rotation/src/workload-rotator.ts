@@ -175,8 +175,6 @@ export class WorkloadRotator {
     const uris = (leaf.subjectAltName ?? '').split(', ').filter((n) => n.startsWith('URI:'));
     if (issued.spiffeId !== entry.spiffeId || uris.length !== 1 || uris[0] !== `URI:${entry.spiffeId}`)
       throw new AgentError('ERR_BAD_RESPONSE', 'the CA returned an SVID for another SPIFFE ID');
-    const notBefore = new Date(leaf.validFrom);
-    const notAfter = new Date(leaf.validTo);
     this.#o.store.save({
       name: entry.name,
       spiffeId: entry.spiffeId,
@@ -189,6 +187,8 @@ export class WorkloadRotator {
       refreshAt: issued.refreshAt,
       owner,
     });
+    const notBefore = new Date(leaf.validFrom);
+    const notAfter = new Date(leaf.validTo);
     return {
       name: entry.name,
       action: current ? 'renewed' : 'issued',

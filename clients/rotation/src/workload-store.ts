@@ -172,13 +172,9 @@ export class WorkloadStore {
   /**
    * DIR/workloads must be the agent's, reached through directories no one else can change
    * (safe-fs assertPrivateDirectory): every name below it is then the agent's to interpret.
-   * Throws UnsafePathError otherwise; false when it does not exist yet.
+   * Throws UnsafePathError otherwise; false when it does not exist yet (save() makes it).
    */
-  #rootIsPrivate(create = false): boolean {
-    if (create) {
-      ensurePrivateDirectory(this.root, 0o755);
-      return true;
-    }
+  #rootIsPrivate(): boolean {
     if (!lstatOrUndefined(this.root)) return false;
     assertPrivateDirectory(this.root);
     return true;
@@ -217,7 +213,7 @@ export class WorkloadStore {
   save(w: NewWorkload): void {
     checkName(w.name);
     if (!/^[0-9a-f]+$/.test(w.serial)) throw new AgentError('ERR_BAD_RESPONSE', 'the CA sent a bad serial');
-    this.#rootIsPrivate(true);
+    ensurePrivateDirectory(this.root, 0o755);
     const linkPath = join(this.root, w.name);
     const stat = lstatOrUndefined(linkPath);
     if (stat && !stat.isSymbolicLink())

@@ -1,11 +1,8 @@
 import { BatonError } from '../../../services/ca/src/domain/errors';
 import type { RevocationEvent, RevocationRepository } from '../../../services/ca/src/domain/ports';
 import { createLogger } from '../../../services/ca/src/logger';
-import {
-  FEED_RETRY_AFTER_S,
-  type FeedLimits,
-  RevocationFeed,
-} from '../../../services/ca/src/server/revocation-feed';
+import { FEED_RETRY_AFTER_S } from '../../../services/ca/src/http/abuse-controls';
+import { type FeedLimits, RevocationFeed } from '../../../services/ca/src/server/revocation-feed';
 
 /** The two reads the feed makes, over events held in memory. */
 function fakeRevocations(): { repo: RevocationRepository; append(): RevocationEvent } {

@@ -25,6 +25,14 @@ export const headerLimit: RequestHandler = (req, _res, next) => {
 export const OVERLOAD_RETRY_AFTER_S = 2;
 
 /**
+ * Seconds a refused revocation long-poll is told to wait (Retry-After; server/revocation-feed.ts):
+ * the longest wait, by which every poll holding a slot now has answered. Shorter would bring a full
+ * feed's refused clients back in a herd (each retry a TLS handshake and a database read) while the
+ * agents that hold slots re-poll at once.
+ */
+export const FEED_RETRY_AFTER_S = 30;
+
+/**
  * Routes the concurrency guard never sheds: probes and scrapes must see an overloaded server, and
  * the revocation long-poll holds a request for up to 30 s without work (a node must hear of a
  * revocation when the server is busiest). Its waits have caps of their own, per identity and in

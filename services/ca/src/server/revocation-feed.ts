@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { BatonError } from '../domain/errors';
+import { FEED_RETRY_AFTER_S } from '../http/abuse-controls';
 import type { RevocationEvent, RevocationRepository } from '../domain/ports';
 import { F } from '../log-fields';
 
@@ -29,13 +30,6 @@ const DEFAULT_OPTIONS: FeedOptions = {
   pageSize: 1000,
   limits: { total: null, perIdentity: null },
 };
-
-/**
- * Seconds a refused long-poll is told to wait (Retry-After): the longest wait, by which every poll
- * holding a slot now has answered. Shorter would bring a full feed's refused clients back in a herd
- * (each retry a TLS handshake and a database read) while the agents that hold slots re-poll at once.
- */
-export const FEED_RETRY_AFTER_S = 30;
 
 export interface WaitOptions {
   /** Who waits: the per-identity cap counts by it. */

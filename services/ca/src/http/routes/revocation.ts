@@ -6,7 +6,7 @@ import { assertCurrent } from '../../domain/node-identity';
 import type { Repositories, RevocationEvent } from '../../domain/ports';
 import { revokeCertificate, revokeNode } from '../../domain/revocation';
 import { parseRevocationReason, revocationReasonName } from '../../pki/crl';
-import { FEED_RETRY_AFTER_S } from '../../server/revocation-feed';
+import { FEED_RETRY_AFTER_S } from '../abuse-controls';
 import type { AppDeps } from '../app';
 import { auditContext } from '../audit-context';
 import {
