@@ -89,6 +89,8 @@ suite('the root agent beside a workload user (issue 14)', () => {
   let t: TestServer;
   let admin: { cert: string; key: string };
   let victimBefore: string[];
+  /** One node per variant below: v0, v1, … */
+  let variant = 0;
 
   const createEntry = async (name: string, parent: string, selectors: string[]) => {
     const r = await https(`${t.url}/v1/admin/entries`, {
@@ -281,7 +283,7 @@ suite('the root agent beside a workload user (issue 14)', () => {
   ])(
     'given-away generation with %s: the agent reissues, follows nothing, and removes only names',
     async (_w, plant) => {
-      const dir = await node(`v${Math.random().toString(36).slice(2, 8)}`);
+      const dir = await node(`v${variant++}`);
       const name = readdirSync(join(dir, 'workloads')).find((e) => e.startsWith('web-'))!;
       const gen = asLegacy(dir, name);
       expect(asWorkload(plant(gen)).status).toBe(0);
