@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { BatonError } from '../../services/ca/src/domain/errors';
+import { BatonError } from '../../services/ca/src/ground/errors';
 import { issueLeaf } from '../../services/ca/src/domain/issue';
 import { loadKeyring } from '../../services/ca/src/domain/keyring';
 import type {

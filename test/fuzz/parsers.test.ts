@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { parseJoinToken } from '../../services/ca/src/domain/join-token';
 import { validateDnsName } from '../../services/ca/src/domain/dns-name';
-import { BatonError } from '../../services/ca/src/domain/errors';
+import { BatonError } from '../../services/ca/src/ground/errors';
 import { validateSpiffeId } from '../../services/ca/src/domain/spiffe-id';
 import { parseCsr } from '../../services/ca/src/pki/csr';
 import { toPem } from '../../services/ca/src/pki/der';

@@ -1,6 +1,6 @@
 import { Agent } from 'node:https';
 import { connect } from 'node:tls';
-import { BatonError } from '../../services/ca/src/domain/errors';
+import { BatonError } from '../../services/ca/src/ground/errors';
 import { describeEachBackend } from '../support/database';
 import { https } from '../support/https';
 import { startTestServer, type TestServer } from '../support/test-server';

@@ -1,5 +1,5 @@
 import { type Flags, loadServerConfig, parseRate } from '../../services/ca/src/config';
-import { BatonError } from '../../services/ca/src/domain/errors';
+import { BatonError } from '../../services/ca/src/ground/errors';
 
 const load = (flags: Flags = {}, env: Record<string, string> = {}) => loadServerConfig(flags, env);
 

@@ -2,7 +2,7 @@ import { createHash, createPublicKey } from 'node:crypto';
 import { join } from 'node:path';
 import { type Env, type Flags, loadServerConfig } from '../../services/ca/src/config';
 import { x509popSignedBytes } from '../../services/ca/src/domain/attestation/x509pop-attestor';
-import { BatonError } from '../../services/ca/src/domain/errors';
+import { BatonError } from '../../services/ca/src/ground/errors';
 import { issueLeaf } from '../../services/ca/src/domain/issue';
 import { toPem } from '../../services/ca/src/pki/der';
 import { describePublicKey, generateP256, spkiOf } from '../../services/ca/src/pki/keys';

@@ -2,13 +2,13 @@ import { join, resolve } from 'node:path';
 import {
   type Env,
   type Flags,
-  MAX_TTL,
   loadInitConfig,
   loadServerConfig,
   loadStorageConfig,
 } from '../../services/ca/src/config';
 import { DAY, HOUR, MINUTE, parseDuration } from '../../services/ca/src/domain/duration';
-import { BatonError } from '../../services/ca/src/domain/errors';
+import { BatonError } from '../../services/ca/src/ground/errors';
+import { MAX_TTL } from '../../services/ca/src/ground/ttl';
 
 function errorOf(fn: () => unknown): BatonError {
   try {

@@ -5,7 +5,7 @@ import { auditEvent } from './domain/audit';
 import type { Kek } from './pki/kek';
 import { createIntermediateCa, createRootCa } from './domain/ca-hierarchy';
 import type { Clock } from './domain/clock';
-import { BatonError } from './domain/errors';
+import { BatonError } from './ground/errors';
 import { type Keyring, loadKeyring } from './domain/keyring';
 import type { Installation, Storage } from './domain/ports';
 import { resolveKek } from './kek-source';

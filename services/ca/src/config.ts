@@ -1,9 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
-import { DAY, HOUR, MINUTE, parseDuration } from './domain/duration';
+import { DAY, HOUR, parseDuration } from './domain/duration';
 import { parseProvisioningCas, type X509popSettings } from './domain/attestation/x509pop-attestor';
-import { BatonError } from './domain/errors';
+import { BatonError } from './ground/errors';
+import { MAX_TTL, MIN_TTL_MS } from './ground/ttl';
 import { NODE_ROLES, type NodeRole } from './domain/ports';
 import { validateTrustDomain } from './domain/trust-domain';
 
@@ -134,9 +135,6 @@ export interface AdminClientConfig {
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'silent';
 const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'silent'];
 
-/** Upper bounds a TTL may take (server maxima); a leaf is further capped by its CA's notAfter. */
-export const MAX_TTL = { node: 30 * DAY, workload: 7 * DAY, admin: 7 * DAY } as const;
-export const MIN_TTL_MS = MINUTE;
 export const DEFAULT_LISTEN = '127.0.0.1:8443';
 
 const invalid = (message: string): never => {

@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../../clients/rotation/src/atomic-file';
 import type { StorageConfig } from './config';
-import { BatonError } from './domain/errors';
+import { BatonError } from './ground/errors';
 import { type Kek, kekFromBase64 } from './pki/kek';
 
 export const kekPath = (dataDir: string): string => join(dataDir, 'kek');

@@ -3,7 +3,7 @@ import { generateKeyPairSync, type KeyObject, sign } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { BatonError, type BatonErrorCode } from '../../../services/ca/src/domain/errors';
+import { BatonError, type BatonErrorCode } from '../../../services/ca/src/ground/errors';
 import { parseCsr, MAX_CSR_BYTES } from '../../../services/ca/src/pki/csr';
 import { bitString, ctx, int, nullValue, oid, seq, tlv, toPem } from '../../../services/ca/src/pki/der';
 import { encodeName } from '../../../services/ca/src/pki/names';

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { BatonError } from '../../../services/ca/src/domain/errors';
+import { BatonError } from '../../../services/ca/src/ground/errors';
 import { decodeTime } from '../../../services/ca/src/pki/certificate-reader';
 import { TAG, int, namedBits, oid, seq, time, tlv } from '../../../services/ca/src/pki/der';
 import { type Tlv, children, decodeOid, readTlv, readWhole } from '../../../services/ca/src/pki/der-reader';

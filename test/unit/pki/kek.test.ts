@@ -1,5 +1,5 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { BatonError } from '../../../services/ca/src/domain/errors';
+import { BatonError } from '../../../services/ca/src/ground/errors';
 import { type WrappedKey, kekFromBase64, unwrapKey, wrapKey } from '../../../services/ca/src/pki/kek';
 
 function errorOf(fn: () => unknown): BatonError {

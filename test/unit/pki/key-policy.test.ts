@@ -1,5 +1,5 @@
 import { createPublicKey, generateKeyPairSync, type KeyObject, verify } from 'node:crypto';
-import { BatonError, type BatonErrorCode } from '../../../services/ca/src/domain/errors';
+import { BatonError, type BatonErrorCode } from '../../../services/ca/src/ground/errors';
 import { parseCsr, readCsr } from '../../../services/ca/src/pki/csr';
 import { checkKeyPolicy, type KeyCandidate } from '../../../services/ca/src/pki/key-policy';
 import { describePublicKey } from '../../../services/ca/src/pki/keys';

@@ -1,6 +1,6 @@
 import { createPublicKey, generateKeyPairSync, type KeyObject, randomBytes, sign, verify } from 'node:crypto';
 import { connect, createServer } from 'node:tls';
-import type { BatonError } from '../../../services/ca/src/domain/errors';
+import type { BatonError } from '../../../services/ca/src/ground/errors';
 import { describePublicKey, spkiOf, verifySignature } from '../../../services/ca/src/pki/keys';
 import { NATIVE_CURVE, NATIVE_HASH, nativeEc } from '../../../services/ca/src/pki/native-ec';
 import { selfSignedEc } from '../../support/tools';

@@ -2,7 +2,7 @@ import { createPublicKey, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { BatonError } from '../../../services/ca/src/domain/errors';
+import { BatonError } from '../../../services/ca/src/ground/errors';
 import { type IssuedLeaf, issueLeaf } from '../../../services/ca/src/domain/issue';
 import { bool, ctx, int, nullValue, octets, oid, seq, utf8 } from '../../../services/ca/src/pki/der';
 import { children, readWhole } from '../../../services/ca/src/pki/der-reader';

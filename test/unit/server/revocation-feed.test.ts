@@ -1,4 +1,4 @@
-import { BatonError } from '../../../services/ca/src/domain/errors';
+import { BatonError } from '../../../services/ca/src/ground/errors';
 import type { RevocationEvent, RevocationRepository } from '../../../services/ca/src/domain/ports';
 import { createLogger } from '../../../services/ca/src/logger';
 import { FEED_RETRY_AFTER_S } from '../../../services/ca/src/http/abuse-controls';

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import type { AdminClientConfig } from '../config';
-import { type BatonErrorCode, BatonError } from '../domain/errors';
+import { type BatonErrorCode, BatonError } from '../ground/errors';
 
 export interface AdminClient {
   get<T>(path: string): Promise<T>;

@@ -1,6 +1,6 @@
 import 'reflect-metadata';
 import { parseArgs } from 'node:util';
-import { type BatonErrorCode, BatonError } from '../domain/errors';
+import { type BatonErrorCode, BatonError } from '../ground/errors';
 import { type Command, type CommandContext, helpText } from './command';
 import { COMMANDS } from './commands';
 

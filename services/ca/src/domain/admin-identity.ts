@@ -1,8 +1,8 @@
-import { MAX_TTL, MIN_TTL_MS } from '../config';
+import { MAX_TTL, MIN_TTL_MS } from '../ground/ttl';
 import type { PublicKeyInfo } from '../pki/keys';
 import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
-import { BatonError } from './errors';
+import { BatonError } from '../ground/errors';
 import { type IssuedLeaf, issueLeaf } from './issue';
 import type { Keyring } from './keyring';
 import type { Installation, Storage } from './ports';

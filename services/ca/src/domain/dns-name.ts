@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import { domainToASCII, domainToUnicode } from 'node:url';
-import { BatonError } from './errors';
+import { BatonError } from '../ground/errors';
 
 /**
  * DNS SANs of a workload (RFC 5280 §4.2.1.6 preferred name syntax, RFC 1123 labels): lowercase

@@ -1,8 +1,8 @@
-import { MAX_TTL, MIN_TTL_MS } from '../config';
+import { MAX_TTL, MIN_TTL_MS } from '../ground/ttl';
 import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
 import { validateDnsName } from './dns-name';
-import { BatonError, isBatonError } from './errors';
+import { BatonError, isBatonError } from '../ground/errors';
 import type { EntryRecord, Repositories, Selector } from './ports';
 import { validateWorkloadSpiffeId } from './spiffe-id';
 

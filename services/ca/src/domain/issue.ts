@@ -4,7 +4,7 @@ import { keyFingerprint, type PublicKeyInfo } from '../pki/keys';
 import { type NameParts, encodeName } from '../pki/names';
 import type { Clock } from './clock';
 import { BACKDATE_MS } from './ca-hierarchy';
-import { BatonError, isBatonError } from './errors';
+import { BatonError, isBatonError } from '../ground/errors';
 import type { SigningCa } from './keyring';
 import { leafExtensions } from './leaf-profile';
 import type { CertificateKind, CertificateRecord, CertificateRepository } from './ports';

@@ -1,7 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { base32 } from '../pki/base32';
 import type { Clock } from './clock';
-import { BatonError } from './errors';
+import { BatonError } from '../ground/errors';
 import { type AuditContext, auditEvent } from './audit';
 import type { NodeRole, Storage, TokenRecord, TokenRepository } from './ports';
 

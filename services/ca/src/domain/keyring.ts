@@ -7,7 +7,7 @@ import { type Kek, unwrapKey } from '../pki/kek';
 import { keyIdentifier } from '../pki/keys';
 import { rootPin } from '../pki/pin';
 import { keyObjectSigner } from '../pki/signer';
-import { BatonError } from './errors';
+import { BatonError } from '../ground/errors';
 import type { CaRecord } from './ports';
 import { crlUrl, ocspUrl } from './urls';
 

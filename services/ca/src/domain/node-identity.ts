@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { MAX_TTL } from '../config';
+import { MAX_TTL } from '../ground/ttl';
 import { base32 } from '../pki/base32';
 import { type ParsedCsr, readCsr, type UnverifiedCsr } from '../pki/csr';
 import type { Attestor } from './attestation/attestor';
 import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
-import { BatonError } from './errors';
+import { BatonError } from '../ground/errors';
 import { type IssuedLeaf, type IssueLeafParams, issueLeaf, recordLeaf } from './issue';
 import type { Keyring } from './keyring';
 import type { Installation, NodeRecord, NodeRole, Repositories, Storage } from './ports';

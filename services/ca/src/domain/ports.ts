@@ -3,11 +3,7 @@
  * per aggregate, and speak domain objects: no knex rows cross this line.
  */
 
-/** Signs the DER to be signed; `algorithmIdentifier` is the matching DER AlgorithmIdentifier. */
-export interface Signer {
-  readonly algorithmIdentifier: Buffer;
-  sign(data: Uint8Array): Buffer;
-}
+export type { Signer } from '../ground/signer';
 
 /** A CA private key wrapped under the KEK (see pki/kek.ts). */
 export interface WrappedKey {

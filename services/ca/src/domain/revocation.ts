@@ -1,7 +1,7 @@
 import { REVOCATION_REASONS } from '../pki/crl';
 import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
-import { BatonError } from './errors';
+import { BatonError } from '../ground/errors';
 import type { CertificateKind, Repositories, RevocationEvent, Storage } from './ports';
 import { nodeSpiffeId } from './trust-domain';
 

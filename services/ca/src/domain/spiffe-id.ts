@@ -1,4 +1,4 @@
-import { BatonError } from './errors';
+import { BatonError } from '../ground/errors';
 
 /**
  * SPIFFE ID validation by the SPIFFE ID specification (§2), strict: anything outside the

@@ -1,4 +1,4 @@
-import { BatonError } from './errors';
+import { BatonError } from '../ground/errors';
 
 /**
  * SPIFFE ID spec §2.1: a trust domain name is lowercase letters, digits, dots, dashes and

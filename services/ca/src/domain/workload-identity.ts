@@ -3,7 +3,7 @@ import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
 import type { EntrySource } from './entry-cache';
 import { entryTtlMs } from './entries';
-import { BatonError } from './errors';
+import { BatonError } from '../ground/errors';
 import { type IssuedLeaf, type IssueLeafParams, issueLeaf, recordLeaf } from './issue';
 import type { Keyring } from './keyring';
 import type { EntryRecord, Installation, NodeRecord, Storage } from './ports';

@@ -2,7 +2,7 @@ import type { ServerResponse } from 'node:http';
 import { isIPv6 } from 'node:net';
 import type { Request, RequestHandler } from 'express';
 import type { AbuseLimits, RateLimit } from '../config';
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 import type { Metrics } from './metrics';
 import { peerCertificate } from './peer-cert';
 import { type TakeResult, TokenBuckets } from './token-bucket';

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { AbuseLimits } from '../config';
 import type { Attestor } from '../domain/attestation/attestor';
 import type { Clock } from '../domain/clock';
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 import type { Keyring } from '../domain/keyring';
 import type { Installation, Storage } from '../domain/ports';
 import { errorHandler } from './errors';

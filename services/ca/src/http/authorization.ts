@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Request, RequestHandler } from 'express';
 import type { AdminRole } from '../admin-credentials';
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 import type { CertificateKind, NodeRecord, Repositories } from '../domain/ports';
 import { assertCurrent } from '../domain/node-identity';
 import type { Clock } from '../domain/clock';

@@ -1,6 +1,6 @@
 import type { ErrorRequestHandler } from 'express';
 import type { Logger } from 'pino';
-import { type BatonErrorCode, BatonError } from '../domain/errors';
+import { type BatonErrorCode, BatonError } from '../ground/errors';
 import { F } from '../log-fields';
 import type { Metrics } from './metrics';
 

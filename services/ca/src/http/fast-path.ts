@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 import { type AbuseControls, BODY_LIMIT, MAX_HEADERS } from './abuse-controls';
 import { refusal } from './errors';
 import type { Metrics } from './metrics';

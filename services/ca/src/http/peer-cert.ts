@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 
 /** The client certificate of a request, as TLS verified it against our roots. */
 export interface PeerCertificate {

@@ -1,6 +1,6 @@
 import type { Request } from 'express';
 import { parseDuration } from '../domain/duration';
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 
 /** Small DTO readers: each refusal is a 400 ERR_BAD_REQUEST naming the field, never echoing it. */
 export function body(req: Request): Record<string, unknown> {

@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import type { Signer } from '../domain/ports';
+import type { Signer } from '../ground/signer';
 import { type IssuerTemplate, buildCertificate } from './certificate';
 import {
   KeyUsageBit,

@@ -1,4 +1,4 @@
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 import { children, decodeOid, readWhole, type Tlv } from './der-reader';
 
 export interface CertificateFields {

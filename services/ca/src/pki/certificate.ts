@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import type { Signer } from '../domain/ports';
+import type { Signer } from '../ground/signer';
 import { bitString, ctx, int, seq, time, uintBytes } from './der';
 
 /**

@@ -1,5 +1,5 @@
-import { BatonError } from '../domain/errors';
-import type { Signer } from '../domain/ports';
+import { BatonError } from '../ground/errors';
+import type { Signer } from '../ground/signer';
 import { bitString, ctx, enumerated, int, seq, time, toPem } from './der';
 import { authorityKeyIdentifier, extension } from './extensions';
 import { OID } from './oids';

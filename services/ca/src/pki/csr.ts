@@ -1,4 +1,4 @@
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 import { nullValue, oid, seq } from './der';
 import { children, decodeOid, fromPem, readWhole, type Tlv } from './der-reader';
 import {

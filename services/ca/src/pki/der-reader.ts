@@ -1,4 +1,4 @@
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 
 /**
  * A strict, bounds-checked DER reader for the few structures Baton parses from untrusted input

@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 
 /** The key-encryption key that wraps CA private keys at rest. */
 export interface Kek {

@@ -1,4 +1,4 @@
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 
 export type KeyKind = 'ec-p256' | 'ec-p384' | 'rsa';
 

@@ -1,5 +1,5 @@
 import { createHash, createPublicKey, generateKeyPairSync, type KeyObject, verify } from 'node:crypto';
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 import { children, readWhole, type Tlv } from './der-reader';
 import { checkKeyPolicy, type KeyKind } from './key-policy';
 import { NATIVE_CURVE, NATIVE_HASH, type NativeEc, nativeEc } from './native-ec';

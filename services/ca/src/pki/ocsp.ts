@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { BatonError } from '../domain/errors';
-import type { Signer } from '../domain/ports';
+import { BatonError } from '../ground/errors';
+import type { Signer } from '../ground/signer';
 import { bitString, ctx, enumerated, generalizedTime, octets, oid, seq } from './der';
 import { isRevocationReason } from './crl';
 import { children, decodeOid, readWhole, type Tlv } from './der-reader';

@@ -1,6 +1,6 @@
 import { sign as cryptoSign, type KeyObject } from 'node:crypto';
-import { BatonError } from '../domain/errors';
-import type { Signer } from '../domain/ports';
+import { BatonError } from '../ground/errors';
+import type { Signer } from '../ground/signer';
 import { nullValue, oid, seq } from './der';
 import { OID } from './oids';
 

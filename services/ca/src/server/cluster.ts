@@ -2,7 +2,7 @@ import cluster, { type Worker } from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import type { Logger } from 'pino';
 import { type ListenAddress, urlForListen } from '../config';
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 import { F } from '../log-fields';
 
 /**

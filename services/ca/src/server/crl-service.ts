@@ -1,5 +1,5 @@
 import { type CrlDeps, publishAllCrls, publishAllCrlsIn, publishCrl } from '../domain/crl-publisher';
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 import type { CrlRecord, Repositories } from '../domain/ports';
 
 /**

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 import { FEED_RETRY_AFTER_S } from '../http/abuse-controls';
 import type { RevocationEvent, RevocationRepository } from '../domain/ports';
 import { F } from '../log-fields';

@@ -16,7 +16,7 @@ import { createMetrics, type Metrics, timedIssuance } from '../http/metrics';
 import { F } from '../log-fields';
 import { nativeEc } from '../pki/native-ec';
 import { caSetVersion } from '../domain/ca-rotation';
-import { BatonError } from '../domain/errors';
+import { BatonError } from '../ground/errors';
 import { type Keyring, loadKeyring } from '../domain/keyring';
 import { type BackgroundJobs, startBackgroundJobs } from './background-jobs';
 import { capConnections } from './connection-cap';

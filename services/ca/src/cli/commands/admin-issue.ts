@@ -2,7 +2,7 @@ import { join, resolve } from 'node:path';
 import { writeFileAtomic } from '../../../../../clients/rotation/src/atomic-file';
 import { createCsr, exportPrivateKeyPem, generateKeyPair } from '../../../../../clients/rotation/src/csr';
 import { loadAdminClientConfig } from '../../config';
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 import { adminClient } from '../admin-client';
 import { ADMIN_OPTIONS, type Command } from '../command';
 

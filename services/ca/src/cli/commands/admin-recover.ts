@@ -1,9 +1,10 @@
 import { join } from 'node:path';
 import { ADMIN_ROLES, type AdminRole, writeAdminCredentials, localActor } from '../../admin-credentials';
 import { openCa } from '../../ca-service';
-import { loadStorageConfig, MAX_TTL, parseTtl } from '../../config';
+import { loadStorageConfig, parseTtl } from '../../config';
+import { MAX_TTL } from '../../ground/ttl';
 import { systemClock } from '../../domain/clock';
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 import { type Command, JSON_OPTION, STORAGE_OPTIONS } from '../command';
 
 export const adminRecover: Command = {

@@ -13,7 +13,7 @@ import {
 } from '../../../../../clients/rotation/src';
 import { loadAdminClientConfig } from '../../config';
 import { systemClock } from '../../domain/clock';
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 import { type Command, JSON_OPTION } from '../command';
 
 /**

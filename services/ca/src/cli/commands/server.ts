@@ -2,7 +2,7 @@ import { writeAdminCredentials, localActor } from '../../admin-credentials';
 import { initCa, openCa } from '../../ca-service';
 import { loadInitConfig, loadServerConfig } from '../../config';
 import { systemClock } from '../../domain/clock';
-import { isBatonError } from '../../domain/errors';
+import { isBatonError } from '../../ground/errors';
 import { createLogger } from '../../logger';
 import { isClusterWorker, parseWorkers, runClusterPrimary } from '../../server/cluster';
 import { startServer } from '../../server/start-server';

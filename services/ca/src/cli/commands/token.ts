@@ -1,5 +1,5 @@
 import { loadAdminClientConfig } from '../../config';
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 import { adminClient } from '../admin-client';
 import { ADMIN_OPTIONS, type Command } from '../command';
 

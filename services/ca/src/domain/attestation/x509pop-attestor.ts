@@ -2,7 +2,7 @@ import { constants, createHash, type KeyObject, randomBytes, verify, X509Certifi
 import { readCertificate } from '../../pki/certificate-reader';
 import { allPem, children, decodeOid, readWhole } from '../../pki/der-reader';
 import { OID } from '../../pki/oids';
-import { BatonError } from '../errors';
+import { BatonError } from '../../ground/errors';
 import type { NodeRole } from '../ports';
 import type { Attestor } from './attestor';
 

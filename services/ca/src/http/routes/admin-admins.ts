@@ -1,5 +1,5 @@
 import { Router } from 'express';
-import { MAX_TTL, MIN_TTL_MS } from '../../config';
+import { MAX_TTL, MIN_TTL_MS } from '../../ground/ttl';
 import { issueAdminCertificate } from '../../domain/admin-identity';
 import { parseCsr } from '../../pki/csr';
 import type { AppDeps } from '../app';

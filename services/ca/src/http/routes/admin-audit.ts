@@ -1,5 +1,5 @@
 import { type Request, Router } from 'express';
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 import type { AuditRecord } from '../../domain/ports';
 import type { AppDeps } from '../app';
 import { authDepsOf, requireAdmin } from '../authorization';

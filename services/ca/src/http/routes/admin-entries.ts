@@ -1,7 +1,7 @@
 import { Router } from 'express';
-import { MAX_TTL, MIN_TTL_MS } from '../../config';
+import { MAX_TTL, MIN_TTL_MS } from '../../ground/ttl';
 import { createEntry, deleteEntry } from '../../domain/entries';
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 import type { AppDeps } from '../app';
 import { auditContext } from '../audit-context';
 import { type AdminIdentity, authDepsOf, requireAdmin } from '../authorization';

@@ -1,7 +1,7 @@
 import { Router } from 'express';
-import { MAX_TTL } from '../../config';
+import { MAX_TTL } from '../../ground/ttl';
 import { DAY, MINUTE } from '../../domain/duration';
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 import { issueJoinToken } from '../../domain/join-token';
 import { NODE_ROLES } from '../../domain/ports';
 import type { AppDeps } from '../app';

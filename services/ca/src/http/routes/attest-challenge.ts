@@ -1,5 +1,5 @@
 import { Router } from 'express';
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 import type { AppDeps } from '../app';
 import { body } from '../validate';
 

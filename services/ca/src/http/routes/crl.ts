@@ -1,6 +1,6 @@
 import { Router } from 'express';
 import { crlIssuers } from '../../domain/crl-publisher';
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 import type { CrlRecord } from '../../domain/ports';
 import { crlToPem } from '../../pki/crl';
 import type { AppDeps } from '../app';

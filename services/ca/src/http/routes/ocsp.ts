@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import express, { Router } from 'express';
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 import { answerOcsp } from '../../domain/ocsp-responder';
 import { MAX_OCSP_REQUEST_OCTETS, ocspErrorResponse } from '../../pki/ocsp';
 import type { AppDeps } from '../app';

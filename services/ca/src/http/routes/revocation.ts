@@ -1,7 +1,7 @@
 import { type Request, Router } from 'express';
 import type { AuditContext } from '../../domain/audit';
 import { crlIssuers } from '../../domain/crl-publisher';
-import { BatonError, isBatonError } from '../../domain/errors';
+import { BatonError, isBatonError } from '../../ground/errors';
 import { assertCurrent } from '../../domain/node-identity';
 import type { Repositories, RevocationEvent } from '../../domain/ports';
 import { revokeCertificate, revokeNode } from '../../domain/revocation';

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 import type { CaRecord, CaRepository, Installation } from '../../domain/ports';
 import { db, toBuffer } from './db-errors';
 

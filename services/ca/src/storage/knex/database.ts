@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import ClientPgLite from 'knex-pglite';
 import { migrationSource } from '../../../../../migrations';
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 
 export interface DatabaseConfig {
   /** A postgres:// URL; when absent, the embedded PGlite in `dataDir/pgdata`. */

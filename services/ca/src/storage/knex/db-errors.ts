@@ -1,4 +1,4 @@
-import { BatonError } from '../../domain/errors';
+import { BatonError } from '../../ground/errors';
 
 interface DbErrorLike {
   code?: string;
