@@ -1,5 +1,5 @@
 import { generateKeyPairSync, sign } from 'node:crypto';
-import { bitString, ctx, int, oid, seq, set, toPem, utf8 } from '../../services/ca/src/pki/der';
+import { bitString, ctx, int, oid, seq, set, toPem, utf8 } from '../../common/src/der';
 
 export interface KeyAndCsr {
   keyPem: string;
@@ -11,7 +11,7 @@ const ECDSA_WITH_SHA256 = '1.2.840.10045.4.3.2';
 
 /**
  * A fresh EC P-256 key and its PKCS#10 request (RFC 2986), the same structure the agent's
- * createCsr (clients/rotation/src/csr.ts) sends, made synchronously so that tens of thousands can
+ * createCsr (common/src/csr.ts) sends, made synchronously so that tens of thousands can
  * be prepared before timing starts without the generator's setup dominating the run.
  */
 export function keyAndCsr(commonName: string): KeyAndCsr {

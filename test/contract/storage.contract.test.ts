@@ -1,34 +1,97 @@
 import { randomBytes } from 'node:crypto';
 import { BatonError } from '../../services/ca/src/ground/errors';
+import { auditHash, auditVerifier } from '../../services/ca/src/domain/audit';
 import { issueLeaf } from '../../services/ca/src/domain/issue';
 import { loadKeyring } from '../../services/ca/src/domain/keyring';
 import type {
+  AuditEvent,
+  AuditFilter,
+  AuditRecord,
   CaRecord,
+  CertificateFilter,
   CertificateRecord,
+  CrlRecord,
+  EntryRecord,
   Installation,
   NodeRecord,
+  RenewalGuard,
+  Repositories,
+  RevocationEvent,
   Storage,
+  TokenRecord,
+  WorkloadGuard,
 } from '../../services/ca/src/domain/ports';
 import { describePublicKey, generateP256, spkiOf } from '../../services/ca/src/pki/keys';
 import { migrateLatest, openDatabase } from '../../services/ca/src/storage/knex/database';
 import { knexStorage } from '../../services/ca/src/storage/knex/knex-storage';
 import { TEST_TD, TEST_URL, testCa } from '../fixtures/test-ca';
-import { type TestDatabase, createTestDatabase, describeEachBackend } from '../support/database';
+import {
+  type Backend,
+  POSTGRES_SKIP_REASON,
+  type TestDatabase,
+  backends,
+  createTestDatabase,
+  postgresAdminUrl,
+} from '../support/database';
+import { errorOf } from '../support/errors';
+import { createMemoryStorage } from '../support/memory-storage';
 
-/** The BatonError a promise rejects with; fails the test if it resolves or rejects with anything else. */
-async function batonErrorOf(p: Promise<unknown>): Promise<BatonError> {
+/**
+ * The contract of every Storage port method (services/ca/src/domain/ports.ts), run on each
+ * implementation: knexStorage on PGlite, on PostgreSQL (BATON_TEST_DATABASE_URL), and the in-memory
+ * storage of test/support/memory-storage.ts that domain unit tests use instead of a database.
+ * Every case goes through the ports only, so the three answer the same questions.
+ */
+type Implementation = Backend | 'memory';
+
+function describeEachImplementation(title: string, fn: (impl: Implementation) => void): void {
+  for (const impl of [...backends, 'memory'] as Implementation[])
+    describe(`${title} [${impl}]`, () => fn(impl));
+  if (!postgresAdminUrl) {
+    describe.skip(`${title} [postgres] (${POSTGRES_SKIP_REASON})`, () => {
+      it('runs on PostgreSQL', () => undefined);
+    });
+  }
+}
+
+/** What a promise rejects with, whatever it is; fails the test if it resolves. */
+async function rejectionOf(p: Promise<unknown>): Promise<unknown> {
   try {
     await p;
   } catch (e) {
-    if (e instanceof BatonError) return e;
-    throw e;
+    return e;
   }
-  throw new Error('expected a BatonError, the operation succeeded');
+  throw new Error('expected a rejection, the operation succeeded');
 }
+
+/**
+ * A constraint the storage does not translate (foreign key 23503, check 23514): a plain database
+ * error carrying PostgreSQL's SQLSTATE, which the HTTP layer answers as a redacted 500.
+ */
+async function expectUntranslated(p: Promise<unknown>, sqlstate: string): Promise<void> {
+  const e = await rejectionOf(p);
+  expect(e).not.toBeInstanceOf(BatonError);
+  expect((e as { code?: string }).code).toBe(sqlstate);
+}
+
+const T0 = Date.parse('2026-11-26T15:00:00.000Z');
+const MIN = 60_000;
+const HOUR = 3_600_000;
+/** A moment relative to T0. */
+const at = (ms: number): Date => new Date(T0 + ms);
 
 const byId = (cas: CaRecord[]): CaRecord[] => [...cas].sort((a, b) => a.id.localeCompare(b.id));
 const bySerial = (cs: CertificateRecord[]): CertificateRecord[] =>
   [...cs].sort((a, b) => a.serial.localeCompare(b.serial));
+const serials = (cs: { serial: string }[]): string[] => cs.map((c) => c.serial).sort();
+const tick = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+function gate(): { opened: Promise<void>; open(): void } {
+  let open!: () => void;
+  const opened = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { opened, open };
+}
 
 function installationOf(ca: ReturnType<typeof testCa>, trustDomain = TEST_TD): Installation {
   return {
@@ -41,6 +104,12 @@ function installationOf(ca: ReturnType<typeof testCa>, trustDomain = TEST_TD): I
     createdAt: ca.clock.now(),
   };
 }
+
+/** One CA hierarchy for the cases that only need CA rows to refer to (certificates.ca_id, crls.ca_id). */
+const CA = testCa();
+const CA_ID = CA.keyring.signing.record.id;
+const ROOT_ID = CA.records.find((c) => c.kind === 'root')!.id;
+const seedCa = (s: Storage) => s.cas.initialize(installationOf(CA), CA.records);
 
 /** A hand-built record: every field set to a value the reader must return unchanged. */
 function certificateRecord(caId: string, over: Partial<CertificateRecord> = {}): CertificateRecord {
@@ -65,22 +134,301 @@ function certificateRecord(caId: string, over: Partial<CertificateRecord> = {}):
   };
 }
 
-describeEachBackend('Storage contract (knexStorage)', (backend) => {
-  let db: TestDatabase;
+/** A node SVID of `nodeId`, valid from T0 - 1m to T0 + 1h. */
+const nodeCertificate = (nodeId: string, over: Partial<CertificateRecord> = {}): CertificateRecord =>
+  certificateRecord(CA_ID, {
+    kind: 'node',
+    nodeId,
+    spiffeId: `spiffe://${TEST_TD}/node/${nodeId}`,
+    notBefore: at(-MIN),
+    notAfter: at(HOUR),
+    createdAt: at(0),
+    ...over,
+  });
+
+const nodeRecord = (id: string, over: Partial<NodeRecord> = {}): NodeRecord => ({
+  id,
+  role: 'worker',
+  status: 'active',
+  attestationMethod: 'join_token',
+  certTtlMs: null,
+  createdAt: at(0),
+  lastAttestedAt: at(0),
+  lastSeenAt: null,
+  revokedAt: null,
+  revocationReason: null,
+  ...over,
+});
+
+const tokenRecord = (over: Partial<TokenRecord> = {}): TokenRecord => ({
+  id: `t-${randomBytes(6).toString('hex')}`,
+  secretHash: randomBytes(32),
+  role: 'worker',
+  expiresAt: at(HOUR),
+  usesAllowed: 1,
+  usesLeft: 1,
+  nodeName: null,
+  nodeTtlMs: null,
+  createdBy: 'cli:root',
+  createdAt: at(0),
+  ...over,
+});
+
+const entryRecord = (name: string, parentNodeId: string, over: Partial<EntryRecord> = {}): EntryRecord => ({
+  name,
+  spiffeId: `spiffe://${TEST_TD}/${name}`,
+  parentNodeId,
+  selectors: [
+    { type: 'unix', key: 'uid', value: 1000 },
+    { type: 'unix', key: 'gid', value: 50 },
+  ],
+  dnsNames: [`${name}.example.org`, `${name}.internal`],
+  allowWildcardDns: false,
+  ttlMs: null,
+  createdBy: 'cli:root',
+  createdAt: at(0),
+  ...over,
+});
+
+const auditRow = (over: Partial<AuditEvent> = {}): AuditEvent => ({
+  at: at(0),
+  event: 'test.event',
+  actor: 'cli:root',
+  source: null,
+  subject: null,
+  outcome: 'success',
+  details: {},
+  ...over,
+});
+
+const eventRow = (over: Partial<Omit<RevocationEvent, 'id'>> = {}): Omit<RevocationEvent, 'id'> => ({
+  kind: 'certificate',
+  nodeId: null,
+  serials: ['7a01'],
+  reason: 1,
+  actor: 'cli:root',
+  createdAt: at(0),
+  ...over,
+});
+
+const crlRecord = (caId: string, crlNumber: bigint, over: Partial<CrlRecord> = {}): CrlRecord => ({
+  caId,
+  crlNumber,
+  thisUpdate: at(0),
+  nextUpdate: at(HOUR),
+  entries: 3,
+  der: randomBytes(200),
+  ...over,
+});
+
+/**
+ * The world of a guarded issuance: nodes n-1 (the caller) and n-2, each with its current node
+ * certificate, and the entry `web` under n-1; `now` is T0 + 1m.
+ */
+interface World {
+  node: NodeRecord;
+  peer: CertificateRecord;
+  other: NodeRecord;
+  otherPeer: CertificateRecord;
+  entry: EntryRecord;
+  now: Date;
+}
+
+async function world(s: Storage): Promise<World> {
+  await seedCa(s);
+  const w: World = {
+    node: nodeRecord('n-1'),
+    peer: nodeCertificate('n-1'),
+    other: nodeRecord('n-2'),
+    otherPeer: nodeCertificate('n-2'),
+    entry: entryRecord('web', 'n-1', { ttlMs: 600_000 }),
+    now: at(MIN),
+  };
+  await s.nodes.insert(w.node);
+  await s.nodes.insert(w.other);
+  await s.certificates.insert(w.peer);
+  await s.certificates.insert(w.otherPeer);
+  await s.entries.insert(w.entry);
+  return w;
+}
+
+const workloadGuard = (w: World): WorkloadGuard => ({
+  nodeId: w.node.id,
+  peerSerial: w.peer.serial,
+  peerDer: w.peer.der,
+  now: w.now,
+  entry: w.entry,
+});
+const renewalGuard = (w: World): RenewalGuard => ({
+  nodeId: w.node.id,
+  peerSerial: w.peer.serial,
+  peerDer: w.peer.der,
+  now: w.now,
+});
+/** A workload leaf as the domain builds it (issuedVia and status are the statement's to set). */
+const workloadLeaf = (w: World, over: Partial<CertificateRecord> = {}) =>
+  certificateRecord(CA_ID, { spiffeId: w.entry.spiffeId, createdAt: w.now, ...over });
+const renewedLeaf = (w: World, over: Partial<CertificateRecord> = {}) =>
+  nodeCertificate(w.node.id, { createdAt: w.now, notAfter: at(2 * HOUR), ...over });
+const issuedAudit = (w: World, serial: string, event = 'certificate.issued'): AuditEvent =>
+  auditRow({
+    at: w.now,
+    event,
+    actor: `spiffe://${TEST_TD}/node/${w.node.id}`,
+    source: '127.0.0.1',
+    subject: w.entry.spiffeId,
+    details: { serial },
+  });
+/** An audit row as read back, id aside. */
+const asStored = (e: AuditEvent): AuditRecord => ({
+  ...e,
+  id: expect.any(Number) as unknown as number,
+  sealSeq: null,
+  prevHash: null,
+  hash: null,
+});
+
+/** What makes the guard of the world fail, one condition at a time; returns the guard to present. */
+type Refusal<G> = [string, (s: Storage, w: World, guard: G) => Promise<G>];
+
+/** The refusals both guarded statements share: the caller and its presented certificate. */
+function callerRefusals<G extends RenewalGuard>(): Refusal<G>[] {
+  return [
+    [
+      'the node is revoked',
+      async (s, w, g) => {
+        await s.nodes.markRevoked(w.node.id, w.now, 1);
+        return g;
+      },
+    ],
+    ['the node is unknown', async (_s, _w, g) => ({ ...g, nodeId: 'n-unknown' })],
+    [
+      'the presented certificate was superseded',
+      async (s, w, g) => {
+        expect(await s.certificates.supersedeForNode(w.node.id, 'node')).toBe(1);
+        return g;
+      },
+    ],
+    [
+      'the presented certificate was revoked',
+      async (s, w, g) => {
+        expect(await s.revocations.revokeCertificates({ serial: w.peer.serial }, w.now, 1)).toEqual([
+          w.peer.serial,
+        ]);
+        return g;
+      },
+    ],
+    ['the presented certificate expires at now', async (_s, w, g) => ({ ...g, now: w.peer.notAfter })],
+    ['the presented certificate has expired', async (_s, _w, g) => ({ ...g, now: at(2 * HOUR) })],
+    [
+      'the presented DER is not the recorded one',
+      async (_s, w, g) => {
+        const der = Buffer.from(w.peer.der);
+        der.writeUInt8(der.readUInt8(0) ^ 1, 0);
+        return { ...g, peerDer: der };
+      },
+    ],
+    [
+      'the presented DER is a prefix of the recorded one',
+      async (_s, w, g) => ({ ...g, peerDer: w.peer.der.subarray(0, w.peer.der.length - 1) }),
+    ],
+    ['the presented serial is unknown', async (_s, _w, g) => ({ ...g, peerSerial: '7f'.repeat(16) })],
+    [
+      "the presented certificate is another node's",
+      async (_s, w, g) => ({ ...g, peerSerial: w.otherPeer.serial, peerDer: w.otherPeer.der }),
+    ],
+    [
+      'the presented certificate names the node but is not a node certificate',
+      async (s, w, g) => {
+        const server = nodeCertificate(w.node.id, { kind: 'server' });
+        await s.certificates.insert(server);
+        return { ...g, peerSerial: server.serial, peerDer: server.der };
+      },
+    ],
+  ];
+}
+
+/** The entry the workload certificate was built from must be there, unchanged, under the node. */
+const entryRefusals: Refusal<WorkloadGuard>[] = [
+  [
+    'the entry was deleted',
+    async (s, w, g) => {
+      expect(await s.entries.delete(w.entry.name)).toBe(true);
+      return g;
+    },
+  ],
+  ...(
+    [
+      ['the entry was recreated (created_at changed)', { createdAt: at(1) }],
+      ['the entry was recreated with other DNS names', { dnsNames: ['web.example.org'] }],
+      [
+        'the entry was recreated with its DNS names reordered',
+        { dnsNames: ['web.internal', 'web.example.org'] },
+      ],
+      ['the entry was recreated with another TTL', { ttlMs: 900_000 }],
+      ['the entry was recreated with the default TTL', { ttlMs: null }],
+      ['the entry was recreated with another SPIFFE ID', { spiffeId: `spiffe://${TEST_TD}/other` }],
+      ['the entry was recreated under another node', { parentNodeId: 'n-2' }],
+    ] as [string, Partial<EntryRecord>][]
+  ).map(
+    ([name, change]): Refusal<WorkloadGuard> => [
+      name,
+      async (s, w, g) => {
+        expect(await s.entries.delete(w.entry.name)).toBe(true);
+        await s.entries.insert({ ...w.entry, ...change });
+        return g;
+      },
+    ],
+  ),
+  [
+    'the guard names an entry that does not exist',
+    async (_s, w, g) => ({ ...g, entry: { ...w.entry, name: 'nope' } }),
+  ],
+];
+
+/** Every table the ports write, children before the tables they refer to. */
+const EVERY_TABLE = [
+  'audit_log',
+  'revocation_events',
+  'crls',
+  'entries',
+  'certificates',
+  'join_tokens',
+  'attestation_nonces',
+  'nodes',
+  'cas',
+  'installation',
+];
+
+describeEachImplementation('Storage contract', (impl) => {
+  let db: TestDatabase | undefined;
   let storage: Storage;
 
-  // One fresh, migrated database per backend; every test starts from empty tables.
+  // One fresh, migrated database per backend, every test starting from empty tables; the memory
+  // storage is made anew for every test.
   beforeAll(async () => {
-    db = await createTestDatabase(backend);
+    if (impl === 'memory') return;
+    db = await createTestDatabase(impl);
     await migrateLatest(db.knex);
+    // A table added by a later migration must be emptied between tests too.
+    const tables = (await db
+      .knex('information_schema.tables')
+      .where({ table_schema: 'public', table_type: 'BASE TABLE' })
+      .pluck('table_name')) as string[];
+    expect(tables.filter((t) => !t.startsWith('baton_migrations')).sort()).toEqual([...EVERY_TABLE].sort());
+  });
+  afterAll(() => db?.drop());
+  beforeEach(async () => {
+    if (!db) {
+      storage = createMemoryStorage();
+      return;
+    }
+    // DELETE, children first: on these few rows it costs far less than TRUNCATE on PostgreSQL.
+    for (const table of EVERY_TABLE) await db.knex(table).delete();
     storage = knexStorage(db.knex);
   });
-  afterAll(() => db.drop());
-  // CASCADE: later migrations add tables that reference these (crls, entries …).
-  beforeEach(() => db.knex.raw('truncate table certificates, cas, installation cascade'));
 
-  const count = async (table: string): Promise<number> =>
-    Number((await db.knex(table).count({ n: '*' }))[0]!.n);
+  const allCertificates = () => storage.certificates.list({});
 
   describe('cas', () => {
     it('ok/a fresh database is not initialized', async () => {
@@ -121,12 +469,9 @@ describeEachBackend('Storage contract (knexStorage)', (backend) => {
       await storage.cas.initialize(installationOf(first), first.records);
       const second = testCa({ trustDomain: 'other.example.org' });
 
-      const e = await batonErrorOf(
-        again(storage, installationOf(second, 'other.example.org'), second.records),
-      );
+      const e = await errorOf(again(storage, installationOf(second, 'other.example.org'), second.records));
       expect(e.code).toBe('ERR_ALREADY_INITIALIZED');
 
-      expect(await count('installation')).toBe(1);
       expect(await storage.cas.getInstallation()).toStrictEqual(installationOf(first));
       expect(byId(await storage.cas.listCas())).toStrictEqual(byId(first.records));
     });
@@ -142,8 +487,77 @@ describeEachBackend('Storage contract (knexStorage)', (backend) => {
       const rejected = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
       expect(rejected.map((r) => (r.reason as BatonError).code)).toEqual(['ERR_ALREADY_INITIALIZED']);
       const winner = results[0]!.status === 'fulfilled' ? a : b;
-      expect(await count('installation')).toBe(1);
+      expect(await storage.cas.getInstallation()).toStrictEqual(
+        winner === a ? installationOf(a) : installationOf(b, 'other.example.org'),
+      );
       expect(byId(await storage.cas.listCas())).toStrictEqual(byId(winner.records));
+    });
+
+    it('fail/initialize with a CA whose parent is unknown writes nothing (foreign key)', async () => {
+      const orphan = { ...CA.records.find((c) => c.kind === 'intermediate')!, parentId: 'no-such-ca' };
+      await expectUntranslated(storage.cas.initialize(installationOf(CA), [orphan]), '23503');
+      expect(await storage.cas.getInstallation()).toBeNull();
+      expect(await storage.cas.listCas()).toEqual([]);
+    });
+
+    it('ok/listCas orders by created_at', async () => {
+      const [root, inter] = [
+        CA.records.find((c) => c.kind === 'root')!,
+        CA.records.find((c) => c.kind !== 'root')!,
+      ];
+      const older = { ...inter, createdAt: new Date(root.createdAt.getTime() - 1000) };
+      await storage.cas.initialize(installationOf(CA), [root, older]);
+      expect((await storage.cas.listCas()).map((c) => c.id)).toEqual([older.id, root.id]);
+    });
+
+    describe('addActiveIntermediate', () => {
+      const successor = (over: Partial<CaRecord> = {}): CaRecord => ({
+        ...CA.records.find((c) => c.kind === 'intermediate')!,
+        id: `inter-${randomBytes(4).toString('hex')}`,
+        certificateDer: randomBytes(400),
+        active: false,
+        createdAt: at(HOUR),
+        ...over,
+      });
+
+      it('ok/adds the intermediate as the only active one; the root is untouched', async () => {
+        await seedCa(storage);
+        const next = successor();
+        await storage.cas.addActiveIntermediate(next);
+        const cas = await storage.cas.listCas();
+        expect(cas.find((c) => c.id === next.id)).toStrictEqual({ ...next, active: true });
+        expect(cas.find((c) => c.id === CA_ID)).toStrictEqual({
+          ...CA.records.find((c) => c.id === CA_ID)!,
+          active: false,
+        });
+        expect(cas.find((c) => c.id === ROOT_ID)).toStrictEqual(CA.records.find((c) => c.id === ROOT_ID));
+        expect(cas.filter((c) => c.active && c.kind === 'intermediate').map((c) => c.id)).toEqual([next.id]);
+      });
+
+      it('ok/a second rotation deactivates the first successor', async () => {
+        await seedCa(storage);
+        const [first, second] = [successor(), successor({ createdAt: at(2 * HOUR) })];
+        await storage.cas.addActiveIntermediate(first);
+        await storage.cas.addActiveIntermediate(second);
+        const active = (await storage.cas.listCas()).filter((c) => c.kind === 'intermediate' && c.active);
+        expect(active.map((c) => c.id)).toEqual([second.id]);
+      });
+
+      it.each([
+        [
+          'fail/an existing id',
+          (s: Storage, c: CaRecord) => s.cas.addActiveIntermediate({ ...c, id: CA_ID }),
+        ],
+        [
+          'fail/an existing id, inside a transaction',
+          (s: Storage, c: CaRecord) =>
+            s.transaction((tx) => tx.cas.addActiveIntermediate({ ...c, id: CA_ID })),
+        ],
+      ])('%s gives ERR_CONFLICT and leaves the active intermediate active', async (_name, add) => {
+        await seedCa(storage);
+        expect((await errorOf(add(storage, successor()))).code).toBe('ERR_CONFLICT');
+        expect(byId(await storage.cas.listCas())).toStrictEqual(byId(CA.records));
+      });
     });
   });
 
@@ -182,6 +596,10 @@ describeEachBackend('Storage contract (knexStorage)', (backend) => {
       ['ok/admin certificate', { kind: 'admin', spiffeId: `spiffe://${TEST_TD}/admin/alice` }],
       ['ok/superseded server certificate', { kind: 'server', status: 'superseded' }],
       ['ok/revoked certificate', { status: 'revoked' }],
+      [
+        'ok/revoked certificate with its time and reason',
+        { status: 'revoked', revokedAt: new Date('2026-11-26T15:30:00.001Z'), revocationReason: 4 },
+      ],
       ['ok/serial with leading zero octet', { serial: `00${randomBytes(15).toString('hex')}` }],
     ] as [string, Partial<CertificateRecord>][])('%s round-trips', async (_name, over) => {
       const record = certificateRecord(ca.keyring.signing.record.id, over);
@@ -222,7 +640,7 @@ describeEachBackend('Storage contract (knexStorage)', (backend) => {
     it('fail/a key certified once cannot be certified again, for any identity (ERR_KEY_REUSED); findByKeyFingerprint finds it', async () => {
       const key = describePublicKey(spkiOf(generateP256().publicKey));
       const a = await issue(key, 'web');
-      const e = await batonErrorOf(issue(key, 'api'));
+      const e = await errorOf(issue(key, 'api'));
       expect(e.code).toBe('ERR_KEY_REUSED');
       await issue(undefined, 'other');
       const got = await storage.certificates.findByKeyFingerprint(a.record.keyFingerprint);
@@ -244,9 +662,1182 @@ describeEachBackend('Storage contract (knexStorage)', (backend) => {
         serial: first.serial,
         spiffeId: 'spiffe://x/y',
       });
-      expect((await batonErrorOf(storage.certificates.insert(dup))).code).toBe('ERR_CONFLICT');
+      expect((await errorOf(storage.certificates.insert(dup))).code).toBe('ERR_CONFLICT');
       expect(await storage.certificates.findBySerial(first.serial)).toStrictEqual(first);
-      expect(await count('certificates')).toBe(1);
+      expect(await allCertificates()).toHaveLength(1);
+    });
+
+    it('fail/a duplicate serial with a reused key is ERR_CONFLICT (the serial is checked first)', async () => {
+      const first = certificateRecord(ca.keyring.signing.record.id);
+      await storage.certificates.insert(first);
+      expect((await errorOf(storage.certificates.insert({ ...first }))).code).toBe('ERR_CONFLICT');
+    });
+
+    it.each([
+      ['fail/an unknown CA (foreign key)', { caId: 'no-such-ca' }, '23503'],
+      ['fail/an unknown kind (check)', { kind: 'bogus' as CertificateRecord['kind'] }, '23514'],
+      ['fail/an unknown status (check)', { status: 'bogus' as CertificateRecord['status'] }, '23514'],
+    ] as [string, Partial<CertificateRecord>, string][])(
+      '%s is refused untranslated, nothing written',
+      async (_n, over, code) => {
+        const bad = certificateRecord(ca.keyring.signing.record.id, over);
+        await expectUntranslated(storage.certificates.insert(bad), code);
+        expect(await storage.certificates.findBySerial(bad.serial)).toBeNull();
+      },
+    );
+
+    it.each([
+      [
+        'a SPIFFE ID',
+        (s: Storage, c: CertificateRecord) => s.certificates.insert({ ...c, spiffeId: 'spiffe://x/\u0000' }),
+      ],
+      ['a looked-up serial', (s: Storage) => s.certificates.findBySerial('7f\u0000')],
+    ])('fail/a NUL character in %s is ERR_BAD_REQUEST', async (_name, call) => {
+      const c = certificateRecord(ca.keyring.signing.record.id);
+      expect((await errorOf(call(storage, c))).code).toBe('ERR_BAD_REQUEST');
+      expect(await allCertificates()).toEqual([]);
+    });
+
+    it('ok/what the caller does to a record it passed or got back changes nothing stored', async () => {
+      const record = certificateRecord(ca.keyring.signing.record.id);
+      const original = { ...record, der: Buffer.from(record.der) };
+      await storage.certificates.insert(record);
+      record.der.writeUInt8(record.der.readUInt8(0) ^ 0xff, 0);
+      record.status = 'revoked';
+      const got = (await storage.certificates.findBySerial(record.serial))!;
+      expect(got).toStrictEqual(original);
+      got.der.writeUInt8(got.der.readUInt8(1) ^ 0xff, 1);
+      got.notAfter.setTime(0);
+      got.status = 'superseded';
+      expect(await storage.certificates.findBySerial(record.serial)).toStrictEqual(original);
+    });
+
+    it('ok/lockBySerial reads the record inside a transaction, null for an unknown serial', async () => {
+      const record = certificateRecord(ca.keyring.signing.record.id);
+      await storage.certificates.insert(record);
+      const [got, unknown] = await storage.transaction(async (tx) => [
+        await tx.certificates.lockBySerial(record.serial),
+        await tx.certificates.lockBySerial('7f'.repeat(16)),
+      ]);
+      expect(got).toStrictEqual(record);
+      expect(unknown).toBeNull();
+      expect(await storage.certificates.lockBySerial(record.serial)).toStrictEqual(record);
+    });
+
+    it("ok/supersedeForNode moves only the node's valid certificates of that kind, and counts them", async () => {
+      const caId = ca.keyring.signing.record.id;
+      const node = (over: Partial<CertificateRecord>) =>
+        certificateRecord(caId, { kind: 'node', nodeId: 'n-1', ...over });
+      const current = [node({}), node({})];
+      const untouched = [
+        node({ status: 'revoked' }),
+        node({ status: 'superseded' }),
+        node({ kind: 'server' }),
+        node({ nodeId: 'n-2' }),
+        certificateRecord(caId, { kind: 'node', nodeId: null, issuedVia: 'n-1' }),
+      ];
+      // Expired but valid: superseded too (the statement does not look at time).
+      const expired = node({ notAfter: at(-HOUR) });
+      for (const c of [...current, ...untouched, expired]) await storage.certificates.insert(c);
+
+      expect(await storage.certificates.supersedeForNode('n-1', 'node')).toBe(3);
+      for (const c of [...current, expired])
+        expect(await storage.certificates.findBySerial(c.serial)).toStrictEqual({
+          ...c,
+          status: 'superseded',
+        });
+      for (const c of untouched) expect(await storage.certificates.findBySerial(c.serial)).toStrictEqual(c);
+      expect(await storage.certificates.supersedeForNode('n-1', 'node')).toBe(0);
+      expect(await storage.certificates.supersedeForNode('n-unknown', 'node')).toBe(0);
+    });
+
+    describe('list', () => {
+      // Six certificates, created a minute apart (c0 first), each a different case of the filters.
+      let cs: CertificateRecord[];
+      beforeEach(async () => {
+        const caId = ca.keyring.signing.record.id;
+        const base = (i: number, over: Partial<CertificateRecord>) =>
+          certificateRecord(caId, { createdAt: at(i * MIN), notAfter: at(HOUR), ...over });
+        cs = [
+          base(0, { kind: 'node', nodeId: 'n-1' }),
+          base(1, { kind: 'node', nodeId: 'n-1', status: 'superseded', notAfter: at(10 * MIN) }),
+          base(2, { kind: 'workload', issuedVia: 'n-1' }),
+          base(3, { kind: 'node', nodeId: 'n-2', status: 'revoked' }),
+          base(4, { kind: 'admin', notAfter: at(30 * MIN) }),
+          base(5, { kind: 'server' }),
+        ];
+        for (const c of cs) await storage.certificates.insert(c);
+      });
+
+      const idx = (got: CertificateRecord[]) => got.map((c) => cs.findIndex((x) => x.serial === c.serial));
+
+      it.each([
+        ['no filter: all, newest first', {}, [5, 4, 3, 2, 1, 0]],
+        ['nodeId: identifies or was issued via the node', { nodeId: 'n-1' }, [2, 1, 0]],
+        ['kind', { kind: 'node' }, [3, 1, 0]],
+        ['status', { status: 'valid' }, [5, 4, 2, 0]],
+        ['expiredAt: not_after <= the time', { expiredAt: at(30 * MIN) }, [4, 1]],
+        ['validAt: not_after > the time', { validAt: at(30 * MIN) }, [5, 3, 2, 0]],
+        ['limit: the newest', { limit: 2 }, [5, 4]],
+        ['filters combine', { nodeId: 'n-1', kind: 'node', status: 'valid' }, [0]],
+        ['an unknown node', { nodeId: 'n-unknown' }, []],
+      ] as [string, CertificateFilter, number[]][])('ok/%s', async (_name, filter, want) => {
+        const got = await storage.certificates.list(filter);
+        expect(idx(got)).toEqual(want);
+        for (const c of got) expect(c).toStrictEqual(cs[idx([c])[0]!]);
+      });
+    });
+  });
+
+  describe('nodes', () => {
+    const full = nodeRecord('n-full', {
+      role: 'manager',
+      status: 'revoked',
+      attestationMethod: 'x509pop',
+      // Above 2^31: bigint.
+      certTtlMs: 40 * 86_400_000,
+      createdAt: new Date('2026-11-26T15:00:00.001Z'),
+      lastAttestedAt: new Date('2026-11-26T15:00:00.002Z'),
+      lastSeenAt: new Date('2026-11-26T15:00:00.003Z'),
+      revokedAt: new Date('2026-11-26T15:00:00.004Z'),
+      revocationReason: 1,
+    });
+
+    it.each([
+      ['ok/every field set', full],
+      ['ok/the nullable fields null', nodeRecord('n-nulls')],
+    ])('%s round-trips through insert and findById', async (_name, node) => {
+      await storage.nodes.insert(node);
+      expect(await storage.nodes.findById(node.id)).toStrictEqual(node);
+    });
+
+    it('fail/a duplicate id gives ERR_CONFLICT and keeps the first node', async () => {
+      await storage.nodes.insert(full);
+      expect((await errorOf(storage.nodes.insert(nodeRecord(full.id)))).code).toBe('ERR_CONFLICT');
+      expect(await storage.nodes.findById(full.id)).toStrictEqual(full);
+    });
+
+    it.each([
+      ['role', { role: 'admin' as NodeRecord['role'] }],
+      ['status', { status: 'gone' as NodeRecord['status'] }],
+    ])('fail/an unknown %s is refused untranslated (check)', async (_name, over) => {
+      await expectUntranslated(storage.nodes.insert(nodeRecord('n-bad', over)), '23514');
+      expect(await storage.nodes.findById('n-bad')).toBeNull();
+    });
+
+    it('ok/unknown ids find nothing', async () => {
+      expect(await storage.nodes.findById('n-unknown')).toBeNull();
+      expect(await storage.nodes.lockById('n-unknown')).toBeNull();
+      expect(await storage.nodes.list()).toEqual([]);
+    });
+
+    it('ok/lockById reads the node inside a transaction', async () => {
+      await storage.nodes.insert(full);
+      expect(await storage.transaction((tx) => tx.nodes.lockById(full.id))).toStrictEqual(full);
+    });
+
+    it('ok/list gives every node, oldest first', async () => {
+      const nodes = [
+        nodeRecord('n-b', { createdAt: at(2) }),
+        nodeRecord('n-a', { createdAt: at(3) }),
+        nodeRecord('n-c', { createdAt: at(1) }),
+      ];
+      for (const n of nodes) await storage.nodes.insert(n);
+      expect(await storage.nodes.list()).toStrictEqual([nodes[2], nodes[0], nodes[1]]);
+    });
+
+    it.each([
+      [
+        'recordAttestation: the time and method of the last attestation',
+        (s: Storage) => s.nodes.recordAttestation('n-1', at(5), 'x509pop'),
+        { lastAttestedAt: at(5), attestationMethod: 'x509pop' },
+      ],
+      [
+        'recordSeen: the time last seen',
+        (s: Storage) => s.nodes.recordSeen('n-1', at(6)),
+        { lastSeenAt: at(6) },
+      ],
+      [
+        'markRevoked: status, time and reason',
+        (s: Storage) => s.nodes.markRevoked('n-1', at(7), 4),
+        { status: 'revoked', revokedAt: at(7), revocationReason: 4 },
+      ],
+    ] as [string, (s: Storage) => Promise<void>, Partial<NodeRecord>][])(
+      'ok/%s change only those fields of only that node; on an unknown node nothing',
+      async (_name, change, changed) => {
+        const [n1, n2] = [nodeRecord('n-1', { certTtlMs: 7_200_000 }), nodeRecord('n-2')];
+        await storage.nodes.insert(n1);
+        await storage.nodes.insert(n2);
+        await expect(change(storage)).resolves.toBeUndefined();
+        expect(await storage.nodes.findById('n-1')).toStrictEqual({ ...n1, ...changed });
+        expect(await storage.nodes.findById('n-2')).toStrictEqual(n2);
+        // On a node that does not exist: no error, no row.
+        await storage.nodes.recordSeen('n-unknown', at(8));
+        await storage.nodes.markRevoked('n-unknown', at(8), 1);
+        await storage.nodes.recordAttestation('n-unknown', at(8), 'join_token');
+        expect(await storage.nodes.findById('n-unknown')).toBeNull();
+      },
+    );
+
+    it('ok/countActive counts active nodes that hold a valid node certificate unexpired at now', async () => {
+      await seedCa(storage);
+      const now = at(30 * MIN);
+      const cases: [NodeRecord, Partial<CertificateRecord>[]][] = [
+        [nodeRecord('n-counted'), [{}]],
+        [nodeRecord('n-twice'), [{}, {}]],
+        [nodeRecord('n-revoked', { status: 'revoked' }), [{}]],
+        [nodeRecord('n-superseded'), [{ status: 'superseded' }]],
+        [nodeRecord('n-cert-revoked'), [{ status: 'revoked' }]],
+        [nodeRecord('n-expired'), [{ notAfter: now }]],
+        [nodeRecord('n-not-node-kind'), [{ kind: 'server' }]],
+        [nodeRecord('n-none'), []],
+      ];
+      for (const [node, certs] of cases) {
+        await storage.nodes.insert(node);
+        for (const over of certs) await storage.certificates.insert(nodeCertificate(node.id, over));
+      }
+      expect(await storage.nodes.countActive(now)).toBe(2);
+      expect(await storage.nodes.countActive(at(2 * HOUR))).toBe(0);
+    });
+  });
+
+  describe('tokens', () => {
+    it.each([
+      ['ok/unbound, default TTL', tokenRecord()],
+      [
+        'ok/bound to a node name, with a node TTL above 2^31 ms',
+        tokenRecord({
+          role: 'manager',
+          nodeName: 'node-a',
+          nodeTtlMs: 40 * 86_400_000,
+          usesAllowed: 5,
+          usesLeft: 3,
+        }),
+      ],
+    ])('%s round-trips through insert and findById', async (_name, token) => {
+      await storage.tokens.insert(token);
+      const got = await storage.tokens.findById(token.id);
+      expect(got).toStrictEqual(token);
+      expect(Buffer.isBuffer(got!.secretHash)).toBe(true);
+    });
+
+    it('fail/a duplicate id gives ERR_CONFLICT and keeps the first token', async () => {
+      const token = tokenRecord();
+      await storage.tokens.insert(token);
+      expect((await errorOf(storage.tokens.insert({ ...token, usesAllowed: 9, usesLeft: 9 }))).code).toBe(
+        'ERR_CONFLICT',
+      );
+      expect(await storage.tokens.findById(token.id)).toStrictEqual(token);
+    });
+
+    it.each([
+      ['more uses left than allowed', { usesAllowed: 1, usesLeft: 2 }],
+      ['negative uses left', { usesLeft: -1 }],
+      ['an unknown role', { role: 'admin' as TokenRecord['role'] }],
+    ] as [string, Partial<TokenRecord>][])('fail/%s is refused untranslated (check)', async (_name, over) => {
+      const token = tokenRecord(over);
+      await expectUntranslated(storage.tokens.insert(token), '23514');
+      expect(await storage.tokens.findById(token.id)).toBeNull();
+    });
+
+    it('ok/an unknown token is not found and cannot be consumed', async () => {
+      expect(await storage.tokens.findById('t-unknown')).toBeNull();
+      expect(await storage.tokens.consume('t-unknown', at(0))).toBeNull();
+    });
+
+    it('ok/consume spends one use at a time and returns the token after the decrement, then null', async () => {
+      const token = tokenRecord({ usesAllowed: 3, usesLeft: 3, nodeName: 'node-a' });
+      await storage.tokens.insert(token);
+      for (const left of [2, 1, 0])
+        expect(await storage.tokens.consume(token.id, at(0))).toStrictEqual({ ...token, usesLeft: left });
+      expect(await storage.tokens.consume(token.id, at(0))).toBeNull();
+      expect(await storage.tokens.findById(token.id)).toStrictEqual({ ...token, usesLeft: 0 });
+    });
+
+    it.each([
+      ['at its expiry', 0, null],
+      ['after its expiry', 1, null],
+      ['a millisecond before its expiry', -1, 0],
+    ])('ok/consume %s', async (_name, offset, usesLeft) => {
+      const token = tokenRecord();
+      await storage.tokens.insert(token);
+      const got = await storage.tokens.consume(token.id, new Date(token.expiresAt.getTime() + offset));
+      expect(got).toStrictEqual(usesLeft === null ? null : { ...token, usesLeft });
+      expect((await storage.tokens.findById(token.id))!.usesLeft).toBe(usesLeft ?? 1);
+    });
+
+    it('ok/a used-up token is refused', async () => {
+      const token = tokenRecord({ usesAllowed: 2, usesLeft: 0 });
+      await storage.tokens.insert(token);
+      expect(await storage.tokens.consume(token.id, at(0))).toBeNull();
+      expect(await storage.tokens.findById(token.id)).toStrictEqual(token);
+    });
+
+    it.each([
+      [1, 8],
+      [3, 8],
+    ])('ok/concurrent consumes of a %i-use token: exactly that many win', async (uses, callers) => {
+      const token = tokenRecord({ usesAllowed: uses, usesLeft: uses });
+      await storage.tokens.insert(token);
+      const got = await Promise.all(
+        Array.from({ length: callers }, () => storage.tokens.consume(token.id, at(0))),
+      );
+      const won = got.filter((t) => t !== null);
+      expect(won).toHaveLength(uses);
+      expect(won.map((t) => t!.usesLeft).sort()).toEqual(Array.from({ length: uses }, (_, i) => i));
+      expect((await storage.tokens.findById(token.id))!.usesLeft).toBe(0);
+    });
+
+    it('ok/a use spent in a transaction that rolls back is not spent', async () => {
+      const token = tokenRecord();
+      await storage.tokens.insert(token);
+      const boom = new Error('boom');
+      await expect(
+        storage.transaction(async (tx) => {
+          expect(await tx.tokens.consume(token.id, at(0))).not.toBeNull();
+          throw boom;
+        }),
+      ).rejects.toBe(boom);
+      expect(await storage.tokens.findById(token.id)).toStrictEqual(token);
+    });
+
+    it('ok/spendBoundTo spends every remaining use of the tokens bound to the name and counts the tokens', async () => {
+      const bound = [
+        tokenRecord({ nodeName: 'node-a', usesAllowed: 3, usesLeft: 2 }),
+        tokenRecord({ nodeName: 'node-a', usesAllowed: 1, usesLeft: 1, expiresAt: at(-HOUR) }),
+      ];
+      const spent = tokenRecord({ nodeName: 'node-a', usesAllowed: 1, usesLeft: 0 });
+      const others = [tokenRecord({ nodeName: 'node-b' }), tokenRecord({ nodeName: null })];
+      for (const t of [...bound, spent, ...others]) await storage.tokens.insert(t);
+
+      expect(await storage.tokens.spendBoundTo('node-a')).toBe(2);
+      for (const t of [...bound, spent])
+        expect(await storage.tokens.findById(t.id)).toStrictEqual({ ...t, usesLeft: 0 });
+      for (const t of others) expect(await storage.tokens.findById(t.id)).toStrictEqual(t);
+      expect(await storage.tokens.spendBoundTo('node-a')).toBe(0);
+      expect(await storage.tokens.spendBoundTo('node-unknown')).toBe(0);
+    });
+  });
+
+  describe('nonces', () => {
+    const EXPIRES = at(5 * MIN);
+
+    it('ok/a nonce is used once', async () => {
+      await storage.nonces.insert('nonce-1', 'x509pop', EXPIRES);
+      expect(await storage.nonces.use('nonce-1', 'x509pop', at(0))).toBe(true);
+      expect(await storage.nonces.use('nonce-1', 'x509pop', at(0))).toBe(false);
+    });
+
+    it.each([
+      ['an unknown nonce', 'nonce-2', 'x509pop', at(0)],
+      ['another method', 'nonce-1', 'join_token', at(0)],
+      ['at its expiry', 'nonce-1', 'x509pop', EXPIRES],
+      ['after its expiry', 'nonce-1', 'x509pop', at(HOUR)],
+    ] as const)(
+      'ok/%s is refused and leaves the nonce usable before its expiry',
+      async (_name, nonce, method, now) => {
+        await storage.nonces.insert('nonce-1', 'x509pop', EXPIRES);
+        expect(await storage.nonces.use(nonce, method, now)).toBe(false);
+        expect(await storage.nonces.use('nonce-1', 'x509pop', new Date(EXPIRES.getTime() - 1))).toBe(true);
+      },
+    );
+
+    it('fail/a duplicate nonce gives ERR_CONFLICT', async () => {
+      await storage.nonces.insert('nonce-1', 'x509pop', EXPIRES);
+      expect((await errorOf(storage.nonces.insert('nonce-1', 'x509pop', at(HOUR)))).code).toBe(
+        'ERR_CONFLICT',
+      );
+      // The first one stands: it still expires at EXPIRES.
+      expect(await storage.nonces.use('nonce-1', 'x509pop', EXPIRES)).toBe(false);
+    });
+
+    it('ok/concurrent uses of one nonce: exactly one wins', async () => {
+      await storage.nonces.insert('nonce-1', 'x509pop', EXPIRES);
+      const got = await Promise.all(
+        Array.from({ length: 8 }, () => storage.nonces.use('nonce-1', 'x509pop', at(0))),
+      );
+      expect(got.filter(Boolean)).toHaveLength(1);
+    });
+
+    it('ok/a nonce inserted or used in a transaction that rolls back is not', async () => {
+      await storage.nonces.insert('nonce-1', 'x509pop', EXPIRES);
+      const boom = new Error('boom');
+      await expect(
+        storage.transaction(async (tx) => {
+          await tx.nonces.insert('nonce-2', 'x509pop', EXPIRES);
+          expect(await tx.nonces.use('nonce-1', 'x509pop', at(0))).toBe(true);
+          throw boom;
+        }),
+      ).rejects.toBe(boom);
+      expect(await storage.nonces.use('nonce-2', 'x509pop', at(0))).toBe(false);
+      expect(await storage.nonces.use('nonce-1', 'x509pop', at(0))).toBe(true);
+    });
+
+    it('ok/purgeExpired deletes up to `limit` nonces expired at now, used or not, and counts them', async () => {
+      const now = at(10 * MIN);
+      for (const [nonce, expires] of [
+        ['old-1', at(MIN)],
+        ['old-2', at(2 * MIN)],
+        ['old-used', at(3 * MIN)],
+        ['at-now', now],
+        ['fresh', at(HOUR)],
+      ] as const)
+        await storage.nonces.insert(nonce, 'x509pop', expires);
+      expect(await storage.nonces.use('old-used', 'x509pop', at(0))).toBe(true);
+
+      expect(await storage.nonces.purgeExpired(now, 3)).toBe(3);
+      expect(await storage.nonces.purgeExpired(now, 3)).toBe(1);
+      expect(await storage.nonces.purgeExpired(now, 3)).toBe(0);
+      // The purged names are free again; the fresh nonce was kept (a duplicate) and still works.
+      for (const nonce of ['old-1', 'old-2', 'old-used', 'at-now'])
+        await storage.nonces.insert(nonce, 'x509pop', at(HOUR));
+      expect((await errorOf(storage.nonces.insert('fresh', 'x509pop', at(HOUR)))).code).toBe('ERR_CONFLICT');
+      expect(await storage.nonces.use('fresh', 'x509pop', now)).toBe(true);
+    });
+  });
+
+  describe('entries', () => {
+    beforeEach(async () => {
+      await storage.nodes.insert(nodeRecord('n-1'));
+      await storage.nodes.insert(nodeRecord('n-2'));
+    });
+
+    it.each([
+      ['ok/default TTL, no DNS names', entryRecord('web', 'n-1', { dnsNames: [], selectors: [] })],
+      [
+        'ok/every field set',
+        entryRecord('api', 'n-2', {
+          ttlMs: 40 * 86_400_000,
+          allowWildcardDns: true,
+          dnsNames: ['*.api.example.org', 'api.example.org'],
+          createdAt: new Date('2026-11-26T15:00:00.123Z'),
+        }),
+      ],
+    ])('%s round-trips through insert and findByName', async (_name, entry) => {
+      await storage.entries.insert(entry);
+      expect(await storage.entries.findByName(entry.name)).toStrictEqual(entry);
+    });
+
+    it('ok/the same SPIFFE ID under another node is another entry', async () => {
+      const a = entryRecord('web-a', 'n-1', { spiffeId: `spiffe://${TEST_TD}/web` });
+      const b = entryRecord('web-b', 'n-2', { spiffeId: `spiffe://${TEST_TD}/web` });
+      await storage.entries.insert(a);
+      await storage.entries.insert(b);
+      expect(await storage.entries.findForNode('n-1', a.spiffeId)).toStrictEqual(a);
+      expect(await storage.entries.findForNode('n-2', a.spiffeId)).toStrictEqual(b);
+    });
+
+    it.each([
+      ['the same name', { spiffeId: `spiffe://${TEST_TD}/other`, parentNodeId: 'n-2' }],
+      ['the same SPIFFE ID under the same node', { name: 'web-2' }],
+    ] as [string, Partial<EntryRecord>][])(
+      'fail/%s gives ERR_CONFLICT and keeps the first entry',
+      async (_name, over) => {
+        const first = entryRecord('web', 'n-1');
+        await storage.entries.insert(first);
+        const dup = { ...first, ...over };
+        expect((await errorOf(storage.entries.insert(dup))).code).toBe('ERR_CONFLICT');
+        expect(await storage.entries.list()).toStrictEqual([first]);
+      },
+    );
+
+    it('fail/an unknown parent node is refused untranslated (foreign key)', async () => {
+      await expectUntranslated(storage.entries.insert(entryRecord('web', 'n-unknown')), '23503');
+      expect(await storage.entries.findByName('web')).toBeNull();
+    });
+
+    it('ok/findForNode: by parent and SPIFFE ID, nothing for another node or ID', async () => {
+      const entry = entryRecord('web', 'n-1');
+      await storage.entries.insert(entry);
+      expect(await storage.entries.findForNode('n-1', entry.spiffeId)).toStrictEqual(entry);
+      expect(await storage.entries.findForNode('n-2', entry.spiffeId)).toBeNull();
+      expect(await storage.entries.findForNode('n-1', `spiffe://${TEST_TD}/api`)).toBeNull();
+      expect(await storage.entries.findByName('api')).toBeNull();
+    });
+
+    it.each([
+      ['no filter: all, by name', undefined, ['a', 'b', 'c']],
+      ['an empty filter: all', {}, ['a', 'b', 'c']],
+      ['by parent', { parentNodeId: 'n-1' }, ['a', 'c']],
+      ['by an unknown parent', { parentNodeId: 'n-unknown' }, []],
+    ])('ok/list %s', async (_name, filter, names) => {
+      const entries = [entryRecord('c', 'n-1'), entryRecord('a', 'n-1'), entryRecord('b', 'n-2')];
+      for (const e of entries) await storage.entries.insert(e);
+      const got = await storage.entries.list(filter);
+      expect(got).toStrictEqual(names.map((n) => entries.find((e) => e.name === n)));
+    });
+
+    it('ok/delete: true when it existed, then false; the name and the SPIFFE ID are free again', async () => {
+      const entry = entryRecord('web', 'n-1');
+      await storage.entries.insert(entry);
+      expect(await storage.entries.delete('web')).toBe(true);
+      expect(await storage.entries.delete('web')).toBe(false);
+      expect(await storage.entries.findByName('web')).toBeNull();
+      expect(await storage.entries.findForNode('n-1', entry.spiffeId)).toBeNull();
+      // Recreated by name: a new entry with its own created_at (what the guarded issuance compares).
+      const again = { ...entry, createdAt: at(MIN), dnsNames: ['web.example.org'] };
+      await storage.entries.insert(again);
+      expect(await storage.entries.findByName('web')).toStrictEqual(again);
+      expect(await storage.entries.findForNode('n-1', entry.spiffeId)).toStrictEqual(again);
+    });
+
+    it('ok/what the caller does to an entry it got back changes nothing stored', async () => {
+      const entry = entryRecord('web', 'n-1');
+      await storage.entries.insert(entry);
+      const got = (await storage.entries.findByName('web'))!;
+      got.dnsNames.push('evil.example.org');
+      got.selectors[0]!.value = 0;
+      expect(await storage.entries.findByName('web')).toStrictEqual(entry);
+    });
+  });
+
+  describe('revocations', () => {
+    beforeEach(() => seedCa(storage));
+
+    describe('revokeCertificates', () => {
+      it('ok/by serial: a valid or superseded certificate, unexpired at `at`, with its time and reason', async () => {
+        const valid = certificateRecord(CA_ID);
+        const superseded = certificateRecord(CA_ID, { status: 'superseded' });
+        for (const c of [valid, superseded]) await storage.certificates.insert(c);
+        for (const c of [valid, superseded]) {
+          expect(await storage.revocations.revokeCertificates({ serial: c.serial }, at(MIN), 4)).toEqual([
+            c.serial,
+          ]);
+          expect(await storage.certificates.findBySerial(c.serial)).toStrictEqual({
+            ...c,
+            status: 'revoked',
+            revokedAt: at(MIN),
+            revocationReason: 4,
+          });
+        }
+      });
+
+      it.each([
+        [
+          'already revoked (the first time and reason stay)',
+          { status: 'revoked', revokedAt: at(0), revocationReason: 1 },
+          at(MIN),
+        ],
+        ['expired at `at`', {}, new Date('2026-11-26T16:00:00.456Z')],
+      ] as [string, Partial<CertificateRecord>, Date][])(
+        'ok/by serial, nothing when %s',
+        async (_name, over, when) => {
+          const c = certificateRecord(CA_ID, over);
+          await storage.certificates.insert(c);
+          expect(await storage.revocations.revokeCertificates({ serial: c.serial }, when, 9)).toEqual([]);
+          expect(await storage.certificates.findBySerial(c.serial)).toStrictEqual(c);
+          expect(
+            await storage.revocations.revokeCertificates({ serial: '7f'.repeat(16) }, at(MIN), 9),
+          ).toEqual([]);
+        },
+      );
+
+      it("ok/by node: every unexpired certificate that identifies the node or was issued through it, no other node's", async () => {
+        const hit = [
+          certificateRecord(CA_ID, { kind: 'node', nodeId: 'n-1' }),
+          certificateRecord(CA_ID, { kind: 'node', nodeId: 'n-1', status: 'superseded' }),
+          certificateRecord(CA_ID, { issuedVia: 'n-1' }),
+        ];
+        const missed = [
+          certificateRecord(CA_ID, { kind: 'node', nodeId: 'n-1', notAfter: at(0) }),
+          certificateRecord(CA_ID, {
+            issuedVia: 'n-1',
+            status: 'revoked',
+            revokedAt: at(0),
+            revocationReason: 1,
+          }),
+          certificateRecord(CA_ID, { kind: 'node', nodeId: 'n-2' }),
+          certificateRecord(CA_ID, { issuedVia: 'n-2' }),
+        ];
+        for (const c of [...hit, ...missed]) await storage.certificates.insert(c);
+        const got = await storage.revocations.revokeCertificates({ nodeId: 'n-1' }, at(MIN), 1);
+        expect([...got].sort()).toEqual(serials(hit));
+        for (const c of hit)
+          expect(await storage.certificates.findBySerial(c.serial)).toStrictEqual({
+            ...c,
+            status: 'revoked',
+            revokedAt: at(MIN),
+            revocationReason: 1,
+          });
+        for (const c of missed) expect(await storage.certificates.findBySerial(c.serial)).toStrictEqual(c);
+        expect(await storage.revocations.revokeCertificates({ nodeId: 'n-1' }, at(MIN), 1)).toEqual([]);
+      });
+    });
+
+    describe('events', () => {
+      it('ok/a fresh feed is empty', async () => {
+        expect(await storage.revocations.lastEventId()).toBe(0);
+        expect(await storage.revocations.eventsSince(0, 10)).toEqual([]);
+      });
+
+      it('ok/appendEvent returns the event with an id; ids grow; eventsSince pages in id order', async () => {
+        const e1 = await storage.revocations.appendEvent(
+          eventRow({ kind: 'node', nodeId: 'n-1', serials: ['7a', '7b'] }),
+        );
+        const e2 = await storage.revocations.appendEvent(
+          eventRow({ serials: [], reason: 0, createdAt: at(1) }),
+        );
+        const e3 = await storage.revocations.appendEvent(eventRow({ actor: 'spiffe://x/admin/bob' }));
+        expect(e1).toStrictEqual({
+          ...eventRow({ kind: 'node', nodeId: 'n-1', serials: ['7a', '7b'] }),
+          id: e1.id,
+        });
+        expect(e1.id).toBeGreaterThan(0);
+        expect(e2.id).toBeGreaterThan(e1.id);
+        expect(e3.id).toBeGreaterThan(e2.id);
+        expect(await storage.revocations.eventsSince(0, 10)).toStrictEqual([e1, e2, e3]);
+        expect(await storage.revocations.eventsSince(e1.id, 10)).toStrictEqual([e2, e3]);
+        expect(await storage.revocations.eventsSince(e1.id, 1)).toStrictEqual([e2]);
+        expect(await storage.revocations.eventsSince(e3.id, 10)).toEqual([]);
+        expect(await storage.revocations.lastEventId()).toBe(e3.id);
+      });
+
+      it('ok/an event appended in a transaction that rolls back is gone, and its id is not given again', async () => {
+        const e1 = await storage.revocations.appendEvent(eventRow());
+        let burned = 0;
+        await expect(
+          storage.transaction(async (tx) => {
+            burned = (await tx.revocations.appendEvent(eventRow())).id;
+            throw new Error('boom');
+          }),
+        ).rejects.toThrow('boom');
+        const e3 = await storage.revocations.appendEvent(eventRow());
+        expect(burned).toBeGreaterThan(e1.id);
+        expect(e3.id).toBeGreaterThan(burned);
+        expect(await storage.revocations.eventsSince(0, 10)).toStrictEqual([e1, e3]);
+        expect(await storage.revocations.lastEventId()).toBe(e3.id);
+      });
+
+      it('fail/an unknown kind is refused untranslated (check)', async () => {
+        await expectUntranslated(
+          storage.revocations.appendEvent(eventRow({ kind: 'entry' as RevocationEvent['kind'] })),
+          '23514',
+        );
+        expect(await storage.revocations.lastEventId()).toBe(0);
+      });
+    });
+
+    it("ok/revokedForCa: the CA's revoked certificates unexpired at now, by serial, with time and reason", async () => {
+      const listed = [
+        certificateRecord(CA_ID, {
+          serial: '7b01',
+          status: 'revoked',
+          revokedAt: at(1),
+          revocationReason: 1,
+        }),
+        certificateRecord(CA_ID, {
+          serial: '7a01',
+          status: 'revoked',
+          revokedAt: at(2),
+          revocationReason: 0,
+        }),
+      ];
+      const unlisted = [
+        certificateRecord(CA_ID, {
+          status: 'revoked',
+          revokedAt: at(1),
+          revocationReason: 1,
+          notAfter: at(MIN),
+        }),
+        certificateRecord(CA_ID, { status: 'valid' }),
+        certificateRecord(CA_ID, { status: 'superseded' }),
+        certificateRecord(ROOT_ID, { status: 'revoked', revokedAt: at(1), revocationReason: 1 }),
+      ];
+      for (const c of [...listed, ...unlisted]) await storage.certificates.insert(c);
+      expect(await storage.revocations.revokedForCa(CA_ID, at(MIN))).toStrictEqual([
+        { serial: '7a01', revokedAt: at(2), reason: 0 },
+        { serial: '7b01', revokedAt: at(1), reason: 1 },
+      ]);
+      expect(await storage.revocations.revokedForCa('no-such-ca', at(MIN))).toEqual([]);
+      expect(await storage.revocations.revokedForCa(CA_ID, at(2 * HOUR))).toEqual([]);
+    });
+
+    it('ok/a certificate revoked through revokeCertificates is listed for its CA', async () => {
+      const c = certificateRecord(CA_ID);
+      await storage.certificates.insert(c);
+      await storage.revocations.revokeCertificates({ serial: c.serial }, at(MIN), 5);
+      expect(await storage.revocations.revokedForCa(CA_ID, at(MIN))).toStrictEqual([
+        { serial: c.serial, revokedAt: at(MIN), reason: 5 },
+      ]);
+    });
+  });
+
+  describe('crls', () => {
+    beforeEach(() => seedCa(storage));
+
+    it('ok/nextNumber only grows, never repeats (also concurrently), a bigint', async () => {
+      const a = await storage.crls.nextNumber();
+      const b = await storage.crls.nextNumber();
+      expect(typeof a).toBe('bigint');
+      expect(b).toBeGreaterThan(a);
+      const many = await Promise.all(Array.from({ length: 6 }, () => storage.crls.nextNumber()));
+      expect(new Set(many).size).toBe(6);
+      for (const n of many) expect(n).toBeGreaterThan(b);
+    });
+
+    it('ok/a number drawn in a transaction that rolls back is not given again', async () => {
+      let drawn = 0n;
+      await expect(
+        storage.transaction(async (tx) => {
+          drawn = await tx.crls.nextNumber();
+          throw new Error('boom');
+        }),
+      ).rejects.toThrow('boom');
+      expect(await storage.crls.nextNumber()).toBeGreaterThan(drawn);
+    });
+
+    it("ok/latest gives each CA's highest-numbered CRL, every field; null before the first", async () => {
+      expect(await storage.crls.latest(CA_ID)).toBeNull();
+      const crls = [
+        crlRecord(CA_ID, 5n),
+        crlRecord(CA_ID, 7n, { entries: 0 }),
+        crlRecord(ROOT_ID, 9n),
+        crlRecord(CA_ID, 6n),
+      ];
+      for (const c of crls) await storage.crls.insert(c);
+      const got = await storage.crls.latest(CA_ID);
+      expect(got).toStrictEqual(crls[1]);
+      expect(Buffer.isBuffer(got!.der)).toBe(true);
+      expect(await storage.crls.latest(ROOT_ID)).toStrictEqual(crls[2]);
+      expect(await storage.crls.latest('no-such-ca')).toBeNull();
+    });
+
+    it('ok/a CRL number above 2^53 round-trips exactly', async () => {
+      const crl = crlRecord(CA_ID, 2n ** 60n + 1n);
+      await storage.crls.insert(crl);
+      expect(await storage.crls.latest(CA_ID)).toStrictEqual(crl);
+    });
+
+    it.each([
+      ['the same CA', CA_ID],
+      ['another CA', ROOT_ID],
+    ])('fail/a CRL number used by %s gives ERR_CONFLICT', async (_name, caId) => {
+      const first = crlRecord(CA_ID, 5n);
+      await storage.crls.insert(first);
+      expect((await errorOf(storage.crls.insert(crlRecord(caId, 5n)))).code).toBe('ERR_CONFLICT');
+      expect(await storage.crls.latest(CA_ID)).toStrictEqual(first);
+    });
+
+    it('fail/an unknown CA is refused untranslated (foreign key)', async () => {
+      await expectUntranslated(storage.crls.insert(crlRecord('no-such-ca', 5n)), '23503');
+      expect(await storage.crls.latest('no-such-ca')).toBeNull();
+    });
+
+    it('ok/lockBuilder resolves outside a transaction (released at once)', async () => {
+      await expect(storage.crls.lockBuilder()).resolves.toBeUndefined();
+      await expect(storage.crls.lockBuilder()).resolves.toBeUndefined();
+    });
+  });
+
+  describe('audit', () => {
+    it('ok/append then list: every field, details as JSON, no seal yet', async () => {
+      const event = auditRow({
+        event: 'node.attested',
+        actor: 'spiffe://test.example.org/admin/alice',
+        source: '10.0.0.1',
+        subject: 'spiffe://test.example.org/node/n-1',
+        outcome: 'failure',
+        details: { serial: '7a', nested: { list: [1, 'two', null, true], n: 1.5 }, empty: {} },
+      });
+      await storage.audit.append(event);
+      const [got] = await storage.audit.list({});
+      expect(got).toStrictEqual(asStored(event));
+      expect(await storage.audit.countUnsealed()).toBe(1);
+      expect(await storage.audit.sealedAfter(0, 10)).toEqual([]);
+    });
+
+    it('ok/details are stored as JSON: undefined members are dropped', async () => {
+      await storage.audit.append(auditRow({ details: { kept: 1, dropped: undefined } }));
+      expect((await storage.audit.list({}))[0]!.details).toStrictEqual({ kept: 1 });
+    });
+
+    it('fail/a NUL character in the details is ERR_BAD_REQUEST, nothing written', async () => {
+      expect((await errorOf(storage.audit.append(auditRow({ details: { x: 'a\u0000b' } })))).code).toBe(
+        'ERR_BAD_REQUEST',
+      );
+      expect(await storage.audit.list({})).toEqual([]);
+    });
+
+    describe('list', () => {
+      // Six rows, one per minute: n is the order of append.
+      beforeEach(async () => {
+        const rows: Partial<AuditEvent>[] = [
+          { actor: 'alice', subject: 's1', event: 'e.a' },
+          { actor: 'bob', subject: 's1', event: 'e.b' },
+          { actor: 'alice', subject: 's2', event: 'e.b' },
+          { actor: 'bob', subject: null, event: 'e.a' },
+          { actor: 'alice', subject: 's1', event: 'e.c' },
+          { actor: 'carol', subject: 's2', event: 'e.a' },
+        ];
+        for (const [n, row] of rows.entries())
+          await storage.audit.append(auditRow({ ...row, at: at(n * MIN), details: { n } }));
+      });
+
+      it.each([
+        ['no filter: newest first', {}, [5, 4, 3, 2, 1, 0]],
+        ['actor', { actor: 'alice' }, [4, 2, 0]],
+        ['subject', { subject: 's1' }, [4, 1, 0]],
+        ['event', { event: 'e.a' }, [5, 3, 0]],
+        ['since: at >= the time', { since: at(2 * MIN) }, [5, 4, 3, 2]],
+        ['until: at < the time', { until: at(2 * MIN) }, [1, 0]],
+        ['limit: the newest', { limit: 2 }, [5, 4]],
+        ['filters combine', { actor: 'alice', subject: 's1', since: at(MIN) }, [4]],
+        ['nothing matches', { actor: 'nobody' }, []],
+      ] as [string, AuditFilter, number[]][])('ok/%s', async (_name, filter, want) => {
+        const got = await storage.audit.list(filter);
+        expect(got.map((r) => r.details.n)).toEqual(want);
+        // Ids grow in append order.
+        expect(got.map((r) => r.id)).toEqual([...got.map((r) => r.id)].sort((a, b) => b - a));
+      });
+    });
+
+    it('ok/list gives at most 100 rows by default', async () => {
+      await storage.transaction(async (tx) => {
+        for (let n = 0; n < 103; n++) await tx.audit.append(auditRow({ details: { n } }));
+      });
+      const got = await storage.audit.list({});
+      expect(got.map((r) => r.details.n)).toEqual(Array.from({ length: 100 }, (_, i) => 102 - i));
+    });
+
+    describe('seal', () => {
+      const appendThree = async () => {
+        for (const n of [0, 1, 2]) await storage.audit.append(auditRow({ at: at(n), details: { n } }));
+      };
+
+      it('ok/nothing to seal: 0', async () => {
+        expect(await storage.audit.seal(10, auditHash)).toBe(0);
+      });
+
+      it('ok/seals up to `limit` rows in id order into one chain, continued by the next seal', async () => {
+        await appendThree();
+        expect(await storage.audit.seal(2, auditHash)).toBe(2);
+        expect(await storage.audit.countUnsealed()).toBe(1);
+        expect(await storage.audit.seal(10, auditHash)).toBe(1);
+        expect(await storage.audit.countUnsealed()).toBe(0);
+        expect(await storage.audit.seal(10, auditHash)).toBe(0);
+
+        const chain = await storage.audit.sealedAfter(0, 10);
+        expect(chain.map((r) => [r.sealSeq, r.details.n])).toEqual([
+          [1, 0],
+          [2, 1],
+          [3, 2],
+        ]);
+        expect(chain[0]!.prevHash).toBeNull();
+        expect(chain[1]!.prevHash).toStrictEqual(chain[0]!.hash);
+        expect(chain[2]!.prevHash).toStrictEqual(chain[1]!.hash);
+        for (const r of chain) expect(r.hash).toStrictEqual(auditHash(r, r.prevHash));
+        const verifier = auditVerifier();
+        for (const r of chain) verifier.check(r);
+        expect(verifier.result()).toEqual({ ok: true, rows: 3 });
+        // The sealed rows read the same through list.
+        expect((await storage.audit.list({})).reverse()).toStrictEqual(chain);
+      });
+
+      it('ok/hashOf gets each row as read, numbered, without its chain columns, and the previous hash', async () => {
+        await appendThree();
+        const calls: [AuditRecord, Buffer | null][] = [];
+        const hashOf = (row: AuditRecord, prev: Buffer | null) => {
+          calls.push([row, prev]);
+          return auditHash(row, prev);
+        };
+        expect(await storage.audit.seal(2, hashOf)).toBe(2);
+        const [r0, r1] = (await storage.audit.list({})).reverse();
+        expect(calls).toStrictEqual([
+          [{ ...r0!, sealSeq: 1, prevHash: null, hash: null }, null],
+          [{ ...r1!, sealSeq: 2, prevHash: null, hash: null }, r0!.hash],
+        ]);
+        expect(r0!.sealSeq).toBe(1);
+      });
+
+      it('ok/sealedAfter pages the chain', async () => {
+        await appendThree();
+        await storage.audit.seal(10, auditHash);
+        expect((await storage.audit.sealedAfter(1, 1)).map((r) => r.sealSeq)).toEqual([2]);
+        expect((await storage.audit.sealedAfter(1, 10)).map((r) => r.sealSeq)).toEqual([2, 3]);
+        expect(await storage.audit.sealedAfter(3, 10)).toEqual([]);
+      });
+
+      it('fail/a hashOf that throws seals nothing', async () => {
+        await appendThree();
+        const boom = new Error('boom');
+        let calls = 0;
+        const hashOf = (row: AuditRecord, prev: Buffer | null) => {
+          if (++calls === 2) throw boom;
+          return auditHash(row, prev);
+        };
+        await expect(storage.audit.seal(10, hashOf)).rejects.toBe(boom);
+        expect(await storage.audit.countUnsealed()).toBe(3);
+        expect(await storage.audit.sealedAfter(0, 10)).toEqual([]);
+      });
+
+      it('ok/concurrent sealers build one chain: every row sealed once, in order', async () => {
+        for (let n = 0; n < 7; n++) await storage.audit.append(auditRow({ details: { n } }));
+        const counts = await Promise.all([2, 3, 10].map((limit) => storage.audit.seal(limit, auditHash)));
+        expect(counts.reduce((a, b) => a + b, 0)).toBe(7);
+        const chain = await storage.audit.sealedAfter(0, 100);
+        expect(chain.map((r) => r.sealSeq)).toEqual([1, 2, 3, 4, 5, 6, 7]);
+        expect(chain.map((r) => r.details.n)).toEqual([0, 1, 2, 3, 4, 5, 6]);
+        const verifier = auditVerifier();
+        for (const r of chain) verifier.check(r);
+        expect(verifier.result()).toEqual({ ok: true, rows: 7 });
+      });
+
+      it('ok/a seal in a transaction that rolls back is undone', async () => {
+        await appendThree();
+        await expect(
+          storage.transaction(async (tx) => {
+            expect(await tx.audit.seal(10, auditHash)).toBe(3);
+            throw new Error('boom');
+          }),
+        ).rejects.toThrow('boom');
+        expect(await storage.audit.countUnsealed()).toBe(3);
+      });
+    });
+  });
+
+  describe('issuances', () => {
+    describe('recordWorkloadGuarded', () => {
+      it('ok/records the certificate, issued via the node and valid, and its audit row', async () => {
+        const w = await world(storage);
+        const leaf = workloadLeaf(w, { status: 'revoked', issuedVia: 'n-2' });
+        const audit = issuedAudit(w, leaf.serial);
+        expect(await storage.issuances.recordWorkloadGuarded(leaf, audit, workloadGuard(w))).toBe(true);
+        expect(await storage.certificates.findBySerial(leaf.serial)).toStrictEqual({
+          ...leaf,
+          issuedVia: w.node.id,
+          status: 'valid',
+        });
+        expect(await storage.audit.list({})).toStrictEqual([asStored(audit)]);
+        // Nothing else changed.
+        expect(await storage.certificates.findBySerial(w.peer.serial)).toStrictEqual(w.peer);
+        expect(await storage.nodes.findById(w.node.id)).toStrictEqual(w.node);
+      });
+
+      it.each([...callerRefusals<WorkloadGuard>(), ...entryRefusals])(
+        'fail/refused, nothing written, when %s',
+        async (_name, perturb) => {
+          const w = await world(storage);
+          const guard = await perturb(storage, w, workloadGuard(w));
+          const leaf = workloadLeaf(w);
+          expect(
+            await storage.issuances.recordWorkloadGuarded(leaf, issuedAudit(w, leaf.serial), guard),
+          ).toBe(false);
+          expect(await storage.certificates.findBySerial(leaf.serial)).toBeNull();
+          expect(await storage.audit.list({})).toEqual([]);
+        },
+      );
+
+      it('ok/concurrent requests (one batch): each row guarded on its own, the refused one alone writes nothing', async () => {
+        const w = await world(storage);
+        const revoked = nodeCertificate(w.node.id, { status: 'revoked' });
+        await storage.certificates.insert(revoked);
+        const leaves = Array.from({ length: 6 }, () => workloadLeaf(w));
+        const refused = 3;
+        const got = await Promise.all(
+          leaves.map((leaf, i) =>
+            storage.issuances.recordWorkloadGuarded(
+              leaf,
+              issuedAudit(w, leaf.serial),
+              i === refused
+                ? { ...workloadGuard(w), peerSerial: revoked.serial, peerDer: revoked.der }
+                : workloadGuard(w),
+            ),
+          ),
+        );
+        expect(got).toEqual(leaves.map((_, i) => i !== refused));
+        for (const [i, leaf] of leaves.entries()) {
+          const stored = await storage.certificates.findBySerial(leaf.serial);
+          expect(stored).toStrictEqual(i === refused ? null : { ...leaf, issuedVia: w.node.id });
+        }
+        const audited = (await storage.audit.list({})).map((r) => r.details.serial);
+        expect([...audited].sort()).toEqual(serials(leaves.filter((_, i) => i !== refused)));
+      });
+
+      it.each([
+        ['a reused key', 'ERR_KEY_REUSED', (w: World) => ({ keyFingerprint: w.otherPeer.keyFingerprint })],
+        ['an existing serial', 'ERR_CONFLICT', (w: World) => ({ serial: w.otherPeer.serial })],
+      ] as [string, string, (w: World) => Partial<CertificateRecord>][])(
+        'fail/a row with %s fails alone (%s); the other rows of its batch are recorded',
+        async (_name, code, bad) => {
+          const w = await world(storage);
+          const leaves = Array.from({ length: 5 }, (_, i) => workloadLeaf(w, i === 2 ? bad(w) : {}));
+          const got = await Promise.allSettled(
+            leaves.map((leaf) =>
+              storage.issuances.recordWorkloadGuarded(leaf, issuedAudit(w, leaf.serial), workloadGuard(w)),
+            ),
+          );
+          expect(got.map((r) => r.status)).toEqual([
+            'fulfilled',
+            'fulfilled',
+            'rejected',
+            'fulfilled',
+            'fulfilled',
+          ]);
+          expect(((got[2] as PromiseRejectedResult).reason as BatonError).code).toBe(code);
+          for (const r of got) if (r.status === 'fulfilled') expect(r.value).toBe(true);
+          expect(await storage.certificates.findBySerial(w.otherPeer.serial)).toStrictEqual(w.otherPeer);
+          const audited = (await storage.audit.list({})).map((r) => r.details.serial);
+          expect([...audited].sort()).toEqual(serials(leaves.filter((_, i) => i !== 2)));
+        },
+      );
+
+      it('ok/inside a transaction: recorded with it, rolled back with it', async () => {
+        const w = await world(storage);
+        const leaf = workloadLeaf(w);
+        await expect(
+          storage.transaction(async (tx) => {
+            expect(
+              await tx.issuances.recordWorkloadGuarded(leaf, issuedAudit(w, leaf.serial), workloadGuard(w)),
+            ).toBe(true);
+            expect(await tx.certificates.findBySerial(leaf.serial)).not.toBeNull();
+            throw new Error('boom');
+          }),
+        ).rejects.toThrow('boom');
+        expect(await storage.certificates.findBySerial(leaf.serial)).toBeNull();
+        expect(await storage.audit.list({})).toEqual([]);
+        const again = workloadLeaf(w);
+        expect(
+          await storage.transaction((tx) =>
+            tx.issuances.recordWorkloadGuarded(again, issuedAudit(w, again.serial), workloadGuard(w)),
+          ),
+        ).toBe(true);
+        expect(await storage.certificates.findBySerial(again.serial)).toStrictEqual({
+          ...again,
+          issuedVia: w.node.id,
+        });
+      });
+    });
+
+    describe('recordRenewalGuarded', () => {
+      it("ok/supersedes the node's valid node certificates, records when it was seen, the new certificate and its audit row", async () => {
+        const w = await world(storage);
+        const older = nodeCertificate(w.node.id, { createdAt: at(-HOUR) });
+        const workload = certificateRecord(CA_ID, { issuedVia: w.node.id });
+        const server = nodeCertificate(w.node.id, { kind: 'server' });
+        for (const c of [older, workload, server]) await storage.certificates.insert(c);
+        const leaf = renewedLeaf(w, { status: 'revoked', issuedVia: 'n-2' });
+        const audit = issuedAudit(w, leaf.serial, 'certificate.renewed');
+
+        expect(await storage.issuances.recordRenewalGuarded(leaf, audit, renewalGuard(w))).toBe(true);
+        expect(await storage.certificates.findBySerial(leaf.serial)).toStrictEqual({
+          ...leaf,
+          issuedVia: null,
+          status: 'valid',
+        });
+        for (const c of [w.peer, older])
+          expect(await storage.certificates.findBySerial(c.serial)).toStrictEqual({
+            ...c,
+            status: 'superseded',
+          });
+        for (const c of [workload, server, w.otherPeer])
+          expect(await storage.certificates.findBySerial(c.serial)).toStrictEqual(c);
+        expect(await storage.nodes.findById(w.node.id)).toStrictEqual({ ...w.node, lastSeenAt: w.now });
+        expect(await storage.nodes.findById(w.other.id)).toStrictEqual(w.other);
+        expect(await storage.audit.list({})).toStrictEqual([asStored(audit)]);
+      });
+
+      it.each(callerRefusals<RenewalGuard>())(
+        'fail/refused, nothing written, when %s',
+        async (_name, perturb) => {
+          const w = await world(storage);
+          const guard = await perturb(storage, w, renewalGuard(w));
+          const before = bySerial(await allCertificates());
+          const nodes = await storage.nodes.list();
+          const leaf = renewedLeaf(w);
+          expect(
+            await storage.issuances.recordRenewalGuarded(
+              leaf,
+              issuedAudit(w, leaf.serial, 'certificate.renewed'),
+              guard,
+            ),
+          ).toBe(false);
+          expect(bySerial(await allCertificates())).toStrictEqual(before);
+          expect(await storage.nodes.list()).toStrictEqual(nodes);
+          expect(await storage.audit.list({})).toEqual([]);
+        },
+      );
+
+      it('ok/two concurrent renewals of one certificate: exactly one succeeds', async () => {
+        const w = await world(storage);
+        const leaves = [renewedLeaf(w), renewedLeaf(w)];
+        const got = await Promise.all(
+          leaves.map((leaf) =>
+            storage.issuances.recordRenewalGuarded(
+              leaf,
+              issuedAudit(w, leaf.serial, 'certificate.renewed'),
+              renewalGuard(w),
+            ),
+          ),
+        );
+        expect([...got].sort()).toEqual([false, true]);
+        const winner = leaves[got.indexOf(true)]!;
+        const loser = leaves[got.indexOf(false)]!;
+        expect(await storage.certificates.findBySerial(winner.serial)).toStrictEqual(winner);
+        expect(await storage.certificates.findBySerial(loser.serial)).toBeNull();
+        expect((await storage.certificates.findBySerial(w.peer.serial))!.status).toBe('superseded');
+        expect((await storage.audit.list({})).map((r) => r.details.serial)).toEqual([winner.serial]);
+      });
+
+      it('ok/the renewed certificate renews next; the superseded one no longer does', async () => {
+        const w = await world(storage);
+        const first = renewedLeaf(w);
+        expect(
+          await storage.issuances.recordRenewalGuarded(first, issuedAudit(w, first.serial), renewalGuard(w)),
+        ).toBe(true);
+        const second = renewedLeaf(w);
+        expect(
+          await storage.issuances.recordRenewalGuarded(
+            second,
+            issuedAudit(w, second.serial),
+            renewalGuard(w),
+          ),
+        ).toBe(false);
+        const guard = { ...renewalGuard(w), peerSerial: first.serial, peerDer: first.der };
+        expect(
+          await storage.issuances.recordRenewalGuarded(second, issuedAudit(w, second.serial), guard),
+        ).toBe(true);
+        expect((await storage.certificates.findBySerial(first.serial))!.status).toBe('superseded');
+        expect((await storage.certificates.findBySerial(second.serial))!.status).toBe('valid');
+      });
+
+      it.each([
+        ['a reused key', 'ERR_KEY_REUSED', (w: World) => ({ keyFingerprint: w.otherPeer.keyFingerprint })],
+        ['an existing serial', 'ERR_CONFLICT', (w: World) => ({ serial: w.otherPeer.serial })],
+      ] as [string, string, (w: World) => Partial<CertificateRecord>][])(
+        'fail/a new certificate with %s gives %s and writes nothing (nothing superseded, not seen)',
+        async (_name, code, bad) => {
+          const w = await world(storage);
+          const before = bySerial(await allCertificates());
+          const leaf = renewedLeaf(w, bad(w));
+          expect(
+            (
+              await errorOf(
+                storage.issuances.recordRenewalGuarded(leaf, issuedAudit(w, leaf.serial), renewalGuard(w)),
+              )
+            ).code,
+          ).toBe(code);
+          expect(bySerial(await allCertificates())).toStrictEqual(before);
+          expect(await storage.nodes.findById(w.node.id)).toStrictEqual(w.node);
+          expect(await storage.audit.list({})).toEqual([]);
+        },
+      );
+
+      it('ok/inside a transaction: rolled back with it', async () => {
+        const w = await world(storage);
+        const leaf = renewedLeaf(w);
+        await expect(
+          storage.transaction(async (tx) => {
+            expect(
+              await tx.issuances.recordRenewalGuarded(leaf, issuedAudit(w, leaf.serial), renewalGuard(w)),
+            ).toBe(true);
+            throw new Error('boom');
+          }),
+        ).rejects.toThrow('boom');
+        expect(await storage.certificates.findBySerial(leaf.serial)).toBeNull();
+        expect(await storage.certificates.findBySerial(w.peer.serial)).toStrictEqual(w.peer);
+        expect(await storage.nodes.findById(w.node.id)).toStrictEqual(w.node);
+        expect(await storage.audit.list({})).toEqual([]);
+      });
     });
   });
 
@@ -279,7 +1870,7 @@ describeEachBackend('Storage contract (knexStorage)', (backend) => {
       expect(await storage.cas.getInstallation()).toBeNull();
       expect(await storage.cas.listCas()).toEqual([]);
       expect(await storage.certificates.findBySerial(record.serial)).toBeNull();
-      expect(await count('certificates')).toBe(0);
+      expect(await allCertificates()).toHaveLength(0);
     });
 
     it('fail/rolls back earlier writes when a later write conflicts', async () => {
@@ -288,7 +1879,7 @@ describeEachBackend('Storage contract (knexStorage)', (backend) => {
       const existing = certificateRecord(ca.keyring.signing.record.id);
       await storage.certificates.insert(existing);
       const fresh = certificateRecord(ca.keyring.signing.record.id);
-      const e = await batonErrorOf(
+      const e = await errorOf(
         storage.transaction(async (tx) => {
           await tx.certificates.insert(fresh);
           await tx.certificates.insert({ ...fresh, serial: existing.serial });
@@ -298,10 +1889,169 @@ describeEachBackend('Storage contract (knexStorage)', (backend) => {
       expect(await storage.certificates.findBySerial(fresh.serial)).toBeNull();
       expect(await storage.certificates.findBySerial(existing.serial)).toStrictEqual(existing);
     });
+
+    it('fail/a failed statement aborts the transaction: later statements fail, and it rolls back even if fn goes on', async () => {
+      await seedCa(storage);
+      const existing = certificateRecord(CA_ID);
+      await storage.certificates.insert(existing);
+      const fresh = certificateRecord(CA_ID);
+      const result = await storage.transaction(async (tx) => {
+        await tx.certificates.insert(fresh);
+        expect((await errorOf(tx.certificates.insert({ ...existing }))).code).toBe('ERR_CONFLICT');
+        await expect(tx.nodes.insert(nodeRecord('n-1'))).rejects.toThrow(/current transaction is aborted/);
+        return 'went on';
+      });
+      expect(result).toBe('went on');
+      expect(await storage.certificates.findBySerial(fresh.serial)).toBeNull();
+      expect(await storage.nodes.findById('n-1')).toBeNull();
+    });
+
+    it('ok/a refusal in code (ERR_ALREADY_INITIALIZED) does not abort the transaction', async () => {
+      await seedCa(storage);
+      await storage.transaction(async (tx) => {
+        expect((await errorOf(tx.cas.initialize(installationOf(CA), CA.records))).code).toBe(
+          'ERR_ALREADY_INITIALIZED',
+        );
+        await tx.nodes.insert(nodeRecord('n-1'));
+      });
+      expect(await storage.nodes.findById('n-1')).toStrictEqual(nodeRecord('n-1'));
+    });
+
+    /** A holds its lock until released; B takes the same lock meanwhile. What happened, in order. */
+    async function secondWaits(
+      lockA: (tx: Repositories) => Promise<unknown>,
+      lockB: (tx: Repositories) => Promise<unknown>,
+    ): Promise<string[]> {
+      const events: string[] = [];
+      const release = gate();
+      const aLocked = gate();
+      const a = storage.transaction(async (tx) => {
+        await lockA(tx);
+        events.push('a locked');
+        aLocked.open();
+        await release.opened;
+        events.push('a commits');
+      });
+      await aLocked.opened;
+      const b = storage.transaction(async (tx) => {
+        await lockB(tx);
+        events.push('b locked');
+      });
+      await tick(150);
+      events.push('released');
+      release.open();
+      await Promise.all([a, b]);
+      return events;
+    }
+    const waited = ['a locked', 'released', 'a commits', 'b locked'];
+
+    it('ok/lockBuilder: a second builder waits until the first commits', async () => {
+      expect(
+        await secondWaits(
+          (tx) => tx.crls.lockBuilder(),
+          (tx) => tx.crls.lockBuilder(),
+        ),
+      ).toEqual(waited);
+    });
+
+    it("ok/lockById: a second locker waits until the first commits, then sees the first's write", async () => {
+      await storage.nodes.insert(nodeRecord('n-1'));
+      let seen: NodeRecord | null = null;
+      const events = await secondWaits(
+        async (tx) => {
+          await tx.nodes.lockById('n-1');
+          await tx.nodes.markRevoked('n-1', at(MIN), 1);
+        },
+        async (tx) => {
+          seen = await tx.nodes.lockById('n-1');
+        },
+      );
+      expect(events).toEqual(waited);
+      expect(seen).toStrictEqual(
+        nodeRecord('n-1', { status: 'revoked', revokedAt: at(MIN), revocationReason: 1 }),
+      );
+    });
+
+    it("ok/lockBySerial: a second locker waits until the first commits, then sees the first's write", async () => {
+      await seedCa(storage);
+      const c = nodeCertificate('n-1');
+      await storage.certificates.insert(c);
+      let seen: CertificateRecord | null = null;
+      const events = await secondWaits(
+        async (tx) => {
+          await tx.certificates.lockBySerial(c.serial);
+          await tx.certificates.supersedeForNode('n-1', 'node');
+        },
+        async (tx) => {
+          seen = await tx.certificates.lockBySerial(c.serial);
+        },
+      );
+      expect(events).toEqual(waited);
+      expect(seen).toStrictEqual({ ...c, status: 'superseded' });
+    });
+
+    // PGlite has one connection: a read outside an open transaction would wait for it to end.
+    if (impl !== 'pglite') {
+      it('ok/outside readers see a transaction’s writes only once it commits', async () => {
+        const release = gate();
+        const written = gate();
+        const tx = storage.transaction(async (t) => {
+          await t.nodes.insert(nodeRecord('n-1'));
+          written.open();
+          await release.opened;
+        });
+        await written.opened;
+        expect(await storage.nodes.findById('n-1')).toBeNull();
+        release.open();
+        await tx;
+        expect(await storage.nodes.findById('n-1')).toStrictEqual(nodeRecord('n-1'));
+      });
+    }
   });
 
   it('ok/ping resolves', async () => {
     await expect(storage.ping()).resolves.toBeUndefined();
+  });
+});
+
+describe('Memory storage, beyond the contract', () => {
+  it('fail/a write outside the transaction from inside it is refused (it would wait for itself)', async () => {
+    const storage = createMemoryStorage();
+    await expect(
+      storage.transaction(async () => {
+        await storage.nodes.insert(nodeRecord('n-1'));
+      }),
+    ).rejects.toThrow(/outside the transaction/);
+    await expect(storage.transaction(() => storage.transaction(async () => 1))).rejects.toThrow(
+      /outside the transaction/,
+    );
+    expect(await storage.nodes.findById('n-1')).toBeNull();
+  });
+
+  it('fail/the repositories of a finished transaction refuse statements', async () => {
+    const storage = createMemoryStorage();
+    let leaked: Repositories | undefined;
+    await storage.transaction(async (tx) => {
+      leaked = tx;
+    });
+    await expect(leaked!.nodes.insert(nodeRecord('n-1'))).rejects.toThrow(/already complete/);
+    expect(await storage.nodes.findById('n-1')).toBeNull();
+  });
+
+  it('ok/seeded with an installation and its CAs', async () => {
+    const storage = createMemoryStorage({ installation: installationOf(CA), cas: CA.records });
+    expect(await storage.cas.getInstallation()).toStrictEqual(installationOf(CA));
+    expect(byId(await storage.cas.listCas())).toStrictEqual(byId(CA.records));
+    expect((await errorOf(storage.cas.initialize(installationOf(CA), CA.records))).code).toBe(
+      'ERR_ALREADY_INITIALIZED',
+    );
+  });
+
+  it('ok/each memory storage is a database of its own', async () => {
+    const [a, b] = [createMemoryStorage(), createMemoryStorage()];
+    await a.nodes.insert(nodeRecord('n-1'));
+    expect(await b.nodes.findById('n-1')).toBeNull();
+    expect(await a.nodes.findById('n-1')).toStrictEqual(nodeRecord('n-1'));
   });
 });
 
@@ -313,7 +2063,7 @@ describe('Storage on an unreachable PostgreSQL', () => {
       dataDir: '/nonexistent',
     });
     try {
-      expect((await batonErrorOf(knexStorage(knex).ping())).code).toBe('ERR_DATABASE_UNAVAILABLE');
+      expect((await errorOf(knexStorage(knex).ping())).code).toBe('ERR_DATABASE_UNAVAILABLE');
     } finally {
       await knex.destroy();
     }

@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { cliEnv } from '../support/cli';
 import { type Cluster, createToken, startCluster } from '../support/cluster';
 import { serialOf } from '../support/load-client';
-import { describePostgres, postgresAdminUrl } from '../support/database';
+import { describePostgres } from '../support/database';
 import { tempDir } from '../support/tools';
 
 /**
@@ -84,12 +84,6 @@ function runAgent(args: string[]): {
     child.on('close', (code, signal) => resolve({ code, signal, out })),
   );
   return { child, done };
-}
-
-if (!postgresAdminUrl) {
-  describe.skip('faults: agent killed while writing (skipped: set BATON_TEST_DATABASE_URL to run on PostgreSQL)', () => {
-    it('kills the agent mid-write', () => undefined);
-  });
 }
 
 describePostgres('faults: the agent killed while writing its files', () => {

@@ -2,7 +2,7 @@ import { X509Certificate } from 'node:crypto';
 import { certsOf, errorCode } from '../support/load-client';
 import { crlContents } from '../support/revocation-checks';
 import { describeEachBackend } from '../support/database';
-import { https } from '../support/https';
+import { callAs, https } from '../support/https';
 import { attestedNode, type IssuanceBody, keyAndCsr, renew } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 import { tempDir } from '../support/tools';
@@ -44,13 +44,7 @@ describeEachBackend('faults: the server clock jumps', (backend) => {
 
   it('issues nothing dated after clock − 60 s and keeps CRL thisUpdate monotonic across jumps', async () => {
     const admin = await t.issueAdmin();
-    const adminCall = (method: string, path: string, body?: unknown) =>
-      https(`${t.url}${path}`, {
-        method,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        ca: t.bundle,
-        ...admin,
-      });
+    const adminCall = (method: string, path: string, body?: unknown) => callAs(t, admin, method, path, body);
     const t0 = t.clock.now().getTime();
     const node = await attestedNode(t);
     let cred: { cert: string; key: string } = { cert: node.cert, key: node.key };

@@ -6,7 +6,7 @@ import { knexStorage } from '../../services/ca/src/storage/knex/knex-storage';
 import { baton, startServerProcess } from '../support/cli';
 import { type Cluster, createToken, startCluster } from '../support/cluster';
 import { attestOnce, certsOf, errorCode, Ledger, mintOnce, renewOnce, sleep } from '../support/load-client';
-import { describePostgres, postgresAdminUrl } from '../support/database';
+import { describePostgres } from '../support/database';
 import { https } from '../support/https';
 import { keyAndCsr } from '../support/node-client';
 import { run } from '../support/tools';
@@ -19,12 +19,6 @@ import { run } from '../support/tools';
  * fallback); once the key is readable again it resumes by itself.
  */
 const TD = 'kek.example';
-
-if (!postgresAdminUrl) {
-  describe.skip('faults: CA key unavailable (skipped: set BATON_TEST_DATABASE_URL to run on PostgreSQL)', () => {
-    it('stops issuing without the signing key', () => undefined);
-  });
-}
 
 describePostgres('faults: the CA signing key unavailable', () => {
   let c: Cluster;

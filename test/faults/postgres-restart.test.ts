@@ -9,9 +9,15 @@ import {
   renewOnce,
   sleep,
 } from '../support/load-client';
-import { describePostgres, postgresAdminUrl } from '../support/database';
+import { describePostgres } from '../support/database';
 import type { HttpsResult } from '../support/https';
-import { createPrivatePostgres, hasPrivatePostgres, type PrivatePostgres } from '../support/private-postgres';
+import {
+  createPrivatePostgres,
+  hasPrivatePostgres,
+  PG_BIN,
+  type PrivatePostgres,
+} from '../support/private-postgres';
+import type { Requirement } from '../support/tools';
 
 /**
  * Issue 8, item 2: PostgreSQL restarted mid-load, on a cluster of the test's own (never the shared
@@ -25,14 +31,10 @@ const OUTAGE_MS = 5000;
 const FAST_MS = 3000;
 const MAX_REQUESTS = 3000;
 
-const runs = postgresAdminUrl !== undefined && hasPrivatePostgres();
-if (!runs) {
-  describe.skip('faults: PostgreSQL restart (skipped: needs BATON_TEST_DATABASE_URL and /usr/lib/postgresql/15/bin)', () => {
-    it('restarts PostgreSQL mid-load', () => undefined);
-  });
-}
+/** initdb and pg_ctl for the private cluster, besides the shared server of BATON_TEST_DATABASE_URL. */
+const privatePostgres: Requirement = { what: `initdb and pg_ctl in ${PG_BIN}`, met: hasPrivatePostgres() };
 
-(runs ? describePostgres : describe.skip)('faults: PostgreSQL restarted mid-load', () => {
+describePostgres('faults: PostgreSQL restarted mid-load', () => {
   let pg: PrivatePostgres;
   let c: Cluster;
   beforeAll(async () => {
@@ -222,4 +224,4 @@ if (!runs) {
       ].join('\n'),
     );
   }, 120_000);
-});
+}, [privatePostgres]);

@@ -11,7 +11,7 @@ import {
   sleep,
   withFailover,
 } from '../support/load-client';
-import { describePostgres, postgresAdminUrl } from '../support/database';
+import { describePostgres } from '../support/database';
 import { keyAndCsr } from '../support/node-client';
 
 /**
@@ -25,12 +25,6 @@ const ONE_USE_TOKENS = 50;
 const MULTI_USES = 50;
 const ROUNDS = 10;
 const CONCURRENCY = 12;
-
-if (!postgresAdminUrl) {
-  describe.skip('faults: kill -9 of a replica (skipped: set BATON_TEST_DATABASE_URL to run on PostgreSQL)', () => {
-    it('kills a replica under load', () => undefined);
-  });
-}
 
 describePostgres('faults: kill -9 of a replica under load', () => {
   let c: Cluster;

@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { toPem } from '../../services/ca/src/pki/der';
+import { toPem } from '../../common/src/der';
 import { fromPem } from '../../services/ca/src/pki/der-reader';
 import { keyAndCsr } from '../support/node-client';
 import {

@@ -3,8 +3,10 @@ import { parseJoinToken } from '../../services/ca/src/domain/join-token';
 import { validateDnsName } from '../../services/ca/src/domain/dns-name';
 import { BatonError } from '../../services/ca/src/ground/errors';
 import { validateSpiffeId } from '../../services/ca/src/domain/spiffe-id';
+import { readJoinTokenEvidence } from '../../services/ca/src/http/attestation-evidence';
+import { readCreateEntryParams } from '../../services/ca/src/http/params/entries';
 import { parseCsr } from '../../services/ca/src/pki/csr';
-import { toPem } from '../../services/ca/src/pki/der';
+import { toPem } from '../../common/src/der';
 import { children, decodeOid, fromPem, readTlv, readWhole } from '../../services/ca/src/pki/der-reader';
 import { parseOcspRequest } from '../../services/ca/src/pki/ocsp';
 import { keyAndCsr } from '../support/node-client';
@@ -294,7 +296,7 @@ describe('fuzz: parsers in process', () => {
     );
   });
 
-  it('parseJoinToken refuses everything but the exact grammar with ERR_TOKEN_INVALID', () => {
+  it('parseJoinToken, and the edge reading any JSON value as a token, refuse everything but the exact grammar with ERR_TOKEN_INVALID', () => {
     const good = `BATON1-${'a'.repeat(52)}-${'0'.repeat(16)}.${'b'.repeat(52)}`;
     fc.assert(
       fc.property(
@@ -308,22 +310,35 @@ describe('fuzz: parsers in process', () => {
         (token) => {
           let parsed = false;
           expectOnlyBatonErrors(
-            'parseJoinToken',
+            'readJoinTokenEvidence',
             () => {
-              parseJoinToken(token);
+              readJoinTokenEvidence({ token });
               parsed = true;
             },
             ['ERR_TOKEN_INVALID'],
             () => show(token),
           );
           if (parsed) expect(token).toMatch(/^BATON1-[a-z2-7]{52}-[0-9a-f]{16}\.[a-z2-7]{52}$/);
+          if (typeof token === 'string') {
+            let parsedString = false;
+            expectOnlyBatonErrors(
+              'parseJoinToken',
+              () => {
+                parseJoinToken(token);
+                parsedString = true;
+              },
+              ['ERR_TOKEN_INVALID'],
+              () => show(token),
+            );
+            expect(parsedString).toBe(parsed);
+          }
         },
       ),
       { numRuns: 3000 },
     );
   });
 
-  it('the SPIFFE ID and DNS name validators refuse any value with ERR_BAD_REQUEST only', () => {
+  it('the SPIFFE ID and DNS name validators, and the edge reading any JSON value for them, refuse with ERR_BAD_REQUEST only', () => {
     fc.assert(
       fc.property(
         fc.oneof(fc.anything(), fc.string({ unit: 'binary', maxLength: 300 }), dnsLike),
@@ -331,20 +346,39 @@ describe('fuzz: parsers in process', () => {
         (v, wildcard) => {
           const what = () => show(v);
           const td = 'test.example.org';
-          expectOnlyBatonErrors('validateSpiffeId', () => validateSpiffeId(v, td), ['ERR_BAD_REQUEST'], what);
-          if (typeof v === 'string')
+          const entry = { name: 'e', parent: 'n1', spiffe_id: `spiffe://${td}/e` };
+          expectOnlyBatonErrors(
+            'readCreateEntryParams (spiffe_id)',
+            () => readCreateEntryParams({ ...entry, spiffe_id: v }, td),
+            ['ERR_BAD_REQUEST'],
+            what,
+          );
+          expectOnlyBatonErrors(
+            'readCreateEntryParams (dns_names)',
+            () => readCreateEntryParams({ ...entry, dns_names: [v], allow_wildcard_dns: wildcard }, td),
+            ['ERR_BAD_REQUEST'],
+            what,
+          );
+          if (typeof v === 'string') {
+            expectOnlyBatonErrors(
+              'validateSpiffeId',
+              () => validateSpiffeId(v, td),
+              ['ERR_BAD_REQUEST'],
+              what,
+            );
             expectOnlyBatonErrors(
               'validateSpiffeId (prefixed)',
               () => validateSpiffeId(`spiffe://${td}/${v}`, td),
               ['ERR_BAD_REQUEST'],
               what,
             );
-          expectOnlyBatonErrors(
-            'validateDnsName',
-            () => validateDnsName(v, { allowWildcard: wildcard }),
-            ['ERR_BAD_REQUEST'],
-            what,
-          );
+            expectOnlyBatonErrors(
+              'validateDnsName',
+              () => validateDnsName(v, { allowWildcard: wildcard }),
+              ['ERR_BAD_REQUEST'],
+              what,
+            );
+          }
         },
       ),
       { numRuns: 3000 },

@@ -3,11 +3,11 @@ import { request } from 'node:https';
 import { connect as netConnect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { describeEachBackend } from '../support/database';
-import { type HttpsResult, https } from '../support/https';
+import { callAs, https, type HttpsResult } from '../support/https';
 import { attest, attestedNode, keyAndCsr, newToken, renew } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
+import { errorBodyOf } from '../support/errors';
 
-const errorOf = (r: HttpsResult) => r.json<{ error: { code: string; message: string } }>().error;
 const TD = 'test.example.org';
 const badAttest = { method: 'join_token', token: 'BATON1-x-y.z', csr: 'nope' };
 
@@ -33,13 +33,7 @@ describeEachBackend('abuse controls: rate limits, quotas and load shedding', (ba
   let n2: Awaited<ReturnType<typeof attestedNode>>;
 
   const asNode = (n: { cert: string; key: string }, path: string, body: unknown) =>
-    https(`${t.url}${path}`, {
-      method: 'POST',
-      body: JSON.stringify(body),
-      ca: t.bundle,
-      cert: n.cert,
-      key: n.key,
-    });
+    callAs(t, n, 'POST', path, body);
   const workloadSvid = async (n: { cert: string; key: string }, name: string) =>
     asNode(n, '/v1/workload-svids', {
       spiffe_id: `spiffe://${TD}/${name}`,
@@ -88,7 +82,7 @@ describeEachBackend('abuse controls: rate limits, quotas and load shedding', (ba
     expect(seen.map((r) => r.status)).toEqual(Array(seen.length).fill(400));
     expect(seen.length).toBeGreaterThanOrEqual(3);
     expect(seen.length).toBeLessThanOrEqual(4);
-    expect(errorOf(limited).code).toBe('ERR_RATE_LIMITED');
+    expect(errorBodyOf(limited).code).toBe('ERR_RATE_LIMITED');
     // One token every 12 s: the header says when the next one comes.
     expect(Number(limited.headers['retry-after'])).toBeGreaterThanOrEqual(1);
     expect(Number(limited.headers['retry-after'])).toBeLessThanOrEqual(12);
@@ -119,7 +113,7 @@ describeEachBackend('abuse controls: rate limits, quotas and load shedding', (ba
       body: JSON.stringify({ method: 'x509pop' }),
       ca: t.bundle,
     });
-    expect(errorOf(challenge).code).toBe('ERR_ATTESTATION_METHOD_UNKNOWN');
+    expect(errorBodyOf(challenge).code).toBe('ERR_ATTESTATION_METHOD_UNKNOWN');
     expect((await workloadSvid(n2, 'api')).status).toBe(201);
   });
 
@@ -140,7 +134,7 @@ describeEachBackend('abuse controls: rate limits, quotas and load shedding', (ba
     const seen = [];
     for (let i = 0; i < 4; i++) seen.push(await workloadSvid(n1, 'web'));
     expect(seen.map((r) => r.status)).toEqual([201, 201, 201, 429]);
-    expect(errorOf(seen[3]!).code).toBe('ERR_RATE_LIMITED');
+    expect(errorBodyOf(seen[3]!).code).toBe('ERR_RATE_LIMITED');
     expect(Number(seen[3]!.headers['retry-after'])).toBeGreaterThanOrEqual(1);
     expect(Number(seen[3]!.headers['retry-after'])).toBeLessThanOrEqual(20);
     // n2 spent one of its three above.
@@ -157,7 +151,7 @@ describeEachBackend('abuse controls: rate limits, quotas and load shedding', (ba
     }
     const r = await renew(t, cred, (await keyAndCsr()).csrPem);
     expect(r.status).toBe(429);
-    expect(errorOf(r).code).toBe('ERR_RATE_LIMITED');
+    expect(errorBodyOf(r).code).toBe('ERR_RATE_LIMITED');
     // Without a client certificate the quota is never reached: 401 as before.
     expect((await renew(t, undefined, (await keyAndCsr()).csrPem)).status).toBe(401);
   });
@@ -220,7 +214,7 @@ describeEachBackend('abuse controls: load shedding', (backend) => {
     await waitFor(async () => /^baton_http_requests_in_flight 2$/m.test(await scrape(t)));
     const shed = await https(`${t.url}/v1/bundle`, { ca: t.bundle });
     expect(shed.status).toBe(429);
-    expect(errorOf(shed).code).toBe('ERR_RATE_LIMITED');
+    expect(errorBodyOf(shed).code).toBe('ERR_RATE_LIMITED');
     expect(shed.headers['retry-after']).toBe('2');
     expect((await https(`${t.url}/healthz`, { ca: t.bundle })).status).toBe(200);
     expect((await https(`${t.url}/readyz`, { ca: t.bundle })).status).toBe(200);
@@ -252,7 +246,7 @@ describe('abuse controls: request size, headers and slow clients', () => {
   it('fail/a JSON body over 64 KiB gets 413 ERR_BODY_TOO_LARGE', async () => {
     const r = await attest(t, { method: 'join_token', token: 'x', csr: 'x'.repeat(70 * 1024) });
     expect(r.status).toBe(413);
-    expect(errorOf(r).code).toBe('ERR_BODY_TOO_LARGE');
+    expect(errorBodyOf(r).code).toBe('ERR_BODY_TOO_LARGE');
   });
 
   it('fail/an OCSP body over its limit gets 413', async () => {
@@ -270,7 +264,7 @@ describe('abuse controls: request size, headers and slow clients', () => {
     for (let i = 0; i < 150; i++) headers[`x-flood-${i}`] = 'a';
     const r = await https(`${t.url}/v1/bundle`, { ca: t.bundle, headers });
     expect(r.status).toBe(431);
-    expect(errorOf(r).code).toBe('ERR_HEADERS_TOO_LARGE');
+    expect(errorBodyOf(r).code).toBe('ERR_HEADERS_TOO_LARGE');
   });
 
   it('fail/a 64 KiB header is refused with 431 and the server stays up', async () => {

@@ -16,7 +16,7 @@ import { cliEnv } from '../support/cli';
 import { https } from '../support/https';
 import { newToken } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
-import { tempDir } from '../support/tools';
+import { describeWith, rootUser, tempDir } from '../support/tools';
 
 /**
  * Issue 14, findings 1 and 2: the agent runs as root beside workloads of lower privilege. Each
@@ -28,11 +28,6 @@ import { tempDir } from '../support/tools';
 const WORKLOAD_UID = 1000;
 const TD = 'test.example.org';
 const BIN = join(__dirname, '..', '..', 'bin', 'baton.js');
-const isRoot = process.getuid?.() === 0;
-const hasSetpriv = spawnSync('sh', ['-c', 'command -v setpriv']).status === 0;
-const suite = isRoot && hasSetpriv ? describe : describe.skip;
-if (!isRoot || !hasSetpriv)
-  console.warn(`agent-privilege: skipped: needs root and setpriv (root: ${isRoot}, setpriv: ${hasSetpriv})`);
 
 /** Runs a shell script as the workload user; its exit status and output. */
 function asWorkload(script: string, cwd?: string): { status: number; out: string } {
@@ -83,7 +78,7 @@ function agentOnce(server: string, dir: string): Promise<{ status: number; out: 
   });
 }
 
-suite('the root agent beside a workload user (issue 14)', () => {
+describeWith([rootUser, 'setpriv'], 'the root agent beside a workload user (issue 14)', () => {
   const tmp = tempDir('baton-agent-priv-');
   const victim = join(tmp.path, 'victim');
   let t: TestServer;

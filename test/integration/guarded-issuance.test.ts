@@ -5,7 +5,7 @@ import type {
   EntryRecord,
   WorkloadGuard,
 } from '../../services/ca/src/domain/ports';
-import { describeEachBackend, describePostgres, postgresAdminUrl } from '../support/database';
+import { describeEachBackend, describePostgres } from '../support/database';
 import { attestedNode } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 
@@ -55,6 +55,7 @@ describeEachBackend('guarded workload insert', (backend) => {
   let t: TestServer;
   let nodeId: string;
   let peerSerial: string;
+  let peerDer: Buffer;
   let caId: string;
   let entry: EntryRecord;
 
@@ -63,7 +64,9 @@ describeEachBackend('guarded workload insert', (backend) => {
     const n = await attestedNode(t, { nodeName: 'g1' });
     nodeId = n.body.node_id!;
     peerSerial = n.body.serial;
-    caId = (await t.ca.storage.certificates.findBySerial(peerSerial))!.caId;
+    const peer = (await t.ca.storage.certificates.findBySerial(peerSerial))!;
+    caId = peer.caId;
+    peerDer = peer.der;
     entry = {
       name: 'api',
       spiffeId: `spiffe://${TD}/api`,
@@ -97,6 +100,7 @@ describeEachBackend('guarded workload insert', (backend) => {
   const guard = (over: Partial<WorkloadGuard> = {}): WorkloadGuard => ({
     nodeId,
     peerSerial,
+    peerDer,
     now: t.clock.now(),
     entry,
     ...over,
@@ -130,6 +134,11 @@ describeEachBackend('guarded workload insert', (backend) => {
   it.each([
     ['another node', () => guard({ nodeId: 'nosuchnode' })],
     ['an unknown peer certificate', () => guard({ peerSerial: 'ab'.repeat(16) })],
+    // The serial is the node's current certificate's, the certificate presented another one.
+    [
+      'another certificate under the peer serial',
+      () => guard({ peerDer: Buffer.concat([peerDer, Buffer.of(0)]) }),
+    ],
     [
       'an expired peer certificate',
       () => guard({ now: new Date(t.clock.now().getTime() + 400 * 86_400_000) }),
@@ -175,7 +184,7 @@ describeEachBackend('guarded workload insert', (backend) => {
       direct?: boolean;
     }) => {
       if (!q.sql.includes('with req')) return;
-      statements.push((q.bindings?.length ?? 0) / 26);
+      statements.push((q.bindings?.length ?? 0) / 27);
       names.push(q.options?.name ?? 'unnamed');
       paths.push(q.direct ? 'pg' : 'knex');
     };
@@ -227,12 +236,6 @@ describeEachBackend('guarded workload insert', (backend) => {
   });
 });
 
-if (!postgresAdminUrl) {
-  describe.skip('guarded workload insert racing a revocation (skipped: set BATON_TEST_DATABASE_URL to run on PostgreSQL)', () => {
-    it('races a revocation', () => undefined);
-  });
-}
-
 /**
  * A node revocation locks the node row FOR UPDATE, marks it revoked and revokes every certificate
  * issued through it. An insert that comes while the revocation holds the lock must wait and then
@@ -243,6 +246,7 @@ describePostgres('guarded workload insert racing a revocation', () => {
   let t: TestServer;
   let nodeId: string;
   let peerSerial: string;
+  let peerDer: Buffer;
   let caId: string;
   let entry: EntryRecord;
   beforeAll(async () => {
@@ -254,7 +258,9 @@ describePostgres('guarded workload insert racing a revocation', () => {
     const n = await attestedNode(t, { nodeName: name });
     nodeId = n.body.node_id!;
     peerSerial = n.body.serial;
-    caId = (await t.ca.storage.certificates.findBySerial(peerSerial))!.caId;
+    const peer = (await t.ca.storage.certificates.findBySerial(peerSerial))!;
+    caId = peer.caId;
+    peerDer = peer.der;
     entry = {
       name: `e-${name}`,
       spiffeId: `spiffe://${TD}/${name}`,
@@ -286,7 +292,13 @@ describePostgres('guarded workload insert racing a revocation', () => {
     );
     return {
       rec,
-      done: t.ca.storage.issuances.recordWorkloadGuarded(rec, ev, { nodeId, peerSerial, now, entry }),
+      done: t.ca.storage.issuances.recordWorkloadGuarded(rec, ev, {
+        nodeId,
+        peerSerial,
+        peerDer,
+        now,
+        entry,
+      }),
     };
   };
   /** Resolves once the insert is waiting on a lock (pg_stat_activity), so the order is certain. */
@@ -366,7 +378,8 @@ describeEachBackend('guarded renewal', (backend) => {
     const peer = (await t.ca.storage.certificates.findBySerial(n.body.serial))!;
     return { nodeId: n.body.node_id!, peer };
   };
-  const renewal = (nodeId: string, caId: string, peerSerial: string, now = t.clock.now()) => {
+  const renewal = (nodeId: string, peer: CertificateRecord, now = t.clock.now()) => {
+    const { caId, serial: peerSerial, der: peerDer } = peer;
     const spiffeId = `spiffe://${TD}/node/${nodeId}`;
     const rec = certificate({ kind: 'node', caId, spiffeId, nodeId, issuedVia: null }, now);
     const ev = event(
@@ -380,7 +393,7 @@ describeEachBackend('guarded renewal', (backend) => {
     );
     return {
       rec,
-      done: t.ca.storage.issuances.recordRenewalGuarded(rec, ev, { nodeId, peerSerial, now }),
+      done: t.ca.storage.issuances.recordRenewalGuarded(rec, ev, { nodeId, peerSerial, peerDer, now }),
     };
   };
   const renewedAudit = async (serial: string) =>
@@ -396,7 +409,7 @@ describeEachBackend('guarded renewal', (backend) => {
       if (q.sql.includes('superseded as')) names.push(`${q.options?.name} ${q.direct ? 'pg' : 'knex'}`);
     };
     t.db.knex.on('query', onQuery);
-    const { rec, done } = renewal(nodeId, peer.caId, peer.serial);
+    const { rec, done } = renewal(nodeId, peer);
     expect(await done).toBe(true);
     t.db.knex.off('query', onQuery);
     // A prepared statement: PostgreSQL plans it once per connection.
@@ -406,7 +419,7 @@ describeEachBackend('guarded renewal', (backend) => {
     expect(await renewedAudit(rec.serial)).toHaveLength(1);
     expect((await t.ca.storage.nodes.findById(nodeId))!.lastSeenAt).toEqual(t.clock.now());
     // The superseded certificate renews no more.
-    const again = renewal(nodeId, peer.caId, peer.serial);
+    const again = renewal(nodeId, peer);
     expect(await again.done).toBe(false);
     expect(await t.ca.storage.certificates.findBySerial(again.rec.serial)).toBeNull();
   });
@@ -425,7 +438,7 @@ describeEachBackend('guarded renewal', (backend) => {
   ])('fail/%s: nothing is written, nothing superseded', async (_what, spoil) => {
     const { nodeId, peer } = await fresh(`r-${randomBytes(3).toString('hex')}`);
     await spoil(nodeId, peer.serial);
-    const { rec, done } = renewal(nodeId, peer.caId, peer.serial);
+    const { rec, done } = renewal(nodeId, peer);
     expect(await done).toBe(false);
     expect(await t.ca.storage.certificates.findBySerial(rec.serial)).toBeNull();
     expect(await renewedAudit(rec.serial)).toHaveLength(0);
@@ -435,10 +448,10 @@ describeEachBackend('guarded renewal', (backend) => {
   it('fail/an expired certificate, or one of another node: nothing is written', async () => {
     const a = await fresh('r-exp');
     const late = new Date(a.peer.notAfter.getTime() + 1000);
-    const expired = renewal(a.nodeId, a.peer.caId, a.peer.serial, late);
+    const expired = renewal(a.nodeId, a.peer, late);
     expect(await expired.done).toBe(false);
     const b = await fresh('r-other');
-    const crossed = renewal(b.nodeId, a.peer.caId, a.peer.serial);
+    const crossed = renewal(b.nodeId, a.peer);
     expect(await crossed.done).toBe(false);
     expect((await t.ca.storage.certificates.findBySerial(a.peer.serial))!.status).toBe('valid');
     expect((await t.ca.storage.certificates.findBySerial(b.peer.serial))!.status).toBe('valid');
@@ -446,7 +459,7 @@ describeEachBackend('guarded renewal', (backend) => {
 
   it('two concurrent renewals of one certificate: exactly one new certificate', async () => {
     const { nodeId, peer } = await fresh('r-race');
-    const attempts = Array.from({ length: 8 }, () => renewal(nodeId, peer.caId, peer.serial));
+    const attempts = Array.from({ length: 8 }, () => renewal(nodeId, peer));
     const outcomes = await Promise.all(attempts.map((a) => a.done));
     expect(outcomes.filter(Boolean)).toHaveLength(1);
     const valid = await t.db.knex('certificates').where({ node_id: nodeId, kind: 'node', status: 'valid' });

@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import type { Server } from 'node:https';
 import { join } from 'node:path';
 import { connect, type TLSSocket } from 'node:tls';
-import { writeFileAtomic } from '../../clients/rotation/src/atomic-file';
+import { writeFileAtomic } from '../../common/src/atomic-file';
 import {
   type Authorizer,
   authorizeIds,

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { baton, batonAsync, type ServerProcess, startServerProcess } from '../support/cli';
 import { describeEachBackend } from '../support/database';
-import { https } from '../support/https';
+import { callAs } from '../support/https';
 import { attest, type IssuanceBody, keyAndCsr, newToken, renew } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 import { tempDir } from '../support/tools';
@@ -53,13 +53,9 @@ describeEachBackend('log hygiene: no token, key, CSR or KEK in the logs at trace
     const a = await t.issueAdmin('admin', 'root-admin');
     remember('admin key', pemSecrets(a.key));
     const admin = { cert: a.cert, key: a.key };
-    const call = (method: string, path: string, body?: unknown, as: object = admin) =>
-      https(`${t.url}${path}`, {
-        method,
-        body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-        ca: t.bundle,
-        ...as,
-      });
+    // A string body is sent as it is (a malformed one); anything else as JSON.
+    const call = (method: string, path: string, body?: unknown, as: { cert: string; key: string } = admin) =>
+      callAs(t, as, method, path, typeof body === 'string' ? Buffer.from(body) : body);
 
     // Token creation, attestation accepted and refused.
     const created = await call('POST', '/v1/admin/tokens', { role: 'worker', node_name: 'alpha' });

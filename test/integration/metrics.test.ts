@@ -1,5 +1,5 @@
 import { describeEachBackend } from '../support/database';
-import { type HttpsResult, https } from '../support/https';
+import { callAs, https, type HttpsResult } from '../support/https';
 import { attest, attestedNode, type IssuanceBody, keyAndCsr, renew } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 
@@ -43,13 +43,7 @@ describeEachBackend('metrics', (backend) => {
   let kept: { cert: string; key: string };
   let feed: Promise<HttpsResult>;
 
-  const adminCall = (method: string, path: string, body?: unknown) =>
-    https(`${t.url}${path}`, {
-      method,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      ca: t.bundle,
-      ...admin,
-    });
+  const adminCall = (method: string, path: string, body?: unknown) => callAs(t, admin, method, path, body);
   const scrape = async () => {
     const r = await https(`${t.url}/metrics`, { ca: t.bundle });
     expect(r.status).toBe(200);

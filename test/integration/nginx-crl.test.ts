@@ -2,13 +2,13 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../../clients/rotation/src/atomic-file';
+import { writeFileAtomic } from '../../common/src/atomic-file';
 import { authorizeIds, Identity, mtlsRequest } from '../../clients/identity/src';
 import { batonAsync } from '../support/cli';
 import { https } from '../support/https';
 import { attestedNode, newToken } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
-import { runAsync, tempDir } from '../support/tools';
+import { describeWithTool, runAsync, tempDir } from '../support/tools';
 
 /**
  * Issue 5: a server without a Baton library enforces revocation from the agent's crl.pem. nginx
@@ -20,11 +20,6 @@ import { runAsync, tempDir } from '../support/tools';
 
 const NGINX = '/usr/sbin/nginx';
 const TD = 'test.example.org';
-const hasNginx = existsSync(NGINX);
-if (!hasNginx) {
-  console.warn(`nginx-crl: skipped, ${NGINX} is absent (apt-get install nginx-light)`);
-}
-const describeIfNginx = hasNginx ? describe : describe.skip;
 
 const freePort = (): Promise<number> =>
   new Promise((resolve, reject) => {
@@ -71,7 +66,7 @@ http {
 `;
 }
 
-describeIfNginx('nginx with ssl_crl from the agent refuses a revoked client certificate', () => {
+describeWithTool(NGINX, 'nginx with ssl_crl from the agent refuses a revoked client certificate', () => {
   let t: TestServer;
   let nginx: ChildProcess | undefined;
   let nginxExit: Promise<unknown> | undefined;

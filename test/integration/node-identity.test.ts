@@ -4,9 +4,8 @@ import { describeEachBackend } from '../support/database';
 import { https } from '../support/https';
 import { attest, attestedNode, type IssuanceBody, keyAndCsr, newToken, renew } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
-import { hasTool, opensslText, run, tempDir, writeFiles } from '../support/tools';
-
-const errorOf = (r: { json<T>(): T }) => r.json<{ error: { code: string; message: string } }>().error;
+import { itWithTool, opensslText, run, tempDir, writeFiles } from '../support/tools';
+import { errorBodyOf } from '../support/errors';
 
 describeEachBackend('node identity: join tokens, attestation, renewal', (backend) => {
   let t: TestServer;
@@ -57,7 +56,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
     expect(Date.parse(n.body.expires_at) - t.clock.now().getTime()).toBe(2 * 3600_000);
   });
 
-  it('node SVIDs verify with openssl as sslclient and sslserver, and with GnuTLS certtool', async () => {
+  it('node SVIDs verify with openssl as sslclient and sslserver', async () => {
     const n = await attestedNode(t);
     const [leaf, inter] = n.cert.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n/g)!;
     const f = writeFiles(dir.path, {
@@ -80,16 +79,19 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
       ]);
       expect(v.out.trim()).toBe(`${f['leaf.pem']}: OK`);
     }
-    if (hasTool('certtool')) {
-      const c = run('certtool', [
-        '--verify',
-        '--load-ca-certificate',
-        f['bundle.pem']!,
-        '--infile',
-        f['chain.pem']!,
-      ]);
-      expect(c.out).toMatch(/Chain verification output: Verified\. The certificate is trusted/);
-    }
+  });
+
+  itWithTool('certtool', 'node SVIDs verify with GnuTLS certtool', async () => {
+    const n = await attestedNode(t);
+    const f = writeFiles(dir.path, { 'bundle.pem': t.bundle, 'chain.pem': n.cert });
+    const c = run('certtool', [
+      '--verify',
+      '--load-ca-certificate',
+      f['bundle.pem']!,
+      '--infile',
+      f['chain.pem']!,
+    ]);
+    expect(c.out).toMatch(/Chain verification output: Verified\. The certificate is trusted/);
   });
 
   it('fail/role escalation through CSR contents: subject, SANs and CA:TRUE in the CSR are ignored', async () => {
@@ -156,7 +158,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
     const { csrPem } = await keyAndCsr();
     const r = await attest(t, { method: 'join_token', token: await mutate(good), csr: csrPem });
     expect(r.status).toBe(401);
-    expect(errorOf(r)).toEqual({ code: 'ERR_TOKEN_INVALID', message: 'invalid join token' });
+    expect(errorBodyOf(r)).toEqual({ code: 'ERR_TOKEN_INVALID', message: 'invalid join token' });
     expect((await tokenRow(good))?.usesLeft).toBe(1);
   });
 
@@ -165,7 +167,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
     await attest(t, { method: 'join_token', token: reused, csr: (await keyAndCsr()).csrPem });
     const again = await attest(t, { method: 'join_token', token: reused, csr: (await keyAndCsr()).csrPem });
     expect(again.status).toBe(401);
-    expect(errorOf(again)).toEqual({ code: 'ERR_TOKEN_INVALID', message: 'invalid join token' });
+    expect(errorBodyOf(again)).toEqual({ code: 'ERR_TOKEN_INVALID', message: 'invalid join token' });
     const expiring = await newToken(t, { ttlMs: 60_000 });
     t.clock.advance(61_000);
     try {
@@ -175,7 +177,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
         csr: (await keyAndCsr()).csrPem,
       });
       expect(late.status).toBe(401);
-      expect(errorOf(late)).toEqual({ code: 'ERR_TOKEN_INVALID', message: 'invalid join token' });
+      expect(errorBodyOf(late)).toEqual({ code: 'ERR_TOKEN_INVALID', message: 'invalid join token' });
     } finally {
       t.clock.advance(-61_000);
     }
@@ -189,7 +191,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
     const token = await newToken(t);
     const r = await attest(t, { method, token, csr: (await keyAndCsr()).csrPem });
     expect(r.status).toBe(400);
-    expect(errorOf(r).code).toBe('ERR_ATTESTATION_METHOD_UNKNOWN');
+    expect(errorBodyOf(r).code).toBe('ERR_ATTESTATION_METHOD_UNKNOWN');
     expect((await tokenRow(token))?.usesLeft).toBe(1);
   });
 
@@ -205,7 +207,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
     const before = (await t.ca.storage.nodes.list()).length;
     const r = await attest(t, { method: 'join_token', token, csr });
     expect(r.status).toBe(400);
-    expect(errorOf(r).code).toBe(code);
+    expect(errorBodyOf(r).code).toBe(code);
     expect((await tokenRow(token))?.usesLeft).toBe(1);
     expect((await t.ca.storage.nodes.list()).length).toBe(before);
   });
@@ -219,7 +221,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
     const nodesBefore = (await t.ca.storage.nodes.list()).length;
     const r = await attest(t, { method: 'join_token', token: second, csr: csrPem });
     expect(r.status).toBe(409);
-    expect(errorOf(r).code).toBe('ERR_KEY_REUSED');
+    expect(errorBodyOf(r).code).toBe('ERR_KEY_REUSED');
     expect((await tokenRow(second))?.usesLeft).toBe(1);
     expect((await t.ca.storage.nodes.list()).length).toBe(nodesBefore);
   });
@@ -258,7 +260,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
       expect((await t.ca.storage.certificates.findBySerial(n.body.serial))?.status).toBe('superseded');
       const again = await renew(t, n, (await keyAndCsr()).csrPem);
       expect(again.status).toBe(403);
-      expect(errorOf(again).code).toBe('ERR_CERT_SUPERSEDED');
+      expect(errorBodyOf(again).code).toBe('ERR_CERT_SUPERSEDED');
       // The new certificate renews.
       expect(
         (await renew(t, { cert: b.certificate_chain, key: next.keyPem }, (await keyAndCsr()).csrPem)).status,
@@ -283,19 +285,22 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
       });
       const r = await renew(t, n, csrPem);
       expect(r.status).toBe(409);
-      expect(errorOf(r).code).toBe('ERR_KEY_REUSED');
+      expect(errorBodyOf(r).code).toBe('ERR_KEY_REUSED');
       expect((await t.ca.storage.certificates.findBySerial(n.body.serial))?.status).toBe('valid');
     });
 
-    it('fail/no client certificate: 401; an admin certificate: 401 (not a node)', async () => {
+    it('fail/no client certificate: 401; an admin certificate: 403 (not a node), as on every node route', async () => {
       const { csrPem } = await keyAndCsr();
       const none = await renew(t, undefined, csrPem);
       expect(none.status).toBe(401);
-      expect(errorOf(none).code).toBe('ERR_NOT_AUTHENTICATED');
+      expect(errorBodyOf(none).code).toBe('ERR_NOT_AUTHENTICATED');
       const admin = await t.issueAdmin();
       const r = await renew(t, admin, csrPem);
-      expect(r.status).toBe(401);
-      expect(errorOf(r).code).toBe('ERR_NOT_AUTHENTICATED');
+      expect(r.status).toBe(403);
+      expect(errorBodyOf(r)).toEqual({
+        code: 'ERR_NOT_AUTHORIZED',
+        message: 'a node certificate is required',
+      });
     });
 
     it('fail/a certificate from another CA: 401 ERR_NOT_AUTHENTICATED', async () => {
@@ -304,7 +309,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
         const n = await attestedNode(rogue);
         const r = await renew(t, n, (await keyAndCsr()).csrPem);
         expect(r.status).toBe(401);
-        expect(errorOf(r).code).toBe('ERR_NOT_AUTHENTICATED');
+        expect(errorBodyOf(r).code).toBe('ERR_NOT_AUTHENTICATED');
       } finally {
         await rogue.close();
       }
@@ -321,7 +326,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
       }
       const r = await renew(t, n, (await keyAndCsr()).csrPem);
       expect(r.status).toBe(401);
-      expect(errorOf(r).code).toBe('ERR_CERT_EXPIRED');
+      expect(errorBodyOf(r).code).toBe('ERR_CERT_EXPIRED');
     });
 
     it('concurrent renewals of one certificate give exactly one new certificate', async () => {
@@ -330,7 +335,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
       const results = await Promise.all(csrs.map((c) => renew(t, n, c.csrPem)));
       expect(results.filter((r) => r.status === 201)).toHaveLength(1);
       expect(
-        results.filter((r) => r.status === 403).every((r) => errorOf(r).code === 'ERR_CERT_SUPERSEDED'),
+        results.filter((r) => r.status === 403).every((r) => errorBodyOf(r).code === 'ERR_CERT_SUPERSEDED'),
       ).toBe(true);
     });
   });
@@ -359,7 +364,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
         key: node.key,
       });
       expect(asNode.status).toBe(403);
-      expect(errorOf(asNode).code).toBe('ERR_NOT_AUTHORIZED');
+      expect(errorBodyOf(asNode).code).toBe('ERR_NOT_AUTHORIZED');
       const auditor = await t.issueAdmin('auditor', 'audrey');
       const asAuditor = await https(`${t.url}/v1/admin/tokens`, {
         method: 'POST',
@@ -385,7 +390,7 @@ describeEachBackend('node identity: join tokens, attestation, renewal', (backend
         ...admin,
       });
       expect(r.status).toBe(400);
-      expect(errorOf(r).code).toBe('ERR_BAD_REQUEST');
+      expect(errorBodyOf(r).code).toBe('ERR_BAD_REQUEST');
     });
 
     it('lists nodes and shows one with its certificates', async () => {

@@ -6,7 +6,7 @@ import { https } from '../support/https';
 import { attestedNode } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 import { ocspQuery } from '../support/revocation-checks';
-import { run, tempDir, writeFiles } from '../support/tools';
+import { itWithTool, run, tempDir, writeFiles } from '../support/tools';
 
 const certsOf = (chain: string) =>
   chain.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n/g)!;
@@ -103,29 +103,33 @@ describeEachBackend('OCSP responder (RFC 6960) checked by openssl ocsp', (backen
   // (gnutls_ocsp_resp_verify_direct): `ocsptool --load-signer`. Its trust-list mode (--load-trust)
   // accepts only a signer that is itself an anchor or a delegated responder with id-kp-OCSPSigning,
   // which an issuing CA answering for itself (RFC 6960 §4.2.2.2) is not: see docs/revocation.md.
-  it('answers verify with GnuTLS ocsptool against the issuing CA, and not against another key', async () => {
-    const n = await attestedNode(t);
-    const [leaf, inter] = certsOf(n.cert);
-    const answers = {
-      good: await ocsp(inter!, { certPem: leaf! }),
-      unknown: await ocsp(inter!, { serial: `7f${randomBytes(19).toString('hex')}` }),
-    };
-    const f = writeFiles(dir.path, { 'signer.pem': inter!, 'root.pem': certsOf(t.bundle)[0]! });
-    for (const [status, q] of Object.entries(answers)) {
-      const respFile = `${dir.path}/gnutls-${status}.der`;
-      writeFileSync(respFile, q.der);
-      const verify = (signer: string) =>
-        run('ocsptool', ['--verify-response', '--load-signer', signer, '--infile', respFile]);
-      const ok = verify(f['signer.pem']!);
-      expect({ status, out: ok.out, code: ok.status }).toMatchObject({ status, code: 0 });
-      expect(ok.out).toMatch(/Verifying OCSP Response: Success/);
-      const wrong = verify(f['root.pem']!);
-      expect(wrong.status).not.toBe(0);
-      expect(wrong.out).toMatch(/Verifying OCSP Response: Failure/);
-      const info = run('ocsptool', ['--response-info', '--infile', respFile]);
-      expect(info.out).toMatch(new RegExp(`Certificate Status: ${status}`));
-    }
-  });
+  itWithTool(
+    'ocsptool',
+    'answers verify with GnuTLS ocsptool against the issuing CA, and not against another key',
+    async () => {
+      const n = await attestedNode(t);
+      const [leaf, inter] = certsOf(n.cert);
+      const answers = {
+        good: await ocsp(inter!, { certPem: leaf! }),
+        unknown: await ocsp(inter!, { serial: `7f${randomBytes(19).toString('hex')}` }),
+      };
+      const f = writeFiles(dir.path, { 'signer.pem': inter!, 'root.pem': certsOf(t.bundle)[0]! });
+      for (const [status, q] of Object.entries(answers)) {
+        const respFile = `${dir.path}/gnutls-${status}.der`;
+        writeFileSync(respFile, q.der);
+        const verify = (signer: string) =>
+          run('ocsptool', ['--verify-response', '--load-signer', signer, '--infile', respFile]);
+        const ok = verify(f['signer.pem']!);
+        expect({ status, out: ok.out, code: ok.status }).toMatchObject({ status, code: 0 });
+        expect(ok.out).toMatch(/Verifying OCSP Response: Success/);
+        const wrong = verify(f['root.pem']!);
+        expect(wrong.status).not.toBe(0);
+        expect(wrong.out).toMatch(/Verifying OCSP Response: Failure/);
+        const info = run('ocsptool', ['--response-info', '--infile', respFile]);
+        expect(info.out).toMatch(new RegExp(`Certificate Status: ${status}`));
+      }
+    },
+  );
 
   it('serves GET requests with the base64 DER in the path, cacheable without a nonce', async () => {
     const n = await attestedNode(t);

@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs';
 import type { Server } from 'node:https';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
-import { writeFileAtomic } from '../../clients/rotation/src/atomic-file';
+import { writeFileAtomic } from '../../common/src/atomic-file';
 import {
   authorizeIds,
   authorizeTrustDomain,
@@ -19,7 +19,7 @@ import {
   type StalePolicy,
 } from '../../clients/identity/src';
 import { FakeClock } from '../../services/ca/src/domain/clock';
-import { https } from '../support/https';
+import { callAs, https } from '../support/https';
 import { attestedNode, type IssuanceBody, keyAndCsr } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 import { tempDir } from '../support/tools';
@@ -80,8 +80,7 @@ describe('revocation enforcement: a library peer refuses revoked nodes and workl
   const services: Service[] = [];
   const agents: MtlsAgent[] = [];
 
-  const adminPost = (path: string, body: unknown = {}) =>
-    https(`${t.url}${path}`, { method: 'POST', body: JSON.stringify(body), ca: t.bundle, ...admin });
+  const adminPost = (path: string, body: unknown = {}) => callAs(t, admin, 'POST', path, body);
   const nodeIdentity = async (name: string, role: 'manager' | 'worker' = 'worker') => {
     const n = await attestedNode(t, { nodeName: name, role });
     const d = join(dir.path, name);

@@ -4,6 +4,7 @@ import { describeEachBackend } from '../support/database';
 import { type HttpsResult, https, httpsRequest } from '../support/https';
 import { attestedNode, type IssuanceBody, keyAndCsr } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
+import { errorBodyOf } from '../support/errors';
 
 /**
  * Issue 14, finding 6: one workload SVID held 400 revocation long-polls (about 400 MB). Waiting
@@ -11,7 +12,6 @@ import { startTestServer, type TestServer } from '../support/test-server';
  * frees its slot at once, and connections past --max-connections are closed unanswered.
  */
 const TD = 'test.example.org';
-const errorOf = (r: HttpsResult) => r.json<{ error: { code: string; message: string } }>().error;
 
 type Credential = { cert: string; key: string };
 
@@ -111,7 +111,7 @@ describeEachBackend('revocation feed limits (issue 14)', (backend) => {
     // Short wait: without a cap this would be answered 200 after it, not refused at once.
     const refused = await poll(nodes.a!, `since=${since}&wait=3`).answer;
     expect(refused.status).toBe(429);
-    expect(errorOf(refused).code).toBe('ERR_RATE_LIMITED');
+    expect(errorBodyOf(refused).code).toBe('ERR_RATE_LIMITED');
     expect(refused.headers['retry-after']).toBe('30');
     expect(refused.headers.connection).toBe('close');
     // The catch-up read never waits and is never counted.
@@ -139,7 +139,7 @@ describeEachBackend('revocation feed limits (issue 14)', (backend) => {
     await waiting(5);
     const full = await poll(nodes.d!, `since=${since}&wait=3`).answer;
     expect(full.status).toBe(429);
-    expect(errorOf(full).code).toBe('ERR_RATE_LIMITED');
+    expect(errorBodyOf(full).code).toBe('ERR_RATE_LIMITED');
     expect(full.headers['retry-after']).toBe('30');
     // The client goes away: its slot is free now, not when its 30 s would have run out.
     abort(a1);

@@ -2,12 +2,12 @@ import { writeFileSync } from 'node:fs';
 import { Agent } from 'node:https';
 import { revokeNode } from '../../services/ca/src/domain/revocation';
 import { describeEachBackend } from '../support/database';
-import { https } from '../support/https';
+import { callAs, https } from '../support/https';
 import { attest, attestedNode, type IssuanceBody, keyAndCsr, newToken, renew } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 import { run, tempDir, writeFiles } from '../support/tools';
+import { errorBodyOf } from '../support/errors';
 
-const errorOf = (r: { json<T>(): T }) => r.json<{ error: { code: string; message: string } }>().error;
 const TD = 'test.example.org';
 const certsOf = (chain: string) =>
   chain.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n/g)!;
@@ -22,29 +22,14 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
   let admin: { cert: string; key: string };
   const dir = tempDir();
 
-  const adminCall = (method: string, path: string, body?: unknown) =>
-    https(`${t.url}${path}`, {
-      method,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      ca: t.bundle,
-      cert: admin.cert,
-      key: admin.key,
-    });
+  const adminCall = (method: string, path: string, body?: unknown) => callAs(t, admin, method, path, body);
   const asNode = (
     n: { cert: string; key: string },
     method: string,
     path: string,
     body?: unknown,
     agent?: Agent,
-  ) =>
-    https(`${t.url}${path}`, {
-      method,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      ca: t.bundle,
-      cert: n.cert,
-      key: n.key,
-      agent,
-    });
+  ) => callAs(t, n, method, path, body, { agent });
   const workloadFor = async (n: { cert: string; key: string }, spiffeId: string) => {
     const k = await keyAndCsr();
     const r = await asNode(n, 'POST', '/v1/workload-svids', { spiffe_id: spiffeId, csr: k.csrPem });
@@ -171,7 +156,7 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
 
     const renew2 = await renew(t, n1b, (await keyAndCsr()).csrPem);
     expect(renew2.status).toBe(403);
-    expect(errorOf(renew2).code).toBe('ERR_CERT_REVOKED');
+    expect(errorBodyOf(renew2).code).toBe('ERR_CERT_REVOKED');
     const wl = await asNode(n1b, 'POST', '/v1/workload-svids', {
       spiffe_id: `spiffe://${TD}/web1`,
       csr: (await keyAndCsr()).csrPem,
@@ -187,7 +172,7 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
       csr: (await keyAndCsr()).csrPem,
     });
     expect(viaNew.status).toBe(403);
-    expect(errorOf(viaNew).code).toBe('ERR_NODE_REVOKED');
+    expect(errorBodyOf(viaNew).code).toBe('ERR_NODE_REVOKED');
     expect((await adminCall('POST', '/v1/admin/nodes/n1/revoke', {})).status).toBe(409);
     expect((await t.ca.storage.nodes.findById('n1'))?.status).toBe('revoked');
     // The node's reason reads as a name, as in the event and the CRL listing (it was the code, 1).
@@ -249,8 +234,8 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
       reason: 'because<script>',
     });
     expect(unknownReason.status).toBe(400);
-    expect(errorOf(unknownReason).message).toMatch(/^reason: unknown revocation reason, use one of /);
-    expect(errorOf(unknownReason).message).not.toContain('because');
+    expect(errorBodyOf(unknownReason).message).toMatch(/^reason: unknown revocation reason, use one of /);
+    expect(errorBodyOf(unknownReason).message).not.toContain('because');
   });
 
   it('rebuilds the CRL before nextUpdate with no change, with a larger number and a later thisUpdate', async () => {
@@ -322,7 +307,7 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
       try {
         t.clock.set(new Date(Date.parse(w.body.expires_at)));
         const expired = await feed();
-        expect([expired.status, errorOf(expired).code]).toEqual([401, 'ERR_CERT_EXPIRED']);
+        expect([expired.status, errorBodyOf(expired).code]).toEqual([401, 'ERR_CERT_EXPIRED']);
       } finally {
         t.clock.set(saved);
       }
@@ -330,7 +315,7 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
       const revoke = `/v1/admin/certificates/${w.body.serial}/revoke`;
       expect((await adminCall('POST', revoke, { reason: 'key-compromise' })).status).toBe(200);
       const revoked = await feed();
-      expect([revoked.status, errorOf(revoked).code]).toEqual([403, 'ERR_CERT_REVOKED']);
+      expect([revoked.status, errorBodyOf(revoked).code]).toEqual([403, 'ERR_CERT_REVOKED']);
     } finally {
       agent.destroy();
     }

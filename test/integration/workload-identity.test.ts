@@ -1,12 +1,12 @@
 import { execFileSync } from 'node:child_process';
 import { Agent } from 'node:https';
 import { describeEachBackend } from '../support/database';
-import { https } from '../support/https';
+import { callAs, https } from '../support/https';
 import { attestedNode, type IssuanceBody, keyAndCsr } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
-import { hasTool, opensslText, run, tempDir, writeFiles } from '../support/tools';
+import { itWithTool, opensslText, run, tempDir, writeFiles } from '../support/tools';
+import { errorBodyOf } from '../support/errors';
 
-const errorOf = (r: { json<T>(): T }) => r.json<{ error: { code: string; message: string } }>().error;
 const TD = 'test.example.org';
 
 describeEachBackend('workload identity: entries and workload SVIDs', (backend) => {
@@ -16,28 +16,14 @@ describeEachBackend('workload identity: entries and workload SVIDs', (backend) =
   let n2: Awaited<ReturnType<typeof attestedNode>>;
   const dir = tempDir();
 
-  const adminCall = (method: string, path: string, body?: unknown) =>
-    https(`${t.url}${path}`, {
-      method,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      ca: t.bundle,
-      ...admin,
-    });
+  const adminCall = (method: string, path: string, body?: unknown) => callAs(t, admin, method, path, body);
   const asNode = (
     n: { cert: string; key: string },
     method: string,
     path: string,
     body?: unknown,
     agent?: Agent,
-  ) =>
-    https(`${t.url}${path}`, {
-      method,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      ca: t.bundle,
-      cert: n.cert,
-      key: n.key,
-      agent,
-    });
+  ) => callAs(t, n, method, path, body, { agent });
 
   beforeAll(async () => {
     t = await startTestServer({ backend, trustDomain: TD });
@@ -126,16 +112,26 @@ describeEachBackend('workload identity: entries and workload SVIDs', (backend) =
       ]);
       expect(v.out.trim()).toBe(`${f['leaf.pem']}: OK`);
     }
-    if (hasTool('certtool')) {
-      const c = run('certtool', [
-        '--verify',
-        '--load-ca-certificate',
-        f['bundle.pem']!,
-        '--infile',
-        f['chain.pem']!,
-      ]);
-      expect(c.out).toMatch(/Chain verification output: Verified/);
-    }
+  });
+
+  itWithTool('certtool', 'the entry SVID verifies with GnuTLS certtool', async () => {
+    const r = await asNode(n1, 'POST', '/v1/workload-svids', {
+      spiffe_id: `spiffe://${TD}/web`,
+      csr: (await keyAndCsr()).csrPem,
+    });
+    expect(r.status).toBe(201);
+    const f = writeFiles(dir.path, {
+      'bundle.pem': t.bundle,
+      'chain.pem': r.json<IssuanceBody>().certificate_chain,
+    });
+    const c = run('certtool', [
+      '--verify',
+      '--load-ca-certificate',
+      f['bundle.pem']!,
+      '--infile',
+      f['chain.pem']!,
+    ]);
+    expect(c.out).toMatch(/Chain verification output: Verified/);
   });
 
   it('fail/node B asking for node A entry: 403 ERR_NOT_AUTHORIZED', async () => {
@@ -144,7 +140,7 @@ describeEachBackend('workload identity: entries and workload SVIDs', (backend) =
       csr: (await keyAndCsr()).csrPem,
     });
     expect(r.status).toBe(403);
-    expect(errorOf(r).code).toBe('ERR_NOT_AUTHORIZED');
+    expect(errorBodyOf(r).code).toBe('ERR_NOT_AUTHORIZED');
   });
 
   it('checks authorization on every request, also on a reused keep-alive connection', async () => {
@@ -231,7 +227,7 @@ describeEachBackend('workload identity: entries and workload SVIDs', (backend) =
       csr: csrPem,
     });
     expect(r.status).toBe(409);
-    expect(errorOf(r).code).toBe('ERR_KEY_REUSED');
+    expect(errorBodyOf(r).code).toBe('ERR_KEY_REUSED');
   });
 
   it.each([
@@ -306,7 +302,7 @@ describeEachBackend('workload identity: entries and workload SVIDs', (backend) =
   ])('%s', async (_name, body, status, code) => {
     const r = await adminCall('POST', '/v1/admin/entries', body);
     expect(r.status).toBe(status);
-    expect(errorOf(r).code).toBe(code);
+    expect(errorBodyOf(r).code).toBe(code);
   });
 
   it('fail/each refusal names its field: no parent, a parent not a string, 33 DNS names', async () => {
@@ -318,7 +314,7 @@ describeEachBackend('workload identity: entries and workload SVIDs', (backend) =
       [{ ...base, parent: 'n1', dns_names: dns }, /^dns_names: a list of at most 32$/],
     ] as const) {
       const r = await adminCall('POST', '/v1/admin/entries', body);
-      expect([r.status, errorOf(r).code, errorOf(r).message]).toEqual([
+      expect([r.status, errorBodyOf(r).code, errorBodyOf(r).message]).toEqual([
         400,
         'ERR_BAD_REQUEST',
         expect.stringMatching(message),

@@ -16,13 +16,13 @@ import { https } from '../support/https';
 import { attest, type IssuanceBody, keyAndCsr } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 import { opensslText, run, tempDir, writeFiles } from '../support/tools';
+import { errorBodyOf } from '../support/errors';
 
 /**
  * Issue 3: x509pop attestation. The provisioning PKI is made with the openssl CLI, the way an
  * operator makes one; the proof of possession is signed with node:crypto, and once with the openssl
  * recipe of docs/attestation.md to pin the exact signed bytes.
  */
-const errorOf = (r: { json<T>(): T }) => r.json<{ error: { code: string; message: string } }>().error;
 
 const EXTENSIONS = `
 [req]
@@ -218,7 +218,7 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
 
   const expectFailed = (r: Awaited<ReturnType<typeof attest>>, secret?: string) => {
     expect(r.status).toBe(401);
-    const e = errorOf(r);
+    const e = errorBodyOf(r);
     expect(e.code).toBe('ERR_ATTESTATION_FAILED');
     if (secret) expect(e.message).not.toContain(secret);
   };
@@ -334,7 +334,7 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
       signer: leaf.keyPem,
     });
     expectFailed(r, n);
-    expect(errorOf(r).message).toBe('the certificate chain does not lead to a provisioning CA');
+    expect(errorBodyOf(r).message).toBe('the certificate chain does not lead to a provisioning CA');
     expect((await nonceRow(n)).used_at).toBeNull();
   });
 
@@ -344,7 +344,7 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
     t.clock.advance(2 * 24 * 3600_000);
     const { r } = await attestPop({ chain: leaf.certPem, signer: leaf.keyPem });
     expectFailed(r, n);
-    expect(errorOf(r).message).toBe('a certificate in the chain is expired or not yet valid');
+    expect(errorBodyOf(r).message).toBe('a certificate in the chain is expired or not yet valid');
   });
 
   it('fail/a provisioning certificate that is not yet valid (clock before notBefore)', async () => {
@@ -359,7 +359,7 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
     expect(first.r.status).toBe(201);
     const second = await attestPop({ chain: leaf.certPem, signer: leaf.keyPem, nonce: first.nonce });
     expectFailed(second.r, first.nonce);
-    expect(errorOf(second.r).message).toBe(
+    expect(errorBodyOf(second.r).message).toBe(
       'the nonce is unknown, expired or already used: request a new challenge',
     );
   });
@@ -409,7 +409,9 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
       signedCsrPem: victimCsr,
     });
     expectFailed(r, n);
-    expect(errorOf(r).message).toBe('the signature does not verify with the provisioning certificate key');
+    expect(errorBodyOf(r).message).toBe(
+      'the signature does not verify with the provisioning certificate key',
+    );
     expect((await nonceRow(n)).used_at).toBeNull();
   });
 
@@ -425,7 +427,7 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
   it('fail/the provisioning CA certificate itself, signed with the CA key: a CA is not a node', async () => {
     const { r } = await attestPop({ chain: provisioning.certPem, signer: provisioning.keyPem });
     expectFailed(r);
-    expect(errorOf(r).message).toBe('the provisioning certificate must not be a CA certificate');
+    expect(errorBodyOf(r).message).toBe('the provisioning certificate must not be a CA certificate');
   });
 
   it('fail/a provisioning certificate whose keyUsage lacks digitalSignature', async () => {
@@ -441,7 +443,7 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
       signer: leaf.keyPem,
     });
     expectFailed(r);
-    expect(errorOf(r).message).toBe('the certificate chain is too long');
+    expect(errorBodyOf(r).message).toBe('the certificate chain is too long');
   });
 
   it('fail/a revoked node cannot re-attest, and the refusal spends nothing', async () => {
@@ -451,7 +453,7 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
     await t.db.knex('nodes').where({ id: nodeId }).update({ status: 'revoked', revoked_at: t.clock.now() });
     const again = await attestPop({ chain: leaf.certPem, signer: leaf.keyPem });
     expect(again.r.status).toBe(403);
-    expect(errorOf(again.r).code).toBe('ERR_NODE_REVOKED');
+    expect(errorBodyOf(again.r).code).toBe('ERR_NODE_REVOKED');
     expect((await nonceRow(again.nonce)).used_at).toBeNull();
   });
 
@@ -481,8 +483,8 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
       ...override,
     });
     expect(r.status).toBe(400);
-    expect(errorOf(r).code).toBe('ERR_BAD_REQUEST');
-    expect(errorOf(r).message).toMatch(new RegExp(`^${field}: `));
+    expect(errorBodyOf(r).code).toBe('ERR_BAD_REQUEST');
+    expect(errorBodyOf(r).message).toMatch(new RegExp(`^${field}: `));
   });
 
   it('fail/method name in the wrong case: X509POP is unknown, on attest and on challenge', async () => {
@@ -498,11 +500,11 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
       csr: csrPem,
     });
     expect(r.status).toBe(400);
-    expect(errorOf(r).code).toBe('ERR_ATTESTATION_METHOD_UNKNOWN');
+    expect(errorBodyOf(r).code).toBe('ERR_ATTESTATION_METHOD_UNKNOWN');
     expect((await nonceRow(n)).used_at).toBeNull();
     const c = await challenge(t, 'X509POP');
     expect(c.status).toBe(400);
-    expect(errorOf(c).code).toBe('ERR_ATTESTATION_METHOD_UNKNOWN');
+    expect(errorBodyOf(c).code).toBe('ERR_ATTESTATION_METHOD_UNKNOWN');
   });
 
   it.each([
@@ -511,13 +513,13 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
   ])('%s: challenge refused', async (_name, method, code) => {
     const r = await challenge(t, method);
     expect(r.status).toBe(400);
-    expect(errorOf(r).code).toBe(code);
+    expect(errorBodyOf(r).code).toBe(code);
   });
 
   it('fail/x509pop when not configured: 400 ERR_ATTESTATION_METHOD_UNKNOWN on challenge and attest', async () => {
     const c = await challenge(plain);
     expect(c.status).toBe(400);
-    expect(errorOf(c)).toEqual({
+    expect(errorBodyOf(c)).toEqual({
       code: 'ERR_ATTESTATION_METHOD_UNKNOWN',
       message: 'unknown attestation method; supported: join_token',
     });
@@ -533,6 +535,6 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
       csr: csrPem,
     });
     expect(r.status).toBe(400);
-    expect(errorOf(r).code).toBe('ERR_ATTESTATION_METHOD_UNKNOWN');
+    expect(errorBodyOf(r).code).toBe('ERR_ATTESTATION_METHOD_UNKNOWN');
   });
 });

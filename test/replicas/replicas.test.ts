@@ -12,7 +12,7 @@ import {
   sleep,
 } from '../support/load-client';
 import { crlContents, ocspStatus } from '../support/revocation-checks';
-import { describePostgres, postgresAdminUrl } from '../support/database';
+import { describePostgres } from '../support/database';
 import { https } from '../support/https';
 import { tempDir } from '../support/tools';
 
@@ -31,12 +31,6 @@ const ROUNDS = 5;
 const CONCURRENCY = 16;
 /** CrlService's in-memory cache of the current CRL. */
 const CRL_CACHE_MS = 1000;
-
-if (!postgresAdminUrl) {
-  describe.skip('replicas (skipped: set BATON_TEST_DATABASE_URL to run on PostgreSQL)', () => {
-    it('runs three replicas on one PostgreSQL', () => undefined);
-  });
-}
 
 describePostgres('three replicas on one PostgreSQL', () => {
   let c: Cluster;

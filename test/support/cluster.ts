@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import { baton, type ServerProcess, startServerProcess } from './cli';
 import { createPostgresDatabase } from './database';
-import { type HttpsResult, https } from './https';
+import { callAs, type HttpsResult } from './https';
 import { tempDir } from './tools';
 
 /**
@@ -124,13 +124,7 @@ export async function startCluster(p: {
       if (s) await s.stop(signal);
     },
     knex,
-    adminCall: (base, method, path, body) =>
-      https(`${base}${path}`, {
-        method,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        ca: bundle,
-        ...admin,
-      }),
+    adminCall: (base, method, path, body) => callAs({ url: base, bundle }, admin, method, path, body),
     close: teardown,
   };
 }

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import knexFactory, { type Knex } from 'knex';
 import { openMemoryDatabase } from '../../services/ca/src/storage/knex/database';
+import { describeWith, type Requirement } from './tools';
 
 /**
  * Test databases: PGlite always; PostgreSQL when BATON_TEST_DATABASE_URL is set (as `.ci/run` does).
@@ -54,15 +55,33 @@ export async function createTestDatabase(backend: Backend): Promise<TestDatabase
   };
 }
 
+/**
+ * The reason in the title of every suite skipped for want of PostgreSQL. `.ci/run` accepts no other
+ * skip in its PGlite run (and none at all in its PostgreSQL run): keep the two in step.
+ */
+export const POSTGRES_SKIP_REASON = 'skipped: set BATON_TEST_DATABASE_URL to run on PostgreSQL';
+
 /** Runs a suite once per available backend; says so when PostgreSQL is skipped. */
 export function describeEachBackend(title: string, fn: (backend: Backend) => void): void {
   for (const backend of backends) describe(`${title} [${backend}]`, () => fn(backend));
   if (!postgresAdminUrl) {
-    describe.skip(`${title} [postgres] (skipped: set BATON_TEST_DATABASE_URL to run on PostgreSQL)`, () => {
+    describe.skip(`${title} [postgres] (${POSTGRES_SKIP_REASON})`, () => {
       it('runs on PostgreSQL', () => undefined);
     });
   }
 }
 
-/** Suites that need a PostgreSQL server (several processes on one database). */
-export const describePostgres: jest.Describe = postgresAdminUrl ? describe : (describe.skip as jest.Describe);
+/**
+ * A suite that needs a PostgreSQL server (several processes on one database). Without
+ * BATON_TEST_DATABASE_URL it is one skipped test whose title says so (the suite's body is not run:
+ * it may make directories or start servers); `needs` are what it needs besides (describeWith).
+ */
+export function describePostgres(title: string, fn: () => void, needs: Requirement[] = []): void {
+  if (postgresAdminUrl) {
+    describeWith(needs, title, fn);
+    return;
+  }
+  describe.skip(`${title} (${POSTGRES_SKIP_REASON})`, () => {
+    it('runs on PostgreSQL', () => undefined);
+  });
+}

@@ -67,19 +67,25 @@ export function httpsRequest(
   return { req, result };
 }
 
-/** A JSON call to a Baton server (its URL and trust bundle) with a client credential. */
+/**
+ * A call to a Baton server (its URL and trust bundle) with a client credential: an admin's or a
+ * node's. `body` is sent as JSON, except a Buffer, which is sent as it is (a malformed body);
+ * `agent` is for a test that reuses (or must not reuse) a connection.
+ */
 export function callAs(
   server: { url: string; bundle: string },
   cred: { cert: string; key: string },
   method: string,
   path: string,
   body?: unknown,
+  opts: { agent?: Agent | false } = {},
 ): Promise<HttpsResult> {
   return https(`${server.url}${path}`, {
     method,
-    body: body === undefined ? undefined : JSON.stringify(body),
+    body: body === undefined ? undefined : Buffer.isBuffer(body) ? body : JSON.stringify(body),
     ca: server.bundle,
     cert: cred.cert,
     key: cred.key,
+    agent: opts.agent,
   });
 }

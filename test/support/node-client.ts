@@ -1,4 +1,4 @@
-import { createCsr, exportPrivateKeyPem, generateKeyPair } from '../../clients/rotation/src/csr';
+import { createCsr, exportPrivateKeyPem, generateKeyPair } from '../../common/src/csr';
 import { createJoinToken } from '../../services/ca/src/domain/join-token';
 import type { NodeRole } from '../../services/ca/src/domain/ports';
 import { type HttpsResult, https } from './https';

@@ -1,5 +1,5 @@
 import { createHash, type KeyObject, sign } from 'node:crypto';
-import { bitString, ctx, int, nullValue, oid, seq, toPem } from '../../services/ca/src/pki/der';
+import { bitString, ctx, int, nullValue, oid, seq, toPem } from '../../common/src/der';
 import { encodeName } from '../../services/ca/src/pki/names';
 import { OID } from '../../services/ca/src/pki/oids';
 

@@ -1,17 +1,7 @@
 import { type Flags, loadServerConfig, parseRate } from '../../services/ca/src/config';
-import { BatonError } from '../../services/ca/src/ground/errors';
+import { errorOf } from '../support/errors';
 
 const load = (flags: Flags = {}, env: Record<string, string> = {}) => loadServerConfig(flags, env);
-
-function errorOf(fn: () => unknown): BatonError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof BatonError) return e;
-    throw e;
-  }
-  throw new Error('expected a BatonError, nothing was thrown');
-}
 
 describe('parseRate', () => {
   it.each([

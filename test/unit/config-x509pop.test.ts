@@ -2,22 +2,12 @@ import { createHash, createPublicKey } from 'node:crypto';
 import { join } from 'node:path';
 import { type Env, type Flags, loadServerConfig } from '../../services/ca/src/config';
 import { x509popSignedBytes } from '../../services/ca/src/domain/attestation/x509pop-attestor';
-import { BatonError } from '../../services/ca/src/ground/errors';
 import { issueLeaf } from '../../services/ca/src/domain/issue';
-import { toPem } from '../../services/ca/src/pki/der';
+import { toPem } from '../../common/src/der';
 import { describePublicKey, generateP256, spkiOf } from '../../services/ca/src/pki/keys';
 import { memoryCertificates, testCa } from '../fixtures/test-ca';
 import { tempDir, writeFiles } from '../support/tools';
-
-function errorOf(fn: () => unknown): BatonError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof BatonError) return e;
-    throw e;
-  }
-  throw new Error('expected a BatonError, nothing was thrown');
-}
+import { errorOf } from '../support/errors';
 
 describe('loadServerConfig: --x509pop-ca / --x509pop-role (issue 3)', () => {
   const dir = tempDir();

@@ -7,18 +7,8 @@ import {
   loadStorageConfig,
 } from '../../services/ca/src/config';
 import { DAY, HOUR, MINUTE, parseDuration } from '../../services/ca/src/domain/duration';
-import { BatonError } from '../../services/ca/src/ground/errors';
 import { MAX_TTL } from '../../services/ca/src/ground/ttl';
-
-function errorOf(fn: () => unknown): BatonError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof BatonError) return e;
-    throw e;
-  }
-  throw new Error('expected a BatonError, nothing was thrown');
-}
+import { errorOf } from '../support/errors';
 
 const noEnv: Env = {};
 

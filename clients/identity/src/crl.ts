@@ -1,5 +1,6 @@
 import { verify as verifySignature, type X509Certificate } from 'node:crypto';
-import { children, decodeOid, readOne, TAG, type Tlv } from './der';
+import { TAG } from '../../../common/src/der';
+import { children, decodeOid, readWhole, type Tlv } from '../../../common/src/der-reader';
 import { IdentityError } from './errors';
 
 /**
@@ -89,8 +90,8 @@ interface Extension {
 
 /** §4.1: Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING }. */
 function readExtensions(seq: Tlv): Extension[] {
-  return children(seq.value).map((ext) => {
-    const parts = children(ext.value);
+  return children(seq).map((ext) => {
+    const parts = children(ext);
     const id = parts[0];
     const value = parts[parts.length - 1];
     if (id?.tag !== TAG.OID || value?.tag !== TAG.OCTET_STRING || parts.length > 3)
@@ -107,13 +108,13 @@ function integerHex(t: Tlv): string {
 
 /** §5.1 revokedCertificates: each entry's serial and reasonCode. */
 function readRevoked(list: Tlv, out: Map<string, number>): void {
-  for (const entry of children(list.value)) {
-    const [serial, date, exts] = children(entry.value);
+  for (const entry of children(list)) {
+    const [serial, date, exts] = children(entry);
     if (!serial || !isTime(date)) throw new RangeError('malformed CRL entry');
     let reason = 0;
     if (exts) {
       for (const e of readExtensions(exts)) {
-        if (e.id === OID.reasonCode) reason = readOne(e.value).value[0] ?? 0;
+        if (e.id === OID.reasonCode) reason = readWhole(e.value).value[0] ?? 0;
         // certificateIssuer (§5.3.3) is critical and makes the CRL indirect: refused here.
         else if (e.critical && e.id !== OID.invalidityDate)
           throw new RangeError(`unsupported critical CRL entry extension ${e.id}`);
@@ -126,14 +127,14 @@ function readRevoked(list: Tlv, out: Map<string, number>): void {
 /** Parses a DER CRL (RFC 5280 §5.1). Throws IdentityError ERR_CRL_INVALID saying what is wrong. */
 export function parseCrl(der: Buffer): ParsedCrl {
   try {
-    const outer = readOne(der);
-    const [tbs, alg, sig] = children(outer.value);
+    const outer = readWhole(der);
+    const [tbs, alg, sig] = children(outer);
     if (outer.tag !== TAG.SEQUENCE || tbs?.tag !== TAG.SEQUENCE || alg?.tag !== TAG.SEQUENCE)
       throw new RangeError('not a CertificateList');
     if (sig?.tag !== TAG.BIT_STRING || sig.value[0] !== 0) throw new RangeError('bad signature BIT STRING');
     // tbsCertList is the first element of the outer SEQUENCE: its encoding runs from there.
     const tbsEnd = tbs.value.byteOffset - outer.value.byteOffset + tbs.value.length;
-    const fields = children(tbs.value);
+    const fields = children(tbs);
     let i = fields[0]?.tag === INTEGER ? 1 : 0;
     const version = i === 1 ? fields[0]!.value[0] : 0;
     if (version !== 0 && version !== 1) throw new RangeError(`unknown CRL version ${version}`);
@@ -149,16 +150,17 @@ export function parseCrl(der: Buffer): ParsedCrl {
     if (fields[i]?.tag === TAG.SEQUENCE) readRevoked(fields[i++]!, revoked);
     let crlNumber: bigint | undefined;
     if (fields[i]?.tag === CONTEXT_0) {
-      const [exts] = children(fields[i++]!.value);
+      const [exts] = children(fields[i++]!);
       for (const e of exts ? readExtensions(exts) : []) {
-        if (e.id === OID.cRLNumber) crlNumber = BigInt(`0x${readOne(e.value).value.toString('hex') || '0'}`);
+        if (e.id === OID.cRLNumber)
+          crlNumber = BigInt(`0x${readWhole(e.value).value.toString('hex') || '0'}`);
         // deltaCRLIndicator and issuingDistributionPoint are critical: this reader handles neither.
         else if (e.critical && e.id !== OID.authorityKeyIdentifier)
           throw new RangeError(`unsupported critical CRL extension ${e.id}`);
       }
     }
     if (i !== fields.length) throw new RangeError('unexpected fields in TBSCertList');
-    const algorithm = decodeOid(children(alg.value)[0]?.value ?? Buffer.alloc(0));
+    const algorithm = decodeOid(children(alg)[0]?.value ?? Buffer.alloc(0));
     return {
       issuerName: issuer.value,
       crlNumber,
@@ -204,8 +206,8 @@ const names = new WeakMap<X509Certificate, { issuer: Buffer; subject: Buffer }>(
 export function certificateNames(cert: X509Certificate): { issuer: Buffer; subject: Buffer } {
   const known = names.get(cert);
   if (known) return known;
-  const [tbs] = children(readOne(cert.raw).value);
-  const fields = children(tbs!.value);
+  const [tbs] = children(readWhole(cert.raw));
+  const fields = children(tbs!);
   const base = fields[0]?.tag === CONTEXT_0 ? 1 : 0;
   const out = { issuer: fields[base + 2]!.value, subject: fields[base + 4]!.value };
   names.set(cert, out);

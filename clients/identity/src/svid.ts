@@ -1,5 +1,6 @@
 import type { X509Certificate } from 'node:crypto';
-import { children, decodeOid, decodeString, readOne, TAG, type Tlv } from './der';
+import { TAG } from '../../../common/src/der';
+import { children, decodeOid, readWhole, type Tlv } from '../../../common/src/der-reader';
 import { IdentityError } from './errors';
 
 /**
@@ -72,9 +73,9 @@ interface CertificateFacts {
 
 /** Reads the URI SANs, subject and key usage from the DER of a certificate (RFC 5280 §4.1). */
 function certificateFacts(raw: Buffer): CertificateFacts {
-  const [tbs] = children(readOne(raw).value);
+  const [tbs] = children(readWhole(raw));
   if (!tbs || tbs.tag !== TAG.SEQUENCE) throw new RangeError('no tbsCertificate');
-  const fields = children(tbs.value);
+  const fields = children(tbs);
   // version [0] is optional (absent means v1); subject follows serial, signature, issuer, validity.
   const base = fields[0]?.tag === VERSION_TAG ? 1 : 0;
   const subjectName = fields[base + 4];
@@ -88,9 +89,9 @@ function certificateFacts(raw: Buffer): CertificateFacts {
   const extensions = fields.find((f) => f.tag === EXTENSIONS_TAG);
   if (!extensions) return facts;
   const seen = new Set<string>();
-  for (const ext of children(readOne(extensions.value).value)) {
+  for (const ext of children(readWhole(extensions.value))) {
     // RFC 5280 §4.1: Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT FALSE, extnValue }
-    const parts = children(ext.value);
+    const parts = children(ext);
     const [extnId] = parts;
     const octets = parts[parts.length - 1];
     if (extnId?.tag !== TAG.OID || octets?.tag !== TAG.OCTET_STRING)
@@ -99,9 +100,9 @@ function certificateFacts(raw: Buffer): CertificateFacts {
     if (id !== OID.subjectAltName && id !== OID.keyUsage) continue;
     if (seen.has(id)) facts.duplicateExtension = true;
     seen.add(id);
-    const inner = readOne(octets.value);
+    const inner = readWhole(octets.value);
     if (id === OID.subjectAltName) {
-      for (const name of children(inner.value)) {
+      for (const name of children(inner)) {
         if (name.tag === URI_NAME_TAG) facts.uris.push(name.value.toString('latin1'));
       }
     } else {
@@ -115,11 +116,27 @@ function certificateFacts(raw: Buffer): CertificateFacts {
   return facts;
 }
 
+/** The text of a DirectoryString (RFC 5280 §4.1.2.4), or undefined for a type it does not name. */
+function decodeString(t: Tlv): string | undefined {
+  switch (t.tag) {
+    case TAG.UTF8_STRING:
+    case TAG.PRINTABLE_STRING:
+    case TAG.IA5_STRING:
+      return t.value.toString('utf8');
+    case TAG.TELETEX_STRING:
+      return t.value.toString('latin1');
+    case TAG.BMP_STRING:
+      return Buffer.from(t.value).swap16().toString('utf16le');
+    default:
+      return undefined;
+  }
+}
+
 function subjectOf(name: Tlv): SubjectParts {
   const found = new Map<string, string[]>();
-  for (const rdn of children(name.value)) {
-    for (const atv of children(rdn.value)) {
-      const [type, value] = children(atv.value);
+  for (const rdn of children(name)) {
+    for (const atv of children(rdn)) {
+      const [type, value] = children(atv);
       if (!type || !value) continue;
       const text = decodeString(value);
       const id = decodeOid(type.value);

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { writeFileAtomic } from './atomic-file';
+import { writeFileAtomic } from '../../../common/src/atomic-file';
 import { readOwnTextOrUndefined } from './safe-fs';
 
 /**

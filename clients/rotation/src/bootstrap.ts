@@ -1,6 +1,6 @@
 import { AgentError } from './agent-error';
 import { CaClientError, type Issuance, type NodeCaApi } from './ca-client';
-import { createCsr, exportPrivateKeyPem, generateKeyPair } from './csr';
+import { createCsr, exportPrivateKeyPem, generateKeyPair } from '../../../common/src/csr';
 import { certificatePin, chainProblem, isKeyForCertificate, parseCertificates } from './pem';
 
 /**

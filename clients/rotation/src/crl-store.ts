@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import type { AgentCaApi } from './agent-api';
 import type { AgentState } from './agent-state';
-import { writeFileAtomic } from './atomic-file';
+import { writeFileAtomic } from '../../../common/src/atomic-file';
 import { readOwnTextOrUndefined } from './safe-fs';
 
 /**

@@ -16,7 +16,7 @@ export type {
 } from './agent-api';
 export { AgentError } from './agent-error';
 export { AgentState, type AgentStateData } from './agent-state';
-export { writeFileAtomic } from './atomic-file';
+export { writeFileAtomic } from '../../../common/src/atomic-file';
 export {
   bootstrap,
   type NewNodeIdentity,
@@ -42,7 +42,7 @@ export {
   generateKeyPair,
   importPrivateKeyPem,
   type KeyPair,
-} from './csr';
+} from '../../../common/src/csr';
 export { type CrlResult, CrlStore } from './crl-store';
 export {
   type AgentEvent,

@@ -2,7 +2,7 @@ import type { X509Certificate } from 'node:crypto';
 import { lstatSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentError } from './agent-error';
-import { writeFileAtomic } from './atomic-file';
+import { writeFileAtomic } from '../../../common/src/atomic-file';
 import type { NewNodeIdentity } from './bootstrap';
 import { nodeIdOf } from './ca-client';
 import { isKeyForCertificate, parseCertificates } from './pem';
@@ -106,7 +106,7 @@ const QUARANTINE = '.quarantine';
 
 /** The file operations save() and load() make; tests inject failures to simulate a crash at each. */
 export interface NodeFileOps extends WorkloadFileOps {
-  /** Replaces a file atomically (atomic-file.ts): DIR/bundle.pem. */
+  /** Replaces a file atomically (common/src/atomic-file.ts): DIR/bundle.pem. */
   writeFileAtomic(path: string, data: string, mode: number): void;
 }
 

@@ -1,7 +1,7 @@
 import { AgentError } from './agent-error';
 import { bootstrap, checkIssued, type NewNodeIdentity } from './bootstrap';
 import { CaClientError, type NodeCaApi } from './ca-client';
-import { createCsr, exportPrivateKeyPem, generateKeyPair } from './csr';
+import { createCsr, exportPrivateKeyPem, generateKeyPair } from '../../../common/src/csr';
 import type { NodeIdentityStorage, StoredNodeIdentity } from './node-identity-store';
 import { parseCertificates } from './pem';
 import { backoffDelay, nextRefreshAt, rotationState } from './rotation-strategy';

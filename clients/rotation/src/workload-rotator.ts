@@ -1,7 +1,7 @@
 import { AgentError } from './agent-error';
 import type { AgentCaApi, NodeCredential, WorkloadEntry } from './agent-api';
 import { CaClientError } from './ca-client';
-import { createCsr, exportPrivateKeyPem, generateKeyPair } from './csr';
+import { createCsr, exportPrivateKeyPem, generateKeyPair } from '../../../common/src/csr';
 import { chainProblem, isKeyForCertificate, parseCertificates } from './pem';
 import { backoffDelay, nextRefreshAt } from './rotation-strategy';
 import {

@@ -1,7 +1,7 @@
 import { lstatSync, readdirSync, readlinkSync, renameSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentError } from './agent-error';
-import { fsyncDir } from './atomic-file';
+import { fsyncDir } from '../../../common/src/atomic-file';
 import { parseCertificates } from './pem';
 import {
   assertPrivateDirectory,

@@ -1,8 +1,8 @@
 import { createPublicKey } from 'node:crypto';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../../../clients/rotation/src/atomic-file';
-import { type AdminRole, issueAdminCertificate } from './domain/admin-identity';
+import { writeFileAtomic } from '../../../common/src/atomic-file';
+import { type AdminRole, issueAdminCertificate, validateAdminName } from './domain/admin-identity';
 import type { AuditContext } from './domain/audit';
 import type { Clock } from './domain/clock';
 import type { IssuedLeaf } from './domain/issue';
@@ -15,15 +15,17 @@ export { ADMIN_ROLES, type AdminRole, validateAdminName } from './domain/admin-i
 /**
  * Writes an admin credential to `dir`: cert.pem (leaf + intermediate), key.pem (0600) and
  * bundle.pem (the roots). The key is generated here, on the admin's side, and never stored by the CA.
+ * `name` comes from the command line (`--name`) or is fixed; it is checked here (ERR_BAD_REQUEST).
  */
 export async function writeAdminCredentials(
   deps: { clock: Clock; keyring: Keyring; installation: Installation; storage: Storage },
   p: { name: string; role: AdminRole; ttlMs?: number; dir: string; audit: AuditContext; event?: string },
 ): Promise<IssuedLeaf> {
+  const name = validateAdminName(p.name);
   const { privateKey } = generateP256();
   const key = describePublicKey(spkiOf(createPublicKey(privateKey)));
   const issued = await issueAdminCertificate(deps, {
-    name: p.name,
+    name,
     role: p.role,
     ttlMs: p.ttlMs,
     key,

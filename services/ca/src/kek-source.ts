@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../../../clients/rotation/src/atomic-file';
+import { writeFileAtomic } from '../../../common/src/atomic-file';
 import type { StorageConfig } from './config';
 import { BatonError } from './ground/errors';
 import { type Kek, kekFromBase64 } from './pki/kek';

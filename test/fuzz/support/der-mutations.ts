@@ -1,4 +1,4 @@
-import { bitString, ctx, int, octets, oid, seq, tlv, uintBytes } from '../../../services/ca/src/pki/der';
+import { bitString, ctx, int, octets, oid, seq, tlv, uintBytes } from '../../../common/src/der';
 import { children, readWhole, type Tlv } from '../../../services/ca/src/pki/der-reader';
 import { OCSP_OID, issuerHashes } from '../../../services/ca/src/pki/ocsp';
 

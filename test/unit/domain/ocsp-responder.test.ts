@@ -2,7 +2,7 @@ import { createPublicKey } from 'node:crypto';
 import type { SigningCa } from '../../../services/ca/src/domain/keyring';
 import { answerOcsp } from '../../../services/ca/src/domain/ocsp-responder';
 import { issueLeaf } from '../../../services/ca/src/domain/issue';
-import { nullValue, octets, oid, seq, uintBytes } from '../../../services/ca/src/pki/der';
+import { nullValue, octets, oid, seq, uintBytes } from '../../../common/src/der';
 import { children, readWhole, type Tlv } from '../../../services/ca/src/pki/der-reader';
 import { describePublicKey, generateP256, spkiOf } from '../../../services/ca/src/pki/keys';
 import { issuerHashes, OCSP_OID, responderKeyHash } from '../../../services/ca/src/pki/ocsp';

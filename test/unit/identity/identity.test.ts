@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import { mkdirSync, renameSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../../../clients/rotation/src/atomic-file';
+import { writeFileAtomic } from '../../../common/src/atomic-file';
 import {
   Identity,
   type IdentityError,

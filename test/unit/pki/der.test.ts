@@ -3,9 +3,9 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { BatonError } from '../../../services/ca/src/ground/errors';
 import { decodeTime } from '../../../services/ca/src/pki/certificate-reader';
-import { TAG, int, namedBits, oid, seq, time, tlv } from '../../../services/ca/src/pki/der';
+import { TAG, int, namedBits, oid, seq, time, tlv } from '../../../common/src/der';
 import { type Tlv, children, decodeOid, readTlv, readWhole } from '../../../services/ca/src/pki/der-reader';
-import { hasTool, run, tempDir } from '../../support/tools';
+import { describeWithTool, itWithTool, run, tempDir } from '../../support/tools';
 
 /** The code of the BatonError `fn` throws; anything else (including no throw) is reported as such. */
 function errorCodeOf(fn: () => unknown): string {
@@ -30,8 +30,6 @@ function opensslDer(genstr: string): string {
   if (r.status !== 0) throw new Error(`openssl asn1parse -genstr ${genstr}: ${r.out}`);
   return readFileSync(out).toString('hex');
 }
-
-const itWithOpenssl = hasTool('openssl') ? it : it.skip;
 
 describe('DER lengths (X.690 §8.1.3, §10.1)', () => {
   it.each([
@@ -124,14 +122,16 @@ describe('INTEGER', () => {
     expect(hex(int(n))).toBe(expected);
   });
 
-  itWithOpenssl.each([
-    ['ok/0', 0n],
-    ['ok/127', 127n],
-    ['ok/128', 128n],
-    ['ok/2^64', 2n ** 64n],
-    ['ok/2^159 (a 20-octet serial with the high bit set)', 2n ** 159n],
-  ])('%s matches openssl', (_name, n) => {
-    expect(hex(int(n))).toBe(opensslDer(`INTEGER:0x${n.toString(16)}`));
+  describeWithTool('openssl', 'against openssl asn1parse -genstr', () => {
+    it.each([
+      ['ok/0', 0n],
+      ['ok/127', 127n],
+      ['ok/128', 128n],
+      ['ok/2^64', 2n ** 64n],
+      ['ok/2^159 (a 20-octet serial with the high bit set)', 2n ** 159n],
+    ])('%s matches openssl', (_name, n) => {
+      expect(hex(int(n))).toBe(opensslDer(`INTEGER:0x${n.toString(16)}`));
+    });
   });
 
   it('fail/negative integers are refused', () => {
@@ -161,8 +161,10 @@ describe('OBJECT IDENTIFIER', () => {
     expect(decodeOid(el.value)).toBe(dotted);
   });
 
-  itWithOpenssl.each(oids)('%s matches openssl', (_name, dotted) => {
-    expect(hex(oid(dotted))).toBe(opensslDer(`OID:${dotted}`));
+  describeWithTool('openssl', 'against openssl asn1parse -genstr', () => {
+    it.each(oids)('%s matches openssl', (_name, dotted) => {
+      expect(hex(oid(dotted))).toBe(opensslDer(`OID:${dotted}`));
+    });
   });
 
   it.each([
@@ -195,7 +197,7 @@ describe('Time (RFC 5280 §4.1.2.5)', () => {
     expect(el.value.toString('latin1')).toBe('300615123045Z');
   });
 
-  itWithOpenssl('ok/matches openssl for UTCTime', () => {
+  itWithTool('openssl', 'ok/matches openssl for UTCTime', () => {
     expect(hex(time(new Date('2049-12-31T23:59:59Z')))).toBe(opensslDer('UTCTIME:491231235959Z'));
   });
 });
@@ -245,13 +247,15 @@ describe('named-bit BIT STRING (X.690 §11.2.2)', () => {
     expect(hex(namedBits(bits))).toBe(expected);
   });
 
-  itWithOpenssl.each([
-    ['ok/digitalSignature', [0]],
-    ['ok/digitalSignature + keyEncipherment', [0, 2]],
-    ['ok/keyCertSign + cRLSign', [5, 6]],
-    ['ok/decipherOnly', [8]],
-  ])('%s matches openssl', (_name, bits) => {
-    expect(hex(namedBits(bits))).toBe(opensslDer(`FORMAT:BITLIST,BITSTRING:${bits.join(',')}`));
+  describeWithTool('openssl', 'against openssl asn1parse -genstr', () => {
+    it.each([
+      ['ok/digitalSignature', [0]],
+      ['ok/digitalSignature + keyEncipherment', [0, 2]],
+      ['ok/keyCertSign + cRLSign', [5, 6]],
+      ['ok/decipherOnly', [8]],
+    ])('%s matches openssl', (_name, bits) => {
+      expect(hex(namedBits(bits))).toBe(opensslDer(`FORMAT:BITLIST,BITSTRING:${bits.join(',')}`));
+    });
   });
 });
 

@@ -1,16 +1,6 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { BatonError } from '../../../services/ca/src/ground/errors';
 import { type WrappedKey, kekFromBase64, unwrapKey, wrapKey } from '../../../services/ca/src/pki/kek';
-
-function errorOf(fn: () => unknown): BatonError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof BatonError) return e;
-    throw e;
-  }
-  throw new Error('expected a BatonError, nothing was thrown');
-}
+import { errorOf } from '../../support/errors';
 
 const newKek = () => kekFromBase64(randomBytes(32).toString('base64'), 'BATON_KEK');
 const pkcs8 = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({

@@ -14,12 +14,30 @@ const native = nativeEc;
 const P256_N = BigInt('0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551');
 const P256_P = BigInt('0xffffffff00000001000000000000000000000000ffffffffffffffffffffffff');
 
-it('is loaded where the build was required to make it (CI sets BATON_REQUIRE_NATIVE=1)', () => {
-  if (process.env.BATON_REQUIRE_NATIVE === '1') expect(native).not.toBeNull();
-  else expect(native === null || typeof native.verify === 'function').toBe(true);
-});
+/**
+ * The build makes the addon when it can (services/ca/native/build-native.js) and must make it under
+ * BATON_REQUIRE_NATIVE=1, which CI sets: there a missing addon fails here. Elsewhere a missing one
+ * (no compiler, or BATON_NATIVE=off) skips these tests, saying why.
+ */
+const required = process.env.BATON_REQUIRE_NATIVE === '1';
+const whyMissing =
+  process.env.BATON_NATIVE === 'off'
+    ? 'BATON_NATIVE=off'
+    : 'services/ca/native/build/Release/baton_ec_verify.node was not built (npm run build)';
 
-const describeNative = native ? describe : describe.skip;
+if (native || required) {
+  it('is loaded, with both entry points (CI sets BATON_REQUIRE_NATIVE=1)', () => {
+    expect(native).not.toBeNull();
+    expect(typeof native!.verify).toBe('function');
+    expect(typeof native!.checkPoint).toBe('function');
+  });
+} else {
+  console.warn(`native-ec: skipped: ${whyMissing}; BATON_REQUIRE_NATIVE=1 makes this a failure`);
+  it.skip(`is loaded (skipped: ${whyMissing})`, () => undefined);
+}
+
+const describeNative = (title: string, fn: () => void) =>
+  native ? describe(title, fn) : describe.skip(`${title} (skipped: ${whyMissing})`, fn);
 
 /** DER INTEGER (X.690 §8.3) of a non-negative value, minimal. */
 function derInt(v: bigint): Buffer {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { BatonError } from '../../../services/ca/src/ground/errors';
 import { type IssuedLeaf, issueLeaf } from '../../../services/ca/src/domain/issue';
-import { bool, ctx, int, nullValue, octets, oid, seq, utf8 } from '../../../services/ca/src/pki/der';
+import { bool, ctx, int, nullValue, octets, oid, seq, utf8 } from '../../../common/src/der';
 import { children, readWhole } from '../../../services/ca/src/pki/der-reader';
 import { extension } from '../../../services/ca/src/pki/extensions';
 import { describePublicKey, generateP256, spkiOf } from '../../../services/ca/src/pki/keys';

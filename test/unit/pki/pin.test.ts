@@ -3,7 +3,7 @@ import { createHash, createPublicKey } from 'node:crypto';
 import { base32 } from '../../../services/ca/src/pki/base32';
 import { rootPin } from '../../../services/ca/src/pki/pin';
 import { testCa } from '../../fixtures/test-ca';
-import { hasTool } from '../../support/tools';
+import { describeWithTool, itWithTool } from '../../support/tools';
 
 const openssl = (args: string[], input?: string | Buffer): Buffer => execFileSync('openssl', args, { input });
 
@@ -33,7 +33,7 @@ describe('base32 (RFC 4648 §6, lowercase, no padding)', () => {
     expect(base32(input)).toBe(expected);
   });
 
-  (hasTool('base32') ? it : it.skip)('ok/matches coreutils base32 on random lengths 0..70', () => {
+  itWithTool('base32', 'ok/matches coreutils base32 on random lengths 0..70', () => {
     for (let n = 0; n <= 70; n++) {
       const data = createHash('sha512')
         .update(String(n))
@@ -48,7 +48,7 @@ describe('base32 (RFC 4648 §6, lowercase, no padding)', () => {
   });
 });
 
-(hasTool('openssl') ? describe : describe.skip)('rootPin, computed independently by openssl', () => {
+describeWithTool('openssl', 'rootPin, computed independently by openssl', () => {
   it.each([
     ['ok/EC P-256', ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256']],
     ['ok/EC P-384', ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-384']],

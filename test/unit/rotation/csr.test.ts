@@ -9,7 +9,7 @@ import {
   generateKeyPair,
   importPrivateKeyPem,
   p1363ToDer,
-} from '../../../clients/rotation/src/csr';
+} from '../../../common/src/csr';
 import { parseCsr } from '../../../services/ca/src/pki/csr';
 import { run, tempDir } from '../../support/tools';
 

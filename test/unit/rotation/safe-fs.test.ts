@@ -19,7 +19,7 @@ import {
   readOwnFile,
   removeDirectory,
 } from '../../../clients/rotation/src/safe-fs';
-import { tempDir } from '../../support/tools';
+import { itWith, rootUser, tempDir } from '../../support/tools';
 
 /**
  * safe-fs is what stands between the root agent and a path a workload could have prepared (issue
@@ -35,7 +35,8 @@ const fresh = () => {
   return d;
 };
 const LIMITS = { maxBytes: 1024 };
-const asRoot = process.getuid?.() === 0 ? it : it.skip;
+const asRoot = (title: string, fn: jest.ProvidesCallback, timeout?: number) =>
+  itWith(rootUser, title, fn, timeout);
 /** A uid that is not ours, for files "owned by the workload" (any unused uid will do). */
 const OTHER = 1000;
 

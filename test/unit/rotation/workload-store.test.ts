@@ -18,7 +18,7 @@ import {
 } from '../../../clients/rotation/src';
 import { isKeyForCertificate } from '../../../clients/rotation/src/pem';
 import { FakeClock } from '../../../services/ca/src/domain/clock';
-import { tempDir } from '../../support/tools';
+import { itWith, rootUser, tempDir } from '../../support/tools';
 import { FakeCa } from './fake-ca';
 
 const root = tempDir('baton-workloads-');
@@ -284,7 +284,8 @@ describe('WorkloadStore kill safety', () => {
   });
 });
 
-const asRoot = process.getuid?.() === 0 ? it : it.skip;
+const asRoot = (title: string, fn: jest.ProvidesCallback, timeout?: number) =>
+  itWith(rootUser, title, fn, timeout);
 
 describe('WorkloadStore ownership', () => {
   asRoot(

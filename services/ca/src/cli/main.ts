@@ -1,4 +1,3 @@
-import 'reflect-metadata';
 import { parseArgs } from 'node:util';
 import { type BatonErrorCode, BatonError } from '../ground/errors';
 import { type Command, type CommandContext, helpText } from './command';

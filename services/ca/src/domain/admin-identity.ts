@@ -11,20 +11,35 @@ import { adminSpiffeId } from './trust-domain';
 export type AdminRole = 'admin' | 'operator' | 'auditor';
 export const ADMIN_ROLES: readonly AdminRole[] = ['admin', 'operator', 'auditor'];
 
-export function validateAdminName(name: unknown): string {
-  if (typeof name !== 'string' || !/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name)) {
+declare const checked: unique symbol;
+/** An admin name that validateAdminName accepted (a type only: still a string). */
+export type AdminName = string & { readonly [checked]: true };
+
+export function validateAdminName(name: string): AdminName {
+  if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name)) {
     throw new BatonError(
       'ERR_BAD_REQUEST',
       'invalid admin name: lowercase letters, digits, ".", "-", "_" (at most 63)',
     );
   }
-  return name;
+  return name as AdminName;
 }
 
-export function validateAdminRole(role: unknown): AdminRole {
+export function validateAdminRole(role: string): AdminRole {
   if (!ADMIN_ROLES.includes(role as AdminRole))
-    throw new BatonError('ERR_BAD_REQUEST', 'role: one of admin, operator, auditor');
+    throw new BatonError('ERR_BAD_REQUEST', `one of ${ADMIN_ROLES.join(', ')}`);
   return role as AdminRole;
+}
+
+/** An admin certificate to issue: the name checked by validateAdminName, the role one of ADMIN_ROLES. */
+export interface IssueAdminParams {
+  name: AdminName;
+  role: AdminRole;
+  /** null or absent: the installation's admin lifetime. */
+  ttlMs?: number | null;
+  key: PublicKeyInfo;
+  audit: AuditContext;
+  event?: string;
 }
 
 /**
@@ -33,20 +48,12 @@ export function validateAdminRole(role: unknown): AdminRole {
  */
 export async function issueAdminCertificate(
   deps: { clock: Clock; storage: Storage; keyring: Keyring; installation: Installation },
-  p: {
-    name: unknown;
-    role: unknown;
-    ttlMs?: number | null;
-    key: PublicKeyInfo;
-    audit: AuditContext;
-    event?: string;
-  },
+  p: IssueAdminParams,
 ): Promise<IssuedLeaf> {
-  const name = validateAdminName(p.name);
-  const role = validateAdminRole(p.role);
+  const { name, role } = p;
   const ttlMs = p.ttlMs ?? deps.installation.adminTtlMs;
   if (ttlMs < MIN_TTL_MS || ttlMs > MAX_TTL.admin)
-    throw new BatonError('ERR_BAD_REQUEST', 'ttl: from 1m to 7d');
+    throw new BatonError('ERR_BAD_REQUEST', 'an admin certificate lifetime must be from 1m to 7d');
   const td = deps.installation.trustDomain;
   return deps.storage.transaction(async (tx) => {
     const issued = await issueLeaf(

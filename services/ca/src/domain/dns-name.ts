@@ -10,11 +10,16 @@ import { BatonError } from '../ground/errors';
  */
 const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
-export function validateDnsName(name: unknown, opts: { allowWildcard: boolean }): string {
+declare const checked: unique symbol;
+/** A DNS name that validateDnsName accepted (a type only: still a string). */
+export type DnsName = string & { readonly [checked]: true };
+
+/** Refuses anything outside the rules above; the empty string is a missing name ("required"). */
+export function validateDnsName(name: string, opts: { allowWildcard: boolean }): DnsName {
   const bad = (why: string): never => {
     throw new BatonError('ERR_BAD_REQUEST', `invalid DNS name: ${why}`);
   };
-  if (typeof name !== 'string' || name.length === 0) return bad('required');
+  if (name.length === 0) return bad('required');
   if (name.length > 253) bad('longer than 253 characters');
   if (isIP(name) || isIP(name.replace(/^\[|\]$/g, ''))) bad('IP addresses are not DNS names');
   if (name.endsWith('.')) bad('trailing dot');
@@ -37,5 +42,5 @@ export function validateDnsName(name: unknown, opts: { allowWildcard: boolean })
       bad('reserved label form (RFC 5891 §4.2.3.1)');
   }
   if (/^[0-9]+$/.test(labels[labels.length - 1]!)) bad('an all-numeric top label is not allowed');
-  return name;
+  return name as DnsName;
 }

@@ -1,30 +1,51 @@
 import { MAX_TTL, MIN_TTL_MS } from '../ground/ttl';
 import { type AuditContext, auditEvent } from './audit';
 import type { Clock } from './clock';
-import { validateDnsName } from './dns-name';
+import type { DnsName } from './dns-name';
 import { BatonError, isBatonError } from '../ground/errors';
 import type { EntryRecord, Repositories, Selector } from './ports';
-import { validateWorkloadSpiffeId } from './spiffe-id';
+import type { WorkloadSpiffeId } from './spiffe-id';
 
 export const ENTRY_NAME_RE = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
-const MAX_DNS_NAMES = 32;
-const MAX_SELECTORS = 16;
+export const MAX_DNS_NAMES = 32;
+export const MAX_SELECTORS = 16;
 
+declare const checked: unique symbol;
+/** An entry name that validateEntryName accepted (a type only: still a string). */
+export type EntryName = string & { readonly [checked]: true };
+
+/**
+ * A registration entry to create, every value already checked by the validators of the domain
+ * (validateEntryName, validateWorkloadSpiffeId, parseSelector, validateDnsName, checkListLength):
+ * the branded types say so. The HTTP edge (http/params/entries.ts) reads the body into this.
+ */
 export interface CreateEntryParams {
-  name: unknown;
-  spiffeId: unknown;
-  parentNodeId: unknown;
-  selectors?: unknown;
-  dnsNames?: unknown;
-  allowWildcardDns?: boolean;
-  ttlMs?: number | null;
+  name: EntryName;
+  spiffeId: WorkloadSpiffeId;
+  /** The id of the node that may mint this identity; it must exist and be active. */
+  parentNodeId: string;
+  selectors: readonly Selector[];
+  /** Checked with `allowWildcard: allowWildcardDns`; duplicates are dropped here. */
+  dnsNames: readonly DnsName[];
+  allowWildcardDns: boolean;
+  ttlMs: number | null;
   createdBy: string;
   audit: AuditContext;
 }
 
+export function validateEntryName(name: string): EntryName {
+  if (!ENTRY_NAME_RE.test(name)) {
+    throw new BatonError(
+      'ERR_BAD_REQUEST',
+      'invalid entry name: lowercase letters, digits, ".", "-", "_" (at most 63)',
+    );
+  }
+  return name as EntryName;
+}
+
 /** `unix:uid:N` / `unix:gid:N` (SPIRE's unix workload attestor selectors). */
-export function parseSelector(text: unknown): Selector {
-  const m = typeof text === 'string' ? /^unix:(uid|gid):(0|[1-9][0-9]{0,9})$/.exec(text) : null;
+export function parseSelector(text: string): Selector {
+  const m = /^unix:(uid|gid):(0|[1-9][0-9]{0,9})$/.exec(text);
   if (!m || Number(m[2]) > 2 ** 31 - 1) {
     throw new BatonError('ERR_BAD_REQUEST', 'invalid selector: use unix:uid:N or unix:gid:N');
   }
@@ -33,50 +54,33 @@ export function parseSelector(text: unknown): Selector {
 
 export const formatSelector = (s: Selector): string => `${s.type}:${s.key}:${s.value}`;
 
-function list(v: unknown, field: string, max: number): unknown[] {
-  if (v === undefined || v === null) return [];
-  if (!Array.isArray(v) || v.length > max)
-    throw new BatonError('ERR_BAD_REQUEST', `${field}: a list of at most ${max}`);
-  return v;
+/** The selectors (MAX_SELECTORS) and DNS names (MAX_DNS_NAMES) of an entry are bounded lists. */
+export function checkListLength<T>(items: readonly T[], max: number): readonly T[] {
+  if (items.length > max) throw new BatonError('ERR_BAD_REQUEST', `a list of at most ${max}`);
+  return items;
 }
 
-/** Validates and records a registration entry; the parent node must exist and be active. */
+/** Records a registration entry; the parent node must exist and be active. */
 export async function createEntry(
-  deps: { clock: Clock; repos: Repositories; trustDomain: string; defaultTtlMs: number },
+  deps: { clock: Clock; repos: Repositories; defaultTtlMs: number },
   p: CreateEntryParams,
 ): Promise<EntryRecord> {
-  if (typeof p.name !== 'string' || !ENTRY_NAME_RE.test(p.name)) {
-    throw new BatonError(
-      'ERR_BAD_REQUEST',
-      'invalid entry name: lowercase letters, digits, ".", "-", "_" (at most 63)',
-    );
-  }
-  // A missing parent is a malformed request (400), not a node that does not exist (404).
-  if (typeof p.parentNodeId !== 'string' || p.parentNodeId === '')
-    throw new BatonError(
-      'ERR_BAD_REQUEST',
-      'parent: the id of the node that may mint this identity is required',
-    );
-  const allowWildcardDns = p.allowWildcardDns === true;
   const entry: EntryRecord = {
     name: p.name,
-    spiffeId: validateWorkloadSpiffeId(p.spiffeId, deps.trustDomain),
+    spiffeId: p.spiffeId,
     parentNodeId: p.parentNodeId,
-    selectors: list(p.selectors, 'selectors', MAX_SELECTORS).map(parseSelector),
-    dnsNames: [
-      ...new Set(
-        list(p.dnsNames, 'dns_names', MAX_DNS_NAMES).map((d) =>
-          validateDnsName(d, { allowWildcard: allowWildcardDns }),
-        ),
-      ),
-    ],
-    allowWildcardDns,
-    ttlMs: p.ttlMs ?? null,
+    selectors: [...p.selectors],
+    dnsNames: [...new Set(p.dnsNames)],
+    allowWildcardDns: p.allowWildcardDns,
+    ttlMs: p.ttlMs,
     createdBy: p.createdBy,
     createdAt: deps.clock.now(),
   };
   if (entry.ttlMs !== null && (entry.ttlMs < MIN_TTL_MS || entry.ttlMs > MAX_TTL.workload)) {
-    throw new BatonError('ERR_BAD_REQUEST', `ttl: must be between 1m and ${MAX_TTL.workload / 86_400_000}d`);
+    throw new BatonError(
+      'ERR_BAD_REQUEST',
+      `an entry lifetime must be between 1m and ${MAX_TTL.workload / 86_400_000}d`,
+    );
   }
   const parent = await deps.repos.nodes.findById(entry.parentNodeId);
   if (!parent) throw new BatonError('ERR_NOT_FOUND', 'no such parent node');

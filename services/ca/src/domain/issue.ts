@@ -1,5 +1,5 @@
 import { buildCertificate, randomSerial } from '../pki/certificate';
-import { toPem } from '../pki/der';
+import { toPem } from '../../../../common/src/der';
 import { keyFingerprint, type PublicKeyInfo } from '../pki/keys';
 import { type NameParts, encodeName } from '../pki/names';
 import type { Clock } from './clock';

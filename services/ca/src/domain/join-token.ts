@@ -20,8 +20,8 @@ export interface ParsedToken {
 }
 
 /** A token that does not even parse is refused like any other bad token (401, not saying why). */
-export function parseJoinToken(token: unknown): ParsedToken {
-  const m = typeof token === 'string' ? TOKEN_RE.exec(token) : null;
+export function parseJoinToken(token: string): ParsedToken {
+  const m = TOKEN_RE.exec(token);
   if (!m) throw invalidToken();
   return { pin: m[1]!, id: m[2]!, secret: m[3]! };
 }
@@ -53,7 +53,7 @@ export async function createJoinToken(
   p: CreateTokenParams,
 ): Promise<{ token: string; record: TokenRecord }> {
   if (!Number.isInteger(p.uses) || p.uses < 1 || p.uses > 10_000) {
-    throw new BatonError('ERR_BAD_REQUEST', 'uses must be an integer from 1 to 10000');
+    throw new BatonError('ERR_BAD_REQUEST', 'a token has from 1 to 10000 uses (an integer)');
   }
   if (p.nodeName != null && !NODE_NAME_RE.test(p.nodeName)) {
     throw new BatonError(

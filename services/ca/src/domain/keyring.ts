@@ -1,7 +1,7 @@
 import { type KeyObject, createPrivateKey } from 'node:crypto';
 import type { IssuerTemplate } from '../pki/certificate';
 import { readCertificate } from '../pki/certificate-reader';
-import { toPem } from '../pki/der';
+import { toPem } from '../../../../common/src/der';
 import { authorityInfoAccess, authorityKeyIdentifier, crlDistributionPoints } from '../pki/extensions';
 import { type Kek, unwrapKey } from '../pki/kek';
 import { keyIdentifier } from '../pki/keys';

@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { MAX_TTL } from '../ground/ttl';
 import { base32 } from '../pki/base32';
-import { type ParsedCsr, readCsr, type UnverifiedCsr } from '../pki/csr';
-import type { Attestor } from './attestation/attestor';
+import type { ParsedCsr, UnverifiedCsr } from '../pki/csr';
+import type { PresentedEvidence } from './attestation/attestor';
 import { type AuditContext, auditEvent } from './audit';
+import { assertNodeActive, decideCaller, type NodeClaim } from './caller';
 import type { Clock } from './clock';
 import { BatonError } from '../ground/errors';
 import { type IssuedLeaf, type IssueLeafParams, issueLeaf, recordLeaf } from './issue';
@@ -17,7 +18,6 @@ export interface NodeIdentityDeps {
   storage: Storage;
   keyring: Keyring;
   installation: Installation;
-  attestors: ReadonlyMap<string, Attestor>;
   random: () => number;
 }
 
@@ -28,21 +28,16 @@ export interface Issuance {
   nodeId: string;
 }
 
+/** POST /v1/attest, as the HTTP edge read it (http/routes/node-identity.ts). */
 export interface AttestParams {
-  method: unknown;
-  payload: Record<string, unknown>;
-  csr: unknown;
+  /** The evidence, read for the method it names and bound to that method's attestor. */
+  evidence: PresentedEvidence;
+  /** Read and within the key policy; its signature is verified after the evidence. */
+  csr: UnverifiedCsr;
   audit: AuditContext;
 }
 
 const newNodeId = (): string => base32(randomBytes(10));
-
-/** The CSR read and within the key policy; its signature is checked by `verify()` (pki/csr.ts). */
-function csrFrom(input: unknown): UnverifiedCsr {
-  if (typeof input !== 'string')
-    throw new BatonError('ERR_CSR_INVALID', 'csr: a PEM certificate request is required');
-  return readCsr(input);
-}
 
 function nodeLeafParams(deps: NodeIdentityDeps, node: NodeRecord, csr: ParsedCsr): IssueLeafParams {
   return {
@@ -92,50 +87,51 @@ export async function attestNode(deps: NodeIdentityDeps, p: AttestParams): Promi
   try {
     return await attestNodeOnce(deps, p);
   } catch (e) {
-    // A refused attestation is a security event too; the issuance transaction rolled back, so
-    // the refusal is recorded on its own.
-    const code = e instanceof BatonError ? e.code : 'ERR_INTERNAL';
-    await deps.storage.audit
-      .append(
-        auditEvent(p.audit, deps.clock.now(), 'node.attestation_refused', null, 'failure', {
-          // Only a string is recorded: String() of hostile JSON throws ({"toString":1}) or
-          // overflows the stack (deeply nested arrays) and would turn a 400 into a 500.
-          method: typeof p.method === 'string' ? p.method.slice(0, 64) : `(${typeof p.method})`,
-          code,
-        }),
-      )
-      .catch(() => undefined);
+    await recordAttestationRefused(deps, p.audit, p.evidence.method, e);
     throw e;
   }
 }
 
+/**
+ * A refused attestation is a security event too: its own audit row, since the issuance
+ * transaction rolled back. The HTTP edge calls it for the refusals of reading the request (an
+ * unknown method, a malformed CSR or evidence); `method` is what the request named, bounded.
+ */
+export async function recordAttestationRefused(
+  deps: Pick<NodeIdentityDeps, 'clock' | 'storage'>,
+  audit: AuditContext,
+  method: string,
+  error: unknown,
+): Promise<void> {
+  const code = error instanceof BatonError ? error.code : 'ERR_INTERNAL';
+  await deps.storage.audit
+    .append(
+      auditEvent(audit, deps.clock.now(), 'node.attestation_refused', null, 'failure', { method, code }),
+    )
+    .catch(() => undefined);
+}
+
 async function attestNodeOnce(deps: NodeIdentityDeps, p: AttestParams): Promise<Issuance> {
-  const attestor = typeof p.method === 'string' ? deps.attestors.get(p.method) : undefined;
-  if (!attestor) {
-    throw new BatonError(
-      'ERR_ATTESTATION_METHOD_UNKNOWN',
-      `unknown attestation method; supported: ${[...deps.attestors.keys()].join(', ')}`,
-    );
-  }
-  // The CSR's structure and key policy (microseconds) first, then the evidence (for a join token,
+  // The method (at the edge), the CSR's structure and key policy (microseconds, at the edge), then the evidence (for a join token,
   // one lookup by id and a hash), then the CSR's signature, the dearest step: an anonymous caller
   // without valid evidence never gets a signature verified. Only a request whose evidence and CSR
   // signature are both bad is answered differently (the evidence's 401, no longer 400
   // ERR_CSR_INVALID); an honest client's CSR always verifies. The evidence is spent only in the
   // transaction below, so a CSR that does not verify still spends nothing.
-  const unverified = csrFrom(p.csr);
-  const policy = await attestor.verify(
-    { clock: deps.clock, repos: deps.storage, pin: deps.keyring.pin, csrDer: unverified.der },
-    p.payload,
-  );
-  const csr = unverified.verify();
+  const policy = await p.evidence.verify({
+    clock: deps.clock,
+    repos: deps.storage,
+    pin: deps.keyring.pin,
+    csrDer: p.csr.der,
+  });
+  const csr = p.csr.verify();
   return deps.storage.transaction(async (tx) => {
     await policy.commit(tx);
     const now = deps.clock.now();
     const nodeId = policy.nodeId ?? newNodeId();
     let node = await tx.nodes.lockById(nodeId);
     if (node) {
-      if (node.status === 'revoked') throw new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
+      assertNodeActive(node);
       if (node.role !== policy.role)
         throw new BatonError('ERR_ATTESTATION_FAILED', 'the node exists with another role');
       await tx.nodes.recordAttestation(node.id, now, policy.method);
@@ -177,29 +173,39 @@ function newNode(
   };
 }
 
+/** POST /v1/renew, as the HTTP edge read it. */
+export interface RenewParams {
+  /** What the TLS-verified client certificate claims; checked against the database here. */
+  claim: NodeClaim;
+  /** Read and within the key policy; its signature is verified here. */
+  csr: UnverifiedCsr;
+  audit: AuditContext;
+}
+
 /**
  * POST /v1/renew: the identity is the presented certificate's, never the CSR's. Only the node's
  * current, unexpired, unrevoked certificate renews; it becomes superseded in the same transaction
  * (row-locked, so two concurrent renewals of one certificate give one new certificate).
  */
-export async function renewNode(
-  deps: NodeIdentityDeps,
-  p: { peerSerial: string; csr: unknown; audit: AuditContext },
-): Promise<Issuance> {
-  const csr = csrFrom(p.csr).verify();
-  // Fast path: one read, then one statement that re-checks everything under the locks the
-  // general path takes (IssuanceRepository.recordRenewalGuarded). Any refusal takes the general
-  // path, which names the reason.
-  const node = await deps.storage.nodes.findByCertificate(p.peerSerial);
-  if (node?.status === 'active') {
+export async function renewNode(deps: NodeIdentityDeps, p: RenewParams): Promise<Issuance> {
+  const csr = p.csr.verify();
+  const { peer } = p.claim;
+  // Fast path: one read, then one statement that re-checks the caller rule (domain/caller.ts)
+  // under the locks the general path takes (IssuanceRepository.recordRenewalGuarded). Any refusal
+  // takes the general path, which names the reason.
+  // The node row gives the leaf its role and lifetime (one prepared statement); whether the caller
+  // may renew is the guard's to say, and on refusal the general path's.
+  const node = await deps.storage.nodes.findByCertificate(peer.serial);
+  if (node?.id === p.claim.nodeId) {
     const now = deps.clock.now();
     const leaf = await recordLeaf(
       { clock: deps.clock, issuer: deps.keyring.signing },
       nodeLeafParams(deps, node, csr),
       (l) =>
-        deps.storage.issuances.recordRenewalGuarded(l.record, renewedEvent(p.audit, now, l, p.peerSerial), {
+        deps.storage.issuances.recordRenewalGuarded(l.record, renewedEvent(p.audit, now, l, peer.serial), {
           nodeId: node.id,
-          peerSerial: p.peerSerial,
+          peerSerial: peer.serial,
+          peerDer: peer.der,
           now,
         }),
     );
@@ -214,36 +220,18 @@ const renewedEvent = (audit: AuditContext, at: Date, leaf: IssuedLeaf, previous:
     previous,
   });
 
-/** The general path: the checks one by one in a transaction, each refusal with its own code. */
-async function renewLocked(
-  deps: NodeIdentityDeps,
-  p: { peerSerial: string; audit: AuditContext },
-  csr: ParsedCsr,
-): Promise<Issuance> {
+/** The general path: the caller rule over the locked rows, each refusal with its own code. */
+async function renewLocked(deps: NodeIdentityDeps, p: RenewParams, csr: ParsedCsr): Promise<Issuance> {
   return deps.storage.transaction(async (tx) => {
     const now = deps.clock.now();
     // Locks in the order node → certificate, the order of a node revocation (revokeNode locks the
     // node, then updates its certificates): the other order deadlocks against a concurrent one.
-    const peer = await tx.certificates.findBySerial(p.peerSerial);
-    const node = peer?.nodeId ? await tx.nodes.lockById(peer.nodeId) : null;
-    const current = await tx.certificates.lockBySerial(p.peerSerial);
-    if (!current || current.kind !== 'node' || !current.nodeId || current.nodeId !== peer?.nodeId) {
-      throw new BatonError('ERR_NOT_AUTHENTICATED', 'a node certificate is required');
-    }
-    assertCurrent(current.status, current.notAfter, now);
-    if (!node || node.status !== 'active')
-      throw new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
-    await tx.nodes.recordSeen(node.id, now);
-    const issued = await issueNodeCertificate(deps, tx, node, csr);
-    await tx.audit.append(renewedEvent(p.audit, now, issued.leaf, current.serial));
+    const node = await tx.nodes.lockById(p.claim.nodeId);
+    const current = await tx.certificates.lockBySerial(p.claim.peer.serial);
+    const caller = decideCaller(p.claim, current, node, now);
+    await tx.nodes.recordSeen(caller.node.id, now);
+    const issued = await issueNodeCertificate(deps, tx, caller.node, csr);
+    await tx.audit.append(renewedEvent(p.audit, now, issued.leaf, caller.certificate.serial));
     return issued;
   });
-}
-
-export function assertCurrent(status: string, notAfter: Date, now: Date): void {
-  if (status === 'revoked') throw new BatonError('ERR_CERT_REVOKED', 'this certificate has been revoked');
-  if (status === 'superseded')
-    throw new BatonError('ERR_CERT_SUPERSEDED', 'this certificate has been replaced by a newer one');
-  if (notAfter.getTime() <= now.getTime())
-    throw new BatonError('ERR_CERT_EXPIRED', 'this certificate has expired: attest again');
 }

@@ -98,9 +98,11 @@ export interface CertificateRepository {
 
 /** What a workload issuance re-checks in the database, in the very statement that records it. */
 export interface WorkloadGuard {
-  /** The node the request's client certificate names, and that certificate's serial. */
+  /** The node the request's client certificate names, and that certificate's serial and DER. */
   nodeId: string;
   peerSerial: string;
+  /** The presented certificate must be the very one recorded under peerSerial (domain/caller.ts). */
+  peerDer: Buffer;
   now: Date;
   /** The entry the certificate was built from: it must still exist, unchanged, parented to the node. */
   entry: EntryRecord;
@@ -128,6 +130,8 @@ export interface IssuanceRepository {
 export interface RenewalGuard {
   nodeId: string;
   peerSerial: string;
+  /** The presented certificate must be the very one recorded under peerSerial (domain/caller.ts). */
+  peerDer: Buffer;
   now: Date;
 }
 

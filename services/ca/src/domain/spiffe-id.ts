@@ -15,11 +15,19 @@ const SEGMENT = /^[A-Za-z0-9._-]+$/;
 /** Paths Baton mints itself: an entry may never claim them (it would impersonate a node or an admin). */
 export const RESERVED_PATH_PREFIXES = ['/node/', '/admin/', '/baton/'] as const;
 
-export function validateSpiffeId(id: unknown, trustDomain: string): string {
+declare const checkedSpiffeId: unique symbol;
+declare const checkedWorkload: unique symbol;
+/** A SPIFFE ID that validateSpiffeId accepted for its trust domain (a type only: still a string). */
+export type SpiffeId = string & { readonly [checkedSpiffeId]: true };
+/** A SPIFFE ID an entry may name: validateWorkloadSpiffeId accepted it. */
+export type WorkloadSpiffeId = SpiffeId & { readonly [checkedWorkload]: true };
+
+/** Refuses anything outside the grammar above; the empty string is a missing ID ("required"). */
+export function validateSpiffeId(id: string, trustDomain: string): SpiffeId {
   const bad = (why: string): never => {
     throw new BatonError('ERR_BAD_REQUEST', `invalid SPIFFE ID: ${why}`);
   };
-  if (typeof id !== 'string' || id.length === 0) return bad('required');
+  if (id.length === 0) return bad('required');
   if (Buffer.byteLength(id, 'utf8') > MAX_BYTES) bad(`longer than ${MAX_BYTES} bytes`);
   if (!id.startsWith('spiffe://')) bad('must start with spiffe:// (lowercase scheme)');
   const rest = id.slice('spiffe://'.length);
@@ -41,11 +49,11 @@ export function validateSpiffeId(id: unknown, trustDomain: string): string {
     if (seg.includes('#')) bad('a fragment is not allowed');
     if (!SEGMENT.test(seg)) bad('path segments must be letters, digits, ".", "-" or "_"');
   }
-  return id;
+  return id as SpiffeId;
 }
 
 /** A SPIFFE ID an entry may use: valid, and not under a path Baton reserves. */
-export function validateWorkloadSpiffeId(id: unknown, trustDomain: string): string {
+export function validateWorkloadSpiffeId(id: string, trustDomain: string): WorkloadSpiffeId {
   const valid = validateSpiffeId(id, trustDomain);
   const path = valid.slice(`spiffe://${trustDomain}`.length);
   if (RESERVED_PATH_PREFIXES.some((p) => `${path}/`.startsWith(p))) {
@@ -54,5 +62,5 @@ export function validateWorkloadSpiffeId(id: unknown, trustDomain: string): stri
       `invalid SPIFFE ID: paths under ${RESERVED_PATH_PREFIXES.join(', ')} are reserved`,
     );
   }
-  return valid;
+  return valid as WorkloadSpiffeId;
 }

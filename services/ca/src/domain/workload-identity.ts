@@ -1,12 +1,13 @@
-import { type ParsedCsr, parseCsr } from '../pki/csr';
+import { BatonError } from '../ground/errors';
+import type { ParsedCsr, UnverifiedCsr } from '../pki/csr';
 import { type AuditContext, auditEvent } from './audit';
+import { decideCaller, identifyClaim, type NodeClaim } from './caller';
 import type { Clock } from './clock';
 import type { EntrySource } from './entry-cache';
 import { entryTtlMs } from './entries';
-import { BatonError } from '../ground/errors';
 import { type IssuedLeaf, type IssueLeafParams, issueLeaf, recordLeaf } from './issue';
 import type { Keyring } from './keyring';
-import type { EntryRecord, Installation, NodeRecord, Storage } from './ports';
+import type { EntryRecord, Installation, Storage } from './ports';
 import { type Issuance, issuanceOf } from './node-identity';
 
 export interface WorkloadDeps {
@@ -19,17 +20,15 @@ export interface WorkloadDeps {
   entries?: EntrySource;
 }
 
-export interface WorkloadRequest {
-  /** From the TLS-verified client certificate: `spiffe://<td>/node/<nodeId>` and its serial. */
-  peer: { nodeId: string; serial: string };
-  spiffeId: unknown;
-  csr: unknown;
+/** POST /v1/workload-svids, as the HTTP edge read it. */
+export interface WorkloadSvidParams {
+  /** What the TLS-verified client certificate claims: `spiffe://<td>/node/<nodeId>`. */
+  claim: NodeClaim;
+  /** The SPIFFE ID asked for; it must be an entry's parented to the node (the entry decides). */
+  spiffeId: string;
+  /** Read and within the key policy; its signature is verified here. */
+  csr: UnverifiedCsr;
   audit: AuditContext;
-  /**
-   * The full node authentication against the database (certificate current, node active): throws
-   * the precise refusal (ERR_CERT_REVOKED, ERR_NODE_REVOKED …) or returns the node.
-   */
-  authenticate: () => Promise<NodeRecord>;
 }
 
 /**
@@ -41,59 +40,71 @@ export interface WorkloadRequest {
  * recorded by a statement that re-checks everything (the node certificate is current, the node is
  * active and locked FOR SHARE, the entry unchanged) before it inserts the certificate and its
  * audit row. If that statement refuses, or anything else fails, the request takes the general
- * path: full authentication first, so a caller that is not an authorized node learns only that,
- * then a fresh entry read and the locked transaction.
+ * path: the caller rule in full first (domain/caller.ts), so a caller that is not an authorized
+ * node learns only that, then a fresh entry read and the locked transaction.
  */
-export async function issueWorkloadSvid(deps: WorkloadDeps, p: WorkloadRequest): Promise<Issuance> {
-  let spiffeId: string;
+export async function issueWorkloadSvid(deps: WorkloadDeps, p: WorkloadSvidParams): Promise<Issuance> {
+  const { claim, spiffeId } = p;
+  const nodeId = claim.nodeId;
+  const authenticate = () => identifyClaim(callerDeps(deps), claim);
   let csr: ParsedCsr;
   let entry: EntryRecord | null;
   try {
-    spiffeId = checkSpiffeId(p.spiffeId);
-    csr = checkCsr(p.csr);
+    csr = p.csr.verify();
     entry = deps.entries
-      ? await deps.entries.lookup(p.peer.nodeId, spiffeId)
-      : await deps.storage.entries.findForNode(p.peer.nodeId, spiffeId);
+      ? await deps.entries.lookup(nodeId, spiffeId)
+      : await deps.storage.entries.findForNode(nodeId, spiffeId);
   } catch (e) {
-    await p.authenticate();
+    await authenticate();
     throw e;
   }
   if (entry) {
     const now = deps.clock.now();
     const leaf = await recordLeaf(
       { clock: deps.clock, issuer: deps.keyring.signing },
-      leafParams(deps, entry, csr, p.peer.nodeId),
+      leafParams(deps, entry, csr, nodeId),
       (l) =>
         deps.storage.issuances.recordWorkloadGuarded(l.record, issuedEvent(p.audit, now, l, entry!), {
-          nodeId: p.peer.nodeId,
-          peerSerial: p.peer.serial,
+          nodeId,
+          peerSerial: claim.peer.serial,
+          peerDer: claim.peer.der,
           now,
           entry: entry!,
         }),
     );
-    if (leaf) return issuanceOf(deps, leaf, p.peer.nodeId);
-    deps.entries?.forget(p.peer.nodeId, spiffeId);
+    if (leaf) return issuanceOf(deps, leaf, nodeId);
+    deps.entries?.forget(nodeId, spiffeId);
   }
-  const node = await p.authenticate();
-  const fresh = await deps.storage.entries.findForNode(node.id, spiffeId);
+  await authenticate();
+  const fresh = await deps.storage.entries.findForNode(nodeId, spiffeId);
   if (!fresh)
     throw new BatonError('ERR_NOT_AUTHORIZED', 'no entry for this SPIFFE ID is parented to this node');
-  return issueLocked(deps, node.id, fresh, csr, p.audit);
+  return issueLocked(deps, claim, fresh, csr, p.audit);
 }
+
+const callerDeps = (deps: WorkloadDeps) => ({
+  clock: deps.clock,
+  repos: deps.storage,
+  trustDomain: deps.installation.trustDomain,
+});
 
 /** The general path: one transaction that locks the node row, as every other issuance does. */
 async function issueLocked(
   deps: WorkloadDeps,
-  nodeId: string,
+  claim: NodeClaim,
   entry: EntryRecord,
   csr: ParsedCsr,
   audit: AuditContext,
 ): Promise<Issuance> {
   const leaf = await deps.storage.transaction(async (tx) => {
-    // Re-read the node under a row lock: a revocation committed meanwhile wins.
-    const node = await tx.nodes.lockById(nodeId);
-    if (!node || node.status !== 'active')
-      throw new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
+    // The caller rule again over the node row locked: a revocation committed meanwhile wins.
+    const locked = await tx.nodes.lockById(claim.nodeId);
+    const { node } = decideCaller(
+      claim,
+      await tx.certificates.findBySerial(claim.peer.serial),
+      locked,
+      deps.clock.now(),
+    );
     const issued = await issueLeaf(
       { clock: deps.clock, issuer: deps.keyring.signing, certificates: tx.certificates },
       leafParams(deps, entry, csr, node.id),
@@ -101,19 +112,7 @@ async function issueLocked(
     await tx.audit.append(issuedEvent(audit, deps.clock.now(), issued, entry));
     return issued;
   });
-  return issuanceOf(deps, leaf, nodeId);
-}
-
-function checkSpiffeId(v: unknown): string {
-  if (typeof v !== 'string' || v.length > 2048)
-    throw new BatonError('ERR_BAD_REQUEST', 'spiffe_id: required');
-  return v;
-}
-
-function checkCsr(v: unknown): ParsedCsr {
-  if (typeof v !== 'string')
-    throw new BatonError('ERR_CSR_INVALID', 'csr: a PEM certificate request is required');
-  return parseCsr(v);
+  return issuanceOf(deps, leaf, claim.nodeId);
 }
 
 function leafParams(deps: WorkloadDeps, entry: EntryRecord, csr: ParsedCsr, nodeId: string): IssueLeafParams {

@@ -1,19 +1,13 @@
 import type { RequestListener } from 'node:http';
 import express, { type Express, type RequestHandler } from 'express';
-import type { Logger } from 'pino';
-import type { AbuseLimits } from '../config';
-import type { Attestor } from '../domain/attestation/attestor';
-import type { Clock } from '../domain/clock';
 import { BatonError } from '../ground/errors';
-import type { Keyring } from '../domain/keyring';
-import type { Installation, Storage } from '../domain/ports';
+import { authDepsOf } from './authorization';
 import { errorHandler } from './errors';
-import type { CrlService } from '../server/crl-service';
-import type { RevocationFeed } from '../server/revocation-feed';
+import type { AppDeps } from './ports';
 import { fastPath, RENEW_ROUTE, WORKLOAD_ROUTE } from './fast-path';
 import { abuseControls, BODY_LIMIT, headerLimit, RENEW_QUOTA, WORKLOAD_QUOTA } from './abuse-controls';
-import type { Metrics } from './metrics';
 import { requestContext, secureHeaders } from './request-context';
+import { surfaceGuard } from './surface-guard';
 import { attestChallengeRoutes } from './routes/attest-challenge';
 import { bundleRoutes } from './routes/bundle';
 import { crlRoutes } from './routes/crl';
@@ -26,28 +20,6 @@ import { nodeIdentityRoutes, nodeRenewer } from './routes/node-identity';
 import { ocspRoutes } from './routes/ocsp';
 import { revocationRoutes } from './routes/revocation';
 import { workloadIdentityRoutes, workloadIssuer } from './routes/workload-identity';
-
-export interface AppDeps {
-  clock: Clock;
-  storage: Storage;
-  installation: Installation;
-  /** A getter: the keyring can be reloaded (CA rotation) without rebuilding the app. */
-  keyring: () => Keyring;
-  log: Logger;
-  metrics: Metrics;
-  /** Attestation methods by name (join_token, x509pop …). */
-  attestors: ReadonlyMap<string, Attestor>;
-  /** Jitter source for refresh_at (injected so tests are deterministic). */
-  random: () => number;
-  crls: CrlService;
-  feed: RevocationFeed;
-  /** Serves the CRLs a revocation committed (drops cached ones) and wakes the feed; called after it commits. */
-  afterRevocation(): Promise<void>;
-  /** Rate limits, quotas and the in-flight limit (per replica). */
-  limits: AbuseLimits;
-  /** Monotonic milliseconds for the rate limits (never the wall clock). */
-  monotonicMs: () => number;
-}
 
 /**
  * A body declared larger than any route accepts is refused before a byte of it is read, and the
@@ -85,6 +57,8 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   app.get(['/v1/bundle', '/v1/bundle.jwks'], limit.bundle);
   app.post('/v1/renew', limit.renew);
   app.post('/v1/workload-svids', limit.workload);
+  // Before any router: Express would answer OPTIONS itself, listing the methods a path takes.
+  app.use(surfaceGuard(authDepsOf(deps)));
   // OCSP bodies are DER, parsed by their own route before the JSON parser sees them.
   app.use(ocspRoutes(deps));
   app.use(express.json({ limit: BODY_LIMIT, type: ['application/json', 'application/*+json'] }));

@@ -1,17 +1,37 @@
 import type { IncomingMessage } from 'node:http';
-import type { Request, RequestHandler } from 'express';
-import type { AdminRole } from '../admin-credentials';
-import { BatonError } from '../ground/errors';
-import type { CertificateKind, NodeRecord, Repositories } from '../domain/ports';
-import { assertCurrent } from '../domain/node-identity';
+import type { RequestHandler } from 'express';
+import type { AdminRole } from '../domain/admin-identity';
+import {
+  type CallerDeps,
+  type CallerKind,
+  type CallerOf,
+  claimOf,
+  identifyCaller,
+  type NodeClaim,
+} from '../domain/caller';
 import type { Clock } from '../domain/clock';
+import type { CertificateKind, Repositories } from '../domain/ports';
+import { BatonError } from '../ground/errors';
 import { peerCertificate } from './peer-cert';
 
 /**
- * Who may call which admin route: one table, checked on every request, also on a reused
- * keep-alive connection (never cached per connection: CVE-2018-1002105 came from trusting
- * a connection's earlier authorization). `auditor` reads only. Certificate revocation is further
- * limited by the kind of certificate revoked: REVOCATION_ROLES.
+ * The routes that take a client certificate, and the kinds of caller each accepts. Who the caller
+ * is, is decided by domain/caller.ts on every request, also on a reused keep-alive connection
+ * (never cached per connection: CVE-2018-1002105 came from trusting a connection's earlier
+ * authorization); what an admin's role may do, by ADMIN_ROUTES below.
+ */
+export const NODE_ROUTES = {
+  'POST /v1/renew': ['node'],
+  'POST /v1/workload-svids': ['node'],
+  'GET /v1/entries': ['node'],
+  // CONTRACT: node mTLS. Workload SVIDs may follow the feed too: revocations are public (the CRL is
+  // unauthenticated), and a library-based service holds a workload identity, not a node's.
+  'GET /v1/revocations': ['node', 'workload'],
+} as const satisfies Record<string, readonly CallerKind[]>;
+
+/**
+ * Who may call which admin route: one table, checked on every request. `auditor` reads only.
+ * Certificate revocation is further limited by the kind of certificate revoked: REVOCATION_ROLES.
  */
 export const ADMIN_ROUTES = {
   'POST /v1/admin/tokens': ['admin', 'operator'],
@@ -50,43 +70,35 @@ export interface AdminIdentity {
   serial: string;
 }
 
-export interface AuthDeps {
-  clock: Clock;
-  repos: Repositories;
-  trustDomain: string;
-}
-
-/** What authentication needs, from the application's dependencies (every route's the same). */
+/** What identifying a caller needs, from the application's dependencies (every route's the same). */
 export const authDepsOf = (deps: {
   clock: Clock;
   storage: Repositories;
   installation: { trustDomain: string };
-}): AuthDeps => ({ clock: deps.clock, repos: deps.storage, trustDomain: deps.installation.trustDomain });
+}): CallerDeps => ({ clock: deps.clock, repos: deps.storage, trustDomain: deps.installation.trustDomain });
 
-/** The admin certificate must be ours, current (not revoked or expired) and carry an admin SPIFFE ID. */
-export async function authenticateAdmin(deps: AuthDeps, req: Request): Promise<AdminIdentity> {
-  const peer = peerCertificate(req);
-  const prefix = `spiffe://${deps.trustDomain}/admin/`;
-  if (!peer.spiffeId.startsWith(prefix))
-    throw new BatonError('ERR_NOT_AUTHORIZED', 'an admin certificate is required');
-  const record = await deps.repos.certificates.findBySerial(peer.serial);
-  if (!record || record.kind !== 'admin' || record.spiffeId !== peer.spiffeId) {
-    throw new BatonError('ERR_NOT_AUTHENTICATED', 'unknown admin certificate');
-  }
-  if (record.status === 'revoked')
-    throw new BatonError('ERR_CERT_REVOKED', 'this certificate has been revoked');
-  // TLS checked the validity period at the handshake only; a keep-alive connection outlives it.
-  if (record.notAfter.getTime() <= deps.clock.now().getTime())
-    throw new BatonError('ERR_CERT_EXPIRED', 'the client certificate has expired');
+/** The caller of a request, if it is of a kind in `accepts` and passes the rule (domain/caller.ts). */
+export const callerOf = <K extends CallerKind>(
+  deps: CallerDeps,
+  req: Pick<IncomingMessage, 'socket'>,
+  accepts: readonly K[],
+): Promise<CallerOf<K>> => identifyCaller(deps, peerCertificate(req), accepts);
+
+/** The admin a request's certificate names; its role is not yet checked against a route. */
+export async function authenticateAdmin(
+  deps: CallerDeps,
+  req: Pick<IncomingMessage, 'socket'>,
+): Promise<AdminIdentity> {
+  const admin = await callerOf(deps, req, ['admin']);
   return {
-    name: peer.spiffeId.slice(prefix.length),
-    role: peer.subject.OU as AdminRole,
-    spiffeId: peer.spiffeId,
-    serial: peer.serial,
+    name: admin.name,
+    role: admin.role,
+    spiffeId: admin.certificate.spiffeId,
+    serial: admin.certificate.serial,
   };
 }
 
-export function requireAdmin(deps: AuthDeps, route: AdminRoute): RequestHandler {
+export function requireAdmin(deps: CallerDeps, route: AdminRoute): RequestHandler {
   const allowed: readonly string[] = ADMIN_ROUTES[route];
   return async (req, res, next) => {
     const admin = await authenticateAdmin(deps, req);
@@ -112,40 +124,18 @@ export function assertMayRevoke(admin: Pick<AdminIdentity, 'role'>, kind: Certif
 }
 
 /**
- * The node a request's client certificate names, as TLS verified it against our roots, without
- * asking the database: the caller must still check that this certificate is current and the node
- * active (authenticateNode, or a statement that re-checks both, as workload issuance does).
+ * What a request's client certificate claims, without asking the database: the fast paths hand
+ * it to a use case whose guarded statement, or on refusal identifyClaim, checks the rest.
  */
-export function nodePeer(
-  req: Pick<IncomingMessage, 'socket'>,
-  trustDomain: string,
-): { nodeId: string; serial: string } {
-  const peer = peerCertificate(req);
-  const prefix = `spiffe://${trustDomain}/node/`;
-  if (!peer.spiffeId.startsWith(prefix))
-    throw new BatonError('ERR_NOT_AUTHORIZED', 'a node certificate is required');
-  return { nodeId: peer.spiffeId.slice(prefix.length), serial: peer.serial };
+export function nodeClaimOf(req: Pick<IncomingMessage, 'socket'>, trustDomain: string): NodeClaim {
+  return claimOf(peerCertificate(req), trustDomain, ['node']) as NodeClaim;
 }
 
-/** A node certificate that is the node's current one, for an active node. */
-export async function authenticateNode(
-  deps: AuthDeps,
-  req: Pick<IncomingMessage, 'socket'>,
-): Promise<{ node: NodeRecord; serial: string }> {
-  const peer = nodePeer(req, deps.trustDomain);
-  const record = await deps.repos.certificates.findBySerial(peer.serial);
-  if (!record || record.kind !== 'node' || !record.nodeId)
-    throw new BatonError('ERR_NOT_AUTHENTICATED', 'unknown node certificate');
-  assertCurrent(record.status, record.notAfter, deps.clock.now());
-  const node = await deps.repos.nodes.findById(record.nodeId);
-  if (!node || node.status !== 'active')
-    throw new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
-  return { node, serial: peer.serial };
-}
-
-export function requireNode(deps: AuthDeps): RequestHandler {
+/** Express middleware for a route of NODE_ROUTES: the caller in res.locals.caller. */
+export function requireCaller(deps: CallerDeps, route: keyof typeof NODE_ROUTES): RequestHandler {
+  const accepts: readonly CallerKind[] = NODE_ROUTES[route];
   return async (req, res, next) => {
-    res.locals.node = await authenticateNode(deps, req);
+    res.locals.caller = await callerOf(deps, req, accepts);
     next();
   };
 }

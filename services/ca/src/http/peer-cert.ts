@@ -1,19 +1,15 @@
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
+import type { PeerCertificate } from '../domain/caller';
 import { BatonError } from '../ground/errors';
 
-/** The client certificate of a request, as TLS verified it against our roots. */
-export interface PeerCertificate {
-  /** Lowercase hex serial, as stored in the certificates table. */
-  serial: string;
-  spiffeId: string;
-  subject: { O?: string; OU?: string; CN?: string };
-}
+export type { PeerCertificate };
 
 /**
  * The one reader of getPeerCertificate(). TLS requested the certificate without requiring it
  * (authorization is per route), so this is where "no certificate", "not from our CA" and
- * "expired" become 401s. Parsed once per TLS socket; authorization itself runs on every request.
+ * "expired" become 401s. Parsed once per TLS socket; who the caller is (domain/caller.ts) is decided
+ * on every request.
  */
 const cache = new WeakMap<TLSSocket, PeerCertificate>();
 
@@ -42,6 +38,7 @@ export function peerCertificate(req: Pick<IncomingMessage, 'socket'>): PeerCerti
     serial: normalizeSerial(cert.serialNumber),
     spiffeId: uris[0]!,
     subject: { O: pick(cert.subject.O), OU: pick(cert.subject.OU), CN: pick(cert.subject.CN) },
+    der: cert.raw,
   };
   cache.set(socket, peer);
   return peer;

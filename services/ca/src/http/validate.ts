@@ -1,6 +1,7 @@
 import type { Request } from 'express';
 import { parseDuration } from '../domain/duration';
 import { BatonError } from '../ground/errors';
+import { readCsr, type UnverifiedCsr } from '../pki/csr';
 
 /** Small DTO readers: each refusal is a 400 ERR_BAD_REQUEST naming the field, never echoing it. */
 export function body(req: Request): Record<string, unknown> {
@@ -79,3 +80,33 @@ export function oneOf<T extends string>(
   if (typeof v !== 'string' || !values.includes(v as T)) throw bad(field, `one of ${values.join(', ')}`);
   return v as T;
 }
+
+/**
+ * A PEM CSR field, read and within the key policy (pki/key-policy.ts); the use case verifies its
+ * signature when its order of checks says so (attestation: after the evidence).
+ */
+export function csrField(b: Record<string, unknown>, field = 'csr'): UnverifiedCsr {
+  const v = b[field];
+  if (typeof v !== 'string')
+    throw new BatonError('ERR_CSR_INVALID', `${field}: a PEM certificate request is required`);
+  return readCsr(v);
+}
+
+/**
+ * Runs the domain's check of one field and names the field in its refusal: the domain's messages
+ * never name a wire field, so a BatonError comes back as `<field>: <message>`, its code unchanged.
+ */
+export function atField<T>(field: string, check: () => T): T {
+  try {
+    return check();
+  } catch (e) {
+    if (e instanceof BatonError) throw new BatonError(e.code, `${field}: ${e.message}`);
+    throw e;
+  }
+}
+
+/**
+ * A string field for a domain check that refuses the empty string as missing ("required"): an
+ * absent field, null or any other JSON type is refused the same way, so it is read as ''.
+ */
+export const textOrEmpty = (v: unknown): string => (typeof v === 'string' ? v : '');

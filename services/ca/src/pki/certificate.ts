@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Signer } from '../ground/signer';
-import { bitString, ctx, int, seq, time, uintBytes } from './der';
+import { bitString, ctx, int, seq, time, uintBytes } from '../../../../common/src/der';
 
 /**
  * The parts of a certificate that depend only on the issuing CA, encoded once per CA

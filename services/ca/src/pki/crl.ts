@@ -1,6 +1,6 @@
 import { BatonError } from '../ground/errors';
 import type { Signer } from '../ground/signer';
-import { bitString, ctx, enumerated, int, seq, time, toPem } from './der';
+import { bitString, ctx, enumerated, int, seq, time, toPem } from '../../../../common/src/der';
 import { authorityKeyIdentifier, extension } from './extensions';
 import { OID } from './oids';
 

@@ -1,5 +1,5 @@
 import { BatonError } from '../ground/errors';
-import { nullValue, oid, seq } from './der';
+import { nullValue, oid, seq } from '../../../../common/src/der';
 import { children, decodeOid, fromPem, readWhole, type Tlv } from './der-reader';
 import {
   describePublicKey,

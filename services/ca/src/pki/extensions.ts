@@ -1,5 +1,5 @@
 import { isIP } from 'node:net';
-import { bool, ctx, ia5, int, namedBits, octets, oid, seq } from './der';
+import { bool, ctx, ia5, int, namedBits, octets, oid, seq } from '../../../../common/src/der';
 import { OID } from './oids';
 
 /** RFC 5280 §4.1: Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING } */

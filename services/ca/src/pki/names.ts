@@ -1,4 +1,4 @@
-import { oid, printable, seq, set, utf8 } from './der';
+import { oid, printable, seq, set, utf8 } from '../../../../common/src/der';
 import { OID } from './oids';
 
 export interface NameParts {

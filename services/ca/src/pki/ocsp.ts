@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { BatonError } from '../ground/errors';
 import type { Signer } from '../ground/signer';
-import { bitString, ctx, enumerated, generalizedTime, octets, oid, seq } from './der';
+import { bitString, ctx, enumerated, generalizedTime, octets, oid, seq } from '../../../../common/src/der';
 import { isRevocationReason } from './crl';
 import { children, decodeOid, readWhole, type Tlv } from './der-reader';
 import { extension } from './extensions';

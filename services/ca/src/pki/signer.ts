@@ -1,7 +1,7 @@
 import { sign as cryptoSign, type KeyObject } from 'node:crypto';
 import { BatonError } from '../ground/errors';
 import type { Signer } from '../ground/signer';
-import { nullValue, oid, seq } from './der';
+import { nullValue, oid, seq } from '../../../../common/src/der';
 import { OID } from './oids';
 
 /**

@@ -1,6 +1,6 @@
 import { join, resolve } from 'node:path';
-import { writeFileAtomic } from '../../../../../clients/rotation/src/atomic-file';
-import { createCsr, exportPrivateKeyPem, generateKeyPair } from '../../../../../clients/rotation/src/csr';
+import { writeFileAtomic } from '../../../../../common/src/atomic-file';
+import { createCsr, exportPrivateKeyPem, generateKeyPair } from '../../../../../common/src/csr';
 import { loadAdminClientConfig } from '../../config';
 import { BatonError } from '../../ground/errors';
 import { adminClient } from '../admin-client';

@@ -1,5 +1,6 @@
 import type { Clock } from '../clock';
 import type { NodeRole, Repositories } from '../ports';
+import type { KnownEvidence } from './registry';
 
 /**
  * What a successful attestation proves: who the node is and what it may be issued.
@@ -41,10 +42,30 @@ export interface AttestationChallenge {
   expiresAt: Date;
 }
 
-export interface Attestor {
+/**
+ * One attestation method. `E` is its evidence, typed: the HTTP edge reads it from the request
+ * (http/attestation-evidence.ts, one reader per method), so an attestor never sees a wire field.
+ *
+ * The default type argument is what a bare `Attestor` (the registry's maps) means: an attestor of
+ * one of the methods of registry.ts.
+ */
+export interface Attestor<E = KnownEvidence> {
   readonly method: string;
   /** Checks the evidence; throws BatonError (ERR_TOKEN_INVALID, ERR_ATTESTATION_FAILED …). */
-  verify(deps: AttestorDeps, payload: Record<string, unknown>): Promise<IssuancePolicy>;
+  verify(deps: AttestorDeps, evidence: E): Promise<IssuancePolicy>;
   /** Present on methods that need a fresh server nonce (POST /v1/attest/challenge). */
   challenge?(deps: Pick<AttestorDeps, 'clock' | 'repos'>): Promise<AttestationChallenge>;
+}
+
+/**
+ * Evidence the edge read, bound to the attestor that checks it: what an attestation use case takes
+ * (the evidence type stays between the reader and its attestor).
+ */
+export interface PresentedEvidence {
+  readonly method: string;
+  verify(deps: AttestorDeps): Promise<IssuancePolicy>;
+}
+
+export function presentEvidence<E>(attestor: Attestor<E>, evidence: E): PresentedEvidence {
+  return { method: attestor.method, verify: (deps) => attestor.verify(deps, evidence) };
 }

@@ -1,15 +1,19 @@
-import { invalidToken, parseJoinToken, secretMatches } from '../join-token';
+import { invalidToken, type ParsedToken, secretMatches } from '../join-token';
 import type { Attestor } from './attestor';
 
+/** The evidence of a join_token attestation: a token that parsed (parseJoinToken). */
+export interface JoinTokenEvidence {
+  readonly token: ParsedToken;
+}
+
 /**
- * join_token: the token must parse, name our root's pin, exist, match its secret (constant time),
- * be unexpired and have a use left. Every failure is the same 401 ERR_TOKEN_INVALID, so a caller
- * cannot tell an unknown token from an expired or spent one.
+ * join_token: the token must parse (the edge's parseJoinToken), name our root's pin, exist, match
+ * its secret (constant time), be unexpired and have a use left. Every failure is the same 401
+ * ERR_TOKEN_INVALID, so a caller cannot tell an unknown token from an expired or spent one.
  */
-export const joinTokenAttestor: Attestor = {
+export const joinTokenAttestor: Attestor<JoinTokenEvidence> & { readonly method: 'join_token' } = {
   method: 'join_token',
-  async verify(deps, payload) {
-    const t = parseJoinToken(payload.token);
+  async verify(deps, { token: t }) {
     if (t.pin !== deps.pin) throw invalidToken();
     const record = await deps.repos.tokens.findById(t.id);
     if (!record || !secretMatches(t.secret, record)) throw invalidToken();

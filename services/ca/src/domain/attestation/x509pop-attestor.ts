@@ -14,8 +14,9 @@ import type { Attestor } from './attestor';
  * 1. `POST /v1/attest/challenge {"method":"x509pop"}` → a nonce (32 random bytes, base64url) that
  *    lives 5 minutes in `attestation_nonces`: no in-process state, because several replicas share
  *    one database and the challenge and the attestation may reach different replicas.
- * 2. `POST /v1/attest {"method":"x509pop","certificate_chain","nonce","signature","csr"}`, where
- *    `signature` is the base64 signature by the provisioning leaf's key over the UTF-8 bytes of
+ * 2. `POST /v1/attest {"method":"x509pop","certificate_chain","nonce","signature","csr"}` (read by
+ *    the HTTP edge into X509popEvidence), where `signature` is the base64 signature by the
+ *    provisioning leaf's key over the UTF-8 bytes of
  *
  *        "baton-x509pop-v1\n" + nonce + "\n" + base64url(SHA-256(CSR DER))      (no trailing newline)
  *
@@ -45,13 +46,32 @@ export interface X509popSettings {
   readonly role: NodeRole;
 }
 
-/** A leaf and up to four intermediates: deeper provisioning hierarchies are not worth the work per request. */
-const MAX_CHAIN_CERTS = 5;
-const MAX_CHAIN_CHARS = 32 * 1024;
-/** RSA-4096 gives 512 bytes (684 base64 characters); 1024 leaves room for RSA-8192 provisioning keys. */
-const MAX_SIGNATURE_CHARS = 1024;
-const NONCE_PATTERN = /^[A-Za-z0-9_-]{43}$/;
-const BASE64_PATTERN = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+/**
+ * A leaf and up to four intermediates: deeper provisioning hierarchies are not worth the work per
+ * request (the edge refuses a longer chain before it parses the certificates).
+ */
+export const X509POP_MAX_CHAIN_CERTS = 5;
+
+/**
+ * The evidence of an x509pop attestation, as the edge read it (http/attestation-evidence.ts): the
+ * presented chain (leaf first, at most X509POP_MAX_CHAIN_CERTS), the nonce of a challenge and the
+ * signature by the leaf's key over x509popSignedBytes(nonce, CSR).
+ */
+export interface X509popEvidence {
+  readonly chain: readonly [PresentedCertificate, ...PresentedCertificate[]];
+  readonly nonce: string;
+  readonly signature: Buffer;
+}
+
+/**
+ * A certificate of the presented chain: node:crypto's reading, and the fields node:crypto does not
+ * expose (x509popProfile), read when the path check first needs them, so that the refusals keep
+ * their order; `profile()` throws the refusal of a certificate the strict reader cannot read.
+ */
+export interface PresentedCertificate {
+  readonly cert: X509Certificate;
+  profile(): CertificateProfile;
+}
 
 /**
  * Extensions this verifier understands. RFC 5280 §6.1.4 (o)/§4.2: a certificate with a critical
@@ -79,8 +99,6 @@ const CHAIN_SIGNATURE_ALGORITHMS = new Set<string>([
 ]);
 
 const failed = (message: string): BatonError => new BatonError('ERR_ATTESTATION_FAILED', message);
-const badField = (field: string, why: string): BatonError =>
-  new BatonError('ERR_BAD_REQUEST', `${field}: ${why}`);
 
 /** The exact bytes the provisioning key signs (see the module comment). */
 export function x509popSignedBytes(nonce: string, csrDer: Uint8Array): Buffer {
@@ -119,10 +137,12 @@ export function parseProvisioningCas(pem: string, what: string): X509Certificate
   });
 }
 
-export function x509popAttestor(settings: X509popSettings): Attestor {
+export function x509popAttestor(
+  settings: X509popSettings,
+): Attestor<X509popEvidence> & { readonly method: typeof X509POP_METHOD } {
   if (settings.cas.length === 0) throw new BatonError('ERR_CONFIG_INVALID', 'x509pop: no provisioning CA');
   // The anchors' own fields are read once, not on every attestation.
-  const anchors: Anchor[] = settings.cas.map((cert) => ({ cert, profile: profileOf(cert) }));
+  const anchors: Anchor[] = settings.cas.map((cert) => ({ cert, profile: x509popProfile(cert) }));
   return {
     method: X509POP_METHOD,
     async challenge(deps) {
@@ -131,19 +151,16 @@ export function x509popAttestor(settings: X509popSettings): Attestor {
       await deps.repos.nonces.insert(nonce, X509POP_METHOD, expiresAt);
       return { nonce, expiresAt };
     },
-    async verify(deps, payload) {
-      const chain = readChain(payload.certificate_chain);
-      const nonce = readNonce(payload.nonce);
-      const signature = readSignature(payload.signature);
-      const leaf = chain[0]!;
+    async verify(deps, { chain, nonce, signature }) {
+      const [leaf, ...intermediates] = chain;
       const now = deps.clock.now();
-      verifyChain(leaf, chain.slice(1), anchors, now);
-      if (!verifyPossession(leaf.publicKey, x509popSignedBytes(nonce, deps.csrDer), signature)) {
+      verifyChain(leaf, intermediates, anchors, now);
+      if (!verifyPossession(leaf.cert.publicKey, x509popSignedBytes(nonce, deps.csrDer), signature)) {
         throw failed('the signature does not verify with the provisioning certificate key');
       }
       return {
         method: X509POP_METHOD,
-        nodeId: x509popNodeId(leaf),
+        nodeId: x509popNodeId(leaf.cert),
         role: settings.role,
         certTtlMs: null,
         commit: async (tx) => {
@@ -156,39 +173,8 @@ export function x509popAttestor(settings: X509popSettings): Attestor {
   };
 }
 
-function readChain(v: unknown): X509Certificate[] {
-  if (typeof v !== 'string' || v.length === 0 || v.length > MAX_CHAIN_CHARS) {
-    throw badField('certificate_chain', `a PEM string of at most ${MAX_CHAIN_CHARS} characters is required`);
-  }
-  const ders = allPem(v, 'CERTIFICATE');
-  if (ders.length === 0) throw badField('certificate_chain', 'expected PEM certificates');
-  if (ders.length > MAX_CHAIN_CERTS) {
-    throw badField('certificate_chain', `at most ${MAX_CHAIN_CERTS} certificates`);
-  }
-  return ders.map((der) => {
-    try {
-      return new X509Certificate(der);
-    } catch {
-      throw badField('certificate_chain', 'a certificate cannot be parsed');
-    }
-  });
-}
-
-function readNonce(v: unknown): string {
-  if (typeof v !== 'string' || !NONCE_PATTERN.test(v)) {
-    throw badField('nonce', 'the base64url nonce from POST /v1/attest/challenge is required');
-  }
-  return v;
-}
-
-function readSignature(v: unknown): Buffer {
-  if (typeof v !== 'string' || v.length === 0 || v.length > MAX_SIGNATURE_CHARS || !BASE64_PATTERN.test(v)) {
-    throw badField('signature', 'a base64 signature is required');
-  }
-  return Buffer.from(v, 'base64');
-}
-
-interface Profile {
+/** What path validation reads of a certificate besides node:crypto's X509Certificate. */
+export interface CertificateProfile {
   notBefore: Date;
   notAfter: Date;
   /** basicConstraints pathLenConstraint; undefined when absent. */
@@ -201,14 +187,17 @@ interface Profile {
 
 interface Anchor {
   cert: X509Certificate;
-  profile: Profile;
+  profile: CertificateProfile;
 }
 
 const KU_DIGITAL_SIGNATURE = 0x8000;
 const KU_KEY_CERT_SIGN = 0x0400;
 
-/** The fields node:crypto does not expose, read with the strict DER reader. */
-function profileOf(cert: X509Certificate): Profile {
+/**
+ * The fields node:crypto does not expose, read with the strict DER reader; a certificate it cannot
+ * read is a malformed request (ERR_BAD_REQUEST).
+ */
+export function x509popProfile(cert: X509Certificate): CertificateProfile {
   try {
     const der = Buffer.from(cert.raw);
     const f = readCertificate(der);
@@ -238,11 +227,11 @@ function profileOf(cert: X509Certificate): Profile {
       signatureOid: sigOid?.tag === 0x06 ? decodeOid(sigOid.value) : '',
     };
   } catch {
-    throw badField('certificate_chain', 'a certificate cannot be parsed');
+    throw new BatonError('ERR_BAD_REQUEST', 'a certificate cannot be parsed');
   }
 }
 
-function isValidAt(p: Profile, now: Date): boolean {
+function isValidAt(p: CertificateProfile, now: Date): boolean {
   return p.notBefore.getTime() <= now.getTime() && now.getTime() <= p.notAfter.getTime();
 }
 
@@ -263,18 +252,18 @@ const issues = (issuer: X509Certificate, subject: X509Certificate): boolean => {
  * path a provisioning chain has; each intermediate is used at most once, so it ends.
  */
 function verifyChain(
-  leaf: X509Certificate,
-  intermediates: X509Certificate[],
+  leaf: PresentedCertificate,
+  intermediates: readonly PresentedCertificate[],
   anchors: readonly Anchor[],
   now: Date,
 ): void {
   const leafProfile = checkPresented(leaf, now);
-  if (leaf.ca) throw failed('the provisioning certificate must not be a CA certificate');
+  if (leaf.cert.ca) throw failed('the provisioning certificate must not be a CA certificate');
   if (leafProfile.keyUsage !== undefined && !(leafProfile.keyUsage & KU_DIGITAL_SIGNATURE)) {
     throw failed('the provisioning certificate does not allow digitalSignature');
   }
   const used = new Set<number>();
-  let current = leaf;
+  let current = leaf.cert;
   for (let below = 0; ; below++) {
     const anchor = anchors.find((a) => issues(a.cert, current));
     if (anchor) {
@@ -283,23 +272,23 @@ function verifyChain(
       if (p.pathLen !== undefined && p.pathLen < below) throw failed('the certificate chain is too long');
       return;
     }
-    const i = intermediates.findIndex((c, j) => !used.has(j) && issues(c, current));
+    const i = intermediates.findIndex((c, j) => !used.has(j) && issues(c.cert, current));
     if (i < 0) throw failed('the certificate chain does not lead to a provisioning CA');
     const issuer = intermediates[i]!;
     used.add(i);
     const p = checkPresented(issuer, now);
-    if (!issuer.ca) throw failed('an intermediate certificate is not a CA certificate');
+    if (!issuer.cert.ca) throw failed('an intermediate certificate is not a CA certificate');
     if (p.keyUsage !== undefined && !(p.keyUsage & KU_KEY_CERT_SIGN)) {
       throw failed('an intermediate certificate does not allow keyCertSign');
     }
     if (p.pathLen !== undefined && p.pathLen < below) throw failed('the certificate chain is too long');
-    current = issuer;
+    current = issuer.cert;
   }
 }
 
 /** Checks that apply to every certificate the node presents (leaf and intermediates). */
-function checkPresented(cert: X509Certificate, now: Date): Profile {
-  const p = profileOf(cert);
+function checkPresented(presented: PresentedCertificate, now: Date): CertificateProfile {
+  const p = presented.profile();
   if (!isValidAt(p, now)) throw failed('a certificate in the chain is expired or not yet valid');
   if (p.unknownCritical) throw failed('a certificate in the chain has an unsupported critical extension');
   if (!CHAIN_SIGNATURE_ALGORITHMS.has(p.signatureOid)) {

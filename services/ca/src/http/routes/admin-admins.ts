@@ -1,34 +1,25 @@
 import { Router } from 'express';
-import { MAX_TTL, MIN_TTL_MS } from '../../ground/ttl';
 import { issueAdminCertificate } from '../../domain/admin-identity';
-import { parseCsr } from '../../pki/csr';
-import type { AppDeps } from '../app';
+import type { AppDeps } from '../ports';
 import { auditContext } from '../audit-context';
 import { type AdminIdentity, authDepsOf, requireAdmin } from '../authorization';
 import { renderIssuance } from '../render';
 import { timedIssuance } from '../metrics';
 import { refreshAt } from '../../domain/refresh';
-import { body, optionalDurationMs, requiredString } from '../validate';
+import { readIssueAdminParams } from '../params/admins';
 
 /** `POST /v1/admin/admins` {name, role, ttl?, csr}: an admin certificate for a key made by the caller. */
 export function adminAdminRoutes(deps: AppDeps): Router {
   const r = Router();
   const auth = authDepsOf(deps);
   r.post('/v1/admin/admins', requireAdmin(auth, 'POST /v1/admin/admins'), async (req, res) => {
-    const b = body(req);
     const admin = res.locals.admin as AdminIdentity;
-    const csr = parseCsr(requiredString(b, 'csr', 16 * 1024));
+    const { csr, name, role, ttlMs } = readIssueAdminParams(req.body);
     const keyring = deps.keyring();
     const leaf = await timedIssuance(deps.metrics, 'admin', 'admin', () =>
       issueAdminCertificate(
         { clock: deps.clock, storage: deps.storage, keyring, installation: deps.installation },
-        {
-          name: b.name,
-          role: b.role,
-          ttlMs: optionalDurationMs(b, 'ttl', MIN_TTL_MS, MAX_TTL.admin),
-          key: csr.key,
-          audit: auditContext(req, admin.spiffeId),
-        },
+        { name, role, ttlMs, key: csr.key, audit: auditContext(req, admin.spiffeId) },
       ),
     );
     const now = deps.clock.now();

@@ -1,7 +1,7 @@
 import { type Request, Router } from 'express';
 import { BatonError } from '../../ground/errors';
 import type { AuditRecord } from '../../domain/ports';
-import type { AppDeps } from '../app';
+import type { AppDeps } from '../ports';
 import { authDepsOf, requireAdmin } from '../authorization';
 
 export function renderAudit(r: AuditRecord) {

@@ -1,14 +1,11 @@
 import { Router } from 'express';
-import { MAX_TTL } from '../../ground/ttl';
-import { DAY, MINUTE } from '../../domain/duration';
 import { BatonError } from '../../ground/errors';
 import { issueJoinToken } from '../../domain/join-token';
-import { NODE_ROLES } from '../../domain/ports';
-import type { AppDeps } from '../app';
+import type { AppDeps } from '../ports';
 import { auditContext } from '../audit-context';
 import { type AdminIdentity, authDepsOf, requireAdmin } from '../authorization';
+import { readCreateTokenParams } from '../params/tokens';
 import { renderCertificate, renderNode } from '../render';
-import { body, oneOf, optionalDurationMs, optionalInt, optionalString } from '../validate';
 
 /** Join tokens and nodes, for admins (CONTRACT "HTTP API", admin mTLS). */
 export function adminNodeRoutes(deps: AppDeps): Router {
@@ -16,19 +13,11 @@ export function adminNodeRoutes(deps: AppDeps): Router {
   const auth = authDepsOf(deps);
 
   r.post('/v1/admin/tokens', requireAdmin(auth, 'POST /v1/admin/tokens'), async (req, res) => {
-    const b = body(req);
+    const params = readCreateTokenParams(req.body);
     const admin = res.locals.admin as AdminIdentity;
     const { token, record } = await issueJoinToken(
       { clock: deps.clock, storage: deps.storage },
-      {
-        role: oneOf(b, 'role', NODE_ROLES),
-        ttlMs: optionalDurationMs(b, 'ttl', MINUTE, 30 * DAY) ?? 15 * MINUTE,
-        uses: optionalInt(b, 'uses', 1, 10_000) ?? 1,
-        nodeName: optionalString(b, 'node_name', 63) ?? null,
-        nodeTtlMs: optionalDurationMs(b, 'node_ttl', MINUTE, MAX_TTL.node) ?? null,
-        createdBy: admin.spiffeId,
-        pin: deps.keyring().pin,
-      },
+      { ...params, createdBy: admin.spiffeId, pin: deps.keyring().pin },
       auditContext(req, admin.spiffeId),
     );
     res.status(201).json({

@@ -1,6 +1,6 @@
 import { createPublicKey } from 'node:crypto';
 import { Router } from 'express';
-import type { AppDeps } from '../app';
+import type { AppDeps } from '../ports';
 
 /**
  * Trust bundle: PEM roots, and the SPIFFE bundle format (SPIFFE Trust Domain and Bundle §4):

@@ -3,7 +3,7 @@ import { crlIssuers } from '../../domain/crl-publisher';
 import { BatonError } from '../../ground/errors';
 import type { CrlRecord } from '../../domain/ports';
 import { crlToPem } from '../../pki/crl';
-import type { AppDeps } from '../app';
+import type { AppDeps } from '../ports';
 
 /**
  * CRLs (CONTRACT: `GET /v1/crl` DER per signing CA via `?issuer=`, default the current signing CA;

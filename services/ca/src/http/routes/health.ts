@@ -1,5 +1,5 @@
 import { Router } from 'express';
-import type { AppDeps } from '../app';
+import type { AppDeps } from '../ports';
 import { refreshScrapeGauges } from '../metrics';
 
 /** Liveness says the process answers; readiness that the database and the CA keys are usable. */

@@ -1,19 +1,28 @@
 import type { IncomingMessage } from 'node:http';
 import { Router } from 'express';
-import { attestNode, renewNode } from '../../domain/node-identity';
-import type { AppDeps } from '../app';
+import type { NodeClaim } from '../../domain/caller';
+import {
+  type AttestParams,
+  attestNode,
+  type NodeIdentityDeps,
+  type RenewParams,
+  recordAttestationRefused,
+  renewNode,
+} from '../../domain/node-identity';
+import type { AuditContext } from '../../domain/audit';
+import { attestorFor, readEvidence } from '../attestation-evidence';
+import type { AppDeps } from '../ports';
 import { auditContext } from '../audit-context';
+import { nodeClaimOf } from '../authorization';
 import { timedIssuance } from '../metrics';
-import { peerCertificate } from '../peer-cert';
 import { renderIssuance } from '../render';
-import { body, jsonObject } from '../validate';
+import { body, csrField, jsonObject } from '../validate';
 
-const identityDepsOf = (deps: AppDeps) => ({
+const identityDepsOf = (deps: AppDeps): NodeIdentityDeps => ({
   clock: deps.clock,
   storage: deps.storage,
   keyring: deps.keyring(),
   installation: deps.installation,
-  attestors: deps.attestors,
   random: deps.random,
 });
 
@@ -26,31 +35,58 @@ export type NodeRenewer = (
 /**
  * The one implementation of POST /v1/renew, shared by the Express route and the fast path
  * (http/fast-path.ts): the node is the TLS-verified client certificate, checked in the database by
- * renewNode (current, not superseded or revoked, node active) in the statement that records the
- * new certificate.
+ * renewNode through the caller rule (domain/caller.ts), in the statement that records the new
+ * certificate.
  */
 export function nodeRenewer(deps: AppDeps): NodeRenewer {
   return async (req, parsedBody) => {
-    const peer = peerCertificate(req);
-    const csr = jsonObject(parsedBody).csr;
+    const claim = nodeClaimOf(req, deps.installation.trustDomain);
+    const params = readRenewParams(claim, parsedBody, req);
     const issued = await timedIssuance(deps.metrics, 'node', 'renew', () =>
-      renewNode(identityDepsOf(deps), {
-        peerSerial: peer.serial,
-        csr,
-        audit: auditContext(req, peer.spiffeId),
-      }),
+      renewNode(identityDepsOf(deps), params),
     );
     return renderIssuance(issued, { withNodeId: true });
   };
 }
 
+/** The body of POST /v1/renew: `{"csr": PEM}`. */
+function readRenewParams(claim: NodeClaim, parsedBody: unknown, req: IncomingMessage): RenewParams {
+  const b = jsonObject(parsedBody);
+  return { claim, csr: csrField(b), audit: auditContext(req, claim.peer.spiffeId) };
+}
+
+/**
+ * The body of POST /v1/attest: `{"method", "csr", …evidence}`, in the order of the checks
+ * (http/attestation-evidence.ts): the method, the CSR's form and key policy, the method's evidence.
+ */
+function readAttestParams(deps: AppDeps, b: Record<string, unknown>, audit: AuditContext): AttestParams {
+  const attestor = attestorFor(deps.attestors, b.method);
+  const csr = csrField(b);
+  const { method: _method, csr: _csr, ...payload } = b;
+  return { evidence: readEvidence(attestor, payload), csr, audit };
+}
+
+/**
+ * What the refusal's audit row says of the method: only a bounded string is recorded; String() of
+ * hostile JSON throws ({"toString":1}) or overflows the stack (deep arrays): a 400 becomes a 500.
+ */
+const methodLabel = (m: unknown): string => (typeof m === 'string' ? m.slice(0, 64) : `(${typeof m})`);
+
 /** POST /v1/attest (unauthenticated: the evidence authenticates) and POST /v1/renew (node mTLS). */
 export function nodeIdentityRoutes(deps: AppDeps, renew: NodeRenewer): Router {
   const r = Router();
   r.post('/v1/attest', async (req, res) => {
-    const { method, csr, ...payload } = body(req);
+    const b = body(req);
+    const audit = auditContext(req, 'anonymous');
+    let params: AttestParams;
+    try {
+      params = readAttestParams(deps, b, audit);
+    } catch (e) {
+      await recordAttestationRefused(identityDepsOf(deps), audit, methodLabel(b.method), e);
+      throw e;
+    }
     const issued = await timedIssuance(deps.metrics, 'node', 'attest', () =>
-      attestNode(identityDepsOf(deps), { method, csr, payload, audit: auditContext(req, 'anonymous') }),
+      attestNode(identityDepsOf(deps), params),
     );
     res.status(201).json(renderIssuance(issued, { withNodeId: true }));
   });

@@ -3,7 +3,7 @@ import express, { Router } from 'express';
 import { BatonError } from '../../ground/errors';
 import { answerOcsp } from '../../domain/ocsp-responder';
 import { MAX_OCSP_REQUEST_OCTETS, ocspErrorResponse } from '../../pki/ocsp';
-import type { AppDeps } from '../app';
+import type { AppDeps } from '../ports';
 
 /**
  * OCSP (RFC 6960 Appendix A): POST with an application/ocsp-request body, or GET with the

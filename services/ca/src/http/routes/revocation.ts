@@ -2,21 +2,20 @@ import { type Request, Router } from 'express';
 import type { AuditContext } from '../../domain/audit';
 import { crlIssuers } from '../../domain/crl-publisher';
 import { BatonError, isBatonError } from '../../ground/errors';
-import { assertCurrent } from '../../domain/node-identity';
 import type { Repositories, RevocationEvent } from '../../domain/ports';
 import { revokeCertificate, revokeNode } from '../../domain/revocation';
 import { parseRevocationReason, revocationReasonName } from '../../pki/crl';
 import { FEED_RETRY_AFTER_S } from '../abuse-controls';
-import type { AppDeps } from '../app';
+import type { AppDeps } from '../ports';
 import { auditContext } from '../audit-context';
 import {
   type AdminIdentity,
   assertMayRevoke,
   authDepsOf,
-  authenticateNode,
+  callerOf,
+  NODE_ROUTES,
   requireAdmin,
 } from '../authorization';
-import { peerCertificate } from '../peer-cert';
 import { renderCertificate } from '../render';
 import { body, optionalString } from '../validate';
 
@@ -124,25 +123,16 @@ export function revocationRoutes(deps: AppDeps): Router {
     res.json({ crls: out });
   });
 
-  // CONTRACT: node mTLS. Workload SVIDs may follow the feed too: revocations are public (the CRL
-  // is unauthenticated), and a library-based service holds a workload identity, not a node's.
+  // Nodes and workloads (NODE_ROUTES), checked per request: TLS checked the validity only at the
+  // handshake, with the wall clock, and a keep-alive connection outlives an expiry and a revocation.
   r.get('/v1/revocations', async (req, res) => {
-    const peer = peerCertificate(req);
-    // The identity the waiting caps count by (docs/configuration.md "Revocation feed and connections").
-    let identity = peer.spiffeId;
-    if (peer.spiffeId.startsWith(`spiffe://${deps.installation.trustDomain}/node/`))
-      await authenticateNode(auth, req);
-    else {
-      const rec = await deps.storage.certificates.findBySerial(peer.serial);
-      if (!rec || rec.kind !== 'workload')
-        throw new BatonError('ERR_NOT_AUTHORIZED', 'a current node or workload certificate is required');
-      // Per request, as for nodes: TLS checked the validity only at the handshake, with the wall
-      // clock, and a keep-alive connection outlives both an expiry and a revocation.
-      assertCurrent(rec.status, rec.notAfter, deps.clock.now());
-      // Per SPIFFE ID on each node: the replicas of one service on other nodes do not share a cap,
-      // and a node minting more SVIDs for an entry gets no more slots for it.
-      identity = `${peer.spiffeId} on node ${rec.nodeId ?? rec.serial}`;
-    }
+    const caller = await callerOf(auth, req, NODE_ROUTES['GET /v1/revocations']);
+    // The identity the waiting caps count by (docs/configuration.md "Revocation feed and connections"):
+    // a workload's per SPIFFE ID on each node, so the replicas of one service on other nodes do not
+    // share a cap, and a node minting more SVIDs for an entry gets no more slots for it.
+    const cert = caller.certificate;
+    const identity =
+      caller.kind === 'node' ? cert.spiffeId : `${cert.spiffeId} on node ${cert.issuedVia ?? cert.serial}`;
     const since = req.query.since === undefined ? 0 : Number(req.query.since);
     if (!Number.isSafeInteger(since) || since < 0)
       throw new BatonError('ERR_BAD_REQUEST', 'since: a non-negative integer');

@@ -1,15 +1,15 @@
 import type { IncomingMessage } from 'node:http';
 import { Router } from 'express';
+import { type CallerOf, identifyClaim, type NodeClaim } from '../../domain/caller';
 import { type EntrySource, entryCache } from '../../domain/entry-cache';
-import type { NodeRecord } from '../../domain/ports';
-import { nodeSpiffeId } from '../../domain/trust-domain';
-import { issueWorkloadSvid } from '../../domain/workload-identity';
-import type { AppDeps } from '../app';
+import { issueWorkloadSvid, type WorkloadSvidParams } from '../../domain/workload-identity';
+import { BatonError } from '../../ground/errors';
+import type { AppDeps } from '../ports';
 import { auditContext } from '../audit-context';
-import { authDepsOf, authenticateNode, nodePeer, requireNode } from '../authorization';
+import { authDepsOf, nodeClaimOf, requireCaller } from '../authorization';
 import { timedIssuance } from '../metrics';
 import { renderEntry, renderIssuance } from '../render';
-import { jsonObject } from '../validate';
+import { csrField, jsonObject } from '../validate';
 
 /** POST /v1/workload-svids for a request whose JSON body has been read: the 201 body, or a throw. */
 export type WorkloadIssuer = (
@@ -19,8 +19,9 @@ export type WorkloadIssuer = (
 
 /**
  * The one implementation of POST /v1/workload-svids, shared by the Express route and the fast path
- * (http/fast-path.ts). Authentication and authorization run in issueWorkloadSvid, inside
- * the statement that records the certificate (or, on any refusal, in full before the refusal).
+ * (http/fast-path.ts). The caller rule (domain/caller.ts) runs in issueWorkloadSvid, inside the
+ * statement that records the certificate; on any refusal, and before a body error is reported, it
+ * runs in full, so a caller that is not an authorized node learns only that.
  */
 export function workloadIssuer(
   deps: AppDeps,
@@ -29,13 +30,12 @@ export function workloadIssuer(
   const td = deps.installation.trustDomain;
   const authDeps = authDepsOf(deps);
   return async (req, parsedBody) => {
-    const peer = nodePeer(req, td);
-    const authenticate = async () => (await authenticateNode(authDeps, req)).node;
-    let b: Record<string, unknown>;
+    const claim = nodeClaimOf(req, td);
+    let params: WorkloadSvidParams;
     try {
-      b = jsonObject(parsedBody);
+      params = readWorkloadSvidParams(claim, parsedBody, req);
     } catch (e) {
-      await authenticate();
+      await identifyClaim(authDeps, claim);
       throw e;
     }
     const issued = await timedIssuance(deps.metrics, 'workload', 'workload', () =>
@@ -48,24 +48,32 @@ export function workloadIssuer(
           random: deps.random,
           entries,
         },
-        {
-          peer,
-          spiffeId: b.spiffe_id,
-          csr: b.csr,
-          audit: auditContext(req, nodeSpiffeId(td, peer.nodeId)),
-          authenticate,
-        },
+        params,
       ),
     );
     return renderIssuance(issued, { withNodeId: false });
   };
 }
 
+/** The body of POST /v1/workload-svids: `{"spiffe_id", "csr"}`. */
+function readWorkloadSvidParams(
+  claim: NodeClaim,
+  parsedBody: unknown,
+  req: IncomingMessage,
+): WorkloadSvidParams {
+  const b = jsonObject(parsedBody);
+  const spiffeId = b.spiffe_id;
+  // Syntax is not checked here: an entry parented to the node names the only IDs it may ask for.
+  if (typeof spiffeId !== 'string' || spiffeId.length > 2048)
+    throw new BatonError('ERR_BAD_REQUEST', 'spiffe_id: required');
+  return { claim, spiffeId, csr: csrField(b), audit: auditContext(req, claim.peer.spiffeId) };
+}
+
 /** Node mTLS: the entries a node may mint, and minting them. Authorization runs per request. */
 export function workloadIdentityRoutes(deps: AppDeps, issue: WorkloadIssuer): Router {
   const r = Router();
-  const auth = requireNode(authDepsOf(deps));
-  const nodeOf = (locals: Record<string, unknown>) => (locals.node as { node: NodeRecord }).node;
+  const auth = requireCaller(authDepsOf(deps), 'GET /v1/entries');
+  const nodeOf = (locals: Record<string, unknown>) => (locals.caller as CallerOf<'node'>).node;
 
   r.get('/v1/entries', auth, async (_req, res) => {
     const entries = await deps.storage.entries.list({ parentNodeId: nodeOf(res.locals).id });

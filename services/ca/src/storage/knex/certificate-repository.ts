@@ -49,6 +49,8 @@ const fromCertificate = (c: CertificateRecord): CertificateRow => ({
   der: c.der,
   status: c.status,
   created_at: c.createdAt,
+  revoked_at: c.revokedAt ?? null,
+  revocation_reason: c.revocationReason ?? null,
 });
 
 export function knexCertificateRepository(k: Knex | Knex.Transaction): CertificateRepository {

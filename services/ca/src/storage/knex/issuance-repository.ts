@@ -23,15 +23,15 @@ import { runPrepared } from './prepared-statement';
  * built from (entries are never updated in place, but one may be deleted and recreated by name).
  */
 const COLUMNS =
-  '(i, node_id, peer_serial, at_now, e_name, e_spiffe_id, e_dns_names, e_ttl_ms, e_created_at,' +
+  '(i, node_id, peer_serial, peer_der, at_now, e_name, e_spiffe_id, e_dns_names, e_ttl_ms, e_created_at,' +
   ' serial, ca_id, kind, spiffe_id, cert_node_id, not_before, not_after, key_fingerprint, der, created_at,' +
   ' a_at, a_event, a_actor, a_source, a_subject, a_outcome, a_details)';
 /** The first row carries the types; VALUES takes the others from it. */
 const TYPED_ROW =
-  '(?::int, ?::text, ?::text, ?::timestamptz, ?::text, ?::text, ?::jsonb, ?::bigint, ?::timestamptz,' +
+  '(?::int, ?::text, ?::text, ?::bytea, ?::timestamptz, ?::text, ?::text, ?::jsonb, ?::bigint, ?::timestamptz,' +
   ' ?::text, ?::text, ?::text, ?::text, ?::text, ?::timestamptz, ?::timestamptz, ?::text, ?::bytea, ?::timestamptz,' +
   ' ?::timestamptz, ?::text, ?::text, ?::text, ?::text, ?::text, ?::jsonb)';
-const ROW = `(${Array.from({ length: 26 }, () => '?').join(', ')})`;
+const ROW = `(${Array.from({ length: 27 }, () => '?').join(', ')})`;
 
 /**
  * Both statements are named, so each connection parses and plans them once (a PostgreSQL prepared
@@ -60,7 +60,7 @@ with req ${COLUMNS} as (
   join nodes n on n.id = r.node_id
   join certificates c on c.node_id = n.id
   where n.status = 'active'
-    and c.serial = r.peer_serial and c.kind = 'node' and c.status = 'valid' and c.not_after > r.at_now
+    and c.serial = r.peer_serial and c.der = r.peer_der and c.kind = 'node' and c.status = 'valid' and c.not_after > r.at_now
     and exists (
       select 1 from entries e
       where e.name = r.e_name and e.parent_node_id = n.id and e.spiffe_id = r.e_spiffe_id
@@ -92,7 +92,7 @@ with node as (
   select id from nodes where id = ? and status = 'active' for update
 ), cur as (
   select c.serial from certificates c join node on c.node_id = node.id
-  where c.serial = ? and c.kind = 'node' and c.status = 'valid' and c.not_after > ?
+  where c.serial = ? and c.der = ? and c.kind = 'node' and c.status = 'valid' and c.not_after > ?
   for update of c
 ), seen as (
   update nodes set last_seen_at = ? from cur where nodes.id = ? returning nodes.id
@@ -131,6 +131,7 @@ const bindingsOf = (row: GuardedRow, i: number): Knex.RawBinding[] => {
     i,
     g.nodeId,
     g.peerSerial,
+    g.peerDer,
     g.now,
     e.name,
     e.spiffeId,
@@ -200,6 +201,7 @@ export function knexIssuanceRepository(
       const rows = await runPrepared<{ n: number }>(k, 'renewal', GUARDED_RENEWAL, [
         g.nodeId,
         g.peerSerial,
+        g.peerDer,
         g.now,
         g.now,
         g.nodeId,

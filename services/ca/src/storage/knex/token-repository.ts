@@ -87,14 +87,19 @@ export function knexNonceRepository(k: Knex | Knex.Transaction): NonceRepository
       }),
     // An expired nonce can never be used again (`use` checks expires_at), so its row is only
     // weight; in batches, so that one purge after a flood of challenges holds no long lock.
+    // Counted in SQL: knex-pglite answers a DELETE with its raw result, not the affected-row count.
     purgeExpired: (now, limit) =>
-      db(async () =>
-        k('attestation_nonces')
-          .whereIn(
-            'nonce',
-            k('attestation_nonces').select('nonce').where('expires_at', '<=', now).limit(limit),
-          )
-          .del(),
-      ),
+      db(async () => {
+        const r = (await k.raw(
+          `with purged as (
+             delete from attestation_nonces
+             where nonce in (select nonce from attestation_nonces where expires_at <= ? limit ?)
+             returning 1
+           )
+           select count(*)::int as n from purged`,
+          [now, limit],
+        )) as { rows: { n: number }[] };
+        return Number(r.rows[0]!.n);
+      }),
   };
 }

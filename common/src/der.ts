@@ -1,7 +1,11 @@
 /**
- * A minimal DER encoder (X.690 §10). Baton builds certificates and CRLs from pre-encoded parts
- * instead of an object model: the generic ASN.1 layer costs milliseconds per certificate and grows
- * faster than linearly on large CRLs, while concatenating buffers costs microseconds.
+ * A minimal DER encoder (X.690 §10), the one Baton has: the CA builds certificates, CRLs and OCSP
+ * responses from pre-encoded parts with it (services/ca/src/pki), and the node builds its PKCS#10
+ * requests with it (csr.ts). Pre-encoded parts instead of an object model: the generic ASN.1 layer
+ * costs milliseconds per certificate and grows faster than linearly on large CRLs, while
+ * concatenating buffers costs microseconds.
+ *
+ * common/ is shared by services/ and clients/ and imports neither (test/unit/architecture).
  */
 
 export const TAG = {
@@ -14,9 +18,12 @@ export const TAG = {
   ENUMERATED: 0x0a,
   UTF8_STRING: 0x0c,
   PRINTABLE_STRING: 0x13,
+  TELETEX_STRING: 0x14,
   IA5_STRING: 0x16,
   UTC_TIME: 0x17,
   GENERALIZED_TIME: 0x18,
+  UNIVERSAL_STRING: 0x1c,
+  BMP_STRING: 0x1e,
   SEQUENCE: 0x30,
   SET: 0x31,
 } as const;
@@ -77,12 +84,18 @@ export function namedBits(bits: number[]): Buffer {
   return tlv(TAG.BIT_STRING, Buffer.from([unused]), bytes);
 }
 
-/** A non-negative INTEGER from big-endian magnitude bytes (a 0x00 is prepended when the high bit is set). */
+const ZERO = Buffer.from([0]);
+
+/**
+ * A non-negative INTEGER from big-endian magnitude bytes. X.690 §8.3.2 wants the shortest two's
+ * complement form: leading zero octets go, and a 0x00 comes back when the high bit is set; an empty
+ * magnitude is 0 (an INTEGER has at least one content octet).
+ */
 export function uintBytes(magnitude: Uint8Array): Buffer {
   let i = 0;
   while (i < magnitude.length - 1 && magnitude[i] === 0) i++;
-  const m = magnitude.subarray(i);
-  return m[0]! & 0x80 ? tlv(TAG.INTEGER, Buffer.from([0]), m) : tlv(TAG.INTEGER, m);
+  const m = magnitude.length === 0 ? ZERO : magnitude.subarray(i);
+  return m[0]! & 0x80 ? tlv(TAG.INTEGER, ZERO, m) : tlv(TAG.INTEGER, m);
 }
 
 export function int(n: number | bigint): Buffer {

@@ -1,9 +1,11 @@
 import { createPrivateKey, createPublicKey, type KeyObject, webcrypto } from 'node:crypto';
-import { bitString, ctxConstructed, oid, seq, set, toPem, uint, utf8 } from './der';
+import { bitString, ctx, oid, seq, set, toPem, uintBytes, utf8 } from './der';
 
 /**
  * Key generation and PKCS#10 requests (RFC 2986) on the node. Keys are made where they are used
  * (CONTRACT "Certificate profile"): the private key never leaves this process except into key.pem.
+ * The node agent (clients/rotation, re-exported from its index.ts) and `baton admin issue`
+ * (services/ca/src/cli) both build their requests here.
  */
 
 export type KeyPair = webcrypto.CryptoKeyPair;
@@ -55,7 +57,7 @@ export async function createCsr(keys: KeyPair, params: CreateCsrParams = {}): Pr
   const subject =
     params.commonName === undefined ? seq() : seq(set(seq(oid(OID.commonName), utf8(params.commonName))));
   // RFC 2986 §4.1: version v1(0), subject, subjectPKInfo, attributes [0] (present even when empty).
-  const info = seq(uint(Uint8Array.of(0)), subject, spki, ctxConstructed(0));
+  const info = seq(uintBytes(Uint8Array.of(0)), subject, spki, ctx(0, true));
   const p1363 = new Uint8Array(
     await subtle.sign({ name: 'ECDSA', hash: signing.hash }, keys.privateKey, info),
   );
@@ -71,7 +73,7 @@ export async function createCsr(keys: KeyPair, params: CreateCsrParams = {}): Pr
  */
 export function p1363ToDer(signature: Uint8Array, size: number): Buffer {
   if (signature.length !== 2 * size) throw new Error(`unexpected ecdsa signature length ${signature.length}`);
-  return seq(uint(signature.subarray(0, size)), uint(signature.subarray(size)));
+  return seq(uintBytes(signature.subarray(0, size)), uintBytes(signature.subarray(size)));
 }
 
 /** The private key as unencrypted PKCS#8 PEM (RFC 5208, label per RFC 7468 §10), for key.pem. */

@@ -13,7 +13,8 @@ import { basename, dirname, join } from 'node:path';
 
 /**
  * Writes a file so that a reader sees either the old content or the new, never a mix: write a
- * temporary file beside it, fsync it, rename over the target, fsync the directory.
+ * temporary file beside it, fsync it, rename over the target, fsync the directory. Used by the node
+ * agent (clients/rotation) and by the CA's CLI for the admin credentials and KEK files.
  */
 export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): void {
   const dir = dirname(path);

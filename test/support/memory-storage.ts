@@ -1,0 +1,850 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type {
+  AuditEvent,
+  AuditFilter,
+  AuditRecord,
+  AuditRepository,
+  CaRecord,
+  CaRepository,
+  CertificateFilter,
+  CertificateRecord,
+  CertificateRepository,
+  CrlRecord,
+  CrlRepository,
+  EntryRecord,
+  EntryRepository,
+  Installation,
+  IssuanceRepository,
+  NodeRecord,
+  NodeRepository,
+  NonceRepository,
+  Repositories,
+  RevocationEvent,
+  RevocationRepository,
+  RevokedEntry,
+  Storage,
+  TokenRecord,
+  TokenRepository,
+} from '../../services/ca/src/domain/ports';
+import { BatonError } from '../../services/ca/src/ground/errors';
+
+/**
+ * The Storage port in memory, for domain unit tests that need no database. It follows the knex
+ * implementation (services/ca/src/storage/knex/) statement by statement, and the storage contract
+ * suite (test/contract/storage.contract.test.ts) holds both to the same cases:
+ * - the same constraints and codes: a duplicate key is ERR_CONFLICT, a certified key fingerprint
+ *   ERR_KEY_REUSED, a NUL character in text ERR_BAD_REQUEST; a foreign key or check violation is
+ *   a plain error with PostgreSQL's SQLSTATE in `code` (23503, 23514), as the drivers give it;
+ * - sequences (revocation event ids, audit ids, CRL numbers) only grow, also across a rollback;
+ * - `transaction(fn)` works on a copy of the state and publishes it when fn resolves; a statement
+ *   that fails inside it aborts it (later statements fail, and it rolls back even if fn swallows
+ *   the error), as in PostgreSQL;
+ * - every result is a copy: mutating one changes nothing stored.
+ *
+ * Concurrency is simpler than PostgreSQL's row locks, and stricter: writes (a transaction, or one
+ * statement outside a transaction) run one at a time, in arrival order; reads outside a
+ * transaction see the last committed state at once, never a transaction's uncommitted writes. So
+ * every lock the domain takes (lockById, lockBySerial, lockBuilder, the sealer's lock) holds, and
+ * a write outside a transaction that PostgreSQL would run beside an unrelated transaction waits
+ * for it here. A write outside the transaction issued from inside `transaction(fn)` would wait for
+ * fn forever, so it is refused with an error that says so (in PostgreSQL it would not be rolled
+ * back with the transaction, which is rarely what the caller meant).
+ */
+
+interface NonceRow {
+  nonce: string;
+  method: string;
+  expiresAt: Date;
+  usedAt: Date | null;
+}
+
+/** Stored records are private copies and never mutated in place: an update replaces the record. */
+interface State {
+  installation: Installation | null;
+  cas: Map<string, CaRecord>;
+  certificates: Map<string, CertificateRecord>;
+  nodes: Map<string, NodeRecord>;
+  tokens: Map<string, TokenRecord>;
+  nonces: Map<string, NonceRow>;
+  entries: Map<string, EntryRecord>;
+  events: Map<number, RevocationEvent>;
+  crls: CrlRecord[];
+  audit: Map<number, AuditRecord>;
+}
+
+/** PostgreSQL sequences: outside every transaction, never rolled back. */
+interface Sequences {
+  event: number;
+  audit: number;
+  crl: bigint;
+}
+
+const emptyState = (): State => ({
+  installation: null,
+  cas: new Map(),
+  certificates: new Map(),
+  nodes: new Map(),
+  tokens: new Map(),
+  nonces: new Map(),
+  entries: new Map(),
+  events: new Map(),
+  crls: [],
+  audit: new Map(),
+});
+
+/** Records are immutable here, so a copy of the collections is a copy of the state. */
+const cloneState = (s: State): State => ({
+  installation: s.installation,
+  cas: new Map(s.cas),
+  certificates: new Map(s.certificates),
+  nodes: new Map(s.nodes),
+  tokens: new Map(s.tokens),
+  nonces: new Map(s.nonces),
+  entries: new Map(s.entries),
+  events: new Map(s.events),
+  crls: [...s.crls],
+  audit: new Map(s.audit),
+});
+
+// Copies: field by field, as a row read back from the database has exactly these fields.
+
+const date = (d: Date): Date => new Date(d.getTime());
+const dateOrNull = (d: Date | null | undefined): Date | null => (d ? date(d) : null);
+const bytes = (b: Uint8Array): Buffer => Buffer.from(b);
+/** jsonb: what comes back is the JSON of what went in (undefined members dropped, Dates as strings). */
+const viaJson = <T>(v: T): T => JSON.parse(JSON.stringify(v)) as T;
+
+const copyInstallation = (i: Installation): Installation => ({
+  trustDomain: i.trustDomain,
+  publicUrl: i.publicUrl,
+  nodeTtlMs: i.nodeTtlMs,
+  workloadTtlMs: i.workloadTtlMs,
+  adminTtlMs: i.adminTtlMs,
+  createdAt: date(i.createdAt),
+});
+
+const copyCa = (c: CaRecord): CaRecord => ({
+  id: c.id,
+  kind: c.kind,
+  parentId: c.parentId,
+  certificateDer: bytes(c.certificateDer),
+  notBefore: date(c.notBefore),
+  notAfter: date(c.notAfter),
+  active: c.active,
+  wrappedKey: { alg: c.wrappedKey.alg, kekId: c.wrappedKey.kekId, blob: bytes(c.wrappedKey.blob) },
+  createdAt: date(c.createdAt),
+});
+
+const copyCertificate = (c: CertificateRecord): CertificateRecord => ({
+  serial: c.serial,
+  caId: c.caId,
+  kind: c.kind,
+  spiffeId: c.spiffeId,
+  nodeId: c.nodeId,
+  issuedVia: c.issuedVia,
+  notBefore: date(c.notBefore),
+  notAfter: date(c.notAfter),
+  keyFingerprint: c.keyFingerprint,
+  der: bytes(c.der),
+  status: c.status,
+  createdAt: date(c.createdAt),
+  revokedAt: dateOrNull(c.revokedAt),
+  revocationReason: c.revocationReason ?? null,
+});
+
+const copyNode = (n: NodeRecord): NodeRecord => ({
+  id: n.id,
+  role: n.role,
+  status: n.status,
+  attestationMethod: n.attestationMethod,
+  certTtlMs: n.certTtlMs,
+  createdAt: date(n.createdAt),
+  lastAttestedAt: date(n.lastAttestedAt),
+  lastSeenAt: dateOrNull(n.lastSeenAt),
+  revokedAt: dateOrNull(n.revokedAt),
+  revocationReason: n.revocationReason,
+});
+
+const copyToken = (t: TokenRecord): TokenRecord => ({
+  id: t.id,
+  secretHash: bytes(t.secretHash),
+  role: t.role,
+  expiresAt: date(t.expiresAt),
+  usesAllowed: t.usesAllowed,
+  usesLeft: t.usesLeft,
+  nodeName: t.nodeName,
+  nodeTtlMs: t.nodeTtlMs,
+  createdBy: t.createdBy,
+  createdAt: date(t.createdAt),
+});
+
+const copyEntry = (e: EntryRecord): EntryRecord => ({
+  name: e.name,
+  spiffeId: e.spiffeId,
+  parentNodeId: e.parentNodeId,
+  selectors: viaJson(e.selectors),
+  dnsNames: viaJson(e.dnsNames),
+  allowWildcardDns: e.allowWildcardDns,
+  ttlMs: e.ttlMs,
+  createdBy: e.createdBy,
+  createdAt: date(e.createdAt),
+});
+
+const copyEvent = (e: RevocationEvent): RevocationEvent => ({
+  id: e.id,
+  kind: e.kind,
+  nodeId: e.nodeId,
+  serials: viaJson(e.serials),
+  reason: e.reason,
+  actor: e.actor,
+  createdAt: date(e.createdAt),
+});
+
+const copyCrl = (c: CrlRecord): CrlRecord => ({
+  caId: c.caId,
+  crlNumber: c.crlNumber,
+  thisUpdate: date(c.thisUpdate),
+  nextUpdate: date(c.nextUpdate),
+  entries: c.entries,
+  der: bytes(c.der),
+});
+
+const copyAudit = (a: AuditRecord): AuditRecord => ({
+  id: a.id,
+  at: date(a.at),
+  event: a.event,
+  actor: a.actor,
+  source: a.source,
+  subject: a.subject,
+  outcome: a.outcome,
+  details: viaJson(a.details),
+  sealSeq: a.sealSeq,
+  prevHash: a.prevHash ? bytes(a.prevHash) : null,
+  hash: a.hash ? bytes(a.hash) : null,
+});
+
+// Errors, as storage/knex/db-errors.ts maps PostgreSQL's.
+
+/** A PostgreSQL error the storage layer does not translate (it stays an internal error). */
+class DatabaseError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const conflict = (): BatonError => new BatonError('ERR_CONFLICT', 'the record already exists');
+const keyReused = (): BatonError =>
+  new BatonError('ERR_KEY_REUSED', 'this public key is already certified: use a new key');
+const foreignKey = (table: string, constraint: string): DatabaseError =>
+  new DatabaseError(
+    '23503',
+    `insert or update on table "${table}" violates foreign key constraint "${constraint}"`,
+  );
+const checkConstraint = (ok: boolean, table: string, constraint: string): void => {
+  if (!ok)
+    throw new DatabaseError(
+      '23514',
+      `new row for relation "${table}" violates check constraint "${constraint}"`,
+    );
+};
+
+/** PostgreSQL refuses a NUL in text and in jsonb strings (22021, 22P05): ERR_BAD_REQUEST. */
+function hasNul(v: unknown, depth = 0): boolean {
+  if (typeof v === 'string') return v.includes('\u0000');
+  if (v === null || typeof v !== 'object' || depth > 32) return false;
+  if (v instanceof Date || v instanceof Uint8Array) return false;
+  if (Array.isArray(v)) return v.some((x) => hasNul(x, depth + 1));
+  return Object.entries(v).some(([k, x]) => k.includes('\u0000') || hasNul(x, depth + 1));
+}
+
+/** Statement errors that PostgreSQL never saw (a refusal in code): they do not abort a transaction. */
+const notAborting = new WeakSet<object>();
+const inCode = <E extends Error>(e: E): E => {
+  notAborting.add(e);
+  return e;
+};
+
+const byTime = (a: Date, b: Date): number => a.getTime() - b.getTime();
+const byText = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+const sameDnsNames = (a: readonly string[], b: readonly string[]): boolean =>
+  a.length === b.length && a.every((x, i) => x === b[i]);
+
+// The repositories, each statement a function of the state it runs on.
+
+/** Runs one statement: `write` statements outside a transaction take the write lock. */
+type Run = <T>(write: boolean, args: readonly unknown[], statement: (s: State) => T) => Promise<T>;
+
+function insertCertificate(s: State, c: CertificateRecord): void {
+  // The primary key's index is checked before the fingerprint's (created first).
+  if (s.certificates.has(c.serial)) throw conflict();
+  for (const other of s.certificates.values())
+    if (other.keyFingerprint === c.keyFingerprint) throw keyReused();
+  checkConstraint(
+    ['node', 'workload', 'admin', 'server'].includes(c.kind),
+    'certificates',
+    'certificates_kind',
+  );
+  checkConstraint(
+    ['valid', 'superseded', 'revoked'].includes(c.status),
+    'certificates',
+    'certificates_status',
+  );
+  if (!s.cas.has(c.caId)) throw foreignKey('certificates', 'certificates_ca_id_foreign');
+  s.certificates.set(c.serial, copyCertificate(c));
+}
+
+function appendAudit(s: State, seq: Sequences, e: AuditEvent): void {
+  seq.audit += 1;
+  s.audit.set(seq.audit, {
+    id: seq.audit,
+    at: date(e.at),
+    event: e.event,
+    actor: e.actor,
+    source: e.source,
+    subject: e.subject,
+    outcome: e.outcome,
+    details: viaJson(e.details),
+    sealSeq: null,
+    prevHash: null,
+    hash: null,
+  });
+}
+
+function insertCa(s: State, c: CaRecord): void {
+  if (s.cas.has(c.id)) throw conflict();
+  checkConstraint(['root', 'intermediate'].includes(c.kind), 'cas', 'cas_kind');
+  if (c.parentId !== null && !s.cas.has(c.parentId)) throw foreignKey('cas', 'cas_parent_id_foreign');
+  s.cas.set(c.id, copyCa(c));
+}
+
+function caRepository(run: Run): CaRepository {
+  return {
+    getInstallation: () => run(false, [], (s) => (s.installation ? copyInstallation(s.installation) : null)),
+    listCas: () =>
+      run(false, [], (s) => [...s.cas.values()].sort((a, b) => byTime(a.createdAt, b.createdAt)).map(copyCa)),
+    initialize: (installation, cas) =>
+      run(true, [installation, cas], (s) => {
+        if (s.installation)
+          throw inCode(new BatonError('ERR_ALREADY_INITIALIZED', 'the CA is already initialized'));
+        s.installation = copyInstallation(installation);
+        for (const ca of cas) insertCa(s, ca);
+      }),
+    addActiveIntermediate: (ca) =>
+      run(true, [ca], (s) => {
+        for (const [id, c] of s.cas) if (c.kind === 'intermediate') s.cas.set(id, { ...c, active: false });
+        insertCa(s, { ...ca, active: true });
+      }),
+  };
+}
+
+function certificateRepository(run: Run): CertificateRepository {
+  const find = (serial: string) =>
+    run(false, [serial], (s) => {
+      const c = s.certificates.get(serial);
+      return c ? copyCertificate(c) : null;
+    });
+  return {
+    insert: (record) => run(true, [record], (s) => insertCertificate(s, record)),
+    findBySerial: find,
+    // Serialized writes stand in for the row lock.
+    lockBySerial: find,
+    findByKeyFingerprint: (fp) =>
+      run(false, [fp], (s) =>
+        [...s.certificates.values()].filter((c) => c.keyFingerprint === fp).map(copyCertificate),
+      ),
+    supersedeForNode: (nodeId, kind) =>
+      run(true, [nodeId, kind], (s) => {
+        let n = 0;
+        for (const [serial, c] of s.certificates) {
+          if (c.nodeId === nodeId && c.kind === kind && c.status === 'valid') {
+            s.certificates.set(serial, { ...c, status: 'superseded' });
+            n++;
+          }
+        }
+        return n;
+      }),
+    list: (f: CertificateFilter) =>
+      run(false, [f], (s) =>
+        [...s.certificates.values()]
+          .filter(
+            (c) =>
+              (!f.nodeId || c.nodeId === f.nodeId || c.issuedVia === f.nodeId) &&
+              (!f.kind || c.kind === f.kind) &&
+              (!f.status || c.status === f.status) &&
+              (!f.expiredAt || c.notAfter.getTime() <= f.expiredAt.getTime()) &&
+              (!f.validAt || c.notAfter.getTime() > f.validAt.getTime()),
+          )
+          .sort((a, b) => byTime(b.createdAt, a.createdAt))
+          .slice(0, f.limit ?? 1000)
+          .map(copyCertificate),
+      ),
+  };
+}
+
+/** The presented node certificate: the node's, this very DER, a node certificate, valid, unexpired. */
+function currentPeer(s: State, nodeId: string, serial: string, der: Buffer, now: Date): boolean {
+  const c = s.certificates.get(serial);
+  return (
+    c !== undefined &&
+    c.nodeId === nodeId &&
+    Buffer.compare(c.der, der) === 0 &&
+    c.kind === 'node' &&
+    c.status === 'valid' &&
+    c.notAfter.getTime() > now.getTime()
+  );
+}
+
+function issuanceRepository(run: Run, seq: Sequences): IssuanceRepository {
+  return {
+    recordWorkloadGuarded: (record, audit, g) =>
+      run(true, [record, audit, g], (s) => {
+        const node = s.nodes.get(g.nodeId);
+        const e = s.entries.get(g.entry.name);
+        const holds =
+          node?.status === 'active' &&
+          currentPeer(s, node.id, g.peerSerial, g.peerDer, g.now) &&
+          e !== undefined &&
+          e.parentNodeId === node.id &&
+          e.spiffeId === g.entry.spiffeId &&
+          sameDnsNames(e.dnsNames, g.entry.dnsNames) &&
+          e.ttlMs === g.entry.ttlMs &&
+          e.createdAt.getTime() === g.entry.createdAt.getTime();
+        if (!holds) return false;
+        insertCertificate(s, {
+          ...record,
+          issuedVia: node.id,
+          status: 'valid',
+          revokedAt: null,
+          revocationReason: null,
+        });
+        appendAudit(s, seq, audit);
+        return true;
+      }),
+    recordRenewalGuarded: (record, audit, g) =>
+      run(true, [record, audit, g], (s) => {
+        const node = s.nodes.get(g.nodeId);
+        if (node?.status !== 'active' || !currentPeer(s, node.id, g.peerSerial, g.peerDer, g.now))
+          return false;
+        s.nodes.set(node.id, { ...node, lastSeenAt: date(g.now) });
+        for (const [serial, c] of s.certificates) {
+          if (c.nodeId === node.id && c.kind === 'node' && c.status === 'valid')
+            s.certificates.set(serial, { ...c, status: 'superseded' });
+        }
+        insertCertificate(s, {
+          ...record,
+          issuedVia: null,
+          status: 'valid',
+          revokedAt: null,
+          revocationReason: null,
+        });
+        appendAudit(s, seq, audit);
+        return true;
+      }),
+  };
+}
+
+function nodeRepository(run: Run): NodeRepository {
+  const find = (id: string) =>
+    run(false, [id], (s) => {
+      const n = s.nodes.get(id);
+      return n ? copyNode(n) : null;
+    });
+  const update = (id: string, args: readonly unknown[], change: (n: NodeRecord) => NodeRecord) =>
+    run(true, args, (s) => {
+      const n = s.nodes.get(id);
+      if (n) s.nodes.set(id, change(n));
+    });
+  return {
+    insert: (node) =>
+      run(true, [node], (s) => {
+        if (s.nodes.has(node.id)) throw conflict();
+        checkConstraint(['worker', 'manager'].includes(node.role), 'nodes', 'nodes_role');
+        checkConstraint(['active', 'revoked'].includes(node.status), 'nodes', 'nodes_status');
+        s.nodes.set(node.id, copyNode(node));
+      }),
+    findById: find,
+    findByCertificate: (serial) =>
+      run(false, [serial], (s) => {
+        const c = s.certificates.get(serial);
+        const n = c?.kind === 'node' && c.nodeId !== null ? s.nodes.get(c.nodeId) : undefined;
+        return n ? copyNode(n) : null;
+      }),
+    lockById: find,
+    list: () =>
+      run(false, [], (s) =>
+        [...s.nodes.values()].sort((a, b) => byTime(a.createdAt, b.createdAt)).map(copyNode),
+      ),
+    countActive: (now) =>
+      run(false, [now], (s) => {
+        const current = new Set<string>();
+        for (const c of s.certificates.values()) {
+          if (
+            c.nodeId !== null &&
+            c.kind === 'node' &&
+            c.status === 'valid' &&
+            c.notAfter.getTime() > now.getTime()
+          )
+            current.add(c.nodeId);
+        }
+        return [...s.nodes.values()].filter((n) => n.status === 'active' && current.has(n.id)).length;
+      }),
+    recordAttestation: (id, at, method) =>
+      update(id, [id, at, method], (n) => ({ ...n, lastAttestedAt: date(at), attestationMethod: method })),
+    recordSeen: (id, at) => update(id, [id, at], (n) => ({ ...n, lastSeenAt: date(at) })),
+    markRevoked: (id, at, reason) =>
+      update(id, [id, at, reason], (n) => ({
+        ...n,
+        status: 'revoked',
+        revokedAt: date(at),
+        revocationReason: reason,
+      })),
+  };
+}
+
+function tokenRepository(run: Run): TokenRepository {
+  return {
+    insert: (t) =>
+      run(true, [t], (s) => {
+        if (s.tokens.has(t.id)) throw conflict();
+        checkConstraint(['worker', 'manager'].includes(t.role), 'join_tokens', 'join_tokens_role');
+        checkConstraint(t.usesLeft >= 0 && t.usesLeft <= t.usesAllowed, 'join_tokens', 'join_tokens_uses');
+        s.tokens.set(t.id, copyToken(t));
+      }),
+    findById: (id) =>
+      run(false, [id], (s) => {
+        const t = s.tokens.get(id);
+        return t ? copyToken(t) : null;
+      }),
+    consume: (id, now) =>
+      run(true, [id, now], (s) => {
+        const t = s.tokens.get(id);
+        if (!t || t.usesLeft <= 0 || t.expiresAt.getTime() <= now.getTime()) return null;
+        const spent = { ...t, usesLeft: t.usesLeft - 1 };
+        s.tokens.set(id, spent);
+        return copyToken(spent);
+      }),
+    spendBoundTo: (nodeName) =>
+      run(true, [nodeName], (s) => {
+        let n = 0;
+        for (const [id, t] of s.tokens) {
+          if (t.nodeName === nodeName && t.usesLeft > 0) {
+            s.tokens.set(id, { ...t, usesLeft: 0 });
+            n++;
+          }
+        }
+        return n;
+      }),
+  };
+}
+
+function nonceRepository(run: Run): NonceRepository {
+  return {
+    insert: (nonce, method, expiresAt) =>
+      run(true, [nonce, method, expiresAt], (s) => {
+        if (s.nonces.has(nonce)) throw conflict();
+        s.nonces.set(nonce, { nonce, method, expiresAt: date(expiresAt), usedAt: null });
+      }),
+    use: (nonce, method, now) =>
+      run(true, [nonce, method, now], (s) => {
+        const n = s.nonces.get(nonce);
+        if (!n || n.method !== method || n.usedAt !== null || n.expiresAt.getTime() <= now.getTime())
+          return false;
+        s.nonces.set(nonce, { ...n, usedAt: date(now) });
+        return true;
+      }),
+    purgeExpired: (now, limit) =>
+      run(true, [now, limit], (s) => {
+        const expired = [...s.nonces.values()]
+          .filter((n) => n.expiresAt.getTime() <= now.getTime())
+          .slice(0, limit);
+        for (const n of expired) s.nonces.delete(n.nonce);
+        return expired.length;
+      }),
+  };
+}
+
+function entryRepository(run: Run): EntryRepository {
+  return {
+    insert: (e) =>
+      run(true, [e], (s) => {
+        if (s.entries.has(e.name)) throw conflict();
+        for (const other of s.entries.values())
+          if (other.parentNodeId === e.parentNodeId && other.spiffeId === e.spiffeId) throw conflict();
+        if (!s.nodes.has(e.parentNodeId)) throw foreignKey('entries', 'entries_parent_node_id_foreign');
+        s.entries.set(e.name, copyEntry(e));
+      }),
+    findByName: (name) =>
+      run(false, [name], (s) => {
+        const e = s.entries.get(name);
+        return e ? copyEntry(e) : null;
+      }),
+    list: (f = {}) =>
+      run(false, [f], (s) =>
+        [...s.entries.values()]
+          .filter((e) => !f.parentNodeId || e.parentNodeId === f.parentNodeId)
+          .sort((a, b) => byText(a.name, b.name))
+          .map(copyEntry),
+      ),
+    findForNode: (parentNodeId, spiffeId) =>
+      run(false, [parentNodeId, spiffeId], (s) => {
+        for (const e of s.entries.values())
+          if (e.parentNodeId === parentNodeId && e.spiffeId === spiffeId) return copyEntry(e);
+        return null;
+      }),
+    delete: (name) => run(true, [name], (s) => s.entries.delete(name)),
+  };
+}
+
+function revocationRepository(run: Run, seq: Sequences): RevocationRepository {
+  return {
+    revokeCertificates: (target, at, reason) =>
+      run(true, [target, at, reason], (s) => {
+        const hit = (c: CertificateRecord) =>
+          'serial' in target
+            ? c.serial === target.serial
+            : c.nodeId === target.nodeId || c.issuedVia === target.nodeId;
+        const revoked: string[] = [];
+        for (const [serial, c] of s.certificates) {
+          if (
+            (c.status === 'valid' || c.status === 'superseded') &&
+            c.notAfter.getTime() > at.getTime() &&
+            hit(c)
+          ) {
+            s.certificates.set(serial, {
+              ...c,
+              status: 'revoked',
+              revokedAt: date(at),
+              revocationReason: reason,
+            });
+            revoked.push(serial);
+          }
+        }
+        return revoked;
+      }),
+    appendEvent: (e) =>
+      run(true, [e], (s) => {
+        checkConstraint(
+          ['node', 'certificate'].includes(e.kind),
+          'revocation_events',
+          'revocation_events_kind',
+        );
+        seq.event += 1;
+        const event = copyEvent({ ...e, id: seq.event });
+        s.events.set(event.id, event);
+        return copyEvent(event);
+      }),
+    eventsSince: (id, limit) =>
+      run(false, [id, limit], (s) =>
+        [...s.events.values()]
+          .filter((e) => e.id > id)
+          .sort((a, b) => a.id - b.id)
+          .slice(0, limit)
+          .map(copyEvent),
+      ),
+    lastEventId: () => run(false, [], (s) => Math.max(0, ...s.events.keys())),
+    revokedForCa: (caId, now) =>
+      run(false, [caId, now], (s) =>
+        [...s.certificates.values()]
+          .filter((c) => c.caId === caId && c.status === 'revoked' && c.notAfter.getTime() > now.getTime())
+          .sort((a, b) => byText(a.serial, b.serial))
+          .map(
+            (c): RevokedEntry => ({
+              serial: c.serial,
+              // A revoked row always has revoked_at, except one inserted already revoked without it.
+              revokedAt: new Date(c.revokedAt?.getTime() ?? 0),
+              reason: c.revocationReason ?? 0,
+            }),
+          ),
+      ),
+  };
+}
+
+function crlRepository(run: Run, seq: Sequences): CrlRepository {
+  return {
+    latest: (caId) =>
+      run(false, [caId], (s) => {
+        let best: CrlRecord | null = null;
+        for (const c of s.crls) if (c.caId === caId && (!best || c.crlNumber > best.crlNumber)) best = c;
+        return best ? copyCrl(best) : null;
+      }),
+    // Inside a transaction the write lock is held already; outside one, an advisory transaction
+    // lock is released as soon as it is taken.
+    lockBuilder: () => run(false, [], () => undefined),
+    nextNumber: () =>
+      run(false, [], () => {
+        seq.crl += 1n;
+        return seq.crl;
+      }),
+    insert: (crl) =>
+      run(true, [crl], (s) => {
+        if (s.crls.some((c) => c.crlNumber === crl.crlNumber)) throw conflict();
+        if (!s.cas.has(crl.caId)) throw foreignKey('crls', 'crls_ca_id_foreign');
+        s.crls.push(copyCrl(crl));
+      }),
+  };
+}
+
+function auditRepository(run: Run, seq: Sequences): AuditRepository {
+  return {
+    append: (e) => run(true, [e], (s) => appendAudit(s, seq, e)),
+    seal: (limit, hashOf) =>
+      run(true, [limit], (s) => {
+        let seal = 0;
+        let prev: Buffer | null = null;
+        for (const r of s.audit.values()) {
+          if (r.sealSeq !== null && r.sealSeq > seal) {
+            seal = r.sealSeq;
+            prev = r.hash;
+          }
+        }
+        const rows = [...s.audit.values()]
+          .filter((r) => r.sealSeq === null)
+          .sort((a, b) => a.id - b.id)
+          .slice(0, limit);
+        const sealed: AuditRecord[] = [];
+        for (const r of rows) {
+          seal += 1;
+          // What the knex sealer hands over: the row as read (without its chain columns), numbered.
+          let hash: Buffer;
+          try {
+            hash = bytes(hashOf({ ...copyAudit(r), sealSeq: seal, prevHash: null, hash: null }, prev));
+          } catch (e) {
+            throw e instanceof Error ? inCode(e) : e;
+          }
+          sealed.push({ ...r, sealSeq: seal, prevHash: prev ? bytes(prev) : null, hash });
+          prev = hash;
+        }
+        for (const r of sealed) s.audit.set(r.id, r);
+        return sealed.length;
+      }),
+    list: (f: AuditFilter) =>
+      run(false, [f], (s) =>
+        [...s.audit.values()]
+          .filter(
+            (r) =>
+              (!f.actor || r.actor === f.actor) &&
+              (!f.subject || r.subject === f.subject) &&
+              (!f.event || r.event === f.event) &&
+              (!f.since || r.at.getTime() >= f.since.getTime()) &&
+              (!f.until || r.at.getTime() < f.until.getTime()),
+          )
+          .sort((a, b) => b.id - a.id)
+          .slice(0, Math.min(f.limit ?? 100, 10_000))
+          .map(copyAudit),
+      ),
+    sealedAfter: (after, limit) =>
+      run(false, [after, limit], (s) =>
+        [...s.audit.values()]
+          .filter((r) => r.sealSeq !== null && r.sealSeq > after)
+          .sort((a, b) => (a.sealSeq ?? 0) - (b.sealSeq ?? 0))
+          .slice(0, limit)
+          .map(copyAudit),
+      ),
+    countUnsealed: () =>
+      run(false, [], (s) => [...s.audit.values()].filter((r) => r.sealSeq === null).length),
+  };
+}
+
+function repositories(run: Run, seq: Sequences): Repositories {
+  return {
+    revocations: revocationRepository(run, seq),
+    crls: crlRepository(run, seq),
+    audit: auditRepository(run, seq),
+    entries: entryRepository(run),
+    cas: caRepository(run),
+    certificates: certificateRepository(run),
+    issuances: issuanceRepository(run, seq),
+    nodes: nodeRepository(run),
+    tokens: tokenRepository(run),
+    nonces: nonceRepository(run),
+  };
+}
+
+/** One writer at a time, in arrival order. */
+class WriteLock {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(fn);
+    this.tail = result.catch(() => undefined);
+    return result;
+  }
+}
+
+const badText = (): BatonError => new BatonError('ERR_BAD_REQUEST', 'a text field holds a NUL character');
+
+/**
+ * A fresh, empty store; `seed` records an installation and its CAs up front (as `initialize`).
+ * Each call is a database of its own.
+ */
+export function createMemoryStorage(seed?: { installation: Installation; cas: CaRecord[] }): Storage {
+  let committed = emptyState();
+  const seq: Sequences = { event: 0, audit: 0, crl: 0n };
+  const lock = new WriteLock();
+  /** Set while a transaction's fn runs: a write outside it from in there would wait for itself. */
+  const insideTransaction = new AsyncLocalStorage<true>();
+  const refuseNested = (what: string) => {
+    if (insideTransaction.getStore())
+      throw new Error(
+        `memory storage: ${what} outside the transaction, from inside storage.transaction(fn), would wait for fn forever; use the repositories fn was given`,
+      );
+  };
+
+  const autocommit: Run = async (write, args, statement) => {
+    if (hasNul(args)) throw badText();
+    if (!write) return statement(committed);
+    refuseNested('a write');
+    return lock.run(async () => {
+      const work = cloneState(committed);
+      const result = statement(work);
+      committed = work;
+      return result;
+    });
+  };
+
+  if (seed) {
+    const s = emptyState();
+    s.installation = copyInstallation(seed.installation);
+    for (const ca of seed.cas) insertCa(s, ca);
+    committed = s;
+  }
+
+  return {
+    ...repositories(autocommit, seq),
+    transaction: async <T>(fn: (tx: Repositories) => Promise<T>): Promise<T> => {
+      refuseNested('a transaction');
+      return lock.run(async () => {
+        const work = cloneState(committed);
+        let open = true;
+        let aborted = false;
+        const inTx: Run = async (_write, args, statement) => {
+          if (!open) throw new Error('Transaction query already complete');
+          if (aborted)
+            throw new DatabaseError(
+              '25P02',
+              'current transaction is aborted, commands ignored until end of transaction block',
+            );
+          try {
+            if (hasNul(args)) throw badText();
+            return statement(work);
+          } catch (e) {
+            if (!(e instanceof Error && notAborting.has(e))) aborted = true;
+            throw e;
+          }
+        };
+        try {
+          const result = await insideTransaction.run(true, () => fn(repositories(inTx, seq)));
+          // PostgreSQL answers COMMIT of an aborted transaction with a rollback, not an error.
+          if (!aborted) committed = work;
+          return result;
+        } finally {
+          open = false;
+        }
+      });
+    },
+    ping: async () => undefined,
+    close: async () => undefined,
+  };
+}

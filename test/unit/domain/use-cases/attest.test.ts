@@ -1,0 +1,199 @@
+import { presentEvidence } from '../../../../services/ca/src/domain/attestation/attestor';
+import { joinTokenAttestor } from '../../../../services/ca/src/domain/attestation/join-token-attestor';
+import { createJoinToken, parseJoinToken } from '../../../../services/ca/src/domain/join-token';
+import { attestNode } from '../../../../services/ca/src/domain/node-identity';
+import type { NodeRole } from '../../../../services/ca/src/domain/ports';
+import { readCsr } from '../../../../services/ca/src/pki/csr';
+import { revokeNode } from '../../../../services/ca/src/domain/revocation';
+import { TEST_TD } from '../../../fixtures/test-ca';
+import { errorOf } from '../../../support/errors';
+import { keyAndCsr } from '../../../support/node-client';
+import { AUDIT, auditRows, badSignatureCsrPem, dump, HOUR, nodeDeps, type World, world, x509 } from './world';
+
+/** attestNode (domain/node-identity.ts) with the join-token attestor, over the in-memory ports. */
+
+async function newToken(
+  w: World,
+  o: { role?: NodeRole; uses?: number; nodeName?: string; nodeTtlMs?: number; ttlMs?: number } = {},
+) {
+  return createJoinToken(
+    { clock: w.clock, tokens: w.storage.tokens },
+    {
+      role: o.role ?? 'worker',
+      ttlMs: o.ttlMs ?? HOUR,
+      uses: o.uses ?? 1,
+      nodeName: o.nodeName ?? null,
+      nodeTtlMs: o.nodeTtlMs ?? null,
+      createdBy: 'test',
+      pin: w.keyring.pin,
+    },
+  );
+}
+
+/**
+ * The one place that knows attestNode's input: what the HTTP edge reads from a request (an unknown
+ * method or a malformed token is the edge's refusal: test/unit/http/attestation-evidence.test.ts).
+ */
+async function attest(w: World, p: { token: string; csrPem?: string }) {
+  return attestNode(nodeDeps(w), {
+    evidence: presentEvidence(joinTokenAttestor, { token: parseJoinToken(p.token) }),
+    csr: readCsr(p.csrPem ?? (await keyAndCsr()).csrPem),
+    audit: AUDIT,
+  });
+}
+
+const usesLeft = async (w: World, id: string) => (await w.storage.tokens.findById(id))?.usesLeft;
+
+/** The store as before plus exactly one new audit row, the refusal's (no other write). */
+async function expectOnlyRefusalRow(
+  w: World,
+  before: Awaited<ReturnType<typeof dump>>,
+  code: string,
+  method: string,
+) {
+  const after = await dump(w.storage);
+  expect({ ...after, audit: after.audit.slice(1) }).toEqual(before);
+  const refused = await auditRows(w.storage, 'node.attestation_refused');
+  expect(refused.at(-1)).toMatchObject({
+    actor: AUDIT.actor,
+    subject: null,
+    outcome: 'failure',
+    details: { method, code },
+  });
+}
+
+describe('attestNode (join_token)', () => {
+  it("creates a node with the token's role, issues its certificate and spends one use, together", async () => {
+    const w = await world({ nodeTtlMs: 2 * HOUR });
+    const { token, record } = await newToken(w, { role: 'manager', uses: 3 });
+    const now = w.clock.now();
+
+    const issued = await attest(w, { token });
+
+    const node = await w.storage.nodes.findById(issued.nodeId);
+    expect(node).toMatchObject({
+      role: 'manager',
+      status: 'active',
+      attestationMethod: 'join_token',
+      createdAt: now,
+    });
+    const r = issued.leaf.record;
+    expect(r).toMatchObject({
+      kind: 'node',
+      nodeId: issued.nodeId,
+      spiffeId: `spiffe://${TEST_TD}/node/${issued.nodeId}`,
+    });
+    expect(r.notAfter.getTime() - now.getTime()).toBe(2 * HOUR);
+    expect(x509(issued.leaf).subject).toContain('OU=manager');
+    expect(await w.storage.certificates.findBySerial(r.serial)).toMatchObject({ status: 'valid' });
+    expect(issued.refreshAt.getTime() - now.getTime()).toBe(HOUR);
+    expect(await usesLeft(w, record.id)).toBe(2);
+    const rows = await auditRows(w.storage, 'node.attested');
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({
+      subject: r.spiffeId,
+      outcome: 'success',
+      details: { method: 'join_token', role: 'manager', serial: r.serial, token_id: record.id },
+    });
+  });
+
+  it("a token bound to a node name gives that node id and the token's node lifetime", async () => {
+    const w = await world();
+    const { token } = await newToken(w, { nodeName: 'web-1', nodeTtlMs: 5 * HOUR });
+    const issued = await attest(w, { token });
+    expect(issued.nodeId).toBe('web-1');
+    expect((await w.storage.nodes.findById('web-1'))?.certTtlMs).toBe(5 * HOUR);
+    expect(issued.leaf.record.notAfter.getTime() - w.clock.now().getTime()).toBe(5 * HOUR);
+  });
+
+  it('a 1-use token attests once: the second attestation is ERR_TOKEN_INVALID and writes only its audit row', async () => {
+    const w = await world();
+    const { token, record } = await newToken(w, { uses: 1 });
+    await attest(w, { token });
+    expect(await usesLeft(w, record.id)).toBe(0);
+    const before = await dump(w.storage);
+
+    expect((await errorOf(attest(w, { token }))).code).toBe('ERR_TOKEN_INVALID');
+
+    await expectOnlyRefusalRow(w, before, 'ERR_TOKEN_INVALID', 'join_token');
+    expect(before.nodes).toHaveLength(1);
+  });
+
+  const refusals: Array<
+    [string, string, (w: World, token: string) => Promise<Parameters<typeof attest>[1]>]
+  > = [
+    [
+      'an expired token (by the injected clock)',
+      'ERR_TOKEN_INVALID',
+      async (w, token) => {
+        w.clock.advance(HOUR);
+        return { token };
+      },
+    ],
+    [
+      'a wrong secret',
+      'ERR_TOKEN_INVALID',
+      async (_, token) => ({ token: token.replace(/.$/, (c) => (c === 'a' ? 'b' : 'a')) }),
+    ],
+    [
+      'a CSR whose signature does not verify',
+      'ERR_CSR_INVALID',
+      async (_, token) => ({ token, csrPem: await badSignatureCsrPem() }),
+    ],
+    [
+      // The token is spent in the transaction, then the insert refuses the key: all rolls back.
+      'a CSR whose key is already certified',
+      'ERR_KEY_REUSED',
+      async (w, token) => {
+        const { csrPem } = await keyAndCsr();
+        await attest(w, { token: (await newToken(w)).token, csrPem });
+        return { token, csrPem };
+      },
+    ],
+  ];
+  it.each(refusals)(
+    '%s → %s: nothing spent, nothing issued, one refusal audit row',
+    async (_, code, arrange) => {
+      const w = await world();
+      const { token, record } = await newToken(w, { uses: 2 });
+      const p = await arrange(w, token);
+      const before = await dump(w.storage);
+
+      expect((await errorOf(attest(w, p))).code).toBe(code);
+
+      expect(await usesLeft(w, record.id)).toBe(2);
+      await expectOnlyRefusalRow(w, before, code, 'join_token');
+    },
+  );
+
+  it('re-attesting a revoked node is ERR_NODE_REVOKED; the new token is not spent', async () => {
+    const w = await world();
+    const first = await attest(w, { token: (await newToken(w, { nodeName: 'web-1' })).token });
+    await revokeNode(
+      { clock: w.clock, storage: w.storage, trustDomain: TEST_TD, publishCrls: async () => undefined },
+      { nodeId: first.nodeId, audit: AUDIT },
+    );
+    const { token, record } = await newToken(w, { nodeName: 'web-1' });
+    const before = await dump(w.storage);
+
+    expect((await errorOf(attest(w, { token }))).code).toBe('ERR_NODE_REVOKED');
+
+    expect(await usesLeft(w, record.id)).toBe(1);
+    await expectOnlyRefusalRow(w, before, 'ERR_NODE_REVOKED', 'join_token');
+  });
+
+  it('re-attesting an active node supersedes its certificate; another role is refused', async () => {
+    const w = await world();
+    const first = await attest(w, { token: (await newToken(w, { nodeName: 'web-1' })).token });
+    w.clock.advance(60_000);
+    const second = await attest(w, { token: (await newToken(w, { nodeName: 'web-1' })).token });
+    expect(second.nodeId).toBe('web-1');
+    expect((await w.storage.certificates.findBySerial(first.leaf.record.serial))?.status).toBe('superseded');
+    expect((await w.storage.nodes.findById('web-1'))?.lastAttestedAt).toEqual(w.clock.now());
+
+    const manager = await newToken(w, { nodeName: 'web-1', role: 'manager' });
+    expect((await errorOf(attest(w, { token: manager.token }))).code).toBe('ERR_ATTESTATION_FAILED');
+    expect(await usesLeft(w, manager.record.id)).toBe(1);
+    expect((await w.storage.certificates.findBySerial(second.leaf.record.serial))?.status).toBe('valid');
+  });
+});
