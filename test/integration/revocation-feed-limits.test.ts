@@ -131,6 +131,27 @@ describeEachBackend('revocation feed limits (issue 14)', (backend) => {
     await waiting(0);
   });
 
+  it('fail/the SVIDs a node mints for one entry share one cap: a second SVID of the entry gets no more slots', async () => {
+    const k = await keyAndCsr();
+    const second = await https(`${t.url}/v1/workload-svids`, {
+      method: 'POST',
+      body: JSON.stringify({ spiffe_id: `spiffe://${TD}/reader`, csr: k.csrPem }),
+      ca: t.bundle,
+      cert: nodes.a!.cert,
+      key: nodes.a!.key,
+    });
+    expect(second.status).toBe(201);
+    const other: Credential = { cert: second.json<IssuanceBody>().certificate_chain, key: k.keyPem };
+    const since = await t.ca.storage.revocations.lastEventId();
+    poll(workload, `since=${since}&wait=30`);
+    poll(workload, `since=${since}&wait=30`);
+    await waiting(2);
+    // The identity is the SPIFFE ID on its node, not the certificate.
+    const refused = await poll(other, `since=${since}&wait=3`).answer;
+    expect(refused.status).toBe(429);
+    expect(errorBodyOf(refused).code).toBe('ERR_RATE_LIMITED');
+  });
+
   it('fail/past the total cap a new identity gets 429; an aborted long-poll frees its slot at once', async () => {
     const since = await t.ca.storage.revocations.lastEventId();
     const q = `since=${since}&wait=30`;
