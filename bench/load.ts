@@ -86,14 +86,24 @@ async function timedSend(
 
 const is2xx = (r: Reply) => r.status >= 200 && r.status < 300;
 
+/** The audience of the benchmark's JWT-SVIDs. */
+const JWT_AUDIENCE = 'spiffe://bench.test/db';
+
 async function issueJob(job: IssueJob, next: () => Promise<ToLoad>): Promise<void> {
   const setup = monoMs();
   const { target } = job;
-  const csrs = csrPool(job.csrPool, 'w').map((c) => c.csrPem);
+  // A JWT-SVID request carries no CSR: none is made (making keys is the slow part of setup).
+  const csrs = job.api === 'baton-jwt' ? [''] : csrPool(job.csrPool, 'w').map((c) => c.csrPem);
   const route = {
     'baton-workload': {
       path: '/v1/workload-svids',
       body: (csr: string) => JSON.stringify({ spiffe_id: job.spiffeId, csr }),
+      ok: is2xx,
+    },
+    // The audience a service would ask for; the ttl the server's default (5m).
+    'baton-jwt': {
+      path: '/v1/jwt-svids',
+      body: (_csr: string) => JSON.stringify({ spiffe_id: job.spiffeId, audience: [JWT_AUDIENCE] }),
       ok: is2xx,
     },
     // cfssl's API (api/signhandler): {"certificate_request": PEM, "hosts": [...]}; 200 with success.
@@ -109,7 +119,7 @@ async function issueJob(job: IssueJob, next: () => Promise<ToLoad>): Promise<voi
   const identities = job.identities?.length ? job.identities : [{ ...target, spiffeId: job.spiffeId }];
   // Bodies are concatenated per request from pre-escaped parts: one copy of each CSR, not one per node.
   const csrJson = csrs.map((csr) => JSON.stringify(csr));
-  const fixedBodies = job.api === 'baton-workload' ? [] : csrs.map(route.body);
+  const fixedBodies = job.api === 'baton-workload' || job.api === 'baton-jwt' ? [] : csrs.map(route.body);
   const clients = identities.map((id) => ({
     agent: new Agent({
       keepAlive: true,
@@ -124,12 +134,18 @@ async function issueJob(job: IssueJob, next: () => Promise<ToLoad>): Promise<voi
       ? { ...target, secureContext: createSecureContext({ ca: target.ca, cert: id.cert, key: id.key }) }
       : target,
     prefix: `{"spiffe_id":${JSON.stringify(id.spiffeId ?? '')},"csr":`,
+    jwtBody: JSON.stringify({ spiffe_id: id.spiffeId ?? '', audience: [JWT_AUDIENCE] }),
   }));
   let cursor = 0;
   const request = (t: Timed, worker: number) => {
     const client = clients[worker % clients.length]!;
     const i = cursor++ % csrs.length;
-    const body = job.api === 'baton-workload' ? `${client.prefix}${csrJson[i]}}` : fixedBodies[i]!;
+    const body =
+      job.api === 'baton-workload'
+        ? `${client.prefix}${csrJson[i]}}`
+        : job.api === 'baton-jwt'
+          ? client.jwtBody
+          : fixedBodies[i]!;
     const agent = job.newConnections ? false : client.agent;
     return timedSend(t, client.target, { method: 'POST', path: route.path, body, agent }, route.ok);
   };

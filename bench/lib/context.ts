@@ -41,6 +41,7 @@ export async function section(c: Context, name: string, figureNames: string[], f
 }
 
 export function unitOf(name: string): string {
+  if (name.endsWith('_per_s') && name.startsWith('jwt')) return 'tokens/s';
   if (name.endsWith('_per_s'))
     return name.includes('crypto') || name.includes('pipeline') ? 'issuances/s' : 'certificates/s';
   if (name.endsWith('_ms') || name.includes('_ms_per_')) return 'ms';

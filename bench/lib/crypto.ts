@@ -78,7 +78,7 @@ export function benchKeyring() {
     root,
     publicUrl: 'https://127.0.0.1:8443',
   });
-  return loadKeyring([root.record, inter.record], kek, 'https://127.0.0.1:8443');
+  return loadKeyring([root.record, inter.record], kek, 'https://127.0.0.1:8443', []);
 }
 
 /** CSRs for `pipelinePerSecond`, made before timing. */

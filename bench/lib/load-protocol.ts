@@ -11,12 +11,12 @@ import type { TlsTarget } from './http';
 export interface IssueJob {
   kind: 'issue';
   target: TlsTarget;
-  /** What each request is. */
-  api: 'baton-workload' | 'cfssl-sign' | 'echo';
-  /** baton-workload: the SPIFFE ID of an entry parented to the client's node. */
+  /** What each request is (baton-jwt: a JWT-SVID for the entry, no CSR). */
+  api: 'baton-workload' | 'baton-jwt' | 'cfssl-sign' | 'echo';
+  /** baton-workload, baton-jwt: the SPIFFE ID of an entry parented to the client's node. */
   spiffeId?: string;
   /**
-   * baton-workload with several nodes: connection k speaks as identities[k % n] (its own client
+   * baton-workload or baton-jwt with several nodes: connection k speaks as identities[k % n] (its own client
    * certificate and entry), as a fleet of agents would. Unset: every connection is `target`'s.
    */
   identities?: { cert: string; key: string; spiffeId: string }[];

@@ -40,6 +40,8 @@ export function ratios(c: Context) {
   set(c, 'ratio_crl_100k_vs_openssl', ratioOf(f.crl_100k_ms, f.openssl_crl_100k_ms));
   set(c, 'ratio_crl_100k_vs_cfssl', ratioOf(f.crl_100k_ms, f.cfssl_crl_100k_ms));
   set(c, 'ratio_issuance_vs_loadgen_ceiling', ratioOf(f.issuance_c16_per_s, f.loadgen_ceiling_per_s));
+  // Issue 16: both measured in the same run, on the same server, by the same nodes.
+  set(c, 'ratio_jwt_mint_vs_issuance_c16', ratioOf(f.jwt_mint_c16_per_s, f.issuance_c16_per_s));
 }
 
 export interface Target {
@@ -101,5 +103,15 @@ export function targets(f: Record<string, Figure>, stormNodes: number): Target[]
       m('storm_10k_5xx') === null ? null : m('storm_10k_5xx') === 0,
     ),
     check('server RSS < 300 MB', shown('server_rss_peak_mb', ' MB'), lt(m('server_rss_peak_mb'), 300)),
+    check(
+      'JWT-SVID mint c16 >= 2x workload SVID issuance c16 (same run)',
+      `${shown('jwt_mint_c16_per_s', '/s')} vs ${shown('issuance_c16_per_s', '/s')} (${shown('ratio_jwt_mint_vs_issuance_c16', 'x')})`,
+      ge(m('jwt_mint_c16_per_s'), m('issuance_c16_per_s'), 2),
+    ),
+    check(
+      'JWT-SVID mint c16 p99 < 10 ms',
+      shown('jwt_mint_c16_p99_ms', ' ms'),
+      lt(m('jwt_mint_c16_p99_ms'), 10),
+    ),
   ];
 }

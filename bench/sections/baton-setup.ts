@@ -63,8 +63,9 @@ export async function batonIssuance(
   prefix: string,
   concurrencies: number[],
   oneNode = false,
-) {
-  const { target, identities } = await fleet(server, Math.max(...concurrencies), prefix.replace(/_/g, '-'));
+): Promise<Awaited<ReturnType<typeof fleet>>> {
+  const made = await fleet(server, Math.max(...concurrencies), prefix.replace(/_/g, '-'));
+  const { target, identities } = made;
   for (const conc of concurrencies) {
     const s = await measureIssue(
       c,
@@ -90,6 +91,7 @@ export async function batonIssuance(
     );
     recordIssue(c, `${prefix}_one_node`, 16, s);
   }
+  return made;
 }
 
 /** Attests `n` nodes with up to `generators` processes; returns the credentials files. */

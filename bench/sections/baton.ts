@@ -9,6 +9,7 @@ import { count, mergeCounts, percentile } from '../lib/stats';
 import { readFileSync } from 'node:fs';
 import { type Context, log, section, set } from '../lib/context';
 import { attestMany, BATON_ENV, batonIssuance } from './baton-setup';
+import { JWT_FIGURES, jwtSection } from './jwt';
 
 export async function batonPostgres(c: Context) {
   if (!(await postgresReachable())) throw new Error('PostgreSQL does not answer on 127.0.0.1:5432');
@@ -26,9 +27,11 @@ export async function batonPostgres(c: Context) {
     });
     rss = new RssWatch(server.pid);
     log(`   baton on PostgreSQL: ${server.url} (${c.o.workers} worker(s))`);
-    await batonIssuance(c, server, 'issuance', [1, 16, 64], true);
+    const issuanceFleet = await batonIssuance(c, server, 'issuance', [1, 16, 64], true);
     set(c, 'cpu_ms_per_certificate', c.figures.issuance_cpu_ms_per_certificate!);
     delete c.figures.issuance_cpu_ms_per_certificate;
+    // JWT-SVIDs on the same server, by the same nodes, right after: the ratio compares like with like.
+    await section(c, 'jwt', JWT_FIGURES, () => jwtSection(c, server!, issuanceFleet));
 
     // Attestation at c16; the nodes it makes then renew at c16, each over its own new connection.
     const attested = await attestMany(c, server, c.s.attestPerRun, 1, 'attest16', c.s.runs);

@@ -63,7 +63,11 @@ export async function measureIssue(
 }
 
 export function recordIssue(c: Context, prefix: string, conc: number, s: IssueSummary) {
-  const unit = prefix.startsWith('loadgen') ? 'requests/s' : 'certificates/s';
+  const unit = prefix.startsWith('loadgen')
+    ? 'requests/s'
+    : prefix.startsWith('jwt')
+      ? 'tokens/s'
+      : 'certificates/s';
   set(
     c,
     `${prefix}_c${conc}_per_s`,

@@ -13,6 +13,7 @@ import type {
   Storage,
 } from '../../services/ca/src/domain/ports';
 import { issueWorkloadSvid } from '../../services/ca/src/domain/workload-identity';
+import { mintJwtSvid } from '../../services/ca/src/domain/jwt-svid';
 import { isBatonError } from '../../services/ca/src/ground/errors';
 import { readCsr } from '../../services/ca/src/pki/csr';
 import { describePublicKey, generateP256, spkiOf } from '../../services/ca/src/pki/keys';
@@ -27,10 +28,10 @@ import { keyAndCsr } from '../support/node-client';
  * One table of caller cases (issue 15), run through every way Baton decides "this peer may act":
  *  - the caller module (domain/caller.ts) as the routes use it: identifyClaim, unlocked reads;
  *  - the caller module over rows locked in a transaction, as the general paths use it;
- *  - the guarded statements of the fast paths (IssuanceRepository.recordWorkloadGuarded and
- *    recordRenewalGuarded), which evaluate the same rule in SQL;
- *  - the use cases end to end (issueWorkloadSvid, renewNode), whose refusal must carry the code the
- *    caller module names.
+ *  - the guarded statements of the fast paths (IssuanceRepository.recordWorkloadGuarded,
+ *    recordRenewalGuarded and jwtMintAllowed), which evaluate the same rule in SQL;
+ *  - the use cases end to end (issueWorkloadSvid, mintJwtSvid, renewNode), whose refusal must carry
+ *    the code the caller module names.
  * On PGlite, PostgreSQL (BATON_TEST_DATABASE_URL) and the in-memory ports, and they must agree: a
  * guard lets a row through exactly when the caller module accepts the caller and the entry is
  * unchanged.
@@ -407,6 +408,15 @@ function runTable(name: string, open: () => Promise<{ storage: Storage; close():
         },
       );
       expect(workloadGuard).toBe(c.caller === 'ok' && !c.entryChanged);
+      // The JWT-SVID guard reads the entry by SPIFFE ID alone: a recreated entry still names it.
+      const jwtGuard = await w.storage.issuances.jwtMintAllowed({
+        nodeId: claim.nodeId,
+        peerSerial: claim.peer.serial,
+        peerDer: claim.peer.der,
+        now: at,
+        spiffeId: s.entry.spiffeId,
+      });
+      expect(jwtGuard).toBe(c.caller === 'ok' && c.name !== 'entry deleted');
       expect((await w.storage.certificates.findBySerial(wl.record.serial)) !== null).toBe(workloadGuard);
 
       const renewed = await issueTo(
@@ -461,6 +471,13 @@ function runTable(name: string, open: () => Promise<{ storage: Storage; close():
         const expectedWorkload =
           c.caller !== 'ok' ? c.caller : c.name === 'entry deleted' ? 'ERR_NOT_AUTHORIZED' : 'ok';
         expect(workload).toBe(expectedWorkload);
+        const jwt = await outcomeOf(() =>
+          mintJwtSvid(
+            { ...deps, mints: { record: () => undefined } },
+            { claim, spiffeId: s.entry.spiffeId, audience: ['a'], ttlMs: 300_000, audit: AUDIT },
+          ),
+        );
+        expect(jwt).toBe(expectedWorkload);
         const renewal = await outcomeOf(async () =>
           renewNode(deps, { claim, csr: await csr(), audit: AUDIT }),
         );

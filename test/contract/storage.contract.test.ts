@@ -13,6 +13,8 @@ import type {
   CrlRecord,
   EntryRecord,
   Installation,
+  JwtKeyRecord,
+  JwtMintGuard,
   NodeRecord,
   RenewalGuard,
   Repositories,
@@ -396,6 +398,7 @@ const EVERY_TABLE = [
   'join_tokens',
   'attestation_nonces',
   'nodes',
+  'jwt_keys',
   'cas',
   'installation',
 ];
@@ -453,7 +456,7 @@ describeEachImplementation('Storage contract', (impl) => {
         expect(c.notAfter).toBeInstanceOf(Date);
       }
       // What came back is usable: the wrapped keys unwrap under the KEK and sign.
-      const keyring = loadKeyring(cas, ca.kek, TEST_URL);
+      const keyring = loadKeyring(cas, ca.kek, TEST_URL, []);
       expect(keyring.pin).toBe(ca.keyring.pin);
       expect(keyring.signing.record.id).toBe(ca.keyring.signing.record.id);
     });
@@ -558,6 +561,140 @@ describeEachImplementation('Storage contract', (impl) => {
         expect((await errorOf(add(storage, successor()))).code).toBe('ERR_CONFLICT');
         expect(byId(await storage.cas.listCas())).toStrictEqual(byId(CA.records));
       });
+    });
+  });
+
+  describe('jwtKeys', () => {
+    /** A hand-built key row: every field set to a value the reader must return unchanged. */
+    const jwtKey = (caId: string, over: Partial<JwtKeyRecord> = {}): JwtKeyRecord => ({
+      kid: randomBytes(32).toString('base64url'),
+      caId,
+      spki: randomBytes(91),
+      wrappedKey: { alg: 'A256GCM', kekId: 'kek-0123456789abcdef', blob: randomBytes(150) },
+      createdAt: new Date('2026-11-26T15:00:00.123Z'),
+      retiredAt: null,
+      ...over,
+    });
+    /** A third CA row for a third key (one key per CA). */
+    const OTHER_ID = 'ca-00112233aabbccdd';
+    const seedThreeCas = async (s: Storage) => {
+      await seedCa(s);
+      await s.cas.addActiveIntermediate({
+        ...CA.records.find((c) => c.kind === 'intermediate')!,
+        id: OTHER_ID,
+        certificateDer: randomBytes(400),
+        createdAt: at(HOUR),
+      });
+    };
+
+    it('ok/a fresh database has no key', async () => {
+      expect(await storage.jwtKeys.list()).toEqual([]);
+    });
+
+    it('ok/insert then list round-trips every field (Buffers, Dates, null), oldest first, then by kid', async () => {
+      await seedThreeCas(storage);
+      const keys = [
+        jwtKey(OTHER_ID, { createdAt: at(2 * HOUR), kid: 'b' }),
+        jwtKey(CA_ID, { createdAt: at(0), retiredAt: new Date(T0 + HOUR + 0.5) }),
+        jwtKey(ROOT_ID, { createdAt: at(2 * HOUR), kid: 'a' }),
+      ];
+      for (const k of keys) await storage.jwtKeys.insert(k);
+      const got = await storage.jwtKeys.list();
+      expect(got).toStrictEqual([keys[1], keys[2], keys[0]]);
+      for (const k of got) {
+        expect(Buffer.isBuffer(k.spki)).toBe(true);
+        expect(Buffer.isBuffer(k.wrappedKey.blob)).toBe(true);
+        expect(k.createdAt).toBeInstanceOf(Date);
+      }
+      expect(got[0]!.retiredAt).toBeInstanceOf(Date);
+    });
+
+    it.each([
+      ['fail/a duplicate kid (another CA)', (k: JwtKeyRecord) => jwtKey(ROOT_ID, { kid: k.kid })],
+      ['fail/a second key for the same CA', () => jwtKey(CA_ID)],
+    ])('%s gives ERR_CONFLICT and keeps the first key', async (_name, second) => {
+      await seedCa(storage);
+      const first = jwtKey(CA_ID);
+      await storage.jwtKeys.insert(first);
+      expect((await errorOf(storage.jwtKeys.insert(second(first)))).code).toBe('ERR_CONFLICT');
+      expect(await storage.jwtKeys.list()).toStrictEqual([first]);
+    });
+
+    it('ok/concurrent inserts of a key for one CA (two replicas starting): exactly one wins', async () => {
+      await seedCa(storage);
+      const [a, b] = [jwtKey(CA_ID), jwtKey(CA_ID)];
+      const results = await Promise.allSettled([
+        storage.transaction((tx) => tx.jwtKeys.insert(a)),
+        storage.transaction((tx) => tx.jwtKeys.insert(b)),
+      ]);
+      const rejected = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+      expect(rejected.map((r) => (r.reason as BatonError).code)).toEqual(['ERR_CONFLICT']);
+      const winner = results[0]!.status === 'fulfilled' ? a : b;
+      expect(await storage.jwtKeys.list()).toStrictEqual([winner]);
+    });
+
+    it('fail/an unknown CA is refused untranslated (foreign key)', async () => {
+      await seedCa(storage);
+      await expectUntranslated(storage.jwtKeys.insert(jwtKey('ca-ffffffffffffffff')), '23503');
+      expect(await storage.jwtKeys.list()).toEqual([]);
+    });
+
+    it('ok/retireOthers sets retired_at on every other unretired key, keeps earlier retirements, and counts', async () => {
+      await seedThreeCas(storage);
+      const earlier = jwtKey(ROOT_ID, { createdAt: at(0), retiredAt: at(HOUR) });
+      const previous = jwtKey(CA_ID, { createdAt: at(HOUR) });
+      const current = jwtKey(OTHER_ID, { createdAt: at(2 * HOUR) });
+      for (const k of [earlier, previous, current]) await storage.jwtKeys.insert(k);
+
+      expect(await storage.jwtKeys.retireOthers(current.kid, at(3 * HOUR))).toBe(1);
+      expect(await storage.jwtKeys.list()).toStrictEqual([
+        earlier,
+        { ...previous, retiredAt: at(3 * HOUR) },
+        current,
+      ]);
+      // Nothing left to retire; an unknown kid retires every key that has no retirement yet.
+      expect(await storage.jwtKeys.retireOthers(current.kid, at(4 * HOUR))).toBe(0);
+      expect(await storage.jwtKeys.retireOthers('no-such-kid', at(5 * HOUR))).toBe(1);
+      expect((await storage.jwtKeys.list()).map((k) => k.retiredAt)).toStrictEqual([
+        at(HOUR),
+        at(3 * HOUR),
+        at(5 * HOUR),
+      ]);
+    });
+
+    it('ok/a key inserted and others retired in a transaction that rolls back are not', async () => {
+      await seedThreeCas(storage);
+      const previous = jwtKey(CA_ID, { createdAt: at(0) });
+      await storage.jwtKeys.insert(previous);
+      const boom = new Error('boom');
+      await expect(
+        storage.transaction(async (tx) => {
+          const next = jwtKey(OTHER_ID, { createdAt: at(HOUR) });
+          await tx.jwtKeys.insert(next);
+          expect(await tx.jwtKeys.retireOthers(next.kid, at(HOUR))).toBe(1);
+          expect(await tx.jwtKeys.list()).toHaveLength(2);
+          throw boom;
+        }),
+      ).rejects.toBe(boom);
+      expect(await storage.jwtKeys.list()).toStrictEqual([previous]);
+    });
+
+    it('ok/what the caller does to a key it passed or got back changes nothing stored', async () => {
+      await seedCa(storage);
+      const key = jwtKey(CA_ID);
+      const copy = {
+        ...key,
+        spki: Buffer.from(key.spki),
+        wrappedKey: { ...key.wrappedKey, blob: Buffer.from(key.wrappedKey.blob) },
+      };
+      await storage.jwtKeys.insert(key);
+      key.spki.fill(0);
+      key.wrappedKey.blob.fill(0);
+      const [got] = await storage.jwtKeys.list();
+      expect(got).toStrictEqual(copy);
+      got!.spki.fill(1);
+      got!.createdAt.setTime(0);
+      expect(await storage.jwtKeys.list()).toStrictEqual([copy]);
     });
   });
 
@@ -1705,6 +1842,107 @@ describeEachImplementation('Storage contract', (impl) => {
           ...again,
           issuedVia: w.node.id,
         });
+      });
+    });
+
+    describe('jwtMintAllowed', () => {
+      const jwtGuard = (w: World): JwtMintGuard => ({ ...renewalGuard(w), spiffeId: w.entry.spiffeId });
+
+      it('ok/true for the node’s current certificate and an entry of the node with that SPIFFE ID; writes nothing', async () => {
+        const w = await world(storage);
+        const before = bySerial(await allCertificates());
+        expect(await storage.issuances.jwtMintAllowed(jwtGuard(w))).toBe(true);
+        // The entry is matched by SPIFFE ID alone: a recreated entry (other DNS names) still names it.
+        expect(await storage.entries.delete(w.entry.name)).toBe(true);
+        await storage.entries.insert({ ...w.entry, dnsNames: ['other.internal'], createdAt: at(1) });
+        expect(await storage.issuances.jwtMintAllowed(jwtGuard(w))).toBe(true);
+        expect(bySerial(await allCertificates())).toStrictEqual(before);
+        expect(await storage.nodes.findById(w.node.id)).toStrictEqual(w.node);
+        expect(await storage.audit.list({})).toEqual([]);
+      });
+
+      it.each([
+        ...callerRefusals<JwtMintGuard>(),
+        [
+          'the entry was deleted',
+          async (s: Storage, w: World, g: JwtMintGuard) => {
+            expect(await s.entries.delete(w.entry.name)).toBe(true);
+            return g;
+          },
+        ],
+        [
+          'the SPIFFE ID is no entry’s',
+          async (_s: Storage, _w: World, g: JwtMintGuard) => ({
+            ...g,
+            spiffeId: `spiffe://${TEST_TD}/other`,
+          }),
+        ],
+        [
+          'the SPIFFE ID is an entry of another node',
+          async (s: Storage, w: World, g: JwtMintGuard) => {
+            await s.entries.insert(entryRecord('api', w.other.id));
+            return { ...g, spiffeId: entryRecord('api', w.other.id).spiffeId };
+          },
+        ],
+        [
+          'the SPIFFE ID differs in case',
+          async (_s: Storage, w: World, g: JwtMintGuard) => ({
+            ...g,
+            spiffeId: w.entry.spiffeId.toUpperCase(),
+          }),
+        ],
+      ] as Refusal<JwtMintGuard>[])('fail/false, nothing written, when %s', async (_name, perturb) => {
+        const w = await world(storage);
+        const guard = await perturb(storage, w, jwtGuard(w));
+        const before = bySerial(await allCertificates());
+        expect(await storage.issuances.jwtMintAllowed(guard)).toBe(false);
+        expect(bySerial(await allCertificates())).toStrictEqual(before);
+        expect(await storage.audit.list({})).toEqual([]);
+      });
+
+      it('ok/concurrent reads (one batch): each judged on its own', async () => {
+        const w = await world(storage);
+        const revoked = nodeCertificate(w.node.id, { status: 'revoked' });
+        await storage.certificates.insert(revoked);
+        const guards = Array.from({ length: 7 }, (_, i): JwtMintGuard => {
+          if (i === 2) return { ...jwtGuard(w), peerSerial: revoked.serial, peerDer: revoked.der };
+          if (i === 5) return { ...jwtGuard(w), spiffeId: `spiffe://${TEST_TD}/nope` };
+          return jwtGuard(w);
+        });
+        expect(await Promise.all(guards.map((g) => storage.issuances.jwtMintAllowed(g)))).toEqual(
+          guards.map((_, i) => i !== 2 && i !== 5),
+        );
+      });
+
+      it('fail/a guard PostgreSQL cannot read (a NUL in the SPIFFE ID) fails alone: its batch neighbours are answered', async () => {
+        const w = await world(storage);
+        const got = await Promise.allSettled(
+          [0, 1, 2].map((i) =>
+            storage.issuances.jwtMintAllowed(
+              i === 1 ? { ...jwtGuard(w), spiffeId: `${w.entry.spiffeId}\u0000` } : jwtGuard(w),
+            ),
+          ),
+        );
+        expect(got.map((r) => (r.status === 'fulfilled' ? r.value : (r.reason as BatonError).code))).toEqual([
+          true,
+          'ERR_BAD_REQUEST',
+          true,
+        ]);
+      });
+
+      it('ok/inside a transaction: reads what the transaction wrote', async () => {
+        const w = await world(storage);
+        const api = entryRecord('api', w.node.id);
+        await expect(
+          storage.transaction(async (tx) => {
+            await tx.entries.insert(api);
+            expect(await tx.issuances.jwtMintAllowed({ ...jwtGuard(w), spiffeId: api.spiffeId })).toBe(true);
+            throw new Error('boom');
+          }),
+        ).rejects.toThrow('boom');
+        expect(await storage.issuances.jwtMintAllowed({ ...jwtGuard(w), spiffeId: api.spiffeId })).toBe(
+          false,
+        );
       });
     });
 

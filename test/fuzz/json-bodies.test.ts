@@ -26,6 +26,7 @@ const ROUTES: JsonRoute[] = [
   { name: 'POST /v1/attest/challenge', path: '/v1/attest/challenge' },
   { name: 'POST /v1/renew', path: '/v1/renew', as: 'node' },
   { name: 'POST /v1/workload-svids', path: '/v1/workload-svids', as: 'node' },
+  { name: 'POST /v1/jwt-svids', path: '/v1/jwt-svids', as: 'node' },
   { name: 'POST /v1/admin/entries', path: '/v1/admin/entries', as: 'admin' },
   {
     name: 'POST /v1/admin/tokens',

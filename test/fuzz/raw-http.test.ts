@@ -344,6 +344,8 @@ describe('fuzz: raw HTTP over TLS', () => {
     const routes = [
       '/v1/bundle',
       '/v1/bundle.jwks',
+      '/.well-known/openid-configuration',
+      '/v1/oidc/jwks',
       '/v1/crl',
       '/v1/crl.pem',
       '/healthz',

@@ -113,6 +113,19 @@ describeEachBackend('fuzz: SQL metacharacters in every string field', (backend) 
       send: (m: string) =>
         json('/v1/workload-svids', { spiffe_id: `spiffe://${TD}/x`, csr: 'x', [field]: m }, f.node),
     })),
+    ...(['spiffe_id', 'ttl'] as const).map((field) => ({
+      route: 'POST /v1/jwt-svids',
+      field,
+      ok: [],
+      send: (m: string) =>
+        json('/v1/jwt-svids', { spiffe_id: `spiffe://${TD}/x`, audience: ['a'], [field]: m }, f.node),
+    })),
+    {
+      route: 'POST /v1/jwt-svids',
+      field: 'audience',
+      ok: [],
+      send: (m: string) => json('/v1/jwt-svids', { spiffe_id: `spiffe://${TD}/x`, audience: [m] }, f.node),
+    },
     ...(['name', 'role', 'ttl', 'csr'] as const).map((field) => ({
       route: 'POST /v1/admin/admins',
       field,
@@ -258,6 +271,7 @@ describeEachBackend('fuzz: SQL metacharacters in every string field', (backend) 
       await get(`/v1/admin/audit?actor=${enc(nul)}`, f.admin),
       // A valid CSR, so that the SPIFFE ID reaches the entry lookup.
       await json('/v1/workload-svids', { spiffe_id: `spiffe://${TD}/${nul}`, csr: validCsr }, f.node),
+      await json('/v1/jwt-svids', { spiffe_id: `spiffe://${TD}/${nul}`, audience: ['a'] }, f.node),
     ];
     for (const a of answers) {
       expect(a.status).toBe(400);

@@ -37,6 +37,7 @@ class RefusingOne implements AgentCaApi {
   listEntries: AgentCaApi['listEntries'] = (p) => this.inner.listEntries(p);
   fetchCrlPem: AgentCaApi['fetchCrlPem'] = (p) => this.inner.fetchCrlPem(p);
   revocations: AgentCaApi['revocations'] = (p) => this.inner.revocations(p);
+  mintJwtSvid: AgentCaApi['mintJwtSvid'] = (p) => this.inner.mintJwtSvid(p);
   issueWorkloadSvid: AgentCaApi['issueWorkloadSvid'] = async (p) => {
     if (p.spiffeId === this.spiffeId) throw new CaClientError('ERR_CA_UNAVAILABLE', 'busy', 503, 2000);
     return this.inner.issueWorkloadSvid(p);

@@ -62,11 +62,17 @@ describeEachBackend('baton ca init + server', (backend: Backend) => {
     const knex = openDatabase({ dataDir, databaseUrl: env.BATON_DATABASE_URL });
     const storage = knexStorage(knex);
     const cas = await storage.cas.listCas();
-    const raw = await knex('cas').select('key_blob');
+    const jwtKeys = await storage.jwtKeys.list();
+    const raw = [...(await knex('cas').select('key_blob')), ...(await knex('jwt_keys').select('key_blob'))];
     await storage.close();
     expect(cas).toHaveLength(2);
-    const secrets = cas.map((c) => unwrapKey(kek, c.wrappedKey, c.id));
-    // The raw column is ciphertext: it contains no PKCS#8 of any CA key.
+    // `ca init` made the signing intermediate's JWT-SVID signing key, wrapped like the CA keys.
+    expect(jwtKeys.map((k) => k.caId)).toEqual(cas.filter((c) => c.kind === 'intermediate').map((c) => c.id));
+    const secrets = [
+      ...cas.map((c) => unwrapKey(kek, c.wrappedKey, c.id)),
+      ...jwtKeys.map((k) => unwrapKey(kek, k.wrappedKey, k.kid)),
+    ];
+    // The raw columns are ciphertext: they contain no PKCS#8 of any CA or JWT signing key.
     for (const row of raw) for (const s of secrets) expect(Buffer.from(row.key_blob).includes(s)).toBe(false);
     // No file below the data dir holds a CA key, in DER or PEM; the only PEM private key is the admin's.
     const pems = secrets.map((s) => s.toString('base64').slice(0, 60));
@@ -77,7 +83,9 @@ describeEachBackend('baton ca init + server', (backend: Backend) => {
       }
       if (bytes.includes('PRIVATE KEY-----')) expect(f).toBe(join(dataDir, 'admin', 'key.pem'));
     }
-    expect(loadKeyring(cas, kek, 'https://x.example').signing.record.kind).toBe('intermediate');
+    const keyring = loadKeyring(cas, kek, 'https://x.example', jwtKeys);
+    expect(keyring.signing.record.kind).toBe('intermediate');
+    expect(keyring.jwt.active?.kid).toBe(jwtKeys[0]!.kid);
   });
 
   it('serves the bundle over HTTPS whose chain verifies with openssl -x509_strict, and stops on SIGTERM', async () => {

@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { X509Certificate } from 'node:crypto';
 import { abuseControls } from '../../services/ca/src/http/abuse-controls';
 import { createMetrics } from '../../services/ca/src/http/metrics';
-import { fastPath, RENEW_ROUTE, WORKLOAD_ROUTE } from '../../services/ca/src/http/fast-path';
+import { fastPath, JWT_SVID_ROUTE, RENEW_ROUTE, WORKLOAD_ROUTE } from '../../services/ca/src/http/fast-path';
 import { createLogger } from '../../services/ca/src/logger';
 import { describeEachBackend } from '../support/database';
 import { https, type HttpsResult } from '../support/https';
@@ -184,9 +184,35 @@ describeEachBackend('workload SVIDs: the fast path answers as Express does', (ba
     }
   });
 
+  /** JWT-SVID cases: no CSR, so each body serves both paths. */
+  const jwtBody = (o: Record<string, unknown> = {}) =>
+    JSON.stringify({ spiffe_id: `spiffe://${TD}/web`, audience: ['spiffe://fast.example.org/db'], ...o });
+  const jwtCases: [string, () => [string, { cert: string; key: string } | undefined]][] = [
+    ['ok: an entry of the node', () => [jwtBody(), n1]],
+    ['another node entry', () => [jwtBody(), n2]],
+    ['a revoked node', () => [jwtBody({ spiffe_id: `spiffe://${TD}/gone` }), revoked]],
+    ['no client certificate', () => [jwtBody(), undefined]],
+    ['missing audience', () => [jwtBody({ audience: undefined }), n1]],
+    ['a ttl out of range', () => [jwtBody({ ttl: '2h' }), n1]],
+    ['a bad body from a revoked node', () => [jwtBody({ audience: 'x' }), revoked]],
+    ['malformed JSON', () => ['{"spiffe_id":', n1]],
+    ['a JSON string', () => ['"text"', n1]],
+    ['a JSON array', () => ['[1,2]', n1]],
+    ['an empty body', () => ['', n1]],
+  ];
+
+  it.each(jwtCases)('JWT-SVID: %s', async (_name, make) => {
+    const [body, cred] = make();
+    const fast = await send('application/json', body, cred, JWT_SVID_ROUTE);
+    const slow = await send('application/vnd.baton+json', body, cred, JWT_SVID_ROUTE);
+    expect(view(fast)).toEqual(view(slow));
+    if (fast.status === 201) expect(fast.json<{ spiffe_id: string }>().spiffe_id).toBe(`spiffe://${TD}/web`);
+  });
+
   it.each([
     [WORKLOAD_ROUTE, async () => (await cases[0]![1]())[0], () => n1],
     [RENEW_ROUTE, csrBody, fresh],
+    [JWT_SVID_ROUTE, async () => jwtBody(), () => n1],
   ] as const)(
     'the fast path counts one request per call to %s, under the route pattern',
     async (route, make, who) => {

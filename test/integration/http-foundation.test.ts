@@ -35,10 +35,12 @@ describeEachBackend('HTTPS foundation', (backend) => {
       keys: { use: string; kty: string; crv: string; x5c: string[] }[];
       spiffe_refresh_hint: number;
     }>();
-    expect(jwks.keys).toHaveLength(1);
-    expect(jwks.keys[0]).toMatchObject({ use: 'x509-svid', kty: 'EC', crv: 'P-256' });
+    // The roots; the JWT-SVID signing keys (`use: "jwt-svid"`) follow: test/integration/jwt-keys.test.ts.
+    const roots = jwks.keys.filter((k) => k.use === 'x509-svid');
+    expect(roots).toHaveLength(1);
+    expect(roots[0]).toMatchObject({ use: 'x509-svid', kty: 'EC', crv: 'P-256' });
     expect(
-      Buffer.from(jwks.keys[0]!.x5c[0]!, 'base64').equals(t.ca.keyring.roots[0]!.record.certificateDer),
+      Buffer.from(roots[0]!.x5c[0]!, 'base64').equals(t.ca.keyring.roots[0]!.record.certificateDer),
     ).toBe(true);
     expect(jwks.spiffe_refresh_hint).toBeGreaterThan(0);
   });

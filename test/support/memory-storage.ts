@@ -15,6 +15,8 @@ import type {
   EntryRepository,
   Installation,
   IssuanceRepository,
+  JwtKeyRecord,
+  JwtKeyRepository,
   NodeRecord,
   NodeRepository,
   NonceRepository,
@@ -70,6 +72,7 @@ interface State {
   events: Map<number, RevocationEvent>;
   crls: CrlRecord[];
   audit: Map<number, AuditRecord>;
+  jwtKeys: Map<string, JwtKeyRecord>;
 }
 
 /** PostgreSQL sequences: outside every transaction, never rolled back. */
@@ -90,6 +93,7 @@ const emptyState = (): State => ({
   events: new Map(),
   crls: [],
   audit: new Map(),
+  jwtKeys: new Map(),
 });
 
 /** Records are immutable here, so a copy of the collections is a copy of the state. */
@@ -104,6 +108,7 @@ const cloneState = (s: State): State => ({
   events: new Map(s.events),
   crls: [...s.crls],
   audit: new Map(s.audit),
+  jwtKeys: new Map(s.jwtKeys),
 });
 
 // Copies: field by field, as a row read back from the database has exactly these fields.
@@ -133,6 +138,15 @@ const copyCa = (c: CaRecord): CaRecord => ({
   active: c.active,
   wrappedKey: { alg: c.wrappedKey.alg, kekId: c.wrappedKey.kekId, blob: bytes(c.wrappedKey.blob) },
   createdAt: date(c.createdAt),
+});
+
+const copyJwtKey = (k: JwtKeyRecord): JwtKeyRecord => ({
+  kid: k.kid,
+  caId: k.caId,
+  spki: bytes(k.spki),
+  wrappedKey: { alg: k.wrappedKey.alg, kekId: k.wrappedKey.kekId, blob: bytes(k.wrappedKey.blob) },
+  createdAt: date(k.createdAt),
+  retiredAt: dateOrNull(k.retiredAt),
 });
 
 const copyCertificate = (c: CertificateRecord): CertificateRecord => ({
@@ -340,6 +354,36 @@ function caRepository(run: Run): CaRepository {
   };
 }
 
+function jwtKeyRepository(run: Run): JwtKeyRepository {
+  return {
+    list: () =>
+      run(false, [], (s) =>
+        [...s.jwtKeys.values()]
+          .sort((a, b) => byTime(a.createdAt, b.createdAt) || byText(a.kid, b.kid))
+          .map(copyJwtKey),
+      ),
+    insert: (k) =>
+      run(true, [k], (s) => {
+        // The primary key (kid), then the unique ca_id, then the foreign key.
+        if (s.jwtKeys.has(k.kid)) throw conflict();
+        for (const other of s.jwtKeys.values()) if (other.caId === k.caId) throw conflict();
+        if (!s.cas.has(k.caId)) throw foreignKey('jwt_keys', 'jwt_keys_ca_id_foreign');
+        s.jwtKeys.set(k.kid, copyJwtKey(k));
+      }),
+    retireOthers: (kid, at) =>
+      run(true, [kid, at], (s) => {
+        let n = 0;
+        for (const [id, k] of s.jwtKeys) {
+          if (id !== kid && k.retiredAt === null) {
+            s.jwtKeys.set(id, { ...k, retiredAt: date(at) });
+            n++;
+          }
+        }
+        return n;
+      }),
+  };
+}
+
 function certificateRepository(run: Run): CertificateRepository {
   const find = (serial: string) =>
     run(false, [serial], (s) => {
@@ -442,6 +486,15 @@ function issuanceRepository(run: Run, seq: Sequences): IssuanceRepository {
         });
         appendAudit(s, seq, audit);
         return true;
+      }),
+    jwtMintAllowed: (g) =>
+      run(false, [g], (s) => {
+        const node = s.nodes.get(g.nodeId);
+        if (node?.status !== 'active' || !currentPeer(s, node.id, g.peerSerial, g.peerDer, g.now))
+          return false;
+        for (const e of s.entries.values())
+          if (e.parentNodeId === node.id && e.spiffeId === g.spiffeId) return true;
+        return false;
       }),
   };
 }
@@ -760,6 +813,7 @@ function repositories(run: Run, seq: Sequences): Repositories {
     nodes: nodeRepository(run),
     tokens: tokenRepository(run),
     nonces: nonceRepository(run),
+    jwtKeys: jwtKeyRepository(run),
   };
 }
 

@@ -7,6 +7,7 @@ import type { OpenCa } from '../../services/ca/src/ca-service';
 import { type Flags, loadServerConfig } from '../../services/ca/src/config';
 import { createIntermediateCa, createRootCa } from '../../services/ca/src/domain/ca-hierarchy';
 import { FakeClock } from '../../services/ca/src/domain/clock';
+import { createJwtKey } from '../../services/ca/src/domain/jwt-keys';
 import { loadKeyring } from '../../services/ca/src/domain/keyring';
 import type { Installation } from '../../services/ca/src/domain/ports';
 import { createLogger } from '../../services/ca/src/logger';
@@ -67,8 +68,13 @@ export async function startTestServer(
     root,
     publicUrl: installation.publicUrl,
   });
-  await storage.cas.initialize(installation, [root.record, inter.record]);
-  const keyring = loadKeyring([root.record, inter.record], kek, installation.publicUrl);
+  // What `ca init` records: the installation, its CAs and the signing CA's JWT-SVID signing key.
+  const jwtKey = createJwtKey({ kek, caId: inter.record.id, now: clock.now() });
+  await storage.transaction(async (tx) => {
+    await tx.cas.initialize(installation, [root.record, inter.record]);
+    await tx.jwtKeys.insert(jwtKey.record);
+  });
+  const keyring = loadKeyring([root.record, inter.record], kek, installation.publicUrl, [jwtKey.record]);
   const ca: OpenCa = { knex: db.knex, storage, installation, keyring, kek };
   const config = loadServerConfig(
     // Rate limits are off unless a test turns one on (test/integration/abuse-controls.test.ts):

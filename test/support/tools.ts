@@ -119,6 +119,25 @@ export function tool(name: string): Requirement {
   return { what: pkg ? `${name} (Debian ${pkg})` : name, met };
 }
 
+/**
+ * Debian's Python: /usr/bin/python3 where it exists (a python3 earlier on PATH, pyenv's for one,
+ * does not see the modules Debian packages install), else python3 on PATH.
+ */
+export const DEBIAN_PYTHON = (() => {
+  try {
+    accessSync('/usr/bin/python3', constants.X_OK);
+    return '/usr/bin/python3';
+  } catch {
+    return 'python3';
+  }
+})();
+
+/** Python modules `DEBIAN_PYTHON` can import, e.g. PyJWT: `pythonModules(['jwt', 'cryptography'], 'python3-jwt …')`. */
+export function pythonModules(modules: string[], debianPackages: string): Requirement {
+  const r = spawnSync(DEBIAN_PYTHON, ['-c', `import ${modules.join(', ')}`], { stdio: 'ignore' });
+  return { what: `the Python modules ${modules.join(', ')} (Debian ${debianPackages})`, met: r.status === 0 };
+}
+
 /** Running as root (uid 0): tests of file ownership and of privilege separation. */
 export const rootUser: Requirement = { what: 'root (uid 0)', met: process.getuid?.() === 0 };
 

@@ -36,6 +36,31 @@ export interface WorkloadSvidParams extends NodeCredential {
 /** `POST /v1/workload-svids` answers an issuance without a node id. */
 export type WorkloadIssuance = Omit<Issuance, 'nodeId'>;
 
+/** What to mint with `POST /v1/jwt-svids` (CONTRACT "JWT-SVIDs"). */
+export interface JwtSvidRequest {
+  /** The SPIFFE ID of one of this node's entries. */
+  spiffeId: string;
+  /** At least one. */
+  audience: string[];
+  /** A duration like the server's other lifetimes ("5m"); the server's default (5m) when absent. */
+  ttl?: string;
+}
+
+export interface JwtSvidParams extends NodeCredential, JwtSvidRequest {}
+
+/** A JWT-SVID as the CA minted it, checked against what was asked. */
+export interface JwtSvid {
+  /** The compact JWS (header.payload.signature, base64url). */
+  token: string;
+  spiffeId: string;
+  /** The token's `aud`, as a list. */
+  audience: string[];
+  /** The answer's `expires_at`, or the token's `exp` when that is earlier (by under a second). */
+  expiresAt: Date;
+  /** The token's `iat`, when it has a usable one. */
+  issuedAt?: Date;
+}
+
 /** `GET /v1/crl.pem`: the CRLs, or "unchanged" when the ETag sent still holds (304). */
 export type CrlFetch = { changed: false } | { changed: true; pem: string; etag?: string };
 
@@ -76,6 +101,7 @@ export interface AgentCaApi extends NodeCaApi {
   issueWorkloadSvid(p: WorkloadSvidParams): Promise<WorkloadIssuance>;
   fetchCrlPem(p: FetchCrlParams): Promise<CrlFetch>;
   revocations(p: RevocationsParams): Promise<RevocationPage>;
+  mintJwtSvid(p: JwtSvidParams): Promise<JwtSvid>;
 }
 
 function json(body: Buffer): Record<string, unknown> {
@@ -128,6 +154,71 @@ export function parseRevocationPage(body: Buffer): RevocationPage {
     };
   });
   return { events, last: j.last as number };
+}
+
+const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+
+/** One base64url part of a JWS, as the JSON object it must be (RFC 7515 §7.1), or undefined. */
+function jwsJson(part: string): Record<string, unknown> | undefined {
+  try {
+    const j = JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as unknown;
+    if (j && typeof j === 'object' && !Array.isArray(j)) return j as Record<string, unknown>;
+  } catch {
+    // Reported by the caller.
+  }
+  return undefined;
+}
+
+/**
+ * The answer of `POST /v1/jwt-svids` (`{"token","spiffe_id","expires_at"}`), checked against what
+ * was asked before anything caches or serves it: the token is a compact JWS whose header and claims
+ * are JSON objects; `spiffe_id` and the claim `sub` are the SPIFFE ID asked; `aud` is the audience
+ * set asked; `expires_at` is after `now` and agrees with `exp` (to the second, as `exp` is whole
+ * seconds). `iat` is kept when it is a time before `exp`.
+ */
+export function parseJwtSvid(body: Buffer, asked: JwtSvidRequest, now: Date): JwtSvid {
+  const j = json(body);
+  const token = j.token;
+  if (typeof token !== 'string' || !JWS_COMPACT.test(token)) throw bad('"token" (not a compact JWS)');
+  const [h, p] = token.split('.') as [string, string, string];
+  const header = jwsJson(h);
+  if (typeof header?.alg !== 'string' || header.alg === 'none') throw bad('"token" header');
+  const claims = jwsJson(p);
+  if (!claims) throw bad('"token" payload');
+  if (j.spiffe_id !== asked.spiffeId || claims.sub !== asked.spiffeId)
+    throw new AgentError('ERR_BAD_RESPONSE', 'the CA returned a JWT-SVID for another SPIFFE ID');
+  const aud = typeof claims.aud === 'string' ? [claims.aud] : claims.aud;
+  if (!Array.isArray(aud) || !aud.every((a) => typeof a === 'string')) throw bad('"aud" claim');
+  const audience = aud as string[];
+  const want = new Set(asked.audience);
+  if (
+    audience.length === 0 ||
+    !audience.every((a) => want.has(a)) ||
+    ![...want].every((a) => audience.includes(a))
+  )
+    throw new AgentError('ERR_BAD_RESPONSE', 'the CA returned a JWT-SVID for another audience');
+  const expiresAt = new Date(typeof j.expires_at === 'string' ? j.expires_at : Number.NaN);
+  if (!Number.isFinite(expiresAt.getTime())) throw bad('"expires_at"');
+  if (typeof claims.exp !== 'number' || !Number.isFinite(claims.exp)) throw bad('"exp" claim');
+  // exp is whole seconds (RFC 7519 §2 NumericDate), expires_at may carry the milliseconds.
+  if (Math.abs(claims.exp * 1000 - expiresAt.getTime()) > 1000)
+    throw new AgentError('ERR_BAD_RESPONSE', 'the CA\'s "expires_at" does not match the token\'s "exp"');
+  if (Math.min(expiresAt.getTime(), claims.exp * 1000) <= now.getTime())
+    throw new AgentError(
+      'ERR_BAD_RESPONSE',
+      `the CA returned a JWT-SVID that has already expired (${expiresAt.toISOString()}; is this node's clock right?)`,
+    );
+  const expMs = Math.min(expiresAt.getTime(), claims.exp * 1000);
+  const iat = claims.iat;
+  const issuedAt =
+    typeof iat === 'number' && Number.isFinite(iat) && iat * 1000 < expMs ? new Date(iat * 1000) : undefined;
+  return {
+    token,
+    spiffeId: asked.spiffeId,
+    audience,
+    expiresAt: new Date(expMs),
+    ...(issuedAt ? { issuedAt } : {}),
+  };
 }
 
 const CRL_BLOCK = /-----BEGIN X509 CRL-----\r?\n[A-Za-z0-9+/=\r\n]+-----END X509 CRL-----\r?\n?/g;

@@ -4,7 +4,10 @@ import {
   type AgentCaApi,
   type CrlFetch,
   type FetchCrlParams,
+  type JwtSvid,
+  type JwtSvidParams,
   type NodeCredential,
+  parseJwtSvid,
   parseCrlPem,
   parseEntries,
   parseRevocationPage,
@@ -80,6 +83,8 @@ export interface CaClientOptions {
   serverUrl: string;
   /** Per request, from connect to the end of the body. Default 30 s. */
   timeoutMs?: number;
+  /** What "already expired" is judged against (JWT-SVIDs). Default the system clock. */
+  clock?: { now(): Date };
 }
 
 /** No legitimate answer is near this: a chain is ~2 KB. It bounds what a hostile server can send. */
@@ -108,6 +113,7 @@ const TLS_VERIFY_CODES = new Set([
 export class CaClient implements AgentCaApi {
   readonly serverUrl: string;
   readonly #timeoutMs: number;
+  readonly #clock: { now(): Date };
   /**
    * One keep-alive agent for every verified call. Node pools sockets per (host, ca, cert, key …),
    * so a renewal with a new client certificate or a new bundle never reuses a socket set up with
@@ -118,6 +124,7 @@ export class CaClient implements AgentCaApi {
   constructor(opts: CaClientOptions) {
     this.serverUrl = opts.serverUrl.replace(/\/+$/, '');
     this.#timeoutMs = opts.timeoutMs ?? 30_000;
+    this.#clock = opts.clock ?? { now: () => new Date() };
   }
 
   /**
@@ -167,6 +174,19 @@ export class CaClient implements AgentCaApi {
     });
     const { nodeId: _, ...issued } = parseIssuance(res.body);
     return issued;
+  }
+
+  /**
+   * POST /v1/jwt-svids over node mTLS: a JWT-SVID of one of this node's entries (CONTRACT
+   * "JWT-SVIDs"). Refusals are CaClientErrors as for workload SVIDs; an answer that is not a token
+   * for the SPIFFE ID and audience asked, or has already expired, is an AgentError ERR_BAD_RESPONSE.
+   */
+  async mintJwtSvid(p: JwtSvidParams): Promise<JwtSvid> {
+    const res = await this.#send('POST', '/v1/jwt-svids', {
+      ...mtls(p),
+      json: { spiffe_id: p.spiffeId, audience: p.audience, ...(p.ttl === undefined ? {} : { ttl: p.ttl }) },
+    });
+    return parseJwtSvid(res.body, p, this.#clock.now());
   }
 
   /** GET /v1/crl.pem (unauthenticated, the server verified), conditional on `etag`. */

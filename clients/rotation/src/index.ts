@@ -6,6 +6,9 @@ export type {
   AgentCaApi,
   CrlFetch,
   FetchCrlParams,
+  JwtSvid,
+  JwtSvidParams,
+  JwtSvidRequest,
   NodeCredential,
   RevocationEvent,
   RevocationPage,
@@ -44,6 +47,7 @@ export {
   type KeyPair,
 } from '../../../common/src/csr';
 export { type CrlResult, CrlStore } from './crl-store';
+export { JWT_SVID_CACHE_MAX_ENTRIES, JwtSvidCache, type JwtSvidCacheOptions } from './jwt-svid-cache';
 export {
   type AgentEvent,
   type AgentRunResult,

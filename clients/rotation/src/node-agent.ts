@@ -1,8 +1,16 @@
 import { AgentError } from './agent-error';
-import type { AgentCaApi, NodeCredential, RevocationEvent } from './agent-api';
+import type {
+  AgentCaApi,
+  JwtSvid,
+  JwtSvidRequest,
+  NodeCredential,
+  RevocationEvent,
+  WorkloadEntry,
+} from './agent-api';
 import { AgentState } from './agent-state';
 import { CaClientError } from './ca-client';
 import { type CrlResult, CrlStore } from './crl-store';
+import { JwtSvidCache } from './jwt-svid-cache';
 import { NodeIdentityStore, type StoredNodeIdentity } from './node-identity-store';
 import { backoffDelay } from './rotation-strategy';
 import {
@@ -28,6 +36,11 @@ import { WorkloadStore } from './workload-store';
  * workload's refresh or retry time and the sync interval (new and deleted entries, re-signed
  * CRLs), and follows the revocation feed meanwhile: a revocation refreshes crl.pem at once,
  * re-issues a workload whose serial it names, and stops the agent when it names this node.
+ *
+ * `fetchJwtSvid()` serves JWT-SVIDs of the entries to callers in the same process (the Workload
+ * API) through a JwtSvidCache: minted on demand over the node's credential, kept until half-life.
+ * A pass that finds an entry gone or changed drops that SPIFFE ID's tokens; a new node certificate
+ * (renewed, re-attested) or a fatal refusal of the node drops them all.
  */
 
 export type AgentEvent =
@@ -74,6 +87,8 @@ export interface NodeAgentOptions {
   /** The `wait` of each revocation long-poll, 0–30 s. Default 30. */
   feedWaitSeconds?: number;
   workloadStore?: WorkloadStore;
+  /** How many JWT-SVIDs (SPIFFE ID, audience set, ttl) are kept at most. Default 1000. */
+  jwtSvidCacheSize?: number;
 }
 
 const MIN_SLEEP_MS = 1000;
@@ -114,6 +129,11 @@ export class NodeAgent {
   readonly #state: AgentState;
   /** Serials the feed reported revoked that a workload may hold: handled by the next pass. */
   readonly #revokedSerials = new Set<string>();
+  readonly #jwtSvids: JwtSvidCache;
+  /** The SPIFFE IDs of the entries of the last successful listing, each with what its entries say. */
+  #entries?: Map<string, string>;
+  /** The node certificate the cached JWT-SVIDs were minted with. */
+  #nodeSerial?: string;
 
   constructor(options: NodeAgentOptions) {
     this.#o = { ...options, random: options.random ?? Math.random, timers: options.timers ?? unrefTimers };
@@ -139,6 +159,54 @@ export class NodeAgent {
     });
     this.#state = new AgentState(options.dir);
     this.#crl = new CrlStore(options.dir, this.#state);
+    this.#jwtSvids = new JwtSvidCache({
+      clock: options.clock,
+      mint: (request) => this.#mintJwtSvid(request),
+      entrySpiffeIds: () => this.#entries,
+      maxEntries: options.jwtSvidCacheSize,
+    });
+  }
+
+  /**
+   * A JWT-SVID of one of this node's entries for `audience` (CONTRACT "JWT-SVIDs"), cached until
+   * half its lifetime (see JwtSvidCache). Refused here, without asking the CA: a SPIFFE ID that is
+   * not an entry's (ERR_NOT_AUTHORIZED), any SPIFFE ID before the first pass listed the entries
+   * (ERR_NOT_READY), an empty audience (ERR_BAD_REQUEST). The CA's refusals are CaClientErrors,
+   * those of the node certificate worded as explainRefusal does.
+   */
+  async fetchJwtSvid(spiffeId: string, audience: readonly string[], ttl?: string): Promise<JwtSvid> {
+    try {
+      return await this.#jwtSvids.get(spiffeId, audience, ttl);
+    } catch (e) {
+      throw explainRefusal(e);
+    }
+  }
+
+  #mintJwtSvid(request: JwtSvidRequest): Promise<JwtSvid> {
+    const identity = this.#loadQuietly();
+    if (!identity)
+      return Promise.reject(
+        new AgentError('ERR_NOT_READY', 'this node has no identity to mint JWT-SVIDs with'),
+      );
+    return this.#o.client.mintJwtSvid({ ...credentialOf(identity), ...request });
+  }
+
+  /** The entries of a pass: tokens of a SPIFFE ID whose entries went away or changed are dropped. */
+  #noteEntries(entries: WorkloadEntry[]): void {
+    const byId = new Map<string, string[]>();
+    for (const e of entries) {
+      const about = JSON.stringify([e.name, [...e.selectors].sort(), [...e.dnsNames].sort(), e.ttlSeconds]);
+      byId.set(e.spiffeId, [...(byId.get(e.spiffeId) ?? []), about]);
+    }
+    const next = new Map([...byId].map(([id, list]) => [id, list.sort().join('\n')]));
+    for (const [id, about] of this.#entries ?? []) if (next.get(id) !== about) this.#jwtSvids.invalidate(id);
+    this.#entries = next;
+  }
+
+  /** A new node certificate: the JWT-SVIDs minted with the previous one are dropped. */
+  #noteIdentity(identity: StoredNodeIdentity): void {
+    if (this.#nodeSerial !== undefined && this.#nodeSerial !== identity.serial) this.#jwtSvids.invalidate();
+    this.#nodeSerial = identity.serial;
   }
 
   /**
@@ -158,6 +226,7 @@ export class NodeAgent {
       nodeError = e as Error & { code?: string };
     }
     const identity = this.#store.load()!;
+    this.#noteIdentity(identity);
     const result: AgentRunResult = { node, nodeError, workloads: [], crl: { action: 'unchanged' } };
     // An expired or revoked node certificate would only collect the same refusal once per entry.
     if (!nodeError || !isTerminal(nodeError)) {
@@ -165,6 +234,7 @@ export class NodeAgent {
       this.#revokedSerials.clear();
       try {
         const r = await this.#workloads.reconcile(credentialOf(identity), { revokedSerials: revoked });
+        this.#noteEntries(r.entries);
         result.workloads = r.results;
         result.nextWorkloadAt = r.nextAt;
       } catch (e) {
@@ -239,7 +309,11 @@ export class NodeAgent {
       loop.stop();
       await follower;
     }
-    if (loop.fatal) throw loop.fatal;
+    if (loop.fatal) {
+      // The node is revoked or its certificate refused: its tokens are not served any longer.
+      this.#jwtSvids.invalidate();
+      throw loop.fatal;
+    }
   }
 
   #follow(loop: Loop): Promise<void> {

@@ -44,6 +44,8 @@ export interface WorkloadResult {
 }
 
 export interface ReconcileResult {
+  /** The entries parented to this node, as listed for this pass. */
+  entries: WorkloadEntry[];
   /** What was done or failed; workloads with nothing due are not listed. */
   results: WorkloadResult[];
   /** The earliest refresh or retry of the workloads, undefined when there are none. */
@@ -145,7 +147,7 @@ export class WorkloadRotator {
     }
     for (const name of this.#retries.keys()) if (!wanted.has(name)) this.#retries.delete(name);
     this.#o.store.collectGarbage();
-    return { results, nextAt: this.#nextAt(wanted) };
+    return { entries, results, nextAt: this.#nextAt(wanted) };
   }
 
   async #reconcileEntry(

@@ -6,6 +6,7 @@ import type { Kek } from './pki/kek';
 import { createIntermediateCa, createRootCa } from './domain/ca-hierarchy';
 import type { Clock } from './domain/clock';
 import { BatonError } from './ground/errors';
+import { createJwtKey, readKeyState } from './domain/jwt-keys';
 import { type Keyring, loadKeyring } from './domain/keyring';
 import type { Installation, Storage } from './domain/ports';
 import { resolveKek } from './kek-source';
@@ -48,7 +49,8 @@ export async function openCa(cfg: StorageConfig, opts: { publicUrl?: string } = 
         'the CA is not initialized: run `baton ca init --trust-domain TD` first',
       );
     const kek = resolveKek(cfg, { create: false });
-    const keyring = loadKeyring(await storage.cas.listCas(), kek, opts.publicUrl ?? installation.publicUrl);
+    const { cas, jwtKeys } = await readKeyState(storage);
+    const keyring = loadKeyring(cas, kek, opts.publicUrl ?? installation.publicUrl, jwtKeys);
     return { knex, storage, installation, keyring, kek };
   } catch (e) {
     await knex.destroy();
@@ -80,17 +82,21 @@ export async function initCa(cfg: InitConfig, clock: Clock): Promise<OpenCa> {
       root,
       publicUrl: cfg.publicUrl,
     });
+    // The signing intermediate's JWT-SVID signing key, made with it (domain/jwt-keys.ts).
+    const jwtKey = createJwtKey({ kek, caId: intermediate.record.id, now });
     await storage.transaction(async (tx) => {
       await tx.cas.initialize(installation, [root.record, intermediate.record]);
+      await tx.jwtKeys.insert(jwtKey.record);
       await tx.audit.append(
         auditEvent(localActor(), now, 'ca.initialized', root.record.id, 'success', {
           trust_domain: cfg.trustDomain,
           root: root.record.id,
           intermediate: intermediate.record.id,
+          jwt_kid: jwtKey.record.kid,
         }),
       );
     });
-    const keyring = loadKeyring([root.record, intermediate.record], kek, cfg.publicUrl);
+    const keyring = loadKeyring([root.record, intermediate.record], kek, cfg.publicUrl, [jwtKey.record]);
     return { knex, storage, installation, keyring, kek };
   } catch (e) {
     await knex.destroy();

@@ -1,4 +1,6 @@
 import { createHash } from 'node:crypto';
+import { BatonError } from '../ground/errors';
+import type { Clock } from './clock';
 import type { AuditEvent, AuditRecord, AuditRepository } from './ports';
 
 /**
@@ -153,4 +155,22 @@ export function auditEvent(
   details: Record<string, unknown> = {},
 ): AuditEvent {
   return { at, event, actor: ctx.actor, source: ctx.source, subject, outcome, details };
+}
+
+/**
+ * A refused request is a security event too: one `failure` row with the refusal's code and no
+ * subject (nothing was acted on). Written on its own, since the refused action's transaction, if
+ * any, rolled back; a failure to write it never replaces the refusal the caller gets.
+ */
+export async function recordRefusal(
+  deps: { clock: Clock; storage: { audit: Pick<AuditRepository, 'append'> } },
+  audit: AuditContext,
+  event: string,
+  details: Record<string, unknown>,
+  error: unknown,
+): Promise<void> {
+  const code = error instanceof BatonError ? error.code : 'ERR_INTERNAL';
+  await deps.storage.audit
+    .append(auditEvent(audit, deps.clock.now(), event, null, 'failure', { ...details, code }))
+    .catch(() => undefined);
 }

@@ -2,14 +2,17 @@ import type { Kek } from '../pki/kek';
 import { type AuditContext, auditEvent } from './audit';
 import { createIntermediateCa } from './ca-hierarchy';
 import type { Clock } from './clock';
+import { createJwtKey } from './jwt-keys';
 import type { Keyring } from './keyring';
-import type { CaRecord, Installation, Storage } from './ports';
+import type { CaRecord, Installation, JwtKeyRecord, Storage } from './ports';
 
 /**
  * `baton ca rotate`: a new signing intermediate under the same root becomes the active one.
  * Certificates of the old intermediate stay valid (the trust bundle is the root), and its CRL keeps
  * being published until its last certificate has expired (crl-publisher.ts: every unexpired
- * intermediate). Replicas notice the new CA set and reload their keyring.
+ * intermediate). The new intermediate gets its JWT-SVID signing key in the same transaction, and
+ * every other key is retired: it stays in the JWKS until the last token it signed has expired
+ * (domain/jwt-keys.ts). Replicas notice the new CA set and reload their keyring.
  */
 export async function rotateSigningCa(
   deps: {
@@ -31,22 +34,34 @@ export async function rotateSigningCa(
     root: { record: root.record, privateKey: root.privateKey },
     publicUrl: deps.publicUrl,
   });
+  const jwtKey = createJwtKey({ kek: deps.kek, caId: created.record.id, now });
   const previous = deps.keyring.signing.record.id;
   await deps.storage.transaction(async (tx) => {
     await tx.cas.addActiveIntermediate(created.record);
+    await tx.jwtKeys.insert(jwtKey.record);
+    await tx.jwtKeys.retireOthers(jwtKey.record.kid, now);
     await tx.audit.append(
       auditEvent(audit, now, 'ca.rotated', created.record.id, 'success', {
         previous,
         not_after: created.record.notAfter.toISOString(),
+        jwt_kid: jwtKey.record.kid,
       }),
     );
   });
   return created.record;
 }
 
-/** A fingerprint of the CA set: when it changes, a replica reloads its keyring. */
-export const caSetVersion = (cas: CaRecord[]): string =>
-  cas
-    .map((c) => `${c.id}:${c.active ? 1 : 0}`)
+/**
+ * A fingerprint of the CA set and its JWT keys (a new key, a retirement): when it changes, a
+ * replica reloads its keyring.
+ */
+export const caSetVersion = (
+  cas: CaRecord[],
+  jwtKeys: readonly Pick<JwtKeyRecord, 'kid' | 'retiredAt'>[] = [],
+): string =>
+  [
+    ...cas.map((c) => `${c.id}:${c.active ? 1 : 0}`),
+    ...jwtKeys.map((k) => `jwt:${k.kid}:${k.retiredAt?.getTime() ?? '-'}`),
+  ]
     .sort()
     .join(',');

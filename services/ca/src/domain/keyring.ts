@@ -8,7 +8,8 @@ import { keyIdentifier } from '../pki/keys';
 import { rootPin } from '../pki/pin';
 import { keyObjectSigner } from '../pki/signer';
 import { BatonError } from '../ground/errors';
-import type { CaRecord } from './ports';
+import { type JwtKeyring, loadJwtKeyring } from './jwt-keys';
+import type { CaRecord, JwtKeyRecord } from './ports';
 import { crlUrl, ocspUrl } from './urls';
 
 /** A CA whose key has been unwrapped and parsed once, ready to sign. */
@@ -32,13 +33,26 @@ export interface Keyring {
   bundlePem: string;
   /** CONTRACT "Join tokens": the pin of the current root. */
   pin: string;
+  /**
+   * The public URL this keyring's CRL and OCSP URLs point under: also the JWT-SVID issuer (`iss`)
+   * and the OIDC discovery document's `issuer`, exactly.
+   */
+  publicUrl: string;
+  /** JWT-SVID signing keys (domain/jwt-keys.ts). */
+  jwt: JwtKeyring;
 }
 
 /**
  * Unwraps every CA key with the KEK, refusing to start on a wrong or missing KEK
- * (there is no fallback: a CA that cannot sign must say so, not improvise).
+ * (there is no fallback: a CA that cannot sign must say so, not improvise). `jwtKeys`: every
+ * jwt_keys row; the signing CA's unretired one is unwrapped too (read them with readKeyState).
  */
-export function loadKeyring(cas: CaRecord[], kek: Kek, publicUrl: string): Keyring {
+export function loadKeyring(
+  cas: CaRecord[],
+  kek: Kek,
+  publicUrl: string,
+  jwtKeys: readonly JwtKeyRecord[],
+): Keyring {
   if (cas.length === 0)
     throw new BatonError('ERR_NOT_INITIALIZED', 'the CA is not initialized: run `baton ca init` first');
   const loaded = cas.map((record) => {
@@ -78,5 +92,7 @@ export function loadKeyring(cas: CaRecord[], kek: Kek, publicUrl: string): Keyri
     all: loaded,
     bundlePem: roots.map((r) => r.certPem).join(''),
     pin: rootPin(roots[0]!.spki),
+    publicUrl,
+    jwt: loadJwtKeyring(jwtKeys, kek, signing.record),
   };
 }

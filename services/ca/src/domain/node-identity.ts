@@ -3,7 +3,7 @@ import { MAX_TTL } from '../ground/ttl';
 import { base32 } from '../pki/base32';
 import type { ParsedCsr, UnverifiedCsr } from '../pki/csr';
 import type { PresentedEvidence } from './attestation/attestor';
-import { type AuditContext, auditEvent } from './audit';
+import { type AuditContext, auditEvent, recordRefusal } from './audit';
 import { assertNodeActive, decideCaller, type NodeClaim } from './caller';
 import type { Clock } from './clock';
 import { BatonError } from '../ground/errors';
@@ -97,19 +97,12 @@ export async function attestNode(deps: NodeIdentityDeps, p: AttestParams): Promi
  * transaction rolled back. The HTTP edge calls it for the refusals of reading the request (an
  * unknown method, a malformed CSR or evidence); `method` is what the request named, bounded.
  */
-export async function recordAttestationRefused(
+export const recordAttestationRefused = (
   deps: Pick<NodeIdentityDeps, 'clock' | 'storage'>,
   audit: AuditContext,
   method: string,
   error: unknown,
-): Promise<void> {
-  const code = error instanceof BatonError ? error.code : 'ERR_INTERNAL';
-  await deps.storage.audit
-    .append(
-      auditEvent(audit, deps.clock.now(), 'node.attestation_refused', null, 'failure', { method, code }),
-    )
-    .catch(() => undefined);
-}
+): Promise<void> => recordRefusal(deps, audit, 'node.attestation_refused', { method }, error);
 
 async function attestNodeOnce(deps: NodeIdentityDeps, p: AttestParams): Promise<Issuance> {
   // The method (at the edge), the CSR's structure and key policy (microseconds, at the edge), then the evidence (for a join token,

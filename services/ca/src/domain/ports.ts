@@ -70,6 +70,33 @@ export interface CaRepository {
   addActiveIntermediate(ca: CaRecord): Promise<void>;
 }
 
+/**
+ * A JWT-SVID signing key (ES256, P-256): one per signing intermediate, made with it (`ca init`,
+ * `ca rotate`) and retired with it. Its private key is PKCS#8 wrapped under the KEK with the kid
+ * as additional data, like a CA key; rows are never deleted (domain/jwt-keys.ts).
+ */
+export interface JwtKeyRecord {
+  /** RFC 7638 JWK thumbprint of the public key (base64url SHA-256). */
+  kid: string;
+  /** The signing intermediate this key belongs to. */
+  caId: string;
+  /** SubjectPublicKeyInfo DER of the public key. */
+  spki: Buffer;
+  wrappedKey: WrappedKey;
+  createdAt: Date;
+  /** Set when another key took over (rotation); the key stays published MAX_JWT_TTL_MS after. */
+  retiredAt: Date | null;
+}
+
+export interface JwtKeyRepository {
+  /** Every key, retired ones included, oldest first (created_at, then kid). */
+  list(): Promise<JwtKeyRecord[]>;
+  /** ERR_CONFLICT when the kid exists or the CA already has a key (unique indexes: concurrent inserts, one wins). */
+  insert(k: JwtKeyRecord): Promise<void>;
+  /** Sets retired_at = `at` on every key but `kid` that has none; returns how many. Retired keys keep their time. */
+  retireOthers(kid: string, at: Date): Promise<number>;
+}
+
 export interface CertificateFilter {
   nodeId?: string;
   kind?: CertificateKind;
@@ -125,6 +152,26 @@ export interface IssuanceRepository {
    * hold (of two concurrent renewals of one certificate, the second finds it superseded).
    */
   recordRenewalGuarded(record: CertificateRecord, audit: AuditEvent, guard: RenewalGuard): Promise<boolean>;
+  /**
+   * Whether a node may mint a JWT-SVID for `guard.spiffeId` now, in one read that writes and locks
+   * nothing: the caller rule for a node (domain/caller.ts: the presented certificate is the node
+   * certificate recorded under its serial, byte for byte, valid and unexpired at `now`; the node is
+   * active) and an entry with that SPIFFE ID parented to the node. Concurrent calls may share one
+   * statement, each row judged on its own. False when any part does not hold: the use case then
+   * asks the caller module, which names the reason.
+   */
+  jwtMintAllowed(guard: JwtMintGuard): Promise<boolean>;
+}
+
+/** What a JWT-SVID mint checks in the database before it signs (IssuanceRepository.jwtMintAllowed). */
+export interface JwtMintGuard {
+  nodeId: string;
+  peerSerial: string;
+  /** The presented certificate must be the very one recorded under peerSerial (domain/caller.ts). */
+  peerDer: Buffer;
+  now: Date;
+  /** An entry parented to the node must have exactly this SPIFFE ID. */
+  spiffeId: string;
 }
 
 export interface RenewalGuard {
@@ -335,6 +382,7 @@ export interface Repositories {
   nodes: NodeRepository;
   tokens: TokenRepository;
   nonces: NonceRepository;
+  jwtKeys: JwtKeyRepository;
 }
 
 export interface Storage extends Repositories {

@@ -2,3 +2,8 @@
 const trim = (u: string): string => u.replace(/\/+$/, '');
 export const crlUrl = (publicUrl: string, caId: string): string => `${trim(publicUrl)}/v1/crl?issuer=${caId}`;
 export const ocspUrl = (publicUrl: string): string => `${trim(publicUrl)}/v1/ocsp`;
+/** The SPIFFE bundle (JWK Set). */
+export const jwksUrl = (publicUrl: string): string => `${trim(publicUrl)}/v1/bundle.jwks`;
+
+/** The JWT-SVID signing keys as an OIDC relying party takes them: the discovery document's `jwks_uri`. */
+export const oidcJwksUrl = (publicUrl: string): string => `${trim(publicUrl)}/v1/oidc/jwks`;

@@ -91,6 +91,7 @@ const byPeer = (req: Request) => peerCertificate(req).spiffeId;
 /** The quotas' names in their refusals, shared with the fast path. */
 export const RENEW_QUOTA = 'renewal quota';
 export const WORKLOAD_QUOTA = 'workload SVID quota';
+export const JWT_QUOTA = 'JWT-SVID quota';
 
 export interface AbuseControls {
   /** Sheds requests past the in-flight limit with 429 (a renewal storm is refused, not queued). */
@@ -104,6 +105,8 @@ export interface AbuseControls {
   takeWorkload(peerSpiffeId: string): TakeResult;
   /** The renewal quota of `renew`, by the node's SPIFFE ID, outside Express. */
   takeRenew(peerSpiffeId: string): TakeResult;
+  /** The JWT-SVID quota of `jwt`, by the node's SPIFFE ID, outside Express. */
+  takeJwt(peerSpiffeId: string): TakeResult;
   attest: RequestHandler;
   challenge: RequestHandler;
   ocsp: RequestHandler;
@@ -111,6 +114,7 @@ export interface AbuseControls {
   bundle: RequestHandler;
   renew: RequestHandler;
   workload: RequestHandler;
+  jwt: RequestHandler;
 }
 
 /**
@@ -139,11 +143,15 @@ export function abuseControls(limits: AbuseLimits, metrics: Metrics, nowMs: () =
   };
   const takeWorkload = quota(limits.workload, nowMs);
   const takeRenew = quota(limits.renew, nowMs);
+  // JWT-SVIDs: the workload quota's limit (--quota-workload), in a bucket of their own, so that a
+  // node minting tokens does not starve its X.509 SVIDs, nor the reverse.
+  const takeJwt = quota(limits.workload, nowMs);
   return {
     concurrency,
     tryEnter,
     takeWorkload,
     takeRenew,
+    takeJwt,
     attest: limiter(quota(limits.attest, nowMs), byClient, 'attestation'),
     challenge: limiter(quota(limits.attest, nowMs), byClient, 'attestation challenge'),
     ocsp: limiter(quota(limits.public, nowMs), byClient, 'OCSP'),
@@ -151,5 +159,6 @@ export function abuseControls(limits: AbuseLimits, metrics: Metrics, nowMs: () =
     bundle: limiter(quota(limits.public, nowMs), byClient, 'bundle'),
     renew: limiter(takeRenew, byPeer, RENEW_QUOTA),
     workload: limiter(takeWorkload, byPeer, WORKLOAD_QUOTA),
+    jwt: limiter(takeJwt, byPeer, JWT_QUOTA),
   };
 }

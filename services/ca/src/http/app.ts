@@ -4,8 +4,15 @@ import { BatonError } from '../ground/errors';
 import { authDepsOf } from './authorization';
 import { errorHandler } from './errors';
 import type { AppDeps } from './ports';
-import { fastPath, RENEW_ROUTE, WORKLOAD_ROUTE } from './fast-path';
-import { abuseControls, BODY_LIMIT, headerLimit, RENEW_QUOTA, WORKLOAD_QUOTA } from './abuse-controls';
+import { fastPath, JWT_SVID_ROUTE, RENEW_ROUTE, WORKLOAD_ROUTE } from './fast-path';
+import {
+  abuseControls,
+  BODY_LIMIT,
+  headerLimit,
+  JWT_QUOTA,
+  RENEW_QUOTA,
+  WORKLOAD_QUOTA,
+} from './abuse-controls';
 import { requestContext, secureHeaders } from './request-context';
 import { surfaceGuard } from './surface-guard';
 import { attestChallengeRoutes } from './routes/attest-challenge';
@@ -16,7 +23,9 @@ import { adminAuditRoutes } from './routes/admin-audit';
 import { adminEntryRoutes } from './routes/admin-entries';
 import { adminNodeRoutes } from './routes/admin-nodes';
 import { healthRoutes } from './routes/health';
+import { jwtSvidMinter, jwtSvidRoutes } from './routes/jwt-svid';
 import { nodeIdentityRoutes, nodeRenewer } from './routes/node-identity';
+import { oidcDiscoveryRoutes } from './routes/oidc-discovery';
 import { ocspRoutes } from './routes/ocsp';
 import { revocationRoutes } from './routes/revocation';
 import { workloadIdentityRoutes, workloadIssuer } from './routes/workload-identity';
@@ -54,9 +63,14 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   app.post('/v1/ocsp', limit.ocsp);
   app.get('/v1/ocsp/*path', limit.ocsp);
   app.get(['/v1/crl', '/v1/crl.pem'], limit.crl);
-  app.get(['/v1/bundle', '/v1/bundle.jwks'], limit.bundle);
+  // One bucket for the trust bundle in both formats and the OIDC discovery document that points at it.
+  app.get(
+    ['/v1/bundle', '/v1/bundle.jwks', '/.well-known/openid-configuration', '/v1/oidc/jwks'],
+    limit.bundle,
+  );
   app.post('/v1/renew', limit.renew);
   app.post('/v1/workload-svids', limit.workload);
+  app.post('/v1/jwt-svids', limit.jwt);
   // Before any router: Express would answer OPTIONS itself, listing the methods a path takes.
   app.use(surfaceGuard(authDepsOf(deps)));
   // OCSP bodies are DER, parsed by their own route before the JSON parser sees them.
@@ -65,9 +79,12 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   // The busiest routes first: Express tries each router in turn.
   const issueWorkload = workloadIssuer(deps);
   app.use(workloadIdentityRoutes(deps, issueWorkload));
+  const mintJwt = jwtSvidMinter(deps);
+  app.use(jwtSvidRoutes(mintJwt));
   const renewNode = nodeRenewer(deps);
   app.use(nodeIdentityRoutes(deps, renewNode));
   app.use(bundleRoutes(deps));
+  app.use(oidcDiscoveryRoutes(deps));
   app.use(healthRoutes(deps));
   app.use(attestChallengeRoutes(deps));
   app.use(adminNodeRoutes(deps));
@@ -81,6 +98,7 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   const fast = fastPath({
     routes: [
       { path: WORKLOAD_ROUTE, take: limit.takeWorkload, quotaName: WORKLOAD_QUOTA, handle: issueWorkload },
+      { path: JWT_SVID_ROUTE, take: limit.takeJwt, quotaName: JWT_QUOTA, handle: mintJwt },
       { path: RENEW_ROUTE, take: limit.takeRenew, quotaName: RENEW_QUOTA, handle: renewNode },
     ],
     controls: limit,

@@ -23,6 +23,7 @@ import { peerCertificate } from './peer-cert';
 export const NODE_ROUTES = {
   'POST /v1/renew': ['node'],
   'POST /v1/workload-svids': ['node'],
+  'POST /v1/jwt-svids': ['node'],
   'GET /v1/entries': ['node'],
   // CONTRACT: node mTLS. Workload SVIDs may follow the feed too: revocations are public (the CRL is
   // unauthenticated), and a library-based service holds a workload identity, not a node's.

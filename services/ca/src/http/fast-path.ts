@@ -10,6 +10,7 @@ import type { TakeResult } from './token-bucket';
 
 export const WORKLOAD_ROUTE = '/v1/workload-svids';
 export const RENEW_ROUTE = '/v1/renew';
+export const JWT_SVID_ROUTE = '/v1/jwt-svids';
 const JSON_TYPE = /^application\/json\s*(;\s*charset\s*=\s*"?utf-8"?\s*)?$/i;
 
 /** A node-authenticated POST route that the fast path may answer. */
@@ -24,9 +25,9 @@ export interface FastRoute {
 }
 
 /**
- * The two routes a fleet calls most, without Express: POST /v1/workload-svids (a node minting its
- * workloads' SVIDs) and POST /v1/renew (a node renewing its own certificate, all nodes at once in a
- * renewal storm). Each is answered by the same handler as its Express route, with the same headers,
+ * The routes a fleet calls most, without Express: POST /v1/workload-svids (a node minting its
+ * workloads' SVIDs), POST /v1/jwt-svids (their JWT-SVIDs, short-lived and asked for often) and
+ * POST /v1/renew (a node renewing its own certificate, all nodes at once in a renewal storm). Each is answered by the same handler as its Express route, with the same headers,
  * request id, log line, metrics, in-flight limit, quota and error bodies. Express costs more per
  * request than the rest of the HTTP stack (bench: `loadgen_echo_server_cpu_ms_per_request` against
  * Baton's).

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { AbuseLimits } from '../config';
 import type { Attestor } from '../domain/attestation/attestor';
 import type { Clock } from '../domain/clock';
+import type { MintCounter } from '../domain/jwt-mint-tally';
 import type { Keyring } from '../domain/keyring';
 import type { CrlRecord, Installation, Repositories, RevocationEvent, Storage } from '../domain/ports';
 import type { Metrics } from './metrics';
@@ -29,6 +30,8 @@ export interface AppDeps {
   limits: AbuseLimits;
   /** Monotonic milliseconds for the rate limits (never the wall clock). */
   monotonicMs: () => number;
+  /** JWT-SVID mints, counted for the aggregated audit rows (domain/jwt-mint-tally.ts). */
+  jwtMints: MintCounter;
 }
 
 /**

@@ -26,11 +26,17 @@ export function startBackgroundJobs(p: {
   intervalMs: number;
   /** Reloads the keyring when the CA set changed (rotation on another replica or by the CLI). */
   reloadKeyring: () => Promise<void>;
+  /** Writes the JWT-SVID mint counts of the minutes that have ended (domain/jwt-mint-tally.ts). */
+  flushMints?: () => Promise<unknown>;
 }): BackgroundJobs {
   let running = false;
   const runOnce = async () => {
     if (running) return;
     running = true;
+    // On its own: a failure of the jobs below must not hold the mint counts back, nor the reverse.
+    await p
+      .flushMints?.()
+      .catch((err: unknown) => p.log.warn({ [F.err]: err }, 'Audit of JWT-SVID mints failed'));
     try {
       await p.reloadKeyring();
       await p.crls.refreshStale();

@@ -13,10 +13,12 @@ import type { Clock } from '../domain/clock';
 import { MAX_HEADER_BYTES } from '../http/abuse-controls';
 import { buildApp } from '../http/app';
 import { createMetrics, type Metrics, timedIssuance } from '../http/metrics';
+import { MintTally } from '../domain/jwt-mint-tally';
 import { F } from '../log-fields';
 import { nativeEc } from '../pki/native-ec';
 import { caSetVersion } from '../domain/ca-rotation';
 import { BatonError } from '../ground/errors';
+import { ensureJwtKey } from '../domain/jwt-keys';
 import { type Keyring, loadKeyring } from '../domain/keyring';
 import { type BackgroundJobs, startBackgroundJobs } from './background-jobs';
 import { capConnections } from './connection-cap';
@@ -24,14 +26,17 @@ import { CrlService } from './crl-service';
 import { RevocationFeed } from './revocation-feed';
 import { issueServerCredential, type ServerCredential } from './server-certificate';
 
-/** The keyring without its signing CA: every use of `signing` throws ERR_CA_UNAVAILABLE (503). */
+/**
+ * The keyring without its signing CA: every use of `signing` throws ERR_CA_UNAVAILABLE (503), and
+ * no JWT signing key (`jwt.active` null); the JWKS keeps what it published.
+ */
 function withoutSigning(keyring: Keyring, cause: unknown): Keyring {
   const unavailable = new BatonError(
     'ERR_CA_UNAVAILABLE',
     'the signing CA is unavailable on this replica (its key cannot be unwrapped): retry on another replica',
     { cause },
   );
-  return Object.defineProperty({ ...keyring }, 'signing', {
+  return Object.defineProperty({ ...keyring, jwt: { ...keyring.jwt, active: null } }, 'signing', {
     enumerable: true,
     get: (): never => {
       throw unavailable;
@@ -72,6 +77,17 @@ export async function startServer(p: {
 }): Promise<RunningServer> {
   const { config, ca, clock, log } = p;
   const publicUrl = config.publicUrl ?? ca.installation.publicUrl;
+  const versionOf = (k: Keyring) =>
+    caSetVersion(
+      k.all.map((c) => c.record),
+      k.jwt.keys,
+    );
+  // The signing CA must have a JWT signing key: one initialized before JWT-SVIDs has none, and the
+  // first replica to start makes it (domain/jwt-keys.ts ensureJwtKey; replicas starting at once
+  // end with one).
+  const keys = await ensureJwtKey({ storage: ca.storage, kek: ca.kek, clock });
+  if (caSetVersion(keys.cas, keys.jwtKeys) !== versionOf(ca.keyring))
+    ca.keyring = loadKeyring(keys.cas, ca.kek, publicUrl, keys.jwtKeys);
   const metrics = createMetrics();
   const crlDeps = () => ({
     clock,
@@ -83,6 +99,9 @@ export async function startServer(p: {
   const feed = new RevocationFeed(ca.storage.revocations, log, {
     limits: { total: config.limits.feedWaiters, perIdentity: config.limits.feedWaitersPerIdentity },
   });
+  // JWT-SVID mints are audited per node, SPIFFE ID and minute: the background jobs write the
+  // minutes that ended, close() the rest.
+  const mints = new MintTally(ca.storage.audit, clock);
   const app = buildApp({
     clock,
     storage: ca.storage,
@@ -103,6 +122,7 @@ export async function startServer(p: {
     },
     limits: config.limits,
     monotonicMs: p.monotonicMs ?? (() => performance.now()),
+    jwtMints: mints,
   });
   const issue = () =>
     timedIssuance(metrics, 'server', 'server', () =>
@@ -198,15 +218,17 @@ export async function startServer(p: {
     });
   });
   schedule(halfLife(credential));
-  let caVersion = caSetVersion(ca.keyring.all.map((c) => c.record));
+  let caVersion = versionOf(ca.keyring);
   let lastLoaded = ca.keyring;
   let signingUnavailable = false;
   const reloadKeyring = async () => {
-    const cas = await ca.storage.cas.listCas();
-    const version = caSetVersion(cas);
+    // The CA set and its JWT keys; a signing CA without a JWT key (rotated by an older version)
+    // gets one here.
+    const { cas, jwtKeys } = await ensureJwtKey({ storage: ca.storage, kek: ca.kek, clock });
+    const version = caSetVersion(cas, jwtKeys);
     if (version === caVersion) return;
     try {
-      ca.keyring = loadKeyring(cas, ca.kek, publicUrl);
+      ca.keyring = loadKeyring(cas, ca.kek, publicUrl, jwtKeys);
     } catch (err) {
       // No fallback: a replica that cannot unwrap the new CA set (a rotation made under another
       // KEK) must not go on signing with the intermediate it had. It stops issuing (503 with
@@ -231,6 +253,7 @@ export async function startServer(p: {
     clock,
     log,
     intervalMs: config.backgroundIntervalMs,
+    flushMints: () => mints.flush(),
   });
   const port = (server.address() as AddressInfo).port;
   const url = urlForListen({ host: config.listen.host, port });
@@ -265,6 +288,10 @@ export async function startServer(p: {
         server.closeIdleConnections();
         setTimeout(() => server.closeAllConnections(), 5000).unref();
       });
+      // Requests have finished: every mint is counted.
+      await mints
+        .flush({ all: true })
+        .catch((err: unknown) => log.error({ [F.err]: err }, 'Audit of JWT-SVID mints failed at stop'));
     },
   };
 }

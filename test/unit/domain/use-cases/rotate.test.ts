@@ -1,6 +1,7 @@
 import { caSetVersion, rotateSigningCa } from '../../../../services/ca/src/domain/ca-rotation';
 import { INTERMEDIATE_LIFETIME_MS } from '../../../../services/ca/src/domain/ca-hierarchy';
 import { crlIssuers, publishAllCrlsIn } from '../../../../services/ca/src/domain/crl-publisher';
+import { readKeyState } from '../../../../services/ca/src/domain/jwt-keys';
 import { loadKeyring } from '../../../../services/ca/src/domain/keyring';
 import { renewNode } from '../../../../services/ca/src/domain/node-identity';
 import type { Storage } from '../../../../services/ca/src/domain/ports';
@@ -36,7 +37,10 @@ const rotate = (w: World, storage: Storage = w.storage) =>
   );
 
 /** What a replica does when the CA set changed (server/start-server.ts reloadKeyring). */
-const reload = async (w: World) => loadKeyring(await w.storage.cas.listCas(), w.ca.kek, TEST_URL);
+const reload = async (w: World) => {
+  const { cas, jwtKeys } = await readKeyState(w.storage);
+  return loadKeyring(cas, w.ca.kek, TEST_URL, jwtKeys);
+};
 
 describe('rotateSigningCa', () => {
   it('adds a new active intermediate under the same root; the old one stays, inactive', async () => {

@@ -49,6 +49,7 @@ export async function world(o: { nodeTtlMs?: number; workloadTtlMs?: number } = 
   };
   const storage = createMemoryStorage();
   await storage.cas.initialize(installation, ca.records);
+  for (const key of ca.jwtKeys) await storage.jwtKeys.insert(key);
   return { storage, clock: ca.clock, ca, keyring: ca.keyring, installation };
 }
 
@@ -165,12 +166,14 @@ export async function dump(s: Storage) {
     audit: (await s.audit.list({ limit: 10_000 })).map((a) => [a.event, a.outcome, a.subject]),
     events: await s.revocations.eventsSince(0, 10_000),
     crls: await Promise.all(cas.map(async (c) => (await s.crls.latest(c.id))?.crlNumber ?? null)),
+    jwtKeys: (await s.jwtKeys.list()).map((k) => [k.kid, k.caId, k.retiredAt?.toISOString() ?? null]),
   };
 }
 
 /**
- * The same storage, but the guarded one-statement inserts of the fast paths refuse (as they do when
- * a concurrent change wins the race), so a use case takes its locked general path.
+ * The same storage, but the guarded one-statement inserts of the fast paths, and the JWT-SVID
+ * guard's read, refuse (as they do when a concurrent change wins the race), so a use case takes its
+ * general path.
  */
 export function withoutFastPaths(s: Storage): Storage & { refused: string[] } {
   const refused: string[] = [];
@@ -184,6 +187,10 @@ export function withoutFastPaths(s: Storage): Storage & { refused: string[] } {
       },
       recordRenewalGuarded: async () => {
         refused.push('renewal');
+        return false;
+      },
+      jwtMintAllowed: async () => {
+        refused.push('jwt');
         return false;
       },
     },

@@ -1,5 +1,11 @@
 import type { Knex } from 'knex';
-import type { AuditEvent, CertificateRecord, IssuanceRepository, WorkloadGuard } from '../../domain/ports';
+import type {
+  AuditEvent,
+  CertificateRecord,
+  IssuanceRepository,
+  JwtMintGuard,
+  WorkloadGuard,
+} from '../../domain/ports';
 import { db } from './db-errors';
 import { runPrepared } from './prepared-statement';
 
@@ -111,6 +117,43 @@ with node as (
 )
 select (select count(*)::int from cert) as n`;
 
+/**
+ * JWT-SVID mints (IssuanceRepository.jwtMintAllowed): the node caller rule and the entry, one read
+ * for every request in flight, each row judged on its own; the numbers `i` of the rows that hold.
+ * The conditions are the workload guard's, the entry matched by SPIFFE ID alone (a token carries
+ * nothing else of it). No lock: nothing is written, and a token is not revocable either way, so a
+ * revocation that commits a moment after this read is what it would be a moment after the answer.
+ */
+const jwtStatements = new Map<number, string>();
+const jwtStatement = (rows: number): string => {
+  let text = jwtStatements.get(rows);
+  if (text === undefined) {
+    text = `
+with req (i, node_id, peer_serial, peer_der, at_now, spiffe_id) as (
+  values ${['(?::int, ?::text, ?::text, ?::bytea, ?::timestamptz, ?::text)', ...Array.from({ length: rows - 1 }, () => '(?, ?, ?, ?, ?, ?)')].join(', ')}
+)
+select r.i from req r
+join nodes n on n.id = r.node_id
+join certificates c on c.serial = r.peer_serial
+where n.status = 'active'
+  and c.node_id = n.id and c.der = r.peer_der and c.kind = 'node' and c.status = 'valid' and c.not_after > r.at_now
+  and exists (select 1 from entries e where e.parent_node_id = n.id and e.spiffe_id = r.spiffe_id)`;
+    jwtStatements.set(rows, text);
+  }
+  return text;
+};
+
+/** Judges `batch` in one statement; the indexes of the rows that hold. */
+async function jwtBatch(k: Knex | Knex.Transaction, batch: readonly JwtMintGuard[]): Promise<Set<number>> {
+  const rows = await runPrepared<{ i: number }>(
+    k,
+    `jwt_mint_${batch.length}`,
+    jwtStatement(batch.length),
+    batch.flatMap((g, i) => [i, g.nodeId, g.peerSerial, g.peerDer, g.now, g.spiffeId]),
+  );
+  return new Set(rows.map((r) => Number(r.i)));
+}
+
 /** One workload certificate to record: its row, its audit row and what must still hold. */
 interface GuardedRow {
   record: CertificateRecord;
@@ -216,6 +259,7 @@ export function knexIssuanceRepository(
     return {
       recordWorkloadGuarded: (record, audit, guard) => one({ record, audit, guard }),
       recordRenewalGuarded,
+      jwtMintAllowed: (guard) => db(async () => (await jwtBatch(k, [guard])).has(0)),
     };
   }
   const queue: Pending[] = [];
@@ -242,6 +286,7 @@ export function knexIssuanceRepository(
   };
   return {
     recordRenewalGuarded,
+    jwtMintAllowed: jwtReads(k, batching),
     recordWorkloadGuarded: (record, audit, guard) =>
       db(
         () =>
@@ -251,4 +296,46 @@ export function knexIssuanceRepository(
           }),
       ),
   };
+}
+
+/**
+ * The reads of jwtMintAllowed, grouped as workload certificates are: the guards that arrive while
+ * statements are in flight go together in the next one. When a statement fails (a value PostgreSQL
+ * refuses, a NUL in a SPIFFE ID), each guard of its batch is read again on its own, so one node's
+ * bad request never fails its neighbours'.
+ */
+function jwtReads(k: Knex, batching: IssuanceBatching): IssuanceRepository['jwtMintAllowed'] {
+  const queue: { guard: JwtMintGuard; resolve(ok: boolean): void; reject(e: unknown): void }[] = [];
+  let inFlight = 0;
+  const flush = () => {
+    while (queue.length > 0 && inFlight < batching.maxInFlight) {
+      const batch = queue.splice(0, batching.maxBatch);
+      inFlight++;
+      void jwtBatch(
+        k,
+        batch.map((p) => p.guard),
+      )
+        .then(
+          (held) => {
+            for (const [i, p] of batch.entries()) p.resolve(held.has(i));
+          },
+          (e: unknown) => {
+            if (batch.length === 1) return batch[0]!.reject(e);
+            for (const p of batch) jwtBatch(k, [p.guard]).then((held) => p.resolve(held.has(0)), p.reject);
+          },
+        )
+        .finally(() => {
+          inFlight--;
+          flush();
+        });
+    }
+  };
+  return (guard) =>
+    db(
+      () =>
+        new Promise<boolean>((resolve, reject) => {
+          queue.push({ guard, resolve, reject });
+          flush();
+        }),
+    );
 }

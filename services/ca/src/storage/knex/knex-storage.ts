@@ -6,6 +6,7 @@ import { db } from './db-errors';
 import { knexAuditRepository } from './audit-repository';
 import { knexEntryRepository } from './entry-repository';
 import { knexIssuanceRepository } from './issuance-repository';
+import { knexJwtKeyRepository } from './jwt-key-repository';
 import { knexCrlRepository, knexRevocationRepository } from './revocation-repository';
 import { knexNodeRepository } from './node-repository';
 import { knexNonceRepository, knexTokenRepository } from './token-repository';
@@ -22,6 +23,7 @@ function repositories(k: Knex | Knex.Transaction): Repositories {
     nodes: knexNodeRepository(k),
     tokens: knexTokenRepository(k),
     nonces: knexNonceRepository(k),
+    jwtKeys: knexJwtKeyRepository(k),
   };
 }
 
