@@ -257,6 +257,8 @@ describeEachBackend('JWT-SVIDs: POST /v1/jwt-svids', (backend) => {
       ['spiffe_id', { ...ok, spiffe_id: 7 }],
       ['spiffe_id', { ...ok, spiffe_id: null }],
       ['spiffe_id', { ...ok, spiffe_id: `spiffe://${TD}/${'x'.repeat(2040)}` }],
+      // Refused at the edge: in the batched read PostgreSQL would fail every request of the batch.
+      ['spiffe_id', { ...ok, spiffe_id: `${n.spiffeId}\u0000` }],
       ['audience', { spiffe_id: n.spiffeId }],
       ['audience', { ...ok, audience: AUD }],
       ['audience', { ...ok, audience: [] }],
@@ -287,7 +289,8 @@ describeEachBackend('JWT-SVIDs: POST /v1/jwt-svids', (backend) => {
     const notObject = await mint(n, [ok]);
     expect([notObject.status, errorBodyOf(notObject).code]).toEqual([400, 'ERR_BAD_REQUEST']);
 
-    // Each refusal is audited, with the SPIFFE ID asked for when it was a string within bounds.
+    // Each refusal is audited, with the SPIFFE ID asked for when it was a string within bounds and
+    // without a NUL: none of the five spiffe_id cases records the node's SPIFFE ID.
     const refused = await t.ca.storage.audit.list({
       event: 'jwt_svid.refused',
       actor: `spiffe://${TD}/node/${n.id}`,
@@ -295,7 +298,7 @@ describeEachBackend('JWT-SVIDs: POST /v1/jwt-svids', (backend) => {
     });
     expect(refused).toHaveLength(cases.length + 1);
     expect(refused.every((e) => e.outcome === 'failure' && e.details.code === 'ERR_BAD_REQUEST')).toBe(true);
-    expect(refused.filter((e) => e.details.spiffe_id === n.spiffeId)).toHaveLength(cases.length - 4);
+    expect(refused.filter((e) => e.details.spiffe_id === n.spiffeId)).toHaveLength(cases.length - 5);
 
     // Nothing was minted: the minute's aggregate has no row for this node.
     t.clock.advance(60_000);
@@ -324,6 +327,11 @@ describeEachBackend('JWT-SVIDs: POST /v1/jwt-svids', (backend) => {
       ca: t.bundle,
     });
     expect(anonymous.status).toBe(401);
+    // A certificate of another kind (an admin's) is refused before anything is written, as on the
+    // workload route: no row, so no workload or auditor of the fleet writes to the audit chain.
+    const wrongKind = await mint(admin, { spiffe_id: WEB, audience: [AUD] });
+    expect(wrongKind.status).toBe(403);
+    expect(errorBodyOf(wrongKind).code).toBe('ERR_NOT_AUTHORIZED');
     const denied = await mint(n2, { spiffe_id: WEB, audience: [AUD] });
     expect(denied.status).toBe(403);
     const after = await t.ca.storage.audit.list({ event: 'jwt_svid.refused', limit: 10_000 });

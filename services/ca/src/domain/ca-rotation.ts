@@ -35,8 +35,10 @@ export async function rotateSigningCa(
     publicUrl: deps.publicUrl,
   });
   const jwtKey = createJwtKey({ kek: deps.kek, caId: created.record.id, now });
-  const previous = deps.keyring.signing.record.id;
   await deps.storage.transaction(async (tx) => {
+    // The intermediate this rotation replaces, as the database has it (the keyring passed in may be
+    // older than another rotation).
+    const previous = (await tx.cas.listCas()).find((c) => c.kind === 'intermediate' && c.active)?.id ?? null;
     await tx.cas.addActiveIntermediate(created.record);
     await tx.jwtKeys.insert(jwtKey.record);
     await tx.jwtKeys.retireOthers(jwtKey.record.kid, now);

@@ -43,6 +43,18 @@ const reload = async (w: World) => {
 };
 
 describe('rotateSigningCa', () => {
+  it('the audit row names the intermediate the rotation replaced, also when the keyring given is older', async () => {
+    const w = await world();
+    const first = await rotate(w);
+    // w.keyring still has the original intermediate as its signing CA: a process that has not reloaded.
+    const second = await rotate(w);
+    const rows = await auditRows(w.storage, 'ca.rotated');
+    expect(rows.map((r) => [r.subject, r.details.previous])).toEqual([
+      [first.id, w.keyring.signing.record.id],
+      [second.id, first.id],
+    ]);
+  });
+
   it('adds a new active intermediate under the same root; the old one stays, inactive', async () => {
     const w = await world();
     const root = w.keyring.roots[0]!;

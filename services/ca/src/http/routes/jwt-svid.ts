@@ -46,9 +46,12 @@ export function jwtSvidMinter(deps: AppDeps): JwtSvidMinter {
   return async (req, parsedBody) => {
     const peer = peerCertificate(req);
     const audit = auditContext(req, peer.spiffeId);
+    // A certificate of another kind (a workload's, an auditor's) is refused before anything is
+    // written, as on the workload route: every workload of the fleet must not be a writer of the
+    // audit chain. Refusals of node callers are audited, within the per-node quota.
+    const claim = nodeClaimOf(req, td);
     let params: MintJwtSvidParams;
     try {
-      const claim = nodeClaimOf(req, td);
       try {
         params = readJwtSvidParams(claim, parsedBody, audit);
       } catch (e) {
@@ -89,6 +92,8 @@ export function readJwtSvidParams(
   const spiffeId = b.spiffe_id;
   // Syntax is not checked here: an entry parented to the node names the only IDs it may ask for.
   if (typeof spiffeId !== 'string' || spiffeId.length > MAX_SPIFFE_ID_CHARS) throw bad('spiffe_id: required');
+  // No entry can have one (SPIFFE IDs are validated), and PostgreSQL refuses it in the batched read.
+  if (spiffeId.includes('\u0000')) throw bad('spiffe_id: must not contain a NUL character');
   return {
     claim,
     spiffeId,

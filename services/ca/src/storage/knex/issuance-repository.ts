@@ -301,8 +301,9 @@ export function knexIssuanceRepository(
 /**
  * The reads of jwtMintAllowed, grouped as workload certificates are: the guards that arrive while
  * statements are in flight go together in the next one. When a statement fails (a value PostgreSQL
- * refuses, a NUL in a SPIFFE ID), each guard of its batch is read again on its own, so one node's
- * bad request never fails its neighbours'.
+ * refuses), each guard of its batch is read again on its own, one after the other within the
+ * batch's in-flight slot, so one node's bad request never fails its neighbours' and costs at most
+ * one batch's worth of statements.
  */
 function jwtReads(k: Knex, batching: IssuanceBatching): IssuanceRepository['jwtMintAllowed'] {
   const queue: { guard: JwtMintGuard; resolve(ok: boolean): void; reject(e: unknown): void }[] = [];
@@ -319,9 +320,13 @@ function jwtReads(k: Knex, batching: IssuanceBatching): IssuanceRepository['jwtM
           (held) => {
             for (const [i, p] of batch.entries()) p.resolve(held.has(i));
           },
-          (e: unknown) => {
+          async (e: unknown) => {
             if (batch.length === 1) return batch[0]!.reject(e);
-            for (const p of batch) jwtBatch(k, [p.guard]).then((held) => p.resolve(held.has(0)), p.reject);
+            // One at a time and inside this batch's in-flight slot: a request that fails its batch
+            // on purpose must not turn into a burst of statements that takes every pooled connection.
+            for (const p of batch) {
+              await jwtBatch(k, [p.guard]).then((held) => p.resolve(held.has(0)), p.reject);
+            }
           },
         )
         .finally(() => {
