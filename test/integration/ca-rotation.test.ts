@@ -2,7 +2,6 @@ import { randomBytes, X509Certificate } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type PeerCertificate } from 'node:tls';
-import { rotateSigningCa } from '../../services/ca/src/domain/ca-rotation';
 import type { SigningCa } from '../../services/ca/src/domain/keyring';
 import { responderKeyHash } from '../../services/ca/src/pki/ocsp';
 import { baton, type Env, type ServerProcess, startServerProcess } from '../support/cli';
@@ -10,7 +9,7 @@ import { type Backend, createPostgresDatabase, describeEachBackend } from '../su
 import { https, callAs } from '../support/https';
 import { attestedNode, type IssuanceBody, keyAndCsr, renew } from '../support/node-client';
 import { ocspQuery } from '../support/revocation-checks';
-import { startTestServer, type TestServer } from '../support/test-server';
+import { startTestServer, type TestServer, rotateCa } from '../support/test-server';
 import { run, tempDir, writeFiles } from '../support/tools';
 
 /**
@@ -116,17 +115,7 @@ describeEachBackend('CA rotation: a new signing intermediate under the same root
   });
 
   it('rotates: the new intermediate is active under the same root once the background job ran, and audited', async () => {
-    const created = await rotateSigningCa(
-      {
-        clock: t.clock,
-        storage: t.ca.storage,
-        kek: t.ca.kek,
-        keyring: t.ca.keyring,
-        installation: t.ca.installation,
-        publicUrl: t.ca.installation.publicUrl,
-      },
-      { actor: 'cli:operator', source: null },
-    );
+    const created = await rotateCa(t);
     expect(created.id).not.toBe(old.record.id);
     // Until the server reloads its keyring (its background job), it keeps signing with the old CA.
     expect(t.ca.keyring.signing.record.id).toBe(old.record.id);

@@ -2,7 +2,6 @@ import { createPublicKey, type JsonWebKey, sign, verify } from 'node:crypto';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 import type { OpenCa } from '../../services/ca/src/ca-service';
 import { loadServerConfig } from '../../services/ca/src/config';
-import { rotateSigningCa } from '../../services/ca/src/domain/ca-rotation';
 import { JWT_KEY_GRACE_MS } from '../../services/ca/src/domain/jwt-keys';
 import type { JwtKeyRecord } from '../../services/ca/src/domain/ports';
 import { MAX_JWT_TTL_MS } from '../../services/ca/src/ground/ttl';
@@ -11,7 +10,7 @@ import { unwrapKey } from '../../services/ca/src/pki/kek';
 import { type RunningServer, startServer } from '../../services/ca/src/server/start-server';
 import { describeEachBackend } from '../support/database';
 import { https } from '../support/https';
-import { startTestServer, type TestServer } from '../support/test-server';
+import { startTestServer, type TestServer, rotateCa } from '../support/test-server';
 
 /**
  * Issue 16, items 1, 2 and 4: the CA's JWT-SVID signing keys (stored wrapped, rotated with the
@@ -52,18 +51,7 @@ describeEachBackend('JWT signing keys, the JWKS and OIDC discovery', (backend) =
     replicas.push(running);
     return running;
   };
-  const rotate = () =>
-    rotateSigningCa(
-      {
-        clock: t.clock,
-        storage: t.ca.storage,
-        kek: t.ca.kek,
-        keyring: t.ca.keyring,
-        installation: t.ca.installation,
-        publicUrl: t.ca.installation.publicUrl,
-      },
-      { actor: 'cli:operator', source: null },
-    );
+  const rotate = () => rotateCa(t);
 
   beforeAll(async () => {
     t = await startTestServer({ backend });

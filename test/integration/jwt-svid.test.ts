@@ -1,14 +1,13 @@
 import { createHmac, createPublicKey, generateKeyPairSync, type KeyObject, sign } from 'node:crypto';
 import { join } from 'node:path';
 import { createLocalJWKSet, type JWK, jwtVerify } from 'jose';
-import { rotateSigningCa } from '../../services/ca/src/domain/ca-rotation';
 import { JWT_KEY_GRACE_MS } from '../../services/ca/src/domain/jwt-keys';
 import { MAX_JWT_TTL_MS } from '../../services/ca/src/ground/ttl';
 import { describeEachBackend } from '../support/database';
 import { errorBodyOf } from '../support/errors';
 import { callAs, https } from '../support/https';
 import { attestedNode, keyAndCsr, renew } from '../support/node-client';
-import { startTestServer, type TestServer } from '../support/test-server';
+import { startTestServer, type TestServer, rotateCa } from '../support/test-server';
 import { DEBIAN_PYTHON, itWith, pythonModules, runAsync } from '../support/tools';
 
 /**
@@ -507,17 +506,7 @@ describeEachBackend('JWT-SVIDs: POST /v1/jwt-svids', (backend) => {
         wallClock();
         const before = await minted(n1, { spiffe_id: WEB, audience: [AUD] });
         const oldKid = part(before.token, 0).kid as string;
-        await rotateSigningCa(
-          {
-            clock: t.clock,
-            storage: t.ca.storage,
-            kek: t.ca.kek,
-            keyring: t.ca.keyring,
-            installation: t.ca.installation,
-            publicUrl: t.ca.installation.publicUrl,
-          },
-          { actor: 'cli:operator', source: null },
-        );
+        await rotateCa(t);
         await t.running.jobs.runOnce();
         const after = await minted(n1, { spiffe_id: WEB, audience: [AUD] });
         const newKid = part(after.token, 0).kid as string;

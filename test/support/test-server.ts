@@ -6,6 +6,7 @@ import { describePublicKey, generateP256, spkiOf } from '../../services/ca/src/p
 import type { OpenCa } from '../../services/ca/src/ca-service';
 import { type Flags, loadServerConfig } from '../../services/ca/src/config';
 import { createIntermediateCa, createRootCa } from '../../services/ca/src/domain/ca-hierarchy';
+import { rotateSigningCa } from '../../services/ca/src/domain/ca-rotation';
 import { FakeClock } from '../../services/ca/src/domain/clock';
 import { createJwtKey } from '../../services/ca/src/domain/jwt-keys';
 import { loadKeyring } from '../../services/ca/src/domain/keyring';
@@ -116,3 +117,20 @@ export async function startTestServer(
     },
   };
 }
+
+/**
+ * `baton ca rotate` against a test server's database, as an operator runs it: a new active signing
+ * intermediate (and JWT key). The server notices at its next keyring reload (`t.running.jobs.runOnce()`).
+ */
+export const rotateCa = (t: TestServer) =>
+  rotateSigningCa(
+    {
+      clock: t.clock,
+      storage: t.ca.storage,
+      kek: t.ca.kek,
+      keyring: t.ca.keyring,
+      installation: t.ca.installation,
+      publicUrl: t.ca.installation.publicUrl,
+    },
+    { actor: 'cli:operator', source: null },
+  );

@@ -241,6 +241,10 @@ function parseCount(text: string, what: string): number | null {
   return Number(t);
 }
 
+/** A count flag (a positive integer, or `off` for no limit): the flag, else the environment, else the default. */
+const countFlag = (flags: Flags, env: Env, flag: string, envName: string, fallback: string): number | null =>
+  parseCount(str(flags, flag, env, envName) ?? fallback, `--${flag}`);
+
 /** The revocation long-poll holds a request up to 30 s without traffic (CONTRACT). */
 const LONG_POLL_MS = 30_000;
 
@@ -254,17 +258,14 @@ function loadAbuseLimits(flags: Flags, env: Env): AbuseLimits {
     public: rate('rate-public', 'BATON_RATE_PUBLIC', '6000/m'),
     renew: rate('quota-renew', 'BATON_QUOTA_RENEW', '10/m'),
     workload: rate('quota-workload', 'BATON_QUOTA_WORKLOAD', '300/m'),
-    maxInFlight: parseCount(
-      str(flags, 'max-in-flight', env, 'BATON_MAX_IN_FLIGHT') ?? '256',
-      '--max-in-flight',
-    ),
-    feedWaiters: parseCount(
-      str(flags, 'max-feed-waiters', env, 'BATON_MAX_FEED_WAITERS') ?? '20000',
-      '--max-feed-waiters',
-    ),
-    feedWaitersPerIdentity: parseCount(
-      str(flags, 'max-feed-waiters-per-identity', env, 'BATON_MAX_FEED_WAITERS_PER_IDENTITY') ?? '4',
-      '--max-feed-waiters-per-identity',
+    maxInFlight: countFlag(flags, env, 'max-in-flight', 'BATON_MAX_IN_FLIGHT', '256'),
+    feedWaiters: countFlag(flags, env, 'max-feed-waiters', 'BATON_MAX_FEED_WAITERS', '20000'),
+    feedWaitersPerIdentity: countFlag(
+      flags,
+      env,
+      'max-feed-waiters-per-identity',
+      'BATON_MAX_FEED_WAITERS_PER_IDENTITY',
+      '4',
     ),
   });
 }
@@ -280,14 +281,14 @@ function loadHttpLimits(flags: Flags, env: Env): HttpLimits {
     headersTimeoutMs: ms('headers-timeout', 'BATON_HEADERS_TIMEOUT', '10s'),
     keepAliveTimeoutMs: ms('keep-alive-timeout', 'BATON_KEEP_ALIVE_TIMEOUT', '65s'),
     idleTimeoutMs: ms('idle-timeout', 'BATON_IDLE_TIMEOUT', '2m'),
-    maxRequestsPerSocket: parseCount(
-      str(flags, 'max-requests-per-socket', env, 'BATON_MAX_REQUESTS_PER_SOCKET') ?? '1000',
-      '--max-requests-per-socket',
+    maxRequestsPerSocket: countFlag(
+      flags,
+      env,
+      'max-requests-per-socket',
+      'BATON_MAX_REQUESTS_PER_SOCKET',
+      '1000',
     ),
-    maxConnections: parseCount(
-      str(flags, 'max-connections', env, 'BATON_MAX_CONNECTIONS') ?? '25000',
-      '--max-connections',
-    ),
+    maxConnections: countFlag(flags, env, 'max-connections', 'BATON_MAX_CONNECTIONS', '25000'),
   };
   // Cross-field: Node refuses headersTimeout above requestTimeout, and a socket timeout shorter than
   // the long-poll would cut every idle revocation feed.

@@ -7,6 +7,7 @@ import type { JwtSigningKey } from './jwt-keys';
 import type { MintCounter } from './jwt-mint-tally';
 import type { Keyring } from './keyring';
 import type { Installation, Storage } from './ports';
+import { MAX_SPIFFE_ID_CHARS } from './spiffe-id';
 
 export interface JwtSvidDeps {
   clock: Clock;
@@ -173,6 +174,3 @@ export async function recordJwtSvidRefused(
     error,
   );
 }
-
-/** The bound of the `spiffe_id` field (the workload route's). */
-export const MAX_SPIFFE_ID_CHARS = 2048;

@@ -9,6 +9,12 @@ import { BatonError } from '../ground/errors';
  *   userinfo or port, at most 2048 bytes.
  */
 const MAX_BYTES = 2048;
+
+/**
+ * The bound of a SPIFFE ID a node asks for (`spiffe_id` of the workload and JWT-SVID routes), in
+ * characters: read before any syntax check, since an entry of the node decides what it may ask for.
+ */
+export const MAX_SPIFFE_ID_CHARS = 2048;
 const TD = /^[a-z0-9._-]+$/;
 const SEGMENT = /^[A-Za-z0-9._-]+$/;
 

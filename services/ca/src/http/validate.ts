@@ -1,6 +1,7 @@
 import type { Request } from 'express';
 import { parseDuration } from '../domain/duration';
 import { BatonError } from '../ground/errors';
+import { MAX_SPIFFE_ID_CHARS } from '../domain/spiffe-id';
 import { readCsr, type UnverifiedCsr } from '../pki/csr';
 
 /** Small DTO readers: each refusal is a 400 ERR_BAD_REQUEST naming the field, never echoing it. */
@@ -110,3 +111,14 @@ export function atField<T>(field: string, check: () => T): T {
  * absent field, null or any other JSON type is refused the same way, so it is read as ''.
  */
 export const textOrEmpty = (v: unknown): string => (typeof v === 'string' ? v : '');
+
+/**
+ * `spiffe_id` of a node's request for an identity (workload and JWT-SVIDs): a string within
+ * MAX_SPIFFE_ID_CHARS. Its syntax is not checked here: an entry parented to the node names the only
+ * IDs it may ask for.
+ */
+export function requestedSpiffeId(b: Record<string, unknown>): string {
+  const v = b.spiffe_id;
+  if (typeof v !== 'string' || v.length > MAX_SPIFFE_ID_CHARS) throw bad('spiffe_id', 'required');
+  return v;
+}

@@ -1,6 +1,5 @@
 import type { Clock } from '../clock';
 import type { NodeRole, Repositories } from '../ports';
-import type { KnownEvidence } from './registry';
 
 /**
  * What a successful attestation proves: who the node is and what it may be issued.
@@ -46,10 +45,11 @@ export interface AttestationChallenge {
  * One attestation method. `E` is its evidence, typed: the HTTP edge reads it from the request
  * (http/attestation-evidence.ts, one reader per method), so an attestor never sees a wire field.
  *
- * The default type argument is what a bare `Attestor` (the registry's maps) means: an attestor of
- * one of the methods of registry.ts.
+ * A bare `Attestor` (the registry's maps) is one whose evidence type is not known here: the edge
+ * narrows it to a `KnownAttestor` of registry.ts, whose method names its evidence type, before it
+ * reads any evidence (http/attestation-evidence.ts).
  */
-export interface Attestor<E = KnownEvidence> {
+export interface Attestor<E = unknown> {
   readonly method: string;
   /** Checks the evidence; throws BatonError (ERR_TOKEN_INVALID, ERR_ATTESTATION_FAILED …). */
   verify(deps: AttestorDeps, evidence: E): Promise<IssuancePolicy>;

@@ -2,19 +2,14 @@ import type { IncomingMessage } from 'node:http';
 import { Router } from 'express';
 import type { AuditContext } from '../../domain/audit';
 import { identifyClaim, type NodeClaim } from '../../domain/caller';
-import {
-  MAX_SPIFFE_ID_CHARS,
-  type MintJwtSvidParams,
-  mintJwtSvid,
-  recordJwtSvidRefused,
-} from '../../domain/jwt-svid';
+import { type MintJwtSvidParams, mintJwtSvid, recordJwtSvidRefused } from '../../domain/jwt-svid';
 import { BatonError } from '../../ground/errors';
 import { MAX_JWT_TTL_MS, MIN_TTL_MS } from '../../ground/ttl';
 import { auditContext } from '../audit-context';
 import { authDepsOf, nodeClaimOf } from '../authorization';
 import { peerCertificate } from '../peer-cert';
 import type { AppDeps } from '../ports';
-import { jsonObject, optionalDurationMs } from '../validate';
+import { jsonObject, optionalDurationMs, requestedSpiffeId } from '../validate';
 
 /** CONTRACT "JWT-SVIDs": the 201 body of POST /v1/jwt-svids. */
 export interface JwtSvidAnswer {
@@ -89,9 +84,7 @@ export function readJwtSvidParams(
   audit: AuditContext,
 ): MintJwtSvidParams {
   const b = jsonObject(parsedBody);
-  const spiffeId = b.spiffe_id;
-  // Syntax is not checked here: an entry parented to the node names the only IDs it may ask for.
-  if (typeof spiffeId !== 'string' || spiffeId.length > MAX_SPIFFE_ID_CHARS) throw bad('spiffe_id: required');
+  const spiffeId = requestedSpiffeId(b);
   // No entry can have one (SPIFFE IDs are validated), and PostgreSQL refuses it in the batched read.
   if (spiffeId.includes('\u0000')) throw bad('spiffe_id: must not contain a NUL character');
   return {

@@ -3,13 +3,12 @@ import { Router } from 'express';
 import { type CallerOf, identifyClaim, type NodeClaim } from '../../domain/caller';
 import { type EntrySource, entryCache } from '../../domain/entry-cache';
 import { issueWorkloadSvid, type WorkloadSvidParams } from '../../domain/workload-identity';
-import { BatonError } from '../../ground/errors';
 import type { AppDeps } from '../ports';
 import { auditContext } from '../audit-context';
 import { authDepsOf, nodeClaimOf, requireCaller } from '../authorization';
 import { timedIssuance } from '../metrics';
 import { renderEntry, renderIssuance } from '../render';
-import { csrField, jsonObject } from '../validate';
+import { csrField, jsonObject, requestedSpiffeId } from '../validate';
 
 /** POST /v1/workload-svids for a request whose JSON body has been read: the 201 body, or a throw. */
 export type WorkloadIssuer = (
@@ -62,10 +61,7 @@ function readWorkloadSvidParams(
   req: IncomingMessage,
 ): WorkloadSvidParams {
   const b = jsonObject(parsedBody);
-  const spiffeId = b.spiffe_id;
-  // Syntax is not checked here: an entry parented to the node names the only IDs it may ask for.
-  if (typeof spiffeId !== 'string' || spiffeId.length > 2048)
-    throw new BatonError('ERR_BAD_REQUEST', 'spiffe_id: required');
+  const spiffeId = requestedSpiffeId(b);
   return { claim, spiffeId, csr: csrField(b), audit: auditContext(req, claim.peer.spiffeId) };
 }
 
