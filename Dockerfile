@@ -4,11 +4,12 @@
 #   docker run --rm -e BATON_DATABASE_URL=postgres://... -e BATON_KEK=... -p 8443:8443 baton
 # See docker-compose.yml for PostgreSQL, a one-shot `ca init` and two replicas.
 
-# ---- build: full dependencies, the native verifier, TypeScript compiled to dist/ ---------------
+# ---- build: full dependencies, the native modules, TypeScript compiled to dist/ ----------------
 FROM node:20-bookworm-slim AS build
-# python3, make and g++ build the native ECDSA verifier (services/ca/native) against the headers
-# of this Node (npm_config_nodedir); BATON_REQUIRE_NATIVE=1 fails the build rather than ship an
-# image that silently verifies CSRs the slower way. The runtime stage needs none of them.
+# python3, make and g++ build the native modules (services/ca/native: the ECDSA verifier and the
+# Unix-socket peer credentials) against the headers of this Node (npm_config_nodedir);
+# BATON_REQUIRE_NATIVE=1 fails the build rather than ship an image that silently verifies CSRs the
+# slower way, or whose agent cannot serve the Workload API. The runtime stage needs none of them.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 make g++ \
     && rm -rf /var/lib/apt/lists/*
@@ -34,6 +35,9 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
     && npm cache clean --force
 COPY --from=build /app/dist ./dist
 COPY --from=build /app/services/ca/native/build/Release/baton_ec_verify.node ./services/ca/native/build/Release/
+COPY --from=build /app/services/ca/native/build/Release/baton_peer_credentials.node ./services/ca/native/build/Release/
+# The Workload API's service definition, read at run time by the agent (proto-loader).
+COPY clients/rotation/src/workload-api/workload.proto ./clients/rotation/src/workload-api/
 COPY bin ./bin
 # The application files stay owned by root (read-only for the service). The data directory, and
 # admin/ in it, belong to the service user: a named volume mounted there starts with that owner.

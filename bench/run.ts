@@ -19,6 +19,7 @@ import { batonPostgres } from './sections/baton';
 import { batonPglite, workersAb } from './sections/baton-variants';
 import { cfsslSection } from './sections/cfssl';
 import { versusSection } from './sections/versus';
+import { WORKLOAD_API_FIGURES, workloadApiSection, workloadApiTargets } from './sections/workload-api';
 
 async function main() {
   const o = parseOptions(process.argv.slice(2));
@@ -80,6 +81,7 @@ async function main() {
     await section(c, 'versus', ['ratio_versus_cfssl_nodb_c16', 'ratio_versus_cfssl_pg_c16'], () =>
       versusSection(c),
     );
+    await section(c, 'workload-api', WORKLOAD_API_FIGURES, () => workloadApiSection(c));
   } finally {
     rmSync(c.work, { recursive: true, force: true });
   }
@@ -115,7 +117,7 @@ async function main() {
     ),
   );
   log('\nTargets (issue 7):');
-  for (const t of targets(c.figures, c.s.stormNodes))
+  for (const t of [...targets(c.figures, c.s.stormNodes), ...workloadApiTargets(c.figures)])
     log(`  ${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.what}: ${t.value}`);
   log(`\nWrote ${paths.join(' and ')} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
 }

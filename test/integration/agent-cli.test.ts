@@ -187,20 +187,25 @@ describeEachBackend('baton agent (CLI)', (backend: Backend) => {
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     for (let i = 0; i < 300 && !/next renewal at/.test(out); i++) await new Promise((r) => setTimeout(r, 50));
     expect(out).toMatch(
-      /^attested node [a-z2-7]{16} \(serial [0-9a-f]+, refresh at \S+\)\ncrl updated \(2 CRLs\)\nnext renewal at \S+Z\n$/,
+      /^workload api: unix:\/\/\S+\/node-daemon\/api\.sock\nattested node [a-z2-7]{16} \(serial [0-9a-f]+, refresh at \S+\)\ncrl updated \(2 CRLs\)\nnext renewal at \S+Z\n$/,
     );
     expect(child.exitCode).toBeNull();
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
     expect(err).toBe('');
     expect(existsSync(join(node, 'node', 'key.pem'))).toBe(true);
+    expect(existsSync(join(node, 'api.sock'))).toBe(false);
   });
 
   it('the daemon stops on a node revocation from the feed: exit 1 with one line; --once then reports it', async () => {
     const node = join(dir.path, 'node-revoked');
-    const child = spawn(process.execPath, [BIN, 'agent', '--server', server.url, '--dir', node], {
-      env: cliEnv({ ...env, BATON_TOKEN: token() }),
-    });
+    const child = spawn(
+      process.execPath,
+      [BIN, 'agent', '--server', server.url, '--dir', node, '--socket', 'none'],
+      {
+        env: cliEnv({ ...env, BATON_TOKEN: token() }),
+      },
+    );
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));

@@ -24,7 +24,15 @@ export type IdentityErrorCode =
   /** A CRL does not parse, or is not signed by a CA of the trust bundle or a known intermediate. */
   | 'ERR_CRL_INVALID'
   /** A revocation source (CRL file, /v1/crl.pem, the feed) could not be read or reached. */
-  | 'ERR_REVOCATION_SOURCE';
+  | 'ERR_REVOCATION_SOURCE'
+  /** No Workload API socket was given (option or SPIFFE_ENDPOINT_SOCKET), or it is not a unix: address. */
+  | 'ERR_WORKLOAD_API_ADDRESS'
+  /** The Workload API could not be reached, or its stream kept failing, or gave no usable SVID in time. */
+  | 'ERR_WORKLOAD_API_UNAVAILABLE'
+  /** The agent answered PermissionDenied: no registration entry matches the calling process. */
+  | 'ERR_WORKLOAD_API_DENIED'
+  /** A Workload API message holds no SVID of the selection, or one whose spiffe_id is not its certificate's. */
+  | 'ERR_WORKLOAD_API_RESPONSE';
 
 export class IdentityError extends Error {
   override readonly name = 'IdentityError';

@@ -1,7 +1,7 @@
 /**
- * The service side of Baton: a workload's or node's own identity read from the agent's files,
- * peer authorization by SPIFFE ID, mutual TLS that follows rotation, and revocation enforced on
- * peers (RevocationGuard). Explicit named exports
+ * The service side of Baton: a workload's or node's own identity read from the agent's files or
+ * taken from its Workload API socket, peer authorization by SPIFFE ID, mutual TLS that follows
+ * rotation, and revocation enforced on peers (RevocationGuard). Explicit named exports
  * (as jose's src/index.ts): everything else in this folder is internal.
  */
 export {
@@ -51,6 +51,13 @@ export {
   requestPeer,
   type ServerAuthorization,
   serverTlsOptions,
+  type IdentitySource,
   type TlsVersions,
   tlsPeer,
 } from './tls';
+export {
+  type WorkloadApiIdentityEvents,
+  WorkloadApiIdentity,
+  type WorkloadApiOptions,
+  workloadApiTarget,
+} from './workload-api-source';

@@ -23,15 +23,27 @@ import {
 } from 'node:tls';
 import { type Authorizer, authorizePeer, type Peer, peerOf } from './authorize';
 import { IdentityError, isIdentityError } from './errors';
-import type { Identity } from './identity';
 import type { IdentitySnapshot } from './load';
 import type { RevocationGuard, StalePolicy } from './revocation';
 
 /**
- * TLS for services that hold an Identity: mutual TLS where both sides verify the other's chain
- * against the bundle and then authorize its SPIFFE ID (SPIFFE X.509-SVID §5), and where a rotation
- * reaches new connections without touching open ones.
+ * TLS for services that hold an identity (an IdentitySource): mutual TLS where both sides verify
+ * the other's chain against the bundle and then authorize its SPIFFE ID (SPIFFE X.509-SVID §5), and
+ * where a rotation reaches new connections without touching open ones.
  */
+
+/**
+ * What the TLS helpers need of an identity: the verified snapshot in use now, read at each new
+ * connection, and 'rotated' after a swap. Identity (the agent's files) and WorkloadApiIdentity (the
+ * Workload API socket) are both one; 'error' reports a refused candidate while the current one stays.
+ */
+export interface IdentitySource {
+  current(): IdentitySnapshot;
+  on(event: 'rotated', listener: (current: IdentitySnapshot, previous: IdentitySnapshot) => void): unknown;
+  on(event: 'error', listener: (error: IdentityError) => void): unknown;
+  off(event: 'rotated', listener: (current: IdentitySnapshot, previous: IdentitySnapshot) => void): unknown;
+  off(event: 'error', listener: (error: IdentityError) => void): unknown;
+}
 
 export interface TlsVersions {
   /**
@@ -167,7 +179,7 @@ export function requestPeer(req: IncomingMessage): Peer {
  * cannot authorize a peer by themselves (Node has no verify callback on servers) nor follow a
  * rotation: pass the server to bindServer, or use createMtlsServer, which does both.
  */
-export function serverTlsOptions(identity: Identity, versions: TlsVersions = {}): TlsOptions {
+export function serverTlsOptions(identity: IdentitySource, versions: TlsVersions = {}): TlsOptions {
   return {
     ...serverContextOptions(identity.current(), versions),
     requestCert: true,
@@ -195,7 +207,11 @@ export interface ServerAuthorization extends TlsVersions, RevocationEnforcement 
  * serverTlsOptions, which resumes none. Returns a function that unbinds; closing the server
  * unbinds too.
  */
-export function bindServer(server: TlsServer, identity: Identity, opts: ServerAuthorization): () => void {
+export function bindServer(
+  server: TlsServer,
+  identity: IdentitySource,
+  opts: ServerAuthorization,
+): () => void {
   const onSecureConnection = (socket: TLSSocket): void => {
     try {
       // A resumed session was not verified on this connection: its certificate may have expired
@@ -244,7 +260,7 @@ export function bindServer(server: TlsServer, identity: Identity, opts: ServerAu
 
 /** An https.Server for `identity` that authorizes every client and follows rotations (see bindServer). */
 export function createMtlsServer(
-  identity: Identity,
+  identity: IdentitySource,
   opts: ServerAuthorization,
   requestListener?: RequestListener,
 ): Server {
@@ -287,7 +303,7 @@ function spiffeServerCheck(
  * either: Node skips checkServerIdentity (this authorizer and the revocation check) on a resumed
  * session. Baton's servers resume none, but other servers may.
  */
-export function clientTlsOptions(identity: Identity, opts: ClientAuthorization): ConnectionOptions {
+export function clientTlsOptions(identity: IdentitySource, opts: ClientAuthorization): ConnectionOptions {
   return {
     ...contextOptions(identity.current(), opts),
     rejectUnauthorized: true,
@@ -312,12 +328,12 @@ export interface MtlsAgentOptions extends ClientAuthorization {
  * session, and authorization must run on every handshake.
  */
 export class MtlsAgent extends Agent {
-  readonly identity: Identity;
+  readonly identity: IdentitySource;
   readonly #versions: TlsVersions;
   readonly #revocation: RevocationGuard | undefined;
   readonly #onStale: StalePolicy | undefined;
 
-  constructor(identity: Identity, opts: MtlsAgentOptions) {
+  constructor(identity: IdentitySource, opts: MtlsAgentOptions) {
     const agentOptions: AgentOptions = {
       keepAlive: true,
       maxCachedSessions: 0,
@@ -362,7 +378,7 @@ export class MtlsAgent extends Agent {
 }
 
 /** A keep-alive agent for `identity` that authorizes servers with `authorize` (see MtlsAgent). */
-export function mtlsAgent(identity: Identity, opts: MtlsAgentOptions): MtlsAgent {
+export function mtlsAgent(identity: IdentitySource, opts: MtlsAgentOptions): MtlsAgent {
   return new MtlsAgent(identity, opts);
 }
 
@@ -387,7 +403,7 @@ export type MtlsRequestOptions = MtlsRequestCommon &
 
 /** One HTTPS request over mutual TLS; resolves with the whole response, whatever its status. */
 export function mtlsRequest(
-  identity: Identity,
+  identity: IdentitySource,
   url: string | URL,
   opts: MtlsRequestOptions,
 ): Promise<MtlsResponse> {

@@ -26,6 +26,8 @@ export interface WorkloadEntry {
   selectors: string[];
   dnsNames: string[];
   ttlSeconds: number;
+  /** The Workload API `hint` (which identity to use when a caller gets several), when set. */
+  hint?: string;
 }
 
 export interface WorkloadSvidParams extends NodeCredential {
@@ -102,6 +104,31 @@ export interface AgentCaApi extends NodeCaApi {
   fetchCrlPem(p: FetchCrlParams): Promise<CrlFetch>;
   revocations(p: RevocationsParams): Promise<RevocationPage>;
   mintJwtSvid(p: JwtSvidParams): Promise<JwtSvid>;
+  /**
+   * `GET /v1/bundle.jwks`, verified against `trustBundlePem`: the JWT-SVID signing keys as a JWK
+   * Set, the `use: "jwt-svid"` keys only (what the Workload API's FetchJWTBundles serves).
+   * Optional so that test doubles without it still drive the rest of the agent.
+   */
+  fetchJwtBundle?(p: { trustBundlePem: string }): Promise<JwtBundle>;
+}
+
+/** The JWT-SVID keys of the trust domain. */
+export interface JwtBundle {
+  /** `{"keys":[…]}`, JSON: only the keys whose `use` is `jwt-svid`, each with its `kid`. */
+  jwks: string;
+}
+
+/**
+ * The `use: "jwt-svid"` keys of a SPIFFE bundle (SPIFFE Trust Domain and Bundle §4.2), as the JWK
+ * Set a JWT validator takes. The x509-svid keys have no `kid`, which JWT bundle parsers refuse.
+ */
+export function parseJwtBundle(body: Buffer): JwtBundle {
+  const keys = json(body).keys;
+  if (!Array.isArray(keys)) throw bad('"keys" in the bundle');
+  const jwt = keys.filter(
+    (k: Record<string, unknown>) => k && k.use === 'jwt-svid' && typeof k.kid === 'string' && k.kid !== '',
+  );
+  return { jwks: JSON.stringify({ keys: jwt }) };
 }
 
 function json(body: Buffer): Record<string, unknown> {
@@ -134,6 +161,7 @@ export function parseEntries(body: Buffer): WorkloadEntry[] {
       selectors: strings(e.selectors, 'entry selector list'),
       dnsNames: strings(e.dns_names, 'entry DNS name list'),
       ttlSeconds: typeof e.ttl_seconds === 'number' ? e.ttl_seconds : 0,
+      ...(typeof e.hint === 'string' && e.hint !== '' ? { hint: e.hint } : {}),
     };
   });
 }

@@ -4,9 +4,11 @@ import {
   type AgentCaApi,
   type CrlFetch,
   type FetchCrlParams,
+  type JwtBundle,
   type JwtSvid,
   type JwtSvidParams,
   type NodeCredential,
+  parseJwtBundle,
   parseJwtSvid,
   parseCrlPem,
   parseEntries,
@@ -187,6 +189,12 @@ export class CaClient implements AgentCaApi {
       json: { spiffe_id: p.spiffeId, audience: p.audience, ...(p.ttl === undefined ? {} : { ttl: p.ttl }) },
     });
     return parseJwtSvid(res.body, p, this.#clock.now());
+  }
+
+  /** GET /v1/bundle.jwks (unauthenticated, the server verified): the JWT-SVID keys. */
+  async fetchJwtBundle(p: { trustBundlePem: string }): Promise<JwtBundle> {
+    const res = await this.#send('GET', '/v1/bundle.jwks', { ca: p.trustBundlePem });
+    return parseJwtBundle(res.body);
   }
 
   /** GET /v1/crl.pem (unauthenticated, the server verified), conditional on `etag`. */

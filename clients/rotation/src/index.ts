@@ -4,6 +4,7 @@
  */
 export type {
   AgentCaApi,
+  JwtBundle,
   CrlFetch,
   FetchCrlParams,
   JwtSvid,
@@ -86,6 +87,19 @@ export {
   WorkloadRotator,
   type WorkloadRotatorOptions,
 } from './workload-rotator';
+export {
+  type PeerCredentialReader,
+  type PeerCredentials,
+  loadPeerCredentialReader,
+} from './workload-api/peer-credentials';
+export { WORKLOAD_PROTO_FILE, workloadApiService } from './workload-api/proto';
+export { WorkloadApiServer, type WorkloadApiServerOptions } from './workload-api/server';
+export {
+  type HeldSvid,
+  type ServedEntry,
+  WorkloadApiState,
+  type WorkloadApiView,
+} from './workload-api/workload-api-state';
 export {
   type FileOwner,
   type NewWorkload,

@@ -25,6 +25,15 @@ import { RevocationFollower } from './revocation-follower';
 import { ensurePrivateDirectory } from './safe-fs';
 import { type WorkloadResult, WorkloadRotator } from './workload-rotator';
 import { WorkloadStore } from './workload-store';
+import {
+  certificatesDer,
+  crlsDer,
+  HeldSvidCache,
+  servedEntries,
+  trustDomainIdOf,
+} from './workload-api/view-parts';
+import type { WorkloadApiState } from './workload-api/workload-api-state';
+import { readOwnTextOrUndefined } from './safe-fs';
 
 /**
  * The whole node agent (CONTRACT `baton agent`): the node identity (NodeRotator), the workload
@@ -49,7 +58,7 @@ export type AgentEvent =
   | { type: 'crl'; result: CrlResult }
   | {
       type: 'error';
-      scope: 'workloads' | 'crl' | 'revocations';
+      scope: 'workloads' | 'crl' | 'revocations' | 'jwt-bundle';
       error: Error & { code?: string };
       retryInMs?: number;
     }
@@ -89,6 +98,12 @@ export interface NodeAgentOptions {
   workloadStore?: WorkloadStore;
   /** How many JWT-SVIDs (SPIFFE ID, audience set, ttl) are kept at most. Default 1000. */
   jwtSvidCacheSize?: number;
+  /**
+   * What the Workload API socket serves (workload-api/server.ts): the agent publishes its entries,
+   * the SVIDs it holds with their keys, the bundle, CRLs and JWT keys there after every pass and
+   * every revocation. With it, workload keys are kept in memory (WorkloadRotatorOptions.keepMaterial).
+   */
+  workloadApi?: WorkloadApiState;
 }
 
 const MIN_SLEEP_MS = 1000;
@@ -134,6 +149,12 @@ export class NodeAgent {
   #entries?: Map<string, string>;
   /** The node certificate the cached JWT-SVIDs were minted with. */
   #nodeSerial?: string;
+  /** Workload API: the entries of the last listing, the DER forms, the serials the feed revoked. */
+  #entryList?: WorkloadEntry[];
+  readonly #heldSvids = new HeldSvidCache();
+  readonly #revokedHeld = new Set<string>();
+  #crlDer?: { pem: string; der: Buffer[] };
+  #jwks?: Buffer;
 
   constructor(options: NodeAgentOptions) {
     this.#o = { ...options, random: options.random ?? Math.random, timers: options.timers ?? unrefTimers };
@@ -156,6 +177,7 @@ export class NodeAgent {
       random: this.#o.random,
       getuid: options.getuid,
       onEvent: (result) => emit({ type: 'workload', result }),
+      keepMaterial: options.workloadApi !== undefined,
     });
     this.#state = new AgentState(options.dir);
     this.#crl = new CrlStore(options.dir, this.#state);
@@ -235,6 +257,7 @@ export class NodeAgent {
       try {
         const r = await this.#workloads.reconcile(credentialOf(identity), { revokedSerials: revoked });
         this.#noteEntries(r.entries);
+        this.#entryList = r.entries;
         result.workloads = r.results;
         result.nextWorkloadAt = r.nextAt;
       } catch (e) {
@@ -243,7 +266,56 @@ export class NodeAgent {
       }
     }
     result.crl = await this.#refreshCrl(identity);
+    await this.#refreshJwtBundle(identity);
+    this.#publish();
     return result;
+  }
+
+  /** Workload API: the JWT-SVID keys, fetched with every pass (a small document, an ETag'd one). */
+  async #refreshJwtBundle(identity: StoredNodeIdentity): Promise<void> {
+    const fetch = this.#o.client.fetchJwtBundle;
+    if (!this.#o.workloadApi || !fetch) return;
+    try {
+      const { jwks } = await fetch.call(this.#o.client, { trustBundlePem: identity.bundlePem });
+      this.#jwks = Buffer.from(jwks);
+    } catch (e) {
+      this.#o.onEvent?.({
+        type: 'error',
+        scope: 'jwt-bundle',
+        error: e instanceof Error ? e : new Error(String(e)),
+        retryInMs: this.#o.syncIntervalMs ?? 30_000,
+      });
+    }
+  }
+
+  /**
+   * Workload API: publishes what the agent holds now. Nothing is read back from the workloads'
+   * files (they may be the workload's to write): the SVIDs come from memory, the bundle and CRLs
+   * from the agent's own files.
+   */
+  #publish(revoked?: string): void {
+    const api = this.#o.workloadApi;
+    if (!api) return;
+    if (revoked !== undefined) {
+      api.publish({ revoked });
+      return;
+    }
+    const identity = this.#loadQuietly();
+    if (!identity) return;
+    const crlPem = readOwnTextOrUndefined(this.#crl.path, { maxBytes: 256 * 1024 * 1024 }) ?? '';
+    if (this.#crlDer?.pem !== crlPem) this.#crlDer = { pem: crlPem, der: crlsDer(crlPem) };
+    for (const serial of this.#revokedHeld)
+      if (![...this.#workloads.material.values()].some((m) => m.serial === serial))
+        this.#revokedHeld.delete(serial);
+    api.publish({
+      ready: this.#entryList !== undefined,
+      trustDomainId: trustDomainIdOf(identity.spiffeId),
+      bundleDer: certificatesDer(identity.bundlePem),
+      crls: this.#crlDer.der,
+      ...(this.#jwks ? { jwks: this.#jwks } : {}),
+      entries: servedEntries(this.#entryList ?? []),
+      svids: this.#heldSvids.svids(this.#workloads.material, this.#revokedHeld),
+    });
   }
 
   /**
@@ -310,8 +382,10 @@ export class NodeAgent {
       await follower;
     }
     if (loop.fatal) {
-      // The node is revoked or its certificate refused: its tokens are not served any longer.
+      // The node is revoked or its certificate refused: its tokens are not served any longer, and
+      // the Workload API refuses everyone until the agent is stopped.
       this.#jwtSvids.invalidate();
+      this.#publish(loop.fatal.message);
       throw loop.fatal;
     }
   }
@@ -368,11 +442,16 @@ export class NodeAgent {
       return;
     }
     const held = new Set(this.#workloadStore.names().map((n) => this.#workloadStore.load(n)?.serial));
+    for (const m of this.#workloads.material.values()) held.add(m.serial);
     const hit = events.flatMap((e) => e.serials).filter((s) => held.has(s));
     if (hit.length > 0) {
-      for (const s of hit) this.#revokedSerials.add(s);
+      for (const s of hit) {
+        this.#revokedSerials.add(s);
+        this.#revokedHeld.add(s);
+      }
       loop.wake();
     }
+    this.#publish();
   }
 
   async #refreshCrl(identity: StoredNodeIdentity): Promise<AgentRunResult['crl']> {

@@ -60,6 +60,22 @@ export interface WorkloadRotatorOptions {
   /** Files are given to the entry's unix:uid only when this returns 0. Default process.getuid. */
   getuid?: () => number | undefined;
   onEvent?: (result: WorkloadResult) => void;
+  /**
+   * Keep each SVID's chain and key in memory (the Workload API serves them): an entry whose files
+   * predate this process is then issued again once, so that the socket and the files hold the same
+   * SVID. The files are never read back: they may belong to the workload (CONTRACT `unix:uid`).
+   */
+  keepMaterial?: boolean;
+}
+
+/** An SVID as issued, held in memory for the Workload API (keepMaterial). */
+export interface HeldMaterial {
+  name: string;
+  spiffeId: string;
+  serial: string;
+  certificateChainPem: string;
+  keyPem: string;
+  notAfter: Date;
 }
 
 /** Refusals about the node's certificate rather than one entry: the pass stops on them. */
@@ -76,6 +92,8 @@ export const isNodeCredentialRefusal = (e: unknown): boolean =>
 
 export class WorkloadRotator {
   readonly #o: Required<Omit<WorkloadRotatorOptions, 'onEvent'>> & Pick<WorkloadRotatorOptions, 'onEvent'>;
+  /** keepMaterial: the SVIDs issued by this process, by entry name. */
+  readonly #material = new Map<string, HeldMaterial>();
   /** Per entry name: the failed attempts in a row and when to try again (ms since the epoch). */
   readonly #retries = new Map<string, { attempt: number; at: number }>();
 
@@ -84,7 +102,13 @@ export class WorkloadRotator {
       ...options,
       random: options.random ?? Math.random,
       getuid: options.getuid ?? (() => process.getuid?.()),
+      keepMaterial: options.keepMaterial ?? false,
     };
+  }
+
+  /** The SVIDs this process issued and still holds, by entry name (keepMaterial). */
+  get material(): ReadonlyMap<string, HeldMaterial> {
+    return this.#material;
   }
 
   /**
@@ -143,9 +167,11 @@ export class WorkloadRotator {
       if (wanted.has(name)) continue;
       this.#o.store.remove(name);
       this.#retries.delete(name);
+      this.#material.delete(name);
       report({ name, action: 'removed' });
     }
     for (const name of this.#retries.keys()) if (!wanted.has(name)) this.#retries.delete(name);
+    for (const name of this.#material.keys()) if (!wanted.has(name)) this.#material.delete(name);
     this.#o.store.collectGarbage();
     return { entries, results, nextAt: this.#nextAt(wanted) };
   }
@@ -191,6 +217,15 @@ export class WorkloadRotator {
     });
     const notBefore = new Date(leaf.validFrom);
     const notAfter = new Date(leaf.validTo);
+    if (this.#o.keepMaterial)
+      this.#material.set(entry.name, {
+        name: entry.name,
+        spiffeId: entry.spiffeId,
+        serial: issued.serial.toLowerCase(),
+        certificateChainPem: issued.certificateChainPem,
+        keyPem,
+        notAfter,
+      });
     return {
       name: entry.name,
       action: current ? 'renewed' : 'issued',
@@ -214,6 +249,8 @@ export class WorkloadRotator {
       return 'the DNS names of the entry changed';
     if (!sameOwner(current.owner, owner)) return 'the owner of the entry changed';
     if (revoked?.has(current.serial)) return 'the certificate was revoked';
+    if (this.#o.keepMaterial && this.#material.get(entry.name)?.serial !== current.serial)
+      return 'the Workload API needs a key this process holds';
     const now = this.#o.clock.now().getTime();
     return now >= this.#refreshAtOf(current).getTime() ? 'due' : undefined;
   }

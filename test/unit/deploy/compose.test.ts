@@ -307,9 +307,13 @@ describe('Dockerfile', () => {
     const copies = final.lines.filter((l) => l.op === 'COPY').map((l) => l.args);
     expect(copies.some((c) => /--from=\S+.*\bdist\/?\s/.test(`${c} `))).toBe(true);
     expect(copies.some((c) => /\bbin\/?\s/.test(`${c} `))).toBe(true);
+    // The agent reads the Workload API's service definition at run time (proto-loader).
+    expect(copies).toContain(
+      'clients/rotation/src/workload-api/workload.proto ./clients/rotation/src/workload-api/',
+    );
   });
 
-  it('builds the native ECDSA verifier in the build stage and ships only the module', () => {
+  it('builds the native modules in the build stage and ships only the modules', () => {
     const build = stages.slice(0, -1).flatMap((s) => s.lines);
     const buildRuns = build
       .filter((l) => l.op === 'RUN')
@@ -327,13 +331,13 @@ describe('Dockerfile', () => {
     const firstCi = build.find((l) => l.op === 'RUN' && /\bnpm ci\b/.test(l.args))!;
     expect(firstCi.args).toMatch(/--ignore-scripts\b/);
     const copies = final.lines.filter((l) => l.op === 'COPY').map((l) => l.args);
-    expect(
-      copies.some((c) =>
-        /^--from=\S+ \/app\/services\/ca\/native\/build\/Release\/baton_ec_verify\.node \.\/services\/ca\/native\/build\/Release\/$/.test(
-          c,
-        ),
-      ),
-    ).toBe(true);
+    // The ECDSA verifier and the peer credentials of the agent's Workload API (services/ca/native).
+    for (const module of ['baton_ec_verify', 'baton_peer_credentials']) {
+      const copy = new RegExp(
+        `^--from=\\S+ /app/services/ca/native/build/Release/${module}\\.node \\./services/ca/native/build/Release/$`,
+      );
+      expect({ module, copied: copies.some((c) => copy.test(c)) }).toEqual({ module, copied: true });
+    }
     expect(runs.join('\n')).not.toMatch(/\b(g\+\+|gcc|python3)\b/);
   });
 

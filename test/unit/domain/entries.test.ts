@@ -47,8 +47,34 @@ describe('entry values (typed input, field-free refusals)', () => {
       'unix:uid:1 ',
     ]) {
       expect(refusal(() => parseSelector(bad))).toBe(
-        'ERR_BAD_REQUEST invalid selector: use unix:uid:N or unix:gid:N',
+        'ERR_BAD_REQUEST invalid selector: use unix:uid:N, unix:gid:N or unix:path:/absolute/path',
       );
+    }
+  });
+
+  it('parseSelector: unix:path takes a canonical absolute path, kept as written', () => {
+    expect(parseSelector('unix:path:/usr/bin/python3.11')).toEqual({
+      type: 'unix',
+      key: 'path',
+      value: '/usr/bin/python3.11',
+    });
+    expect(parseSelector('unix:path:/opt/my app/bin:x')).toEqual({
+      type: 'unix',
+      key: 'path',
+      value: '/opt/my app/bin:x',
+    });
+    for (const bad of [
+      'unix:path:',
+      'unix:path:usr/bin/x',
+      'unix:path:/',
+      'unix:path:/usr//bin',
+      'unix:path:/usr/bin/',
+      'unix:path:/usr/./bin',
+      'unix:path:/usr/../bin',
+      'unix:path:/usr/bin/x\n',
+      `unix:path:/${'a'.repeat(4095)}`,
+    ]) {
+      expect(refusal(() => parseSelector(bad))).toMatch(/^ERR_BAD_REQUEST invalid selector: /);
     }
   });
 

@@ -84,7 +84,7 @@ describe('POST /v1/admin/entries: readCreateEntryParams', () => {
   const NAME = 'ERR_BAD_REQUEST invalid entry name: lowercase letters, digits, ".", "-", "_" (at most 63)';
   const PARENT = 'ERR_BAD_REQUEST parent: the id of the node that may mint this identity is required';
   const SPIFFE_REQUIRED = 'ERR_BAD_REQUEST invalid SPIFFE ID: required';
-  const SELECTOR = 'ERR_BAD_REQUEST invalid selector: use unix:uid:N or unix:gid:N';
+  const SELECTOR = 'ERR_BAD_REQUEST invalid selector: use unix:uid:N, unix:gid:N or unix:path:/absolute/path';
   it.each([
     ['not an object', [], 'ERR_BAD_REQUEST a JSON object body is required'],
     ['no body', undefined, 'ERR_BAD_REQUEST a JSON object body is required'],

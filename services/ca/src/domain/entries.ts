@@ -43,11 +43,39 @@ export function validateEntryName(name: string): EntryName {
   return name as EntryName;
 }
 
-/** `unix:uid:N` / `unix:gid:N` (SPIRE's unix workload attestor selectors). */
+const SELECTOR_USAGE = 'invalid selector: use unix:uid:N, unix:gid:N or unix:path:/absolute/path';
+/** PATH_MAX (limits.h), the terminating NUL included. */
+const MAX_SELECTOR_PATH_BYTES = 4095;
+
+/**
+ * `unix:uid:N`, `unix:gid:N`, `unix:path:/abs/path` (SPIRE's unix workload attestor selectors). A
+ * path is matched against the caller's executable as the kernel resolves it (/proc/<pid>/exe), which
+ * is always absolute and canonical: a relative path, `.` or `..` segments, `//`, a trailing `/`
+ * or a control character could never match, so they are refused here rather than silently never
+ * matching on the node.
+ */
 export function parseSelector(text: string): Selector {
+  const path = /^unix:path:(\/.*)$/s.exec(text);
+  if (path) {
+    const p = path[1]!;
+    const segments = p.slice(1).split('/');
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is refused
+    const controls = /[\u0000-\u001f\u007f]/;
+    if (
+      p === '/' ||
+      segments.some((seg) => seg === '' || seg === '.' || seg === '..') ||
+      controls.test(p) ||
+      Buffer.byteLength(p) > MAX_SELECTOR_PATH_BYTES
+    )
+      throw new BatonError(
+        'ERR_BAD_REQUEST',
+        'invalid selector: unix:path takes the canonical absolute path of an executable',
+      );
+    return { type: 'unix', key: 'path', value: p };
+  }
   const m = /^unix:(uid|gid):(0|[1-9][0-9]{0,9})$/.exec(text);
   if (!m || Number(m[2]) > 2 ** 31 - 1) {
-    throw new BatonError('ERR_BAD_REQUEST', 'invalid selector: use unix:uid:N or unix:gid:N');
+    throw new BatonError('ERR_BAD_REQUEST', SELECTOR_USAGE);
   }
   return { type: 'unix', key: m[1] as 'uid' | 'gid', value: Number(m[2]) };
 }

@@ -250,12 +250,10 @@ export interface NonceRepository {
   purgeExpired(now: Date, limit: number): Promise<number>;
 }
 
-/** A selector the agent matches workloads by (`unix:uid:N`, `unix:gid:N`). */
-export interface Selector {
-  type: 'unix';
-  key: 'uid' | 'gid';
-  value: number;
-}
+/** A selector the agent matches workloads by (`unix:uid:N`, `unix:gid:N`, `unix:path:/abs`). */
+export type Selector =
+  | { type: 'unix'; key: 'uid' | 'gid'; value: number }
+  | { type: 'unix'; key: 'path'; value: string };
 
 export interface EntryRecord {
   name: string;

@@ -1,4 +1,4 @@
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import {
   AgentError,
   type AgentEvent,
@@ -9,10 +9,14 @@ import {
   parseJoinToken,
   type RunOnceResult,
   type Timers,
+  loadPeerCredentialReader,
+  WorkloadApiServer,
+  WorkloadApiState,
   type WorkloadResult,
 } from '../../../../../clients/rotation/src';
 import { loadAdminClientConfig } from '../../config';
 import { systemClock } from '../../domain/clock';
+import { parseDuration } from '../../domain/duration';
 import { BatonError } from '../../ground/errors';
 import { type Command, JSON_OPTION } from '../command';
 
@@ -123,6 +127,18 @@ export const agent: Command = {
       description: 'join token, for the first attestation or after expiry (env BATON_TOKEN)',
     },
     once: { type: 'boolean', description: 'do what is due now (node, workloads, crl.pem) and exit' },
+    'sync-interval': {
+      type: 'string',
+      value: 'D',
+      description:
+        'list the entries and check the CRLs and JWT keys at least this often (default 30s, at least 1s); revocations arrive through the feed at once',
+    },
+    socket: {
+      type: 'string',
+      value: 'PATH',
+      description:
+        'serve the SPIFFE Workload API on this Unix socket (default DIR/api.sock; "none" turns it off; not with --once)',
+    },
     ...JSON_OPTION,
   },
   async run(ctx) {
@@ -138,6 +154,29 @@ export const agent: Command = {
         throw new BatonError('ERR_USAGE', `--token: ${(e as Error).message}`);
       }
     }
+    const syncFlag = ctx.flags['sync-interval'];
+    let syncIntervalMs = 30_000;
+    if (typeof syncFlag === 'string') {
+      try {
+        syncIntervalMs = parseDuration(syncFlag, '--sync-interval');
+      } catch (e) {
+        throw new BatonError('ERR_USAGE', (e as Error).message);
+      }
+      if (syncIntervalMs < 1000) throw new BatonError('ERR_USAGE', '--sync-interval: at least 1s');
+    }
+    const socketFlag = typeof ctx.flags.socket === 'string' ? ctx.flags.socket : undefined;
+    if (socketFlag === '') throw new BatonError('ERR_USAGE', '--socket: a path, or none');
+    const socketPath =
+      ctx.flags.once || socketFlag === 'none'
+        ? undefined
+        : resolve(socketFlag ?? join(resolve(dir), 'api.sock'));
+    // Fail closed: without the kernel's word on who is calling, there is no Workload API at all.
+    const peers = socketPath ? loadPeerCredentialReader() : null;
+    if (socketPath && !peers)
+      throw new AgentError(
+        'ERR_NATIVE_MISSING',
+        'the Workload API needs the native peer-credential module (services/ca/native, built by `npm run build` with python3, make and a C compiler); build it, or run with --socket none',
+      );
     const client = new CaClient({ serverUrl: server });
     const onEvent = (e: AgentEvent) => {
       switch (e.type) {
@@ -169,6 +208,7 @@ export const agent: Command = {
           ctx.stdout.write(nodeLine({ action: e.type, identity: e.identity }));
       }
     };
+    const workloadApi = socketPath ? new WorkloadApiState() : undefined;
     const nodeAgent = new NodeAgent({
       dir: resolve(dir),
       clock: systemClock,
@@ -177,7 +217,10 @@ export const agent: Command = {
       token,
       timers: processTimers,
       onEvent: ctx.flags.once ? undefined : onEvent,
+      syncIntervalMs,
+      workloadApi,
     });
+    let socket: WorkloadApiServer | undefined;
     try {
       if (ctx.flags.once) {
         const r = await nodeAgent.runOnce();
@@ -186,7 +229,28 @@ export const agent: Command = {
         for (const line of failed) ctx.stderr.write(line);
         return failed.length > 0 ? 1 : 0;
       }
-      await nodeAgent.run(ctx.stopSignal);
+      if (socketPath && workloadApi && peers) {
+        socket = await WorkloadApiServer.start({
+          socketPath,
+          state: workloadApi,
+          peers,
+          clock: systemClock,
+          mintJwtSvid: (spiffeId, audience) => nodeAgent.fetchJwtSvid(spiffeId, audience),
+          onError: (e) => ctx.stderr.write(`baton: workload api: ${firstLine(e)}\n`),
+        });
+        ctx.stdout.write(`workload api: ${socket.address}\n`);
+      }
+      try {
+        await nodeAgent.run(ctx.stopSignal);
+      } catch (e) {
+        if (!socket || (e instanceof AgentError && e.code === 'ERR_TOKEN_REQUIRED')) throw e;
+        // CONTRACT: a revoked node's agent keeps answering PermissionDenied until it is stopped,
+        // so that its workloads learn why, rather than finding no socket.
+        ctx.stderr.write(`baton: ${firstLine(e as Error)}\n`);
+        ctx.stderr.write('baton: the Workload API answers PermissionDenied until the agent is stopped\n');
+        await ctx.stopSignal;
+        return 1;
+      }
       return 0;
     } catch (e) {
       // A missing token is a usage error (exit 2); every other refusal is a runtime one (exit 1).
@@ -194,6 +258,7 @@ export const agent: Command = {
         throw new BatonError('ERR_USAGE', e.message, { cause: e });
       throw e;
     } finally {
+      await socket?.stop();
       client.close();
     }
   },

@@ -22,7 +22,12 @@ export const entryCreate: Command = {
     },
     'spiffe-id': { type: 'string', value: 'ID', description: 'spiffe://<trust domain>/<path> (required)' },
     parent: { type: 'string', value: 'NODE_ID', description: 'the node allowed to mint it (required)' },
-    selector: { type: 'string', multiple: true, value: 'SEL', description: 'unix:uid:N or unix:gid:N' },
+    selector: {
+      type: 'string',
+      multiple: true,
+      value: 'SEL',
+      description: 'unix:uid:N, unix:gid:N or unix:path:/abs/path (all must match the caller)',
+    },
     ttl: { type: 'string', value: 'DURATION', description: 'SVID lifetime (default: the CA workload TTL)' },
     dns: { type: 'string', multiple: true, value: 'NAME', description: 'a DNS SAN' },
     'allow-wildcard-dns': { type: 'boolean', description: 'allow a *.domain DNS name' },
