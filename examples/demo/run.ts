@@ -123,10 +123,15 @@ async function main(checks: Checks): Promise<void> {
   const agents = new Map<string, { daemon: Daemon; exit?: number | null; stderr: string[] }>();
   for (const n of NODES) {
     const a: { daemon?: Daemon; exit?: number | null; stderr: string[] } = { stderr: [] };
-    a.daemon = batonDaemon(['agent', '--server', url, '--dir', agentDir(n.name)], env, (line, stream) => {
-      if (stream === 'stderr') a.stderr.push(line);
-      if (!line.startsWith('next renewal')) say(`agent ${n.name}`, line.replace(/^baton: /, ''));
-    });
+    // The services read their files; without the socket a revoked node's agent exits at once.
+    a.daemon = batonDaemon(
+      ['agent', '--server', url, '--dir', agentDir(n.name), '--socket', 'none'],
+      env,
+      (line, stream) => {
+        if (stream === 'stderr') a.stderr.push(line);
+        if (!line.startsWith('next renewal')) say(`agent ${n.name}`, line.replace(/^baton: /, ''));
+      },
+    );
     void a.daemon.exited.then((code) => (a.exit = code));
     agents.set(n.name, a as { daemon: Daemon; exit?: number | null; stderr: string[] });
   }

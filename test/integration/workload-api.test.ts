@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import {
+  copyFileSync,
   chmodSync,
   cpSync,
   existsSync,
@@ -215,7 +216,16 @@ describeWith(
     const python = (uid: number, gid: number, args: string[]): PythonRun => {
       const child = spawn(
         'setpriv',
-        ['--reuid', String(uid), '--regid', String(gid), '--clear-groups', DEBIAN_PYTHON, PY_CLIENT, ...args],
+        [
+          '--reuid',
+          String(uid),
+          '--regid',
+          String(gid),
+          '--clear-groups',
+          DEBIAN_PYTHON,
+          join(stubs, 'workload_api_client.py'),
+          ...args,
+        ],
         {
           cwd: '/',
           env: { PATH: '/usr/bin:/bin', PYTHONPATH: stubs, PYTHONDONTWRITEBYTECODE: '1' },
@@ -285,6 +295,9 @@ describeWith(
       );
       expect(protoc.stderr).toBe('');
       expect(protoc.status).toBe(0);
+      // The client goes beside the stubs: the checkout may sit under a directory the other uids
+      // cannot enter (a clean clone under mktemp -d is 0700).
+      copyFileSync(PY_CLIENT, join(stubs, 'workload_api_client.py'));
       for (const f of readdirSync(stubs)) chmodSync(join(stubs, f), 0o644);
 
       expect(baton(['ca', 'init', '--trust-domain', TD, '--data-dir', dataDir]).status).toBe(0);
