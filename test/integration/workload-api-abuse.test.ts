@@ -99,24 +99,83 @@ async function othersStillServed({ fresh = true } = {}) {
 }
 
 /** Resolves when the server closes a raw connection that wrote `bytes`, or 'open' after `ms`. */
-function closedAfter(bytes: Buffer, ms = 5000): Promise<'closed' | 'open'> {
+/**
+ * Writes `bytes` on a raw connection: 'closed' when the agent closes it, 'goaway' when it answers
+ * with an HTTP/2 GOAWAY (RFC 9113 §6.8: the connection is over; the client closes it, as this one
+ * does then), 'open' when neither comes within `ms`.
+ */
+function closedAfter(bytes: Buffer, ms = 5000): Promise<'closed' | 'goaway' | 'open'> {
   return new Promise((resolve) => {
     const s = connect(socketPath);
-    const timer = setTimeout(() => {
-      s.destroy();
-      resolve('open');
-    }, ms);
-    s.on('error', () => undefined);
-    s.on('data', () => undefined);
-    s.once('close', () => {
+    let received = Buffer.alloc(0);
+    const finish = (how: 'closed' | 'goaway' | 'open') => {
       clearTimeout(timer);
-      resolve('closed');
+      s.destroy();
+      resolve(how);
+    };
+    const timer = setTimeout(() => finish('open'), ms);
+    s.on('error', () => undefined);
+    s.on('data', (d: Buffer) => {
+      received = Buffer.concat([received, d]);
+      if (hasGoaway(received)) finish('goaway');
     });
+    s.once('close', () => finish('closed'));
     s.write(bytes);
   });
 }
 
+/** Whether the server's bytes hold a GOAWAY frame (type 7), walking the frames (RFC 9113 §4.1). */
+function hasGoaway(b: Buffer): boolean {
+  for (let at = 0; at + 9 <= b.length; at += 9 + b.readUIntBE(at, 3)) if (b[at + 3] === 7) return true;
+  return false;
+}
+
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+/** An HTTP/2 frame header (RFC 9113 §4.1) and payload. */
+const frame = (type: number, flags: number, streamId: number, payload: Buffer) => {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(payload.length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(streamId, 5);
+  return Buffer.concat([h, payload]);
+};
+/** An HPACK literal header field without indexing, new name (RFC 7541 §6.2.2), lengths < 127. */
+const literal = (name: string, value: string): Buffer => {
+  const int = (n: number) => (n < 127 ? Buffer.from([n]) : Buffer.from([127, ...sevenBits(n - 127)]));
+  return Buffer.concat([
+    Buffer.from([0]),
+    int(name.length),
+    Buffer.from(name),
+    int(value.length),
+    Buffer.from(value),
+  ]);
+};
+/** RFC 7541 §5.1 integer continuation bytes. */
+function sevenBits(n: number): number[] {
+  const out: number[] = [];
+  while (n >= 128) {
+    out.push((n % 128) + 128);
+    n = Math.floor(n / 128);
+  }
+  out.push(n);
+  return out;
+}
+/** A request's HEADERS frame (END_HEADERS) on stream 1 with `extra` header fields after the pseudo-headers. */
+const request = (extra: Buffer): Buffer =>
+  frame(
+    1,
+    0x4,
+    1,
+    Buffer.concat([
+      Buffer.from([0x83, 0x86]), // :method POST, :scheme http (static table)
+      literal(':path', '/SpiffeWorkloadAPI/FetchX509SVID'),
+      literal(':authority', 'localhost'),
+      literal('content-type', 'application/grpc'),
+      literal('workload.spiffe.io', 'true'),
+      extra,
+    ]),
+  );
 
 describeWith(rootUser, 'Workload API abuse (issue: streams, garbage, disconnects, metadata)', () => {
   beforeAll(async () => {
@@ -172,10 +231,52 @@ describeWith(rootUser, 'Workload API abuse (issue: streams, garbage, disconnects
     ['random bytes', randomBytes(64 * 1024)],
     ['an HTTP/1.1 request', Buffer.from('GET / HTTP/1.1\r\nHost: localhost\r\n\r\n', 'latin1')],
     ['the HTTP/2 preface, then garbage', Buffer.concat([PREFACE, randomBytes(4096)])],
-  ])('garbage: %s closes the connection', async (_, bytes) => {
-    expect(await closedAfter(bytes)).toBe('closed');
+    [
+      'the HTTP/2 preface, then a HEADERS frame of garbage',
+      Buffer.concat([PREFACE, frame(4, 0, 0, Buffer.alloc(0)), frame(1, 0x5, 1, randomBytes(512))]),
+    ],
+    [
+      'the HTTP/2 preface, then a frame on stream 0 that must not be there',
+      Buffer.concat([PREFACE, frame(4, 0, 0, Buffer.alloc(0)), frame(0, 0, 0, randomBytes(64))]),
+    ],
+    [
+      'a request whose metadata holds a 1 MB value',
+      Buffer.concat([
+        PREFACE,
+        frame(4, 0, 0, Buffer.alloc(0)),
+        request(literal('x-big', 'a'.repeat(1 << 20))),
+      ]),
+    ],
+    [
+      'a request with 10,000 metadata entries',
+      Buffer.concat([
+        PREFACE,
+        frame(4, 0, 0, Buffer.alloc(0)),
+        request(Buffer.concat(Array.from({ length: 10_000 }, (_, i) => literal(`x-m${i}`, 'v')))),
+      ]),
+    ],
+  ])('bad input: %s ends the connection, and its slot is released', async (_, bytes) => {
+    // Closed, or GOAWAY and then closed by the client: either way the agent releases it.
+    expect(['closed', 'goaway']).toContain(await closedAfter(bytes));
     await othersStillServed();
     await until('the connection is released', backToBaseline);
+  });
+
+  it('one uid holds at most 128 connections: more are closed at accept, and the rest keep being served', async () => {
+    const sockets = Array.from({ length: 200 }, () => connect(socketPath));
+    let closed = 0;
+    for (const s of sockets) {
+      s.on('error', () => undefined);
+      s.on('close', () => closed++);
+    }
+    try {
+      // The control client's connection is the 128th of root's.
+      await until('the extra connections are closed', (st) => st.connections === 128 && closed === 73);
+      await othersStillServed({ fresh: false });
+    } finally {
+      for (const s of sockets) s.destroy();
+    }
+    await until('the connections are released', backToBaseline);
   });
 
   it('a client killed with 200 streams open: its streams are released', async () => {

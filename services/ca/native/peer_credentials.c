@@ -10,6 +10,7 @@
  *   peerCredentials(fd)       -> { pid, uid, gid, pidfd }   SO_PEERCRED and SO_PEERPIDFD
  *   executablePath(pid, pidfd) -> string | null             /proc/<pid>/exe, checked against the pidfd
  *   closeFd(fd)                                              close(2), EBADF ignored
+ *   peerHungUp(fd)            -> boolean                    the peer has closed its end (poll POLLRDHUP)
  *
  * Only N-API is used, so one build serves every Node version.
  */
@@ -20,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -195,6 +197,27 @@ static napi_value CloseFd(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * peerHungUp(fd): whether the other end has closed (man 2 poll: POLLRDHUP, POLLHUP), without
+ * reading. Node's HTTP/2 session stops reading a connection after a protocol error (it sends its
+ * GOAWAY and waits), so the peer's close would never be seen there and the connection would hold
+ * its slot for ever: the server asks the kernel instead.
+ */
+static napi_value PeerHungUp(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1)
+    return throw_type(env, "peerHungUp(fd)");
+  if (!read_fd(env, argv[0], &fd) || fd < 0) return throw_type(env, "fd must be a non-negative integer");
+  struct pollfd p = {.fd = fd, .events = POLLRDHUP, .revents = 0};
+  int n = poll(&p, 1, 0);
+  if (n < 0) return throw_errno(env, "poll", errno);
+  napi_value result;
+  napi_get_boolean(env, n > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0, &result);
+  return result;
+}
+
 #else
 
 static napi_value NotSupported(napi_env env, napi_callback_info info) {
@@ -205,6 +228,7 @@ static napi_value NotSupported(napi_env env, napi_callback_info info) {
 #define PeerCredentials NotSupported
 #define ExecutablePath NotSupported
 #define CloseFd NotSupported
+#define PeerHungUp NotSupported
 
 #endif
 
@@ -216,5 +240,7 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "executablePath", fn);
   napi_create_function(env, "closeFd", NAPI_AUTO_LENGTH, CloseFd, NULL, &fn);
   napi_set_named_property(env, exports, "closeFd", fn);
+  napi_create_function(env, "peerHungUp", NAPI_AUTO_LENGTH, PeerHungUp, NULL, &fn);
+  napi_set_named_property(env, exports, "peerHungUp", fn);
   return exports;
 }

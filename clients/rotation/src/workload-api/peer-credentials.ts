@@ -32,6 +32,12 @@ export interface PeerCredentialReader {
   executable(peer: PeerCredentials): string | undefined;
   /** Closes the pidfd (call when the connection closes). Idempotent. */
   release(peer: PeerCredentials): void;
+  /**
+   * Whether the process at the other end of `socket` has closed it, asked of the kernel without
+   * reading (a connection whose HTTP/2 session stopped reading would never see it otherwise).
+   * False when the socket has no descriptor any more.
+   */
+  hungUp(socket: Socket): boolean;
 }
 
 /** The module, relative to the repository root (the Dockerfile copies it there beside dist/). */
@@ -48,6 +54,7 @@ interface NativePeerCredentials {
   peerCredentials(fd: number): { pid: number; uid: number; gid: number; pidfd: number };
   executablePath(pid: number, pidfd: number): string | null;
   closeFd(fd: number): void;
+  peerHungUp(fd: number): boolean;
 }
 
 /**
@@ -69,7 +76,8 @@ export function loadPeerCredentialReader(moduleFile?: string): PeerCredentialRea
     if (
       typeof native.peerCredentials !== 'function' ||
       typeof native.executablePath !== 'function' ||
-      typeof native.closeFd !== 'function'
+      typeof native.closeFd !== 'function' ||
+      typeof native.peerHungUp !== 'function'
     ) {
       return null;
     }
@@ -90,12 +98,8 @@ function readerOver(native: NativePeerCredentials): PeerCredentialReader {
 
   return {
     read(socket) {
-      // `_handle.fd` is Node's internal (libuv's descriptor of the Pipe handle), but the only way to
-      // the socket's descriptor: node:net has no public accessor.
-      const fd = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
-      if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0) {
-        throw new Error('the socket has no file descriptor (not connected, or closed)');
-      }
+      const fd = fdOf(socket);
+      if (fd === undefined) throw new Error('the socket has no file descriptor (not connected, or closed)');
       const { pid, uid, gid, pidfd } = native.peerCredentials(fd);
       const peer: PeerCredentials = Object.freeze({ pid, uid, gid, pidfd });
       open.add(peer);
@@ -112,5 +116,18 @@ function readerOver(native: NativePeerCredentials): PeerCredentialReader {
       unreleased.unregister(peer);
       native.closeFd(peer.pidfd);
     },
+    hungUp(socket) {
+      const fd = fdOf(socket);
+      return fd !== undefined && native.peerHungUp(fd);
+    },
   };
+}
+
+/**
+ * `_handle.fd` is Node's internal (libuv's descriptor of the Pipe handle), but the only way to the
+ * socket's descriptor: node:net has no public accessor. Undefined once the handle is closed.
+ */
+function fdOf(socket: Socket): number | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : undefined;
 }

@@ -49,7 +49,9 @@ import type { WorkloadApiState, WorkloadApiView } from './workload-api-state';
  * socket gets a unique own `remoteAddress` that names its entry in `#connections`.
  *
  * Bounds, so that one local user cannot take the agent from everyone else: connections
- * (`maxConnections`, more are closed at accept), concurrent streams per connection (HTTP/2
+ * (`maxConnections`, and `maxConnectionsPerUid`; more are closed at accept; a connection whose peer
+ * has gone is closed within SWEEP_MS even when its HTTP/2 session stopped reading it), concurrent
+ * streams per connection (HTTP/2
  * SETTINGS_MAX_CONCURRENT_STREAMS) and per uid across connections (`maxStreamsPerUid`, more get
  * ResourceExhausted), request size (64 KiB), and a slow reader: a stream whose previous message has
  * not drained is sent only the latest state once it does, never a queue of them.
@@ -65,6 +67,8 @@ export interface WorkloadApiServerOptions {
   /** A JWT-SVID of one of this node's entries (NodeAgent.fetchJwtSvid). */
   mintJwtSvid(spiffeId: string, audience: string[]): Promise<JwtSvid>;
   maxConnections?: number;
+  /** Connections of one uid at once (default 128): one user cannot take every slot. */
+  maxConnectionsPerUid?: number;
   maxStreamsPerUid?: number;
   maxStreamsPerConnection?: number;
   /** Something went wrong that is not a caller's refusal (for the agent's log). */
@@ -75,6 +79,9 @@ interface Connection {
   peer: PeerCredentials;
   socket: Socket;
 }
+
+/** How often connections are checked for a peer that has gone (see #sweep). */
+const SWEEP_MS = 2000;
 
 const MAX_REQUEST_BYTES = 64 * 1024;
 /** sun_path holds 108 bytes on Linux, the terminating NUL included (unix(7)). */
@@ -89,6 +96,8 @@ export class WorkloadApiServer {
   readonly #inject: (socket: Socket) => void;
   readonly #connections = new Map<string, Connection>();
   readonly #streamsByUid = new Map<number, number>();
+  readonly #connectionsByUid = new Map<number, number>();
+  #sweeper?: NodeJS.Timeout;
   /** How to end each open stream, for stop(). */
   readonly #open = new Set<(error?: GrpcError) => void>();
   #nextConnection = 0;
@@ -100,6 +109,7 @@ export class WorkloadApiServer {
     this.socketPath = o.socketPath;
     this.#o = {
       maxConnections: 1024,
+      maxConnectionsPerUid: 128,
       maxStreamsPerUid: 2048,
       maxStreamsPerConnection: 1024,
       ...o,
@@ -193,6 +203,23 @@ export class WorkloadApiServer {
       );
     }
     this.#net.on('error', (e) => this.#o.onError?.(e));
+    this.#sweeper = setInterval(() => this.#sweep(), SWEEP_MS).unref();
+  }
+
+  /**
+   * Closes the connections whose peer has gone. Node's HTTP/2 session answers a malformed or
+   * oversized header block with GOAWAY and then stops reading the connection without closing it
+   * (Node 20), so the client's close is never read and the connection would keep its slot for
+   * ever; the kernel still knows (POLLRDHUP), and is asked every SWEEP_MS.
+   */
+  #sweep(): void {
+    for (const c of this.#connections.values()) {
+      try {
+        if (this.#o.peers.hungUp(c.socket)) c.socket.destroy();
+      } catch {
+        c.socket.destroy();
+      }
+    }
   }
 
   #accept(socket: Socket): void {
@@ -211,11 +238,21 @@ export class WorkloadApiServer {
       );
       return;
     }
+    const mine = this.#connectionsByUid.get(peer.uid) ?? 0;
+    if (mine >= this.#o.maxConnectionsPerUid) {
+      this.#o.peers.release(peer);
+      socket.destroy();
+      return;
+    }
+    this.#connectionsByUid.set(peer.uid, mine + 1);
     const id = `baton-wlapi-${++this.#nextConnection}`;
     Object.defineProperty(socket, 'remoteAddress', { value: id, configurable: true });
     this.#connections.set(id, { peer, socket });
     socket.once('close', () => {
       this.#connections.delete(id);
+      const left = (this.#connectionsByUid.get(peer.uid) ?? 1) - 1;
+      if (left > 0) this.#connectionsByUid.set(peer.uid, left);
+      else this.#connectionsByUid.delete(peer.uid);
       this.#o.peers.release(peer);
     });
     socket.on('error', () => socket.destroy());
@@ -386,6 +423,7 @@ export class WorkloadApiServer {
   async stop(): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
+    clearInterval(this.#sweeper);
     try {
       if (lstatSync(this.socketPath).ino === this.#ino) unlinkSync(this.socketPath);
     } catch {
