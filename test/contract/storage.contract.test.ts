@@ -1247,6 +1247,11 @@ describeEachImplementation('Storage contract', (impl) => {
           ttlMs: 40 * 86_400_000,
           allowWildcardDns: true,
           dnsNames: ['*.api.example.org', 'api.example.org'],
+          selectors: [
+            { type: 'unix', key: 'uid', value: 1000 },
+            { type: 'unix', key: 'path', value: '/usr/bin/api server' },
+          ],
+          hint: 'internal',
           createdAt: new Date('2026-11-26T15:00:00.123Z'),
         }),
       ],
@@ -1445,9 +1450,16 @@ describeEachImplementation('Storage contract', (impl) => {
         expect(await storage.revocations.lastEventId()).toBe(e3.id);
       });
 
+      it('ok/an entry event (no serials) is stored and read back', async () => {
+        const e = await storage.revocations.appendEvent(
+          eventRow({ kind: 'entry', serials: [], nodeId: 'n-1' }),
+        );
+        expect(await storage.revocations.eventsSince(e.id - 1, 10)).toStrictEqual([e]);
+      });
+
       it('fail/an unknown kind is refused untranslated (check)', async () => {
         await expectUntranslated(
-          storage.revocations.appendEvent(eventRow({ kind: 'entry' as RevocationEvent['kind'] })),
+          storage.revocations.appendEvent(eventRow({ kind: 'expired' as RevocationEvent['kind'] })),
           '23514',
         );
         expect(await storage.revocations.lastEventId()).toBe(0);

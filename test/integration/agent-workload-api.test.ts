@@ -69,12 +69,13 @@ describeWith(native, 'the agent Workload API (in process)', () => {
   let stop: () => void;
   let running: Promise<void>;
 
-  const createEntry = async (name: string, selectors: string[]) => {
+  const createEntry = async (name: string, selectors: string[], hint?: string) => {
     const r = await callAs(t, admin, 'POST', '/v1/admin/entries', {
       name,
       spiffe_id: `spiffe://${TD}/${name}`,
       parent: 'n1',
       selectors,
+      ...(hint ? { hint } : {}),
     });
     expect(r.status).toBe(201);
   };
@@ -265,6 +266,20 @@ describeWith(native, 'the agent Workload API (in process)', () => {
     // The new CRL that lists it reached the bundle stream too.
     const crl1 = (await bundles.next(2)).crl;
     expect(Buffer.concat(crl1).equals(Buffer.concat(crl0))).toBe(false);
+
+    // Entries are pushed too: the feed's `entry` events wake the agent, whose sync is 30 s here.
+    const seen = s.messages.length;
+    const ids = (m: X509SvidResponse) => m.svids.map((v) => v.spiffe_id).sort();
+    const createdAt = Date.now();
+    await createEntry('pushed', [`unix:uid:${UID}`]);
+    await until(() => s.messages.slice(seen).some((m) => ids(m).includes(`spiffe://${TD}/pushed`)), 5000);
+    expect(Date.now() - createdAt).toBeLessThan(5000);
+    const withPushed = s.messages.length;
+    expect((await callAs(t, admin, 'DELETE', '/v1/admin/entries/pushed')).status).toBe(204);
+    await until(
+      () => s.messages.length > withPushed && !ids(s.messages.at(-1)!).includes(`spiffe://${TD}/pushed`),
+      5000,
+    );
 
     expect(
       (await callAs(t, admin, 'POST', '/v1/admin/nodes/n1/revoke', { reason: 'key-compromise' })).status,

@@ -293,6 +293,37 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
     expect((await asNode(n, 'GET', '/v1/revocations?since=-1')).status).toBe(400);
   });
 
+  it('entry events: only the parent node, and only when it asks (entries=1), sees its entries created or deleted', async () => {
+    const a = await attestedNode(t);
+    const b = await attestedNode(t);
+    const idOf = (n: { body: IssuanceBody }) => n.body.node_id;
+    const since = await t.ca.storage.revocations.lastEventId();
+    const entry = {
+      name: `pushed-${idOf(a)}`,
+      spiffe_id: `spiffe://${TD}/pushed/${idOf(a)}`,
+      parent: idOf(a),
+    };
+    expect((await adminCall('POST', '/v1/admin/entries', entry)).status).toBe(201);
+    expect((await adminCall('DELETE', `/v1/admin/entries/${entry.name}`)).status).toBe(204);
+    const last = await t.ca.storage.revocations.lastEventId();
+    expect(last).toBe(since + 2);
+    const feed = async (n: { cert: string; key: string }, query: string) =>
+      (await asNode(n, 'GET', `/v1/revocations?since=${since}&wait=0${query}`)).json<{
+        events: { kind: string; node_id: string; serials: string[] }[];
+        last: number;
+      }>();
+    const asked = await feed(a, '&entries=1');
+    expect(asked.events.map((e) => [e.kind, e.node_id, e.serials])).toEqual([
+      ['entry', idOf(a), []],
+      ['entry', idOf(a), []],
+    ]);
+    expect(asked.last).toBe(last);
+    // Not asked, or another node: no entry events, and `last` still moves past them.
+    expect(await feed(a, '')).toEqual({ events: [], last });
+    expect(await feed(b, '&entries=1')).toEqual({ events: [], last });
+    expect((await asNode(a, 'GET', `/v1/revocations?since=${since}&entries=yes`)).status).toBe(400);
+  });
+
   it('a workload SVID may follow the feed while current; once expired or revoked it is refused per request', async () => {
     const n = await attestedNode(t, { nodeName: 'feed-parent' });
     const entry = { name: 'feed-reader', spiffe_id: `spiffe://${TD}/feed-reader`, parent: 'feed-parent' };

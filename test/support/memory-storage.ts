@@ -200,6 +200,7 @@ const copyEntry = (e: EntryRecord): EntryRecord => ({
   dnsNames: viaJson(e.dnsNames),
   allowWildcardDns: e.allowWildcardDns,
   ttlMs: e.ttlMs,
+  ...(e.hint ? { hint: e.hint } : {}),
   createdBy: e.createdBy,
   createdAt: date(e.createdAt),
 });
@@ -680,7 +681,7 @@ function revocationRepository(run: Run, seq: Sequences): RevocationRepository {
     appendEvent: (e) =>
       run(true, [e], (s) => {
         checkConstraint(
-          ['node', 'certificate'].includes(e.kind),
+          ['node', 'certificate', 'entry'].includes(e.kind),
           'revocation_events',
           'revocation_events_kind',
         );

@@ -75,7 +75,8 @@ export interface FetchCrlParams {
 /** One event of `GET /v1/revocations`. */
 export interface RevocationEvent {
   id: number;
-  kind: 'node' | 'certificate';
+  /** `entry`: an entry parented to `nodeId` was created or deleted (asked for with `entries=1`). */
+  kind: 'node' | 'certificate' | 'entry';
   /** The revoked node (kind 'node'), or the node of the revoked certificate when it has one. */
   nodeId: string | null;
   serials: string[];
@@ -170,7 +171,11 @@ export function parseRevocationPage(body: Buffer): RevocationPage {
   const j = json(body);
   if (!Array.isArray(j.events) || !Number.isSafeInteger(j.last)) throw bad('revocation page');
   const events = j.events.map((e: Record<string, unknown>): RevocationEvent => {
-    if (!e || !Number.isSafeInteger(e.id) || (e.kind !== 'node' && e.kind !== 'certificate'))
+    if (
+      !e ||
+      !Number.isSafeInteger(e.id) ||
+      (e.kind !== 'node' && e.kind !== 'certificate' && e.kind !== 'entry')
+    )
       throw bad('revocation event');
     return {
       id: e.id as number,

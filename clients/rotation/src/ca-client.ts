@@ -216,7 +216,8 @@ export class CaClient implements AgentCaApi {
    */
   async revocations(p: RevocationsParams): Promise<RevocationPage> {
     const wait = Math.min(30, Math.max(0, Math.floor(p.waitSeconds)));
-    const res = await this.#send('GET', `/v1/revocations?since=${p.since}&wait=${wait}`, {
+    // entries=1: the server also tells of this node's entries created or deleted.
+    const res = await this.#send('GET', `/v1/revocations?since=${p.since}&wait=${wait}&entries=1`, {
       ...mtls(p),
       timeoutMs: this.#timeoutMs + wait * 1000,
       signal: p.signal,

@@ -427,6 +427,8 @@ export class NodeAgent {
         error: crl.error,
         retryInMs: this.#o.syncIntervalMs ?? 30_000,
       });
+    // An entry of this node created or deleted: list the entries now, not at the next sync.
+    if (events.some((e) => e.kind === 'entry' && e.nodeId === identity.nodeId)) loop.wake();
     const mine = events.find((e) => e.kind === 'node' && e.nodeId === identity.nodeId);
     const ours = events.find((e) => e.serials.includes(identity.serial));
     if (mine || ours) {

@@ -13,6 +13,7 @@ import type {
   EntryRecord,
   NodeRecord,
   Repositories,
+  RevocationEvent,
 } from '../../../services/ca/src/domain/ports';
 import { validateWorkloadSpiffeId } from '../../../services/ca/src/domain/spiffe-id';
 import { errorOf } from '../../support/errors';
@@ -93,12 +94,14 @@ describe('createEntry with checked values', () => {
   function fakeRepos(parent: NodeRecord | null) {
     const entries: EntryRecord[] = [];
     const events: AuditEvent[] = [];
+    const feed: Omit<RevocationEvent, 'id'>[] = [];
     const repos = {
       nodes: { findById: async (id: string) => (parent && parent.id === id ? parent : null) },
       entries: { insert: async (e: EntryRecord) => void entries.push(e) },
       audit: { append: async (e: AuditEvent) => void events.push(e) },
+      revocations: { appendEvent: async (e: Omit<RevocationEvent, 'id'>) => void feed.push(e) },
     } as unknown as Repositories;
-    return { repos, entries, events };
+    return { repos, entries, events, feed };
   }
 
   const params = (over: Partial<Parameters<typeof createEntry>[1]> = {}) => ({
@@ -121,6 +124,10 @@ describe('createEntry with checked values', () => {
     expect(e).toMatchObject({ name: 'web', spiffeId: `spiffe://${TD}/web`, dnsNames: ['web.example.org'] });
     expect(f.entries).toEqual([e]);
     expect(f.events).toHaveLength(1);
+    // The feed tells the parent's agent, in the same transaction (CONTRACT: within 1 s on the socket).
+    expect(f.feed).toEqual([
+      { kind: 'entry', nodeId: 'n1', serials: [], reason: 0, actor: audit.actor, createdAt: clock.now() },
+    ]);
   });
 
   it('refuses a missing or revoked parent, and a lifetime out of range (without a field name)', async () => {

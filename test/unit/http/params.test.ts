@@ -54,6 +54,7 @@ describe('POST /v1/admin/entries: readCreateEntryParams', () => {
         dns_names: ['*.web.example.org', 'web.example.org', 'web.example.org'],
         allow_wildcard_dns: true,
         ttl: '30m',
+        hint: 'internal',
       }),
     ).toEqual({
       name: 'web',
@@ -67,6 +68,7 @@ describe('POST /v1/admin/entries: readCreateEntryParams', () => {
       dnsNames: ['*.web.example.org', 'web.example.org', 'web.example.org'],
       allowWildcardDns: true,
       ttlMs: 30 * 60_000,
+      hint: 'internal',
     });
   });
 
@@ -143,6 +145,17 @@ describe('POST /v1/admin/entries: readCreateEntryParams', () => {
       'ERR_BAD_REQUEST dns_names: a list of at most 32',
     ],
     ['a DNS name not a string', { ...good, dns_names: [null] }, 'ERR_BAD_REQUEST invalid DNS name: required'],
+    ['hint not a string', { ...good, hint: 5 }, 'ERR_BAD_REQUEST hint: a string'],
+    [
+      'hint too long',
+      { ...good, hint: 'h'.repeat(129) },
+      'ERR_BAD_REQUEST hint: at most 128 characters, no control characters',
+    ],
+    [
+      'hint with a newline',
+      { ...good, hint: 'a\nb' },
+      'ERR_BAD_REQUEST hint: at most 128 characters, no control characters',
+    ],
     [
       'a wildcard without allow_wildcard_dns',
       { ...good, dns_names: ['*.web.example.org'] },

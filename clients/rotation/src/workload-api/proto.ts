@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadPackageDefinition, type ServiceDefinition } from '@grpc/grpc-js';
-import { loadSync, type Options } from '@grpc/proto-loader';
+import { loadSync, type Options, type PackageDefinition } from '@grpc/proto-loader';
 
 /**
  * The SPIFFE Workload API service definition, loaded from workload.proto beside this file (written
@@ -28,13 +28,19 @@ export const PROTO_LOADER_OPTIONS: Options = {
 /** The metadata every Workload API call carries (SPIFFE Workload Endpoint §4, "Transport"). */
 export const WORKLOAD_METADATA_KEY = 'workload.spiffe.io';
 
+let definition: PackageDefinition | undefined;
 let cached: ServiceDefinition | undefined;
+
+/** workload.proto as proto-loader reads it (what gRPC server reflection describes). */
+export function workloadApiDefinition(): PackageDefinition {
+  definition ??= loadSync(WORKLOAD_PROTO_FILE, PROTO_LOADER_OPTIONS);
+  return definition;
+}
 
 /** The `SpiffeWorkloadAPI` service (no protobuf package, as in the specification). */
 export function workloadApiService(): ServiceDefinition {
   if (!cached) {
-    const definition = loadSync(WORKLOAD_PROTO_FILE, PROTO_LOADER_OPTIONS);
-    const loaded = loadPackageDefinition(definition) as unknown as {
+    const loaded = loadPackageDefinition(workloadApiDefinition()) as unknown as {
       SpiffeWorkloadAPI: { service: ServiceDefinition };
     };
     cached = loaded.SpiffeWorkloadAPI.service;

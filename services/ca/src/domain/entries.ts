@@ -29,8 +29,27 @@ export interface CreateEntryParams {
   dnsNames: readonly DnsName[];
   allowWildcardDns: boolean;
   ttlMs: number | null;
+  /** validateHint's; absent or empty: none. */
+  hint?: string;
   createdBy: string;
   audit: AuditContext;
+}
+
+export const MAX_HINT_CHARS = 128;
+
+/**
+ * The Workload API `hint` of an entry (SPIFFE Workload API: "an operator-specified string used to
+ * provide guidance on how this identity should be used", e.g. `internal`): at most MAX_HINT_CHARS,
+ * no control characters. Empty means none.
+ */
+export function validateHint(text: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is refused
+  if (text.length > MAX_HINT_CHARS || /[\u0000-\u001f\u007f]/.test(text))
+    throw new BatonError(
+      'ERR_BAD_REQUEST',
+      `hint: at most ${MAX_HINT_CHARS} characters, no control characters`,
+    );
+  return text;
 }
 
 export function validateEntryName(name: string): EntryName {
@@ -101,6 +120,7 @@ export async function createEntry(
     dnsNames: [...new Set(p.dnsNames)],
     allowWildcardDns: p.allowWildcardDns,
     ttlMs: p.ttlMs,
+    ...(p.hint ? { hint: p.hint } : {}),
     createdBy: p.createdBy,
     createdAt: deps.clock.now(),
   };
@@ -132,7 +152,25 @@ export async function createEntry(
       dns_names: entry.dnsNames,
     }),
   );
+  await announceEntryChange(deps.repos, entry.parentNodeId, p.audit, entry.createdAt);
   return entry;
+}
+
+/**
+ * An `entry` event on the feed for the parent node, in the transaction of the change: the node's
+ * agent, following the feed, lists its entries at once rather than at its next sync, and the
+ * Workload API's streams follow (CONTRACT "SPIFFE Workload API": within 1 s of a new or deleted
+ * entry). The event says only which node to look; the entries themselves are read over mTLS.
+ */
+async function announceEntryChange(repos: Repositories, nodeId: string, audit: AuditContext, at: Date) {
+  await repos.revocations.appendEvent({
+    kind: 'entry',
+    nodeId,
+    serials: [],
+    reason: 0,
+    actor: audit.actor,
+    createdAt: at,
+  });
 }
 
 /** Deletes an entry; issued SVIDs stay valid until they expire or are revoked. */
@@ -143,9 +181,11 @@ export async function deleteEntry(
   const entry = await deps.repos.entries.findByName(p.name);
   if (!entry || !(await deps.repos.entries.delete(p.name)))
     throw new BatonError('ERR_NOT_FOUND', 'no such entry');
+  const now = deps.clock.now();
   await deps.repos.audit.append(
-    auditEvent(p.audit, deps.clock.now(), 'entry.deleted', entry.spiffeId, 'success', { name: entry.name }),
+    auditEvent(p.audit, now, 'entry.deleted', entry.spiffeId, 'success', { name: entry.name }),
   );
+  await announceEntryChange(deps.repos, entry.parentNodeId, p.audit, now);
 }
 
 /** The lifetime of a workload SVID for this entry: the entry's TTL or the default, within the server maximum. */

@@ -264,6 +264,8 @@ export interface EntryRecord {
   allowWildcardDns: boolean;
   /** null: the installation's workload TTL. */
   ttlMs: number | null;
+  /** The Workload API `hint` (which SVID to use when a caller gets several); absent: none. */
+  hint?: string;
   createdBy: string;
   createdAt: Date;
 }
@@ -286,7 +288,11 @@ export interface RevokedEntry {
 
 export interface RevocationEvent {
   id: number;
-  kind: 'node' | 'certificate';
+  /**
+   * `entry`: an entry parented to `nodeId` was created or deleted (no serials): the node's agent
+   * lists its entries at once. Only feed callers that ask for them see these (`entries=1`).
+   */
+  kind: 'node' | 'certificate' | 'entry';
   nodeId: string | null;
   serials: string[];
   reason: number;

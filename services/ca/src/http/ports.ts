@@ -62,4 +62,6 @@ export interface RevocationWaiter {
   ): Promise<RevocationEvent[]>;
   /** Long-polls waiting now (health, metrics). */
   readonly waiting: number;
+  /** An event was committed on this replica: its waiters are answered now, not at the next poll. */
+  notify(): void;
 }

@@ -58,6 +58,7 @@ export function renderEntry(e: EntryRecord, defaultTtlMs: number) {
     dns_names: e.dnsNames,
     allow_wildcard_dns: e.allowWildcardDns,
     ttl_seconds: Math.round(Math.min(e.ttlMs ?? defaultTtlMs, 7 * 86_400_000) / 1000),
+    ...(e.hint ? { hint: e.hint } : {}),
     created_at: e.createdAt.toISOString(),
   };
 }

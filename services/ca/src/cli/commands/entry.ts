@@ -31,6 +31,11 @@ export const entryCreate: Command = {
     ttl: { type: 'string', value: 'DURATION', description: 'SVID lifetime (default: the CA workload TTL)' },
     dns: { type: 'string', multiple: true, value: 'NAME', description: 'a DNS SAN' },
     'allow-wildcard-dns': { type: 'boolean', description: 'allow a *.domain DNS name' },
+    hint: {
+      type: 'string',
+      value: 'TEXT',
+      description: 'the Workload API hint, e.g. internal: which SVID to use when a workload gets several',
+    },
     ...ADMIN_OPTIONS,
   },
   async run(ctx) {
@@ -43,6 +48,7 @@ export const entryCreate: Command = {
       dns_names: ctx.flags.dns ?? [],
       allow_wildcard_dns: ctx.flags['allow-wildcard-dns'] === true,
       ttl: ctx.flags.ttl,
+      ...(typeof ctx.flags.hint === 'string' ? { hint: ctx.flags.hint } : {}),
     });
     ctx.stdout.write(
       ctx.flags.json

@@ -6,6 +6,7 @@ import {
   MAX_SELECTORS,
   parseSelector,
   validateEntryName,
+  validateHint,
 } from '../../domain/entries';
 import { validateWorkloadSpiffeId } from '../../domain/spiffe-id';
 import { BatonError } from '../../ground/errors';
@@ -17,7 +18,7 @@ export type EntryBodyParams = Omit<CreateEntryParams, 'createdBy' | 'audit'>;
 
 /**
  * The body of POST /v1/admin/entries, field by field in this order (the first refusal wins):
- * allow_wildcard_dns, ttl, name, parent, spiffe_id, selectors, dns_names. Each field's JSON type is
+ * allow_wildcard_dns, ttl, name, parent, spiffe_id, selectors, dns_names, hint. Each field's JSON type is
  * checked here and its value by the domain's validator; a refusal is 400 ERR_BAD_REQUEST.
  */
 export function readCreateEntryParams(parsedBody: unknown, trustDomain: string): EntryBodyParams {
@@ -41,7 +42,19 @@ export function readCreateEntryParams(parsedBody: unknown, trustDomain: string):
   const dnsNames: DnsName[] = listField(b, 'dns_names', MAX_DNS_NAMES).map((d) =>
     validateDnsName(textOrEmpty(d), { allowWildcard: allowWildcardDns }),
   );
-  return { name, spiffeId, parentNodeId, selectors, dnsNames, allowWildcardDns, ttlMs };
+  if (b.hint !== undefined && b.hint !== null && typeof b.hint !== 'string')
+    throw new BatonError('ERR_BAD_REQUEST', 'hint: a string');
+  const hint = typeof b.hint === 'string' ? validateHint(b.hint) : '';
+  return {
+    name,
+    spiffeId,
+    parentNodeId,
+    selectors,
+    dnsNames,
+    allowWildcardDns,
+    ttlMs,
+    ...(hint ? { hint } : {}),
+  };
 }
 
 /** An optional array field of at most `max` items: absent or null is empty. */

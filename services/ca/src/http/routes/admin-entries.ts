@@ -25,6 +25,8 @@ export function adminEntryRoutes(deps: AppDeps): Router {
         { ...params, createdBy: admin.spiffeId, audit: auditContext(req, admin.spiffeId) },
       ),
     );
+    // The `entry` event committed with it: the parent's agent, long-polling here, hears at once.
+    deps.feed.notify();
     res.status(201).json(renderEntry(entry, ttl));
   });
 
@@ -39,6 +41,7 @@ export function adminEntryRoutes(deps: AppDeps): Router {
           { name: String(req.params.name), audit: auditContext(req, admin.spiffeId) },
         ),
       );
+      deps.feed.notify();
       res.status(204).end();
     },
   );

@@ -136,6 +136,11 @@ export function revocationRoutes(deps: AppDeps): Router {
     const since = req.query.since === undefined ? 0 : Number(req.query.since);
     if (!Number.isSafeInteger(since) || since < 0)
       throw new BatonError('ERR_BAD_REQUEST', 'since: a non-negative integer');
+    // `entries=1`: the `entry` events too (the agent's, to list its entries at once); others never
+    // see them, so a client that knows only revocations is not handed a kind it does not know.
+    const entries = req.query.entries === undefined ? false : req.query.entries === '1';
+    if (req.query.entries !== undefined && req.query.entries !== '0' && req.query.entries !== '1')
+      throw new BatonError('ERR_BAD_REQUEST', 'entries: 0 or 1');
     const wait = req.query.wait === undefined ? 30 : Number(req.query.wait);
     if (!Number.isFinite(wait) || wait < 0 || wait > 30)
       throw new BatonError('ERR_BAD_REQUEST', 'wait: 0 to 30 seconds');
@@ -150,8 +155,11 @@ export function revocationRoutes(deps: AppDeps): Router {
       }
       throw e;
     });
+    // `last` covers the events left out, so the next poll starts after them.
     const last = events.length ? events[events.length - 1]!.id : since;
-    res.json({ events: events.map(renderEvent), last });
+    const mine = (e: RevocationEvent) =>
+      e.kind !== 'entry' || (entries && caller.kind === 'node' && e.nodeId === caller.certificate.nodeId);
+    res.json({ events: events.filter(mine).map(renderEvent), last });
   });
   return r;
 }

@@ -10,6 +10,7 @@ interface EntryRow {
   dns_names: string[] | string;
   allow_wildcard_dns: boolean;
   ttl_ms: string | number | null;
+  hint: string | null;
   created_by: string;
   created_at: Date;
 }
@@ -25,6 +26,7 @@ const toEntry = (r: EntryRow): EntryRecord => ({
   dnsNames: json(r.dns_names),
   allowWildcardDns: r.allow_wildcard_dns,
   ttlMs: r.ttl_ms === null ? null : Number(r.ttl_ms),
+  ...(r.hint ? { hint: r.hint } : {}),
   createdBy: r.created_by,
   createdAt: new Date(r.created_at),
 });
@@ -41,6 +43,7 @@ export function knexEntryRepository(k: Knex | Knex.Transaction): EntryRepository
           dns_names: JSON.stringify(e.dnsNames),
           allow_wildcard_dns: e.allowWildcardDns,
           ttl_ms: e.ttlMs,
+          hint: e.hint ?? null,
           created_by: e.createdBy,
           created_at: e.createdAt,
         });
