@@ -93,7 +93,7 @@ async function main() {
     details: {
       ...c.details,
       sizes: c.s,
-      targets: targets(c.figures, c.s.stormNodes),
+      targets: [...targets(c.figures, c.s.stormNodes), ...workloadApiTargets(c.figures)],
       seconds: (Date.now() - started) / 1000,
     },
   };

@@ -87,7 +87,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     else if (a === '--help' || a === '-h') {
       process.stdout.write(
         'usage: npm run bench [-- --quick] [--workers N (default 1)] [--runs N (default 5)] [--log-level info]\n' +
-          '                     [--skip crypto,crl,loadgen,baton,jwt,workers,pglite,cfssl,versus,storm,revocation] [--results-dir DIR] [--cpu-prof DIR]\n',
+          '                     [--skip crypto,crl,loadgen,baton,jwt,workers,pglite,cfssl,versus,storm,revocation,workload-api] [--results-dir DIR] [--cpu-prof DIR]\n',
       );
       process.exit(0);
     } else throw new Error(`unknown option ${a}`);

@@ -232,6 +232,24 @@ describeWith(built, 'peer credentials of a Unix-socket caller', () => {
     },
   );
 
+  it('ok/hungUp: false while the peer is connected, true once it has closed, even unread', async () => {
+    const client = connect(server.path);
+    const accepted = await server.next();
+    expect(r.hungUp(accepted.socket)).toBe(false);
+    // Nothing on the server side reads: the kernel alone knows the peer has gone (POLLRDHUP).
+    accepted.socket.pause();
+    client.write('unread bytes');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(r.hungUp(accepted.socket)).toBe(false);
+    client.destroy();
+    const deadline = Date.now() + 5000;
+    while (!r.hungUp(accepted.socket) && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(r.hungUp(accepted.socket)).toBe(true);
+    accepted.socket.destroy();
+    expect(r.hungUp(accepted.socket)).toBe(false); // no descriptor any more
+  });
+
   it('fail/a TCP socket is refused (SO_PEERCRED would report pid 0 and uid -1 there)', async () => {
     const tcp = createServer();
     const accepted = new Promise<Socket>((resolve) => tcp.once('connection', resolve));
