@@ -36,8 +36,9 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
 COPY --from=build /app/dist ./dist
 COPY --from=build /app/services/ca/native/build/Release/baton_ec_verify.node ./services/ca/native/build/Release/
 COPY --from=build /app/services/ca/native/build/Release/baton_peer_credentials.node ./services/ca/native/build/Release/
-# The Workload API's service definition, read at run time by the agent (proto-loader).
+# The Workload API's and SDS's service definitions, read at run time by the agent (proto-loader).
 COPY clients/rotation/src/workload-api/workload.proto ./clients/rotation/src/workload-api/
+COPY clients/rotation/src/workload-api/envoy-proto ./clients/rotation/src/workload-api/envoy-proto
 COPY bin ./bin
 # The application files stay owned by root (read-only for the service). The data directory, and
 # admin/ in it, belong to the service user: a named volume mounted there starts with that owner.

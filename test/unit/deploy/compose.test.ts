@@ -311,6 +311,9 @@ describe('Dockerfile', () => {
     expect(copies).toContain(
       'clients/rotation/src/workload-api/workload.proto ./clients/rotation/src/workload-api/',
     );
+    expect(copies).toContain(
+      'clients/rotation/src/workload-api/envoy-proto ./clients/rotation/src/workload-api/envoy-proto',
+    );
   });
 
   it('builds the native modules in the build stage and ships only the modules', () => {

@@ -14,7 +14,8 @@ export type Outcome<T> =
   | { kind: 'wait' }
   /** The agent has not listed its entries yet. */
   | { kind: 'not-ready' }
-  | { kind: 'deny'; details: string };
+  /** Refused: PermissionDenied, or InvalidArgument when `invalid` (the request asked for the wrong thing). */
+  | { kind: 'deny'; details: string; invalid?: boolean };
 
 export const NO_ENTRY =
   'no identity issued: the caller matches no registration entry of this node (see docs/workload-api.md)';
@@ -106,7 +107,7 @@ export function jwtBundlesOutcome(
  */
 const ids = new WeakMap<object, number>();
 let nextId = 0;
-function bufferId(o: object): number {
+export function bufferId(o: object): number {
   let id = ids.get(o);
   if (id === undefined) {
     id = ++nextId;

@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path';
 import {
   type Metadata,
   Server,
+  type ServerDuplexStream,
   ServerCredentials,
   type ServerUnaryCall,
   type ServerWritableStream,
@@ -33,6 +34,15 @@ import {
   x509BundlesOutcome,
   x509SvidOutcome,
 } from './responses';
+import {
+  badResourceNames,
+  type DiscoveryRequest,
+  type DiscoveryResponse,
+  discoveryResponse,
+  SECRET_TYPE_URL,
+  sdsOutcome,
+  sdsService,
+} from './sds';
 import { cachedCaller, type WorkloadCaller } from './selectors';
 import type { WorkloadApiState, WorkloadApiView } from './workload-api-state';
 
@@ -134,6 +144,15 @@ export class WorkloadApiServer {
         call: ServerUnaryCall<ValidateJwtSvidRequest, unknown>,
         done: sendUnaryData<unknown>,
       ) => void this.#validateJwtSvid(call, done),
+    });
+    // Envoy's SDS on the same socket, for the same callers (sds.ts).
+    this.#grpc.addService(sdsService(), {
+      StreamSecrets: (call: ServerDuplexStream<DiscoveryRequest, DiscoveryResponse>) =>
+        this.#streamSecrets(call),
+      FetchSecrets: (
+        call: ServerUnaryCall<DiscoveryRequest, DiscoveryResponse>,
+        done: sendUnaryData<unknown>,
+      ) => this.#fetchSecrets(call, done),
     });
     this.#inject = this.#grpc.createConnectionInjector(ServerCredentials.createInsecure()).injectConnection;
     this.#net = createServer((socket) => this.#accept(socket));
@@ -303,14 +322,31 @@ export class WorkloadApiServer {
       call.emit('error', admitted);
       return;
     }
-    const { caller, uid } = admitted;
+    this.#follow(call, admitted, (caller) => outcome(this.#o.state.view, caller));
+  }
+
+  /**
+   * Keeps `call` sent what `outcome` says, now and after each change, until the caller goes, the
+   * server stops, or the caller is refused. `encode` turns an outcome's message into what is
+   * written (SDS adds a version and nonce). Returns how to re-evaluate at once (SDS, when a request
+   * changes the names asked for), or undefined when the stream was refused.
+   */
+  #follow<T>(
+    call: (ServerWritableStream<unknown, unknown> | ServerDuplexStream<unknown, unknown>) & {
+      cancelled: boolean;
+    },
+    who: { caller: WorkloadCaller; uid: number },
+    outcome: (caller: WorkloadCaller) => Outcome<T>,
+    encode: (message: T) => unknown = (m) => m,
+  ): { update(force?: boolean): void; end(error?: GrpcError): void } | undefined {
+    const { caller, uid } = who;
     const streams = this.#streamsByUid.get(uid) ?? 0;
     if (streams >= this.#o.maxStreamsPerUid) {
       call.emit('error', {
         code: status.RESOURCE_EXHAUSTED,
         details: 'too many Workload API streams for this user',
       });
-      return;
+      return undefined;
     }
     this.#streamsByUid.set(uid, streams + 1);
     let lastKey: string | undefined;
@@ -326,17 +362,29 @@ export class WorkloadApiServer {
       else this.#streamsByUid.delete(uid);
       if (error && !call.cancelled && !call.destroyed) call.emit('error', error);
     };
-    const update = () => {
+    const update = (force = false) => {
+      if (force) lastKey = undefined;
       if (ended || draining) return;
       if (call.cancelled || call.destroyed) {
         end();
         return;
       }
-      const r = outcome(this.#o.state.view, caller);
-      if (r.kind === 'deny') end({ code: status.PERMISSION_DENIED, details: r.details });
+      let r: Outcome<T>;
+      let message: unknown;
+      try {
+        r = outcome(caller);
+        if (r.kind === 'send' && r.key !== lastKey) message = encode(r.message);
+      } catch (e) {
+        // A bug, not the caller's doing: say so once and end this stream, never leave it hanging.
+        this.#o.onError?.(e as Error);
+        end({ code: status.INTERNAL, details: 'the agent could not build this message' });
+        return;
+      }
+      if (r.kind === 'deny')
+        end({ code: r.invalid ? status.INVALID_ARGUMENT : status.PERMISSION_DENIED, details: r.details });
       else if (r.kind === 'send' && r.key !== lastKey) {
         lastKey = r.key;
-        if (!call.write(r.message)) {
+        if (!call.write(message)) {
           draining = true;
           call.once('drain', () => {
             draining = false;
@@ -346,12 +394,86 @@ export class WorkloadApiServer {
       }
       // 'wait' and 'not-ready': a later change brings the first message.
     };
-    const unsubscribe = this.#o.state.subscribe(update);
+    const unsubscribe = this.#o.state.subscribe(() => update());
     this.#open.add(end);
     call.on('cancelled', () => end());
     call.on('close', () => end());
     call.on('error', () => end());
     update();
+    return { update, end };
+  }
+
+  /**
+   * Envoy's SDS StreamSecrets (sds.ts): state of the world. Envoy sends no Workload API metadata;
+   * the caller is the kernel's, as for every call. A request names the secrets; one that only ACKs
+   * or NACKs the last response (its nonce, the same names) needs no answer.
+   */
+  #streamSecrets(call: ServerDuplexStream<DiscoveryRequest, DiscoveryResponse>): void {
+    const who = this.#callerOf(call);
+    if (!who) {
+      call.emit('error', { code: status.UNAVAILABLE, details: 'the connection is closing' });
+      return;
+    }
+    let names: string[] | undefined;
+    let lastNonce = '';
+    let version = 0;
+    const stream = this.#follow(
+      call,
+      who,
+      (caller): Outcome<{ secrets: unknown[] }> =>
+        names === undefined
+          ? { kind: 'wait' }
+          : sdsOutcome(this.#o.state.view, caller, names, this.#o.clock.now()),
+      (m) => {
+        const response = discoveryResponse(
+          m.secrets as Parameters<typeof discoveryResponse>[0],
+          String(++version),
+        );
+        lastNonce = response.nonce;
+        return response;
+      },
+    );
+    if (!stream) return;
+    call.on('data', (request: DiscoveryRequest) => {
+      if (request.type_url && request.type_url !== SECRET_TYPE_URL) {
+        stream.end({ code: status.INVALID_ARGUMENT, details: `type_url must be ${SECRET_TYPE_URL}` });
+        return;
+      }
+      const asked = request.resource_names ?? [];
+      const bad = badResourceNames(asked);
+      if (bad) {
+        stream.end({ code: status.INVALID_ARGUMENT, details: bad });
+        return;
+      }
+      // xDS: a request for a nonce that is not the latest is stale; the latest one is coming.
+      if (request.response_nonce && request.response_nonce !== lastNonce) return;
+      const next = [...new Set(asked)].sort();
+      const changed = names === undefined || JSON.stringify(next) !== JSON.stringify(names);
+      names = next;
+      if (changed) stream.update(true);
+    });
+    call.on('end', () => stream.end());
+  }
+
+  /** SDS FetchSecrets: the secrets once, or Unavailable while the agent is still issuing them. */
+  #fetchSecrets(call: ServerUnaryCall<DiscoveryRequest, DiscoveryResponse>, done: sendUnaryData<unknown>) {
+    const who = this.#callerOf(call);
+    if (!who) return done({ code: status.UNAVAILABLE, details: 'the connection is closing' });
+    const names = call.request.resource_names ?? [];
+    const bad = badResourceNames(names);
+    if (bad) return done({ code: status.INVALID_ARGUMENT, details: bad });
+    const r = sdsOutcome(this.#o.state.view, who.caller, names, this.#o.clock.now());
+    if (r.kind === 'send')
+      return done(null, discoveryResponse(r.message.secrets, String(this.#o.state.view.version)));
+    if (r.kind === 'deny')
+      return done({
+        code: r.invalid ? status.INVALID_ARGUMENT : status.PERMISSION_DENIED,
+        details: r.details,
+      });
+    done({
+      code: status.UNAVAILABLE,
+      details: 'the agent is still issuing these secrets: try again shortly',
+    });
   }
 
   async #fetchJwtSvid(call: ServerUnaryCall<JwtSvidRequestMessage, unknown>, done: sendUnaryData<unknown>) {
