@@ -322,6 +322,17 @@ describeEachBackend('revocation: node revoke, CRLs, feed', (backend) => {
     expect(await feed(a, '')).toEqual({ events: [], last });
     expect(await feed(b, '&entries=1')).toEqual({ events: [], last });
     expect((await asNode(a, 'GET', `/v1/revocations?since=${since}&entries=yes`)).status).toBe(400);
+
+    // Another node's entry event does not end a waiting poll: it waits on, and `last` moves past it.
+    const started = Date.now();
+    const waiting = asNode(b, 'GET', `/v1/revocations?since=${last}&wait=1.5&entries=1`);
+    await new Promise((r) => setTimeout(r, 200));
+    expect((await adminCall('POST', '/v1/admin/entries', { ...entry, name: `${entry.name}-2` })).status).toBe(
+      201,
+    );
+    const answered = (await waiting).json<{ events: unknown[]; last: number }>();
+    expect(answered).toEqual({ events: [], last: last + 1 });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1400);
   });
 
   it('a workload SVID may follow the feed while current; once expired or revoked it is refused per request', async () => {

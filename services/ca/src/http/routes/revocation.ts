@@ -147,19 +147,30 @@ export function revocationRoutes(deps: AppDeps): Router {
     // A client that goes away frees its slot at once, not when its wait would have ended.
     const gone = new AbortController();
     res.once('close', () => gone.abort());
-    const events = await deps.feed.wait(since, wait * 1000, { identity, signal: gone.signal }).catch((e) => {
-      if (isBatonError(e, 'ERR_RATE_LIMITED')) {
-        res.set('Retry-After', String(FEED_RETRY_AFTER_S));
-        // The refused connection is not kept alive: its memory (most of a held poll's) goes with it.
-        res.set('Connection', 'close');
-      }
-      throw e;
-    });
-    // `last` covers the events left out, so the next poll starts after them.
-    const last = events.length ? events[events.length - 1]!.id : since;
     const mine = (e: RevocationEvent) =>
       e.kind !== 'entry' || (entries && caller.kind === 'node' && e.nodeId === caller.certificate.nodeId);
-    res.json({ events: events.filter(mine).map(renderEvent), last });
+    // Events the caller does not see (other nodes' entry events) do not end its wait: it goes on
+    // waiting after them until its own deadline, and `last` covers them, so the next poll starts
+    // after them. Every long-poll is not woken by every entry change in the fleet.
+    const deadline = deps.monotonicMs() + wait * 1000;
+    let cursor = since;
+    for (;;) {
+      const left = Math.max(0, deadline - deps.monotonicMs());
+      const events = await deps.feed.wait(cursor, left, { identity, signal: gone.signal }).catch((e) => {
+        if (isBatonError(e, 'ERR_RATE_LIMITED')) {
+          res.set('Retry-After', String(FEED_RETRY_AFTER_S));
+          // The refused connection is not kept alive: its memory (most of a held poll's) goes with it.
+          res.set('Connection', 'close');
+        }
+        throw e;
+      });
+      const shown = events.filter(mine);
+      if (events.length > 0) cursor = events[events.length - 1]!.id;
+      if (shown.length > 0 || events.length === 0 || left === 0 || gone.signal.aborted) {
+        res.json({ events: shown.map(renderEvent), last: cursor });
+        return;
+      }
+    }
   });
   return r;
 }
