@@ -212,7 +212,8 @@ describeWith(rootUser, 'Workload API abuse (issue: streams, garbage, disconnects
     );
     for (const c of calls) c.on('error', () => undefined);
     try {
-      const ends = await Promise.all(calls.map((c) => outcome(c, 30_000)));
+      // Generous: on a loaded 2-core machine the client side reading 2,047 first messages is the slow part.
+      const ends = await Promise.all(calls.map((c) => outcome(c, 90_000)));
       const tally: Record<string, number> = {};
       for (const e of ends) tally[String(e)] = (tally[String(e)] ?? 0) + 1;
       // 2,048 per uid, the control stream one of them.
@@ -225,7 +226,7 @@ describeWith(rootUser, 'Workload API abuse (issue: streams, garbage, disconnects
     const after = await until('the streams are released', backToBaseline);
     await othersStillServed();
     expect(after.heapUsed).toBeLessThan(baseline.heapUsed + 5 * MB);
-  }, 60_000);
+  }, 150_000);
 
   it.each([
     ['random bytes', randomBytes(64 * 1024)],
