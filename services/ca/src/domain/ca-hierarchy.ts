@@ -36,6 +36,7 @@ export function createRootCa(params: { trustDomain: string; now: Date; kek: Kek 
     notBefore,
     notAfter,
     pathLen: 1,
+    trustDomainId: `spiffe://${params.trustDomain}`,
   });
   return { record: caRecord(id, 'root', null, der, notBefore, notAfter, privateKey, params), privateKey };
 }
@@ -69,6 +70,7 @@ export function createIntermediateCa(params: {
     notAfter,
     pathLen: 0,
     crlUrl: crlUrl(params.publicUrl, root.id),
+    trustDomainId: `spiffe://${params.trustDomain}`,
   });
   return {
     record: caRecord(id, 'intermediate', root.id, der, notBefore, notAfter, privateKey, params),

@@ -7,6 +7,7 @@ import {
   basicConstraints,
   crlDistributionPoints,
   keyUsage,
+  subjectAltName,
   subjectKeyIdentifier,
 } from './extensions';
 import { keyIdentifier, spkiOf } from './keys';
@@ -26,11 +27,18 @@ export interface CaCertificateParams {
   selfKey?: KeyObject;
   /** Where the issuer publishes the CRL that would list this CA (RFC 5280 §4.2.1.13). */
   crlUrl?: string;
+  /**
+   * The trust domain's SPIFFE ID (`spiffe://<td>`, no path), as a URI SAN: SPIFFE X.509-SVID §4.1,
+   * "signing certificates SHOULD themselves be SVIDs", with the trust domain's ID.
+   */
+  trustDomainId?: string;
 }
 
 /**
  * A CA certificate: basicConstraints critical with pathLen, keyUsage keyCertSign+cRLSign critical,
- * SKI, and AKI (also on the root, where RFC 5280 §4.2.1.1 allows it and strict verifiers like it).
+ * SKI, and AKI (also on the root, where RFC 5280 §4.2.1.1 allows it and strict verifiers like it),
+ * and with `trustDomainId` the trust domain's SPIFFE ID as a non-critical URI SAN (the subject is
+ * not empty, RFC 5280 §4.2.1.6).
  */
 export function buildCaCertificate(p: CaCertificateParams): Buffer {
   const spki = spkiOf(p.publicKey);
@@ -44,6 +52,7 @@ export function buildCaCertificate(p: CaCertificateParams): Buffer {
     authorityKeyIdentifier(issuer.keyId),
   ];
   if (p.crlUrl) extensions.push(crlDistributionPoints(p.crlUrl));
+  if (p.trustDomainId) extensions.push(subjectAltName({ uris: [p.trustDomainId] }));
   const template: IssuerTemplate = { issuerName: issuer.name, signer: issuer.signer, issuerExtensions: [] };
   return buildCertificate(template, {
     serial: p.serial,
