@@ -20,7 +20,9 @@ describe('CA hierarchy and leaf profile, checked by openssl', () => {
     expect(text).toMatch(/Signature Algorithm: ecdsa-with-SHA256/);
     expect(text).toContain(`O = ${TEST_TD}`);
     // SPIFFE X.509-SVID §4.1: a signing certificate carries its trust domain's SPIFFE ID.
-    expect(text).toMatch(new RegExp(`X509v3 Subject Alternative Name:\\s+URI:spiffe://${TEST_TD.replace(/\./g, '\\.')}\\n`));
+    expect(text).toMatch(
+      new RegExp(`X509v3 Subject Alternative Name:\\s+URI:spiffe://${TEST_TD.replace(/\./g, '\\.')}\\n`),
+    );
   });
 
   it('makes an intermediate with pathlen 0, AKI of the root, a 1-year life within the root', () => {
@@ -28,7 +30,9 @@ describe('CA hierarchy and leaf profile, checked by openssl', () => {
     expect(text).toMatch(/Basic Constraints: critical\s+CA:TRUE, pathlen:0/);
     expect(text).toMatch(/Authority Key Identifier/);
     expect(text).toMatch(/X509v3 CRL Distribution Points/);
-    expect(text).toMatch(new RegExp(`X509v3 Subject Alternative Name:\\s+URI:spiffe://${TEST_TD.replace(/\./g, '\\.')}\\n`));
+    expect(text).toMatch(
+      new RegExp(`X509v3 Subject Alternative Name:\\s+URI:spiffe://${TEST_TD.replace(/\./g, '\\.')}\\n`),
+    );
     const inter = ca.keyring.signing.record;
     const days = (inter.notAfter.getTime() - inter.notBefore.getTime()) / 86_400_000;
     expect(Math.round(days)).toBe(365);
