@@ -22,7 +22,7 @@ import {
   unrefTimers,
 } from './rotator';
 import { RevocationFollower } from './revocation-follower';
-import { ensurePrivateDirectory } from './safe-fs';
+import { ensurePrivateDirectory, readOwnTextOrUndefined } from './safe-fs';
 import { type WorkloadResult, WorkloadRotator } from './workload-rotator';
 import { WorkloadStore } from './workload-store';
 import {
@@ -33,7 +33,6 @@ import {
   trustDomainIdOf,
 } from './workload-api/view-parts';
 import type { WorkloadApiState } from './workload-api/workload-api-state';
-import { readOwnTextOrUndefined } from './safe-fs';
 
 /**
  * The whole node agent (CONTRACT `baton agent`): the node identity (NodeRotator), the workload
