@@ -5,6 +5,7 @@ import * as createEntries from './20261126170000_create_entries';
 import * as createRevocationAndAudit from './20261126180000_create_revocation_and_audit';
 import * as createJwtKeys from './20261207120000_create_jwt_keys';
 import * as workloadApiEntries from './20261207190000_workload_api_entries';
+import * as publicHttpUrl from './20261207200000_public_http_url';
 
 /**
  * Every migration, in order. An explicit list (rather than a directory scan) works the same from
@@ -22,6 +23,7 @@ export const migrations: ReadonlyArray<{
   { name: '20261126180000_create_revocation_and_audit', ...createRevocationAndAudit },
   { name: '20261207120000_create_jwt_keys', ...createJwtKeys },
   { name: '20261207190000_workload_api_entries', ...workloadApiEntries },
+  { name: '20261207200000_public_http_url', ...publicHttpUrl },
 ];
 
 export const migrationSource: Knex.MigrationSource<(typeof migrations)[number]> = {

@@ -461,6 +461,13 @@ describeEachImplementation('Storage contract', (impl) => {
       expect(keyring.signing.record.id).toBe(ca.keyring.signing.record.id);
     });
 
+    it('ok/the publication URL round-trips, and is absent when not given', async () => {
+      const ca = testCa();
+      const installation = { ...installationOf(ca), publicHttpUrl: 'http://pki.example.org:8080' };
+      await storage.cas.initialize(installation, ca.records);
+      expect(await storage.cas.getInstallation()).toStrictEqual(installation);
+    });
+
     it.each([
       ['fail/second initialize', (s: Storage, i: Installation, r: CaRecord[]) => s.cas.initialize(i, r)],
       [

@@ -122,6 +122,7 @@ const viaJson = <T>(v: T): T => JSON.parse(JSON.stringify(v)) as T;
 const copyInstallation = (i: Installation): Installation => ({
   trustDomain: i.trustDomain,
   publicUrl: i.publicUrl,
+  ...(i.publicHttpUrl ? { publicHttpUrl: i.publicHttpUrl } : {}),
   nodeTtlMs: i.nodeTtlMs,
   workloadTtlMs: i.workloadTtlMs,
   adminTtlMs: i.adminTtlMs,

@@ -133,6 +133,24 @@ describe('loadInitConfig', () => {
       'ERR_CONFIG_INVALID',
     );
   });
+
+  it('ok/--public-http-url takes an http URL (flag or BATON_PUBLIC_HTTP_URL); none by default', () => {
+    expect(init({ 'trust-domain': 'td' }).publicHttpUrl).toBeUndefined();
+    expect(
+      init({ 'trust-domain': 'td', 'public-http-url': 'http://pki.example.org:8080/' }).publicHttpUrl,
+    ).toBe('http://pki.example.org:8080');
+    expect(
+      init({ 'trust-domain': 'td' }, { BATON_PUBLIC_HTTP_URL: 'http://pki.example.org' }).publicHttpUrl,
+    ).toBe('http://pki.example.org');
+  });
+
+  it.each(['https://pki.example.org', 'ldap://pki.example.org', 'http://pki.example.org/?q=1', 'not a url'])(
+    'fail/--public-http-url %s',
+    (url) => {
+      const e = errorOf(() => init({ 'trust-domain': 'td', 'public-http-url': url }));
+      expect(`${e.code} ${e.message}`).toMatch(/^ERR_CONFIG_INVALID --public-http-url: /);
+    },
+  );
 });
 
 describe('loadServerConfig', () => {
@@ -142,6 +160,8 @@ describe('loadServerConfig', () => {
     const c = server({});
     expect(c.listen).toEqual({ host: '127.0.0.1', port: 8443 });
     expect(c.publicUrl).toBeUndefined();
+    expect(c.publicHttpUrl).toBeUndefined();
+    expect(c.httpListen).toBeUndefined();
     expect(c.logLevel).toBe('info');
     expect(c.serverCertTtlMs).toBe(24 * HOUR);
     expect(Object.isFrozen(c)).toBe(true);
@@ -234,6 +254,18 @@ describe('loadServerConfig', () => {
     ['fail/above 30d', '31d'],
   ])('%s BATON_SERVER_CERT_TTL -> ERR_CONFIG_INVALID', (_name, text) => {
     expect(errorOf(() => server({}, { BATON_SERVER_CERT_TTL: text })).code).toBe('ERR_CONFIG_INVALID');
+  });
+
+  it('ok/--public-http-url and --http-listen', () => {
+    const c = server({ 'public-http-url': 'http://pki.example.org:8080', 'http-listen': '0.0.0.0:8080' });
+    expect(c.publicHttpUrl).toBe('http://pki.example.org:8080');
+    expect(c.httpListen).toEqual({ host: '0.0.0.0', port: 8080 });
+    expect(errorOf(() => server({ 'http-listen': 'nowhere' })).message).toMatch(
+      /^--http-listen: expected HOST:PORT/,
+    );
+    expect(errorOf(() => server({ 'public-http-url': 'https://pki.example.org' })).message).toMatch(
+      /^--public-http-url: must be an http:\/\/ URL/,
+    );
   });
 
   it('ok/includes the storage settings', () => {

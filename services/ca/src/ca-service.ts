@@ -8,6 +8,7 @@ import type { Clock } from './domain/clock';
 import { BatonError } from './ground/errors';
 import { createJwtKey, readKeyState } from './domain/jwt-keys';
 import { type Keyring, loadKeyring } from './domain/keyring';
+import { publicationUrlOf } from './domain/urls';
 import type { Installation, Storage } from './domain/ports';
 import { resolveKek } from './kek-source';
 import { migrateLatest, openDatabase } from './storage/knex/database';
@@ -39,7 +40,10 @@ export async function openStorage(cfg: StorageConfig): Promise<{ knex: Knex; sto
 }
 
 /** Opens an initialized CA: database, installation, and CA keys unwrapped with the KEK. */
-export async function openCa(cfg: StorageConfig, opts: { publicUrl?: string } = {}): Promise<OpenCa> {
+export async function openCa(
+  cfg: StorageConfig,
+  opts: { publicUrl?: string; publicHttpUrl?: string } = {},
+): Promise<OpenCa> {
   const { knex, storage } = await openStorage(cfg);
   try {
     const installation = await storage.cas.getInstallation();
@@ -50,7 +54,13 @@ export async function openCa(cfg: StorageConfig, opts: { publicUrl?: string } = 
       );
     const kek = resolveKek(cfg, { create: false });
     const { cas, jwtKeys } = await readKeyState(storage);
-    const keyring = loadKeyring(cas, kek, opts.publicUrl ?? installation.publicUrl, jwtKeys);
+    const keyring = loadKeyring(
+      cas,
+      kek,
+      opts.publicUrl ?? installation.publicUrl,
+      jwtKeys,
+      publicationUrlOf(installation, opts),
+    );
     return { knex, storage, installation, keyring, kek };
   } catch (e) {
     await knex.destroy();
@@ -69,6 +79,7 @@ export async function initCa(cfg: InitConfig, clock: Clock): Promise<OpenCa> {
     const installation: Installation = {
       trustDomain: cfg.trustDomain,
       publicUrl: cfg.publicUrl,
+      ...(cfg.publicHttpUrl ? { publicHttpUrl: cfg.publicHttpUrl } : {}),
       nodeTtlMs: cfg.nodeTtlMs,
       workloadTtlMs: cfg.workloadTtlMs,
       adminTtlMs: cfg.adminTtlMs,
@@ -80,7 +91,8 @@ export async function initCa(cfg: InitConfig, clock: Clock): Promise<OpenCa> {
       now,
       kek,
       root,
-      publicUrl: cfg.publicUrl,
+      // The CRL that would list this intermediate is published at the publication URL.
+      publicUrl: publicationUrlOf(installation),
     });
     // The signing intermediate's JWT-SVID signing key, made with it (domain/jwt-keys.ts).
     const jwtKey = createJwtKey({ kek, caId: intermediate.record.id, now });
@@ -96,7 +108,13 @@ export async function initCa(cfg: InitConfig, clock: Clock): Promise<OpenCa> {
         }),
       );
     });
-    const keyring = loadKeyring([root.record, intermediate.record], kek, cfg.publicUrl, [jwtKey.record]);
+    const keyring = loadKeyring(
+      [root.record, intermediate.record],
+      kek,
+      cfg.publicUrl,
+      [jwtKey.record],
+      publicationUrlOf(installation),
+    );
     return { knex, storage, installation, keyring, kek };
   } catch (e) {
     await knex.destroy();

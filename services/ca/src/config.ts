@@ -35,6 +35,13 @@ export interface ServerConfig extends StorageConfig {
   readonly listen: ListenAddress;
   /** --public-url / BATON_PUBLIC_URL; default: the installation's public URL */
   readonly publicUrl?: string;
+  /** --public-http-url / BATON_PUBLIC_HTTP_URL; default: the installation's (none: no HTTP listener) */
+  readonly publicHttpUrl?: string;
+  /**
+   * --http-listen / BATON_HTTP_LISTEN: where the plain-HTTP publication listener listens when there
+   * is a publication URL; default the --listen host with the URL's port (80 when it has none).
+   */
+  readonly httpListen?: ListenAddress;
   /** BATON_LOG_LEVEL: trace|debug|info|warn|error, default info */
   readonly logLevel: LogLevel;
   /** BATON_SERVER_CERT_TTL, default 24h: lifetime of the server's own TLS certificate */
@@ -120,6 +127,8 @@ export interface X509popConfig extends X509popSettings {
 export interface InitConfig extends StorageConfig {
   readonly trustDomain: string;
   readonly publicUrl: string;
+  /** --public-http-url / BATON_PUBLIC_HTTP_URL: CRL and OCSP URLs point here (http://). */
+  readonly publicHttpUrl?: string;
   readonly nodeTtlMs: number;
   readonly workloadTtlMs: number;
   readonly adminTtlMs: number;
@@ -154,22 +163,22 @@ export function parseTtl(text: string, what: string, max: number): number {
   return ms;
 }
 
-export function parseListen(text: string): ListenAddress {
+export function parseListen(text: string, what = '--listen'): ListenAddress {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text.trim());
   const host = m?.[1] ?? m?.[2];
   const port = Number(m?.[3]);
-  if (!m || !host || !(port >= 0 && port <= 65535)) invalid(`--listen: expected HOST:PORT, got "${text}"`);
+  if (!m || !host || !(port >= 0 && port <= 65535)) invalid(`${what}: expected HOST:PORT, got "${text}"`);
   return { host: host!, port };
 }
 
-export function parseUrl(text: string, what: string): string {
+export function parseUrl(text: string, what: string, scheme: 'https' | 'http' = 'https'): string {
   let u: URL;
   try {
     u = new URL(text);
   } catch {
     return invalid(`${what}: not a URL: "${text}"`);
   }
-  if (u.protocol !== 'https:') invalid(`${what}: must be an https:// URL`);
+  if (u.protocol !== `${scheme}:`) invalid(`${what}: must be an ${scheme}:// URL`);
   if (u.search || u.hash || u.username || u.password)
     invalid(`${what}: must not have a query, fragment or credentials`);
   return u.toString().replace(/\/+$/, '');
@@ -319,6 +328,8 @@ export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
   const level = (env.BATON_LOG_LEVEL || 'info') as LogLevel;
   if (!LOG_LEVELS.includes(level)) invalid(`BATON_LOG_LEVEL: one of ${LOG_LEVELS.join(', ')}`);
   const publicUrl = str(flags, 'public-url', env, 'BATON_PUBLIC_URL');
+  const publicHttpUrl = str(flags, 'public-http-url', env, 'BATON_PUBLIC_HTTP_URL');
+  const httpListen = str(flags, 'http-listen', env, 'BATON_HTTP_LISTEN');
   const limits = loadAbuseLimits(flags, env);
   const http = loadHttpLimits(flags, env);
   checkConnectionBudget(limits, http);
@@ -326,6 +337,10 @@ export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
     ...loadStorageConfig(flags, env),
     listen: parseListen(str(flags, 'listen', env, 'BATON_LISTEN') ?? DEFAULT_LISTEN),
     publicUrl: publicUrl === undefined ? undefined : parseUrl(publicUrl, '--public-url'),
+    ...(publicHttpUrl === undefined
+      ? {}
+      : { publicHttpUrl: parseUrl(publicHttpUrl, '--public-http-url', 'http') }),
+    ...(httpListen === undefined ? {} : { httpListen: parseListen(httpListen, '--http-listen') }),
     logLevel: level,
     serverCertTtlMs: parseTtl(env.BATON_SERVER_CERT_TTL ?? '24h', 'BATON_SERVER_CERT_TTL', 30 * DAY),
     crlNextUpdateMs: parseTtl(
@@ -356,6 +371,15 @@ export function loadInitConfig(flags: Flags, env: Env): InitConfig {
       str(flags, 'public-url', env, 'BATON_PUBLIC_URL') ?? urlForListen(parseListen(DEFAULT_LISTEN)),
       '--public-url',
     ),
+    ...(str(flags, 'public-http-url', env, 'BATON_PUBLIC_HTTP_URL') === undefined
+      ? {}
+      : {
+          publicHttpUrl: parseUrl(
+            str(flags, 'public-http-url', env, 'BATON_PUBLIC_HTTP_URL')!,
+            '--public-http-url',
+            'http',
+          ),
+        }),
     nodeTtlMs: parseTtl(str(flags, 'node-ttl', env, undefined) ?? '24h', '--node-ttl', MAX_TTL.node),
     workloadTtlMs: parseTtl(
       str(flags, 'workload-ttl', env, undefined) ?? '1h',

@@ -33,11 +33,10 @@ export interface Keyring {
   bundlePem: string;
   /** CONTRACT "Join tokens": the pin of the current root. */
   pin: string;
-  /**
-   * The public URL this keyring's CRL and OCSP URLs point under: also the JWT-SVID issuer (`iss`)
-   * and the OIDC discovery document's `issuer`, exactly.
-   */
+  /** The public URL: the JWT-SVID issuer (`iss`) and the OIDC discovery document's `issuer`, exactly. */
   publicUrl: string;
+  /** What the leaves' CRL Distribution Point and OCSP URL point under (urls.ts publicationUrlOf). */
+  publicationUrl: string;
   /** JWT-SVID signing keys (domain/jwt-keys.ts). */
   jwt: JwtKeyring;
 }
@@ -52,6 +51,7 @@ export function loadKeyring(
   kek: Kek,
   publicUrl: string,
   jwtKeys: readonly JwtKeyRecord[],
+  publicationUrl: string = publicUrl,
 ): Keyring {
   if (cas.length === 0)
     throw new BatonError('ERR_NOT_INITIALIZED', 'the CA is not initialized: run `baton ca init` first');
@@ -66,8 +66,8 @@ export function loadKeyring(
       signer,
       issuerExtensions: [
         authorityKeyIdentifier(keyId),
-        crlDistributionPoints(crlUrl(publicUrl, record.id)),
-        authorityInfoAccess(ocspUrl(publicUrl)),
+        crlDistributionPoints(crlUrl(publicationUrl, record.id)),
+        authorityInfoAccess(ocspUrl(publicationUrl)),
       ],
     };
     return {
@@ -93,6 +93,7 @@ export function loadKeyring(
     bundlePem: roots.map((r) => r.certPem).join(''),
     pin: rootPin(roots[0]!.spki),
     publicUrl,
+    publicationUrl,
     jwt: loadJwtKeyring(jwtKeys, kek, signing.record),
   };
 }

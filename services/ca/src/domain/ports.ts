@@ -14,8 +14,13 @@ export interface WrappedKey {
 
 export interface Installation {
   trustDomain: string;
-  /** The CA's public URL: CRL distribution points and OCSP URLs point here. */
+  /** The CA's public (https) URL: the API, the JWT-SVID issuer; CRL and OCSP URLs unless publicHttpUrl. */
   publicUrl: string;
+  /**
+   * The plain-HTTP publication URL (`ca init --public-http-url`): CRL distribution points and OCSP
+   * URLs point here when set (domain/urls.ts publicationUrlOf).
+   */
+  publicHttpUrl?: string;
   nodeTtlMs: number;
   workloadTtlMs: number;
   adminTtlMs: number;

@@ -47,6 +47,35 @@ const refuseDeclaredOversize: RequestHandler = (req, res, next) => {
  * Builds the HTTP application; it never listens (tests and main.ts decide that). Workload SVID and
  * renewal requests in the plain case take the fast path (fast-path.ts); everything else, Express.
  */
+/**
+ * The plain-HTTP publication listener (`--public-http-url`, issue 18): the trust bundle, the CRLs and
+ * OCSP, which are public, signed objects that a relying party must be able to fetch without TLS
+ * (RFC 5280 §4.2.1.13: CRL Distribution Points are http or ldap; RFC 6960 Appendix A: OCSP over
+ * HTTP). Nothing else: no caller can authenticate here, so every other path is 404.
+ */
+export function buildPublicationApp(deps: AppDeps): RequestListener {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.use(requestContext(deps.log, deps.metrics));
+  app.use(secureHeaders);
+  app.use(headerLimit);
+  app.use(refuseDeclaredOversize);
+  const limit = abuseControls(deps.limits, deps.metrics, deps.monotonicMs);
+  app.use(limit.concurrency);
+  app.post('/v1/ocsp', limit.ocsp);
+  app.get('/v1/ocsp/*path', limit.ocsp);
+  app.get(['/v1/crl', '/v1/crl.pem'], limit.crl);
+  app.get(['/v1/bundle', '/v1/bundle.jwks'], limit.bundle);
+  app.use(ocspRoutes(deps));
+  app.use(crlRoutes(deps));
+  const bundle = bundleRoutes(deps);
+  app.get(['/v1/bundle', '/v1/bundle.jwks'], bundle);
+  app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));
+  app.use(errorHandler(deps.log, deps.metrics));
+  return app;
+}
+
 export function buildApp(deps: AppDeps): RequestListener & { express: Express } {
   const app = express();
   app.disable('x-powered-by');

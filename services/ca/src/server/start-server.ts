@@ -1,6 +1,7 @@
 import { constants } from 'node:crypto';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer, type Server } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, isIP } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { SecureContextOptions } from 'node:tls';
 import type { Logger } from 'pino';
@@ -11,7 +12,8 @@ import { defaultAttestors } from '../domain/attestation/registry';
 import { x509popAttestor } from '../domain/attestation/x509pop-attestor';
 import type { Clock } from '../domain/clock';
 import { MAX_HEADER_BYTES } from '../http/abuse-controls';
-import { buildApp } from '../http/app';
+import { buildApp, buildPublicationApp } from '../http/app';
+import type { AppDeps } from '../http/ports';
 import { createMetrics, type Metrics, timedIssuance } from '../http/metrics';
 import { MintTally } from '../domain/jwt-mint-tally';
 import { F } from '../log-fields';
@@ -20,6 +22,7 @@ import { caSetVersion } from '../domain/ca-rotation';
 import { BatonError } from '../ground/errors';
 import { ensureJwtKey } from '../domain/jwt-keys';
 import { type Keyring, loadKeyring } from '../domain/keyring';
+import { publicationUrlOf } from '../domain/urls';
 import { type BackgroundJobs, startBackgroundJobs } from './background-jobs';
 import { capConnections } from './connection-cap';
 import { CrlService } from './crl-service';
@@ -47,6 +50,8 @@ function withoutSigning(keyring: Keyring, cause: unknown): Keyring {
 export interface RunningServer {
   /** https://HOST:PORT actually bound (port 0 resolved). */
   url: string;
+  /** http://HOST:PORT of the publication listener, when there is one (--public-http-url). */
+  publicationListenUrl?: string;
   server: Server;
   metrics: Metrics;
   crls: CrlService;
@@ -77,6 +82,7 @@ export async function startServer(p: {
 }): Promise<RunningServer> {
   const { config, ca, clock, log } = p;
   const publicUrl = config.publicUrl ?? ca.installation.publicUrl;
+  const publicationUrl = publicationUrlOf(ca.installation, config);
   const versionOf = (k: Keyring) =>
     caSetVersion(
       k.all.map((c) => c.record),
@@ -87,7 +93,7 @@ export async function startServer(p: {
   // end with one).
   const keys = await ensureJwtKey({ storage: ca.storage, kek: ca.kek, clock });
   if (caSetVersion(keys.cas, keys.jwtKeys) !== versionOf(ca.keyring))
-    ca.keyring = loadKeyring(keys.cas, ca.kek, publicUrl, keys.jwtKeys);
+    ca.keyring = loadKeyring(keys.cas, ca.kek, publicUrl, keys.jwtKeys, publicationUrl);
   const metrics = createMetrics();
   const crlDeps = () => ({
     clock,
@@ -102,7 +108,7 @@ export async function startServer(p: {
   // JWT-SVID mints are audited per node, SPIFFE ID and minute: the background jobs write the
   // minutes that ended, close() the rest.
   const mints = new MintTally(ca.storage.audit, clock);
-  const app = buildApp({
+  const appDeps: AppDeps = {
     clock,
     storage: ca.storage,
     installation: ca.installation,
@@ -123,7 +129,8 @@ export async function startServer(p: {
     limits: config.limits,
     monotonicMs: p.monotonicMs ?? (() => performance.now()),
     jwtMints: mints,
-  });
+  };
+  const app = buildApp(appDeps);
   const issue = () =>
     timedIssuance(metrics, 'server', 'server', () =>
       issueServerCredential({
@@ -217,6 +224,34 @@ export async function startServer(p: {
       resolve();
     });
   });
+  // The plain-HTTP publication listener (issue 18): only the bundle, the CRLs and OCSP, so that the
+  // CRL Distribution Points and OCSP URLs in certificates are http (RFC 5280 §4.2.1.13).
+  const publicHttp = config.publicHttpUrl ?? ca.installation.publicHttpUrl;
+  let publication: HttpServer | undefined;
+  let publicationListenUrl: string | undefined;
+  if (publicHttp) {
+    const at = config.httpListen ?? {
+      host: config.listen.host,
+      port: Number(new URL(publicHttp).port || 80),
+    };
+    publication = createHttpServer(buildPublicationApp(appDeps));
+    publication.headersTimeout = 10_000;
+    publication.requestTimeout = 30_000;
+    await new Promise<void>((resolve, reject) => {
+      publication!.once('error', reject);
+      publication!.listen(at.port, at.host, () => {
+        publication!.off('error', reject);
+        resolve();
+      });
+    }).catch((e: unknown) => {
+      // The HTTPS listener is up already: a server that cannot publish does not start at all.
+      server.close();
+      throw e;
+    });
+    const port = (publication.address() as AddressInfo).port;
+    publicationListenUrl = `http://${isIP(at.host) === 6 ? `[${at.host}]` : at.host}:${port}`;
+    log.info({ [F.url]: publicationListenUrl }, 'Publication listener (HTTP) listening');
+  }
   schedule(halfLife(credential));
   let caVersion = versionOf(ca.keyring);
   let lastLoaded = ca.keyring;
@@ -228,7 +263,7 @@ export async function startServer(p: {
     const version = caSetVersion(cas, jwtKeys);
     if (version === caVersion) return;
     try {
-      ca.keyring = loadKeyring(cas, ca.kek, publicUrl, jwtKeys);
+      ca.keyring = loadKeyring(cas, ca.kek, publicUrl, jwtKeys, publicationUrl);
     } catch (err) {
       // No fallback: a replica that cannot unwrap the new CA set (a rotation made under another
       // KEK) must not go on signing with the intermediate it had. It stops issuing (503 with
@@ -268,6 +303,7 @@ export async function startServer(p: {
 
   return {
     url,
+    ...(publicationListenUrl ? { publicationListenUrl } : {}),
     server,
     metrics,
     crls,
@@ -282,6 +318,11 @@ export async function startServer(p: {
       if (timer) clearTimeout(timer);
       jobs.stop();
       feed.close();
+      if (publication) {
+        const closing = new Promise<void>((resolve) => publication!.close(() => resolve()));
+        publication.closeAllConnections();
+        await closing;
+      }
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         // Idle keep-alive sockets would hold close() open; in-flight requests finish first.

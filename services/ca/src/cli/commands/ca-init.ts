@@ -20,6 +20,12 @@ export const caInit: Command = {
       value: 'URL',
       description: 'public https URL of the CA (CRL and OCSP URLs; default https://127.0.0.1:8443)',
     },
+    'public-http-url': {
+      type: 'string',
+      value: 'URL',
+      description:
+        'plain-HTTP publication URL: CRL Distribution Points and OCSP URLs point here (RFC 5280 4.2.1.13), served by `baton server` (env BATON_PUBLIC_HTTP_URL)',
+    },
     'node-ttl': {
       type: 'string',
       value: '24h',

@@ -3,6 +3,7 @@ import { openCa } from '../../ca-service';
 import { loadStorageConfig } from '../../config';
 import { rotateSigningCa } from '../../domain/ca-rotation';
 import { systemClock } from '../../domain/clock';
+import { publicationUrlOf } from '../../domain/urls';
 import { type Command, JSON_OPTION, STORAGE_OPTIONS } from '../command';
 
 export const caRotate: Command = {
@@ -22,7 +23,8 @@ export const caRotate: Command = {
           kek: ca.kek,
           keyring: ca.keyring,
           installation: ca.installation,
-          publicUrl: ca.installation.publicUrl,
+          // Only the new intermediate's CRL Distribution Point is made from it.
+          publicUrl: publicationUrlOf(ca.installation),
         },
         localActor(),
       );

@@ -24,6 +24,18 @@ export const server: Command = {
       value: 'URL',
       description: 'public https URL (env BATON_PUBLIC_URL; default: the one given at ca init)',
     },
+    'public-http-url': {
+      type: 'string',
+      value: 'URL',
+      description:
+        'plain-HTTP publication URL: CRL and OCSP URLs of certificates made from now on point here, and a listener serves only the bundle, CRLs and OCSP there (env BATON_PUBLIC_HTTP_URL; default: the one given at ca init)',
+    },
+    'http-listen': {
+      type: 'string',
+      value: 'HOST:PORT',
+      description:
+        "address of the publication listener (env BATON_HTTP_LISTEN; default the --listen host with the URL's port)",
+    },
     'x509pop-ca': {
       type: 'string',
       value: 'FILE',
@@ -179,6 +191,7 @@ export const server: Command = {
     const running = await startServer({ config: cfg, ca, clock: systemClock, log });
     if (!isClusterWorker()) {
       ctx.stdout.write(`listening on ${running.url}\n`);
+      if (running.publicationListenUrl) ctx.stdout.write(`publishing on ${running.publicationListenUrl}\n`);
       for (const line of banner) ctx.stdout.write(`${line}\n`);
     }
     const signal = await ctx.stopSignal;

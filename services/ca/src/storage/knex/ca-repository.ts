@@ -6,6 +6,7 @@ import { db, toBuffer } from './db-errors';
 interface InstallationRow {
   trust_domain: string;
   public_url: string;
+  public_http_url: string | null;
   node_ttl_ms: string | number;
   workload_ttl_ms: string | number;
   admin_ttl_ms: string | number;
@@ -29,6 +30,7 @@ interface CaRow {
 const toInstallation = (r: InstallationRow): Installation => ({
   trustDomain: r.trust_domain,
   publicUrl: r.public_url,
+  ...(r.public_http_url ? { publicHttpUrl: r.public_http_url } : {}),
   nodeTtlMs: Number(r.node_ttl_ms),
   workloadTtlMs: Number(r.workload_ttl_ms),
   adminTtlMs: Number(r.admin_ttl_ms),
@@ -78,6 +80,7 @@ export function knexCaRepository(k: Knex | Knex.Transaction): CaRepository {
               id: 1,
               trust_domain: inst.trustDomain,
               public_url: inst.publicUrl,
+              public_http_url: inst.publicHttpUrl ?? null,
               node_ttl_ms: inst.nodeTtlMs,
               workload_ttl_ms: inst.workloadTtlMs,
               admin_ttl_ms: inst.adminTtlMs,
