@@ -97,6 +97,77 @@ describeWithTool('openssl', 'the plain-HTTP publication listener (--public-http-
     }
   });
 
+  it('the profile details zlint checks (RFC 5280, RFC 5480), read with openssl on leaf, signing CA and root', async () => {
+    const token = baton(['token', 'create', '--role', 'worker', ...admin]).stdout.trim();
+    const nodeDir = join(dir.path, 'lint-node');
+    expect(
+      baton(['agent', '--server', server.url, '--token', token, '--dir', nodeDir, '--once']).status,
+    ).toBe(0);
+    const chain = run('cat', [join(nodeDir, 'node', 'cert.pem')]).out;
+    const [leafPem, interPem] = chain.match(
+      /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n/g,
+    )!;
+    const rootPem = (await httpGet(`${http}/v1/bundle`)).body.toString();
+    const f = writeFiles(dir.path, {
+      'lint-leaf.pem': leafPem!,
+      'lint-inter.pem': interPem!,
+      'lint-root.pem': rootPem,
+    });
+    const text = (file: string) => run('openssl', ['x509', '-noout', '-text', '-in', file]).out;
+    const asn1 = (file: string) => run('openssl', ['asn1parse', '-in', file]).out;
+    const td = `spiffe://${TD}`;
+    for (const [name, file] of [
+      ['leaf', f['lint-leaf.pem']!],
+      ['signing CA', f['lint-inter.pem']!],
+      ['root', f['lint-root.pem']!],
+    ] as const) {
+      const t = text(file);
+      const context = { certificate: name };
+      // e_serial_number_longer_than_20_octets, e_serial_number_not_positive.
+      const serial = /Serial Number:\s*\n?\s*([0-9a-f:]+)/i.exec(t)![1]!.split(':').filter(Boolean);
+      expect({
+        ...context,
+        octets: serial.length <= 20,
+        positive: Number.parseInt(serial[0]!, 16) < 0x80,
+      }).toEqual({
+        ...context,
+        octets: true,
+        positive: true,
+      });
+      // RFC 5480 §2.1.1 / §4: a P-256 key, signed ecdsa-with-SHA256.
+      expect(t).toMatch(/Signature Algorithm: ecdsa-with-SHA256/);
+      expect(t).toMatch(/ASN1 OID: prime256v1/);
+      // e_utc_time / e_wrong_time_format_pre2050: validity dates before 2050 are UTCTime.
+      expect(asn1(file).match(/UTCTIME/g)).toHaveLength(2);
+      // e_ext_san_critical_with_subject_dn: the subject is not empty, so the SAN is not critical.
+      expect(t).toMatch(/X509v3 Subject Alternative Name: \n/);
+      expect(t).toMatch(/X509v3 Key Usage: critical/);
+      expect(t).toMatch(/X509v3 Basic Constraints: critical/);
+      expect(t).toMatch(/X509v3 Subject Key Identifier:/);
+      expect(t).toMatch(/X509v3 Authority Key Identifier:\s*\n\s*(keyid:)?[0-9A-F]{2}:/);
+      // w_distribution_point_missing_ldap_or_uri and RFC 5280 §4.2.1.13: http, never https.
+      expect(t).not.toMatch(/URI:https:\/\/[^\n]*\/v1\/(crl|ocsp)/);
+    }
+    const leaf = text(f['lint-leaf.pem']!);
+    // RFC 5480 §3: an EC key: digitalSignature, never keyEncipherment (e_ec_key_usage…).
+    expect(leaf).toMatch(/X509v3 Key Usage: critical\s*\n\s*Digital Signature\s*\n/);
+    expect(leaf).toMatch(/CA:FALSE/);
+    expect(leaf).toMatch(/TLS Web Server Authentication, TLS Web Client Authentication/);
+    expect(leaf).toMatch(new RegExp(`URI:${td}/node/[a-z2-7]+`));
+    expect(leaf).toMatch(new RegExp(`CRL Distribution Points:[\\s\\S]*?URI:${http}/v1/crl`));
+    expect(leaf).toContain(`OCSP - URI:${http}/v1/ocsp`);
+    const inter = text(f['lint-inter.pem']!);
+    expect(inter).toMatch(/CA:TRUE, pathlen:0/);
+    expect(inter).toMatch(/Certificate Sign, CRL Sign/);
+    expect(inter).toMatch(new RegExp(`CRL Distribution Points:[\\s\\S]*?URI:${http}/v1/crl`));
+    expect(inter).toMatch(new RegExp(`X509v3 Subject Alternative Name: \\n\\s*URI:${td}\\n`));
+    const root = text(f['lint-root.pem']!);
+    expect(root).toMatch(/CA:TRUE, pathlen:1/);
+    expect(root).toMatch(/Certificate Sign, CRL Sign/);
+    expect(root).not.toMatch(/CRL Distribution Points/);
+    expect(root).toMatch(new RegExp(`X509v3 Subject Alternative Name: \\n\\s*URI:${td}\\n`));
+  });
+
   it('certificates point at it, and openssl fetches the CRLs and asks OCSP there by itself', async () => {
     const token = baton(['token', 'create', '--role', 'worker', ...admin]).stdout.trim();
     const nodeDir = join(dir.path, 'node');
