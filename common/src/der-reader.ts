@@ -65,6 +65,17 @@ export function children(el: Tlv, what = 'DER', depth = 0): Tlv[] {
   return out;
 }
 
+/** The elements of a concatenation of DER elements (certificates end to end, as the Workload API sends them). */
+export function readConcatenated(buf: Buffer, what = 'DER'): Tlv[] {
+  const out: Tlv[] = [];
+  for (let off = 0; off < buf.length; ) {
+    const el = readTlv(buf, off, what);
+    out.push(el);
+    off += el.raw.length;
+  }
+  return out;
+}
+
 /** Reads exactly one element spanning the whole buffer. */
 export function readWhole(buf: Buffer, what = 'DER'): Tlv {
   const el = readTlv(buf, 0, what);

@@ -1,19 +1,19 @@
 import { EventEmitter } from 'node:events';
 import { existsSync } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
+import { isAbsolute, resolve } from 'node:path';
 import {
   type Client,
   type ClientReadableStream,
   credentials,
-  loadPackageDefinition,
   Metadata,
+  makeGenericClientConstructor,
   type ServiceClientConstructor,
   type StatusObject,
   status,
 } from '@grpc/grpc-js';
-import { loadSync } from '@grpc/proto-loader';
 import { toPem } from '../../../common/src/der';
-import { DerError, readTlv } from '../../../common/src/der-reader';
+import { DerError, readConcatenated } from '../../../common/src/der-reader';
+import { WORKLOAD_PROTO_FILE, workloadApiService } from '../../rotation/src/workload-api/proto';
 import { IdentityError, isIdentityError } from './errors';
 import type { IdentityEvents, Timers } from './identity';
 import { type IdentityFiles, type IdentitySnapshot, sameFiles, verifyIdentity } from './load';
@@ -103,26 +103,14 @@ type WorkloadApiClient = Client & {
 
 /** SPIFFE Workload Endpoint: the header that tells a Workload API call from a stray request (SSRF). */
 const SECURITY_HEADER = 'workload.spiffe.io';
-const PROTO = join('clients', 'rotation', 'src', 'workload-api', 'workload.proto');
-/** From clients/identity/src (ts-run tests) or dist/clients/identity/src (the compiled library). */
-const PROTO_CANDIDATES = [join(__dirname, '..', '..', '..'), join(__dirname, '..', '..', '..', '..')].map(
-  (root) => join(root, PROTO),
-);
-
 let clientConstructor: ServiceClientConstructor | undefined;
 
+/** The agent's own service definition (clients/rotation workload-api/proto.ts), as a client. */
 function workloadApiClient(): ServiceClientConstructor {
   if (clientConstructor) return clientConstructor;
-  const file = PROTO_CANDIDATES.find((f) => existsSync(f));
-  if (!file) throw new IdentityError('ERR_WORKLOAD_API_UNAVAILABLE', `${PROTO} not found`);
-  const definition = loadSync(file, {
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
-  clientConstructor = loadPackageDefinition(definition).SpiffeWorkloadAPI as ServiceClientConstructor;
+  if (!existsSync(WORKLOAD_PROTO_FILE))
+    throw new IdentityError('ERR_WORKLOAD_API_UNAVAILABLE', `${WORKLOAD_PROTO_FILE} not found`);
+  clientConstructor = makeGenericClientConstructor(workloadApiService(), 'SpiffeWorkloadAPI');
   return clientConstructor;
 }
 
@@ -155,11 +143,9 @@ export function workloadApiTarget(address: string | undefined): string {
 function certificatesPem(der: Buffer, field: string): string {
   let pem = '';
   try {
-    for (let off = 0; off < der.length; ) {
-      const el = readTlv(der, off, field);
+    for (const el of readConcatenated(der, field)) {
       if (el.tag !== 0x30) throw new DerError(`malformed ${field}: not a certificate`);
       pem += toPem('CERTIFICATE', el.raw);
-      off += el.raw.length;
     }
   } catch (e) {
     if (e instanceof DerError) throw new IdentityError('ERR_CHAIN_INVALID', e.message);

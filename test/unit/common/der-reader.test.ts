@@ -80,3 +80,19 @@ describe('common DER reader errors, and the CA translation of them', () => {
     expect(uintBytes(bytes(0, 0, 0x80)).toString('hex')).toBe('02020080');
   });
 });
+
+describe('readConcatenated', () => {
+  it('ok/splits elements written end to end, in order; an empty buffer is none', () => {
+    const a = seq(int(1));
+    const b = seq(int(2), int(3));
+    expect(common.readConcatenated(Buffer.concat([a, b])).map((e) => e.raw)).toEqual([a, b]);
+    expect(common.readConcatenated(Buffer.alloc(0))).toEqual([]);
+  });
+
+  it('fail/a truncated last element is a DerError', () => {
+    const a = seq(int(1));
+    expect(() => common.readConcatenated(Buffer.concat([a, a.subarray(0, a.length - 1)]), 'chain')).toThrow(
+      common.DerError,
+    );
+  });
+});

@@ -26,7 +26,7 @@ export function entriesFor(view: WorkloadApiView, caller: WorkloadCaller): Serve
 }
 
 /** Refusals common to every call: a revoked node, a view not ready, a caller with no entry. */
-function gate(view: WorkloadApiView, entries: ServedEntry[]): Outcome<never> | undefined {
+export function gate(view: WorkloadApiView, entries: ServedEntry[]): Outcome<never> | undefined {
   if (view.revoked) return { kind: 'deny', details: view.revoked };
   if (!view.ready) return { kind: 'not-ready' };
   if (entries.length === 0) return { kind: 'deny', details: NO_ENTRY };

@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { loadPackageDefinition, type ServiceDefinition } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { Root, type Type } from 'protobufjs';
-import { bufferId, entriesFor, heldFor, NO_ENTRY, type Outcome } from './responses';
+import { toPem } from '../../../../common/src/der';
+import { readConcatenated } from '../../../../common/src/der-reader';
+import { bufferId, entriesFor, gate, heldFor, type Outcome } from './responses';
 import type { WorkloadCaller } from './selectors';
 import type { HeldSvid, WorkloadApiView } from './workload-api-state';
 
@@ -101,21 +103,11 @@ export function badResourceNames(names: readonly string[]): string | undefined {
   return undefined;
 }
 
-const pem = (label: string, der: Buffer) =>
-  `-----BEGIN ${label}-----\n${der.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n?$/, '\n')}-----END ${label}-----\n`;
-
-/** Concatenated DER certificates, each as PEM (every certificate is a SEQUENCE with its length). */
-function certificatesPem(der: Buffer): string {
-  let out = '';
-  let at = 0;
-  while (at < der.length) {
-    const len = der[at + 1]!;
-    const size = len < 0x80 ? 2 + len : 2 + (len & 0x7f) + der.readUIntBE(at + 2, len & 0x7f);
-    out += pem('CERTIFICATE', der.subarray(at, at + size));
-    at += size;
-  }
-  return out;
-}
+/** Concatenated DER certificates (as the view holds them), each as PEM. */
+const certificatesPem = (der: Buffer): string =>
+  readConcatenated(der, 'certificates')
+    .map((c) => toPem('CERTIFICATE', c.raw))
+    .join('');
 
 interface NamedSecret {
   name: string;
@@ -128,13 +120,13 @@ function tlsSecret(name: string, s: HeldSvid): NamedSecret {
     name,
     tls_certificate: {
       certificate_chain: { inline_bytes: Buffer.from(certificatesPem(s.chainDer)) },
-      private_key: { inline_bytes: Buffer.from(pem('PRIVATE KEY', s.keyDer)) },
+      private_key: { inline_bytes: Buffer.from(toPem('PRIVATE KEY', s.keyDer)) },
     },
   };
 }
 
 function bundleSecret(name: string, view: WorkloadApiView): NamedSecret {
-  const crls = view.crls.map((c) => pem('X509 CRL', c)).join('');
+  const crls = view.crls.map((c) => toPem('X509 CRL', c)).join('');
   return {
     name,
     validation_context: {
@@ -151,10 +143,9 @@ export function sdsOutcome(
   names: readonly string[],
   now: Date,
 ): Outcome<{ secrets: NamedSecret[] }> {
-  if (view.revoked) return { kind: 'deny', details: view.revoked };
-  if (!view.ready) return { kind: 'not-ready' };
   const entries = entriesFor(view, caller);
-  if (entries.length === 0) return { kind: 'deny', details: NO_ENTRY };
+  const refusedCaller = gate(view, entries);
+  if (refusedCaller) return refusedCaller;
   const held = heldFor(view, entries, now);
   const entitled = new Set(entries.map((e) => e.spiffeId));
   const bundleNames = new Set([view.trustDomainId, DEFAULT_BUNDLE_NAME]);

@@ -44,9 +44,23 @@ const refuseDeclaredOversize: RequestHandler = (req, res, next) => {
 };
 
 /**
- * Builds the HTTP application; it never listens (tests and main.ts decide that). Workload SVID and
- * renewal requests in the plain case take the fast path (fast-path.ts); everything else, Express.
+ * What every Baton Express app starts with: request context and logging, security headers, header
+ * and body-size limits, and the abuse controls, which run before any body is read or any database
+ * is asked (a refusal costs little). The caller adds the per-route limits and the routes.
  */
+function baseApp(deps: AppDeps): { app: Express; limit: ReturnType<typeof abuseControls> } {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.use(requestContext(deps.log, deps.metrics));
+  app.use(secureHeaders);
+  app.use(headerLimit);
+  app.use(refuseDeclaredOversize);
+  const limit = abuseControls(deps.limits, deps.metrics, deps.monotonicMs);
+  app.use(limit.concurrency);
+  return { app, limit };
+}
+
 /**
  * The plain-HTTP publication listener (`--public-http-url`, issue 18): the trust bundle, the CRLs and
  * OCSP, which are public, signed objects that a relying party must be able to fetch without TLS
@@ -54,39 +68,25 @@ const refuseDeclaredOversize: RequestHandler = (req, res, next) => {
  * HTTP). Nothing else: no caller can authenticate here, so every other path is 404.
  */
 export function buildPublicationApp(deps: AppDeps): RequestListener {
-  const app = express();
-  app.disable('x-powered-by');
-  app.set('etag', false);
-  app.use(requestContext(deps.log, deps.metrics));
-  app.use(secureHeaders);
-  app.use(headerLimit);
-  app.use(refuseDeclaredOversize);
-  const limit = abuseControls(deps.limits, deps.metrics, deps.monotonicMs);
-  app.use(limit.concurrency);
+  const { app, limit } = baseApp(deps);
   app.post('/v1/ocsp', limit.ocsp);
   app.get('/v1/ocsp/*path', limit.ocsp);
   app.get(['/v1/crl', '/v1/crl.pem'], limit.crl);
   app.get(['/v1/bundle', '/v1/bundle.jwks'], limit.bundle);
   app.use(ocspRoutes(deps));
   app.use(crlRoutes(deps));
-  const bundle = bundleRoutes(deps);
-  app.get(['/v1/bundle', '/v1/bundle.jwks'], bundle);
+  app.get(['/v1/bundle', '/v1/bundle.jwks'], bundleRoutes(deps));
   app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));
   app.use(errorHandler(deps.log, deps.metrics));
   return app;
 }
 
+/**
+ * Builds the HTTP application; it never listens (tests and main.ts decide that). Workload SVID and
+ * renewal requests in the plain case take the fast path (fast-path.ts); everything else, Express.
+ */
 export function buildApp(deps: AppDeps): RequestListener & { express: Express } {
-  const app = express();
-  app.disable('x-powered-by');
-  app.set('etag', false);
-  app.use(requestContext(deps.log, deps.metrics));
-  app.use(secureHeaders);
-  app.use(headerLimit);
-  app.use(refuseDeclaredOversize);
-  // Abuse controls run before any body is read or any database is asked: a refusal costs little.
-  const limit = abuseControls(deps.limits, deps.metrics, deps.monotonicMs);
-  app.use(limit.concurrency);
+  const { app, limit } = baseApp(deps);
   app.post('/v1/attest', limit.attest);
   app.post('/v1/attest/challenge', limit.challenge);
   app.post('/v1/ocsp', limit.ocsp);

@@ -66,6 +66,17 @@ export interface RunningServer {
 
 const RETRY_RENEWAL_MS = 60_000;
 
+/** Resolves once `server` listens on `at`, rejects with its listen error (EADDRINUSE, EACCES). */
+function listenOn(server: Server | HttpServer, at: { host: string; port: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(at.port, at.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
 /**
  * Serves the API over HTTPS. TLS 1.2 minimum (1.3 negotiated when the client has it); client
  * certificates are requested but not required, because authorization is decided per route.
@@ -217,13 +228,7 @@ export async function startServer(p: {
     }
   };
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.listen.port, config.listen.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  await listenOn(server, config.listen);
   // The plain-HTTP publication listener (issue 18): only the bundle, the CRLs and OCSP, so that the
   // CRL Distribution Points and OCSP URLs in certificates are http (RFC 5280 §4.2.1.13).
   const publicHttp = config.publicHttpUrl ?? ca.installation.publicHttpUrl;
@@ -237,13 +242,7 @@ export async function startServer(p: {
     publication = createHttpServer(buildPublicationApp(appDeps));
     publication.headersTimeout = 10_000;
     publication.requestTimeout = 30_000;
-    await new Promise<void>((resolve, reject) => {
-      publication!.once('error', reject);
-      publication!.listen(at.port, at.host, () => {
-        publication!.off('error', reject);
-        resolve();
-      });
-    }).catch((e: unknown) => {
+    await listenOn(publication, at).catch((e: unknown) => {
       // The HTTPS listener is up already: a server that cannot publish does not start at all.
       server.close();
       throw e;
