@@ -3,6 +3,7 @@ import { performance } from 'node:perf_hooks';
 import { createIntermediateCa } from '../../services/ca/src/domain/ca-hierarchy';
 import { kekFromBase64, unwrapKey, wrapKey } from '../../services/ca/src/pki/kek';
 import { knexStorage } from '../../services/ca/src/storage/knex/knex-storage';
+import { keyObjectSigner } from '../../services/ca/src/pki/signer';
 import { baton, startServerProcess } from '../support/cli';
 import { type Cluster, createToken, startCluster } from '../support/cluster';
 import { attestOnce, certsOf, errorCode, Ledger, mintOnce, renewOnce, sleep } from '../support/load-client';
@@ -75,7 +76,7 @@ describePostgres('faults: the CA signing key unavailable', () => {
       trustDomain: TD,
       now: new Date(),
       kek: kekB,
-      root: { record: root, privateKey: rootKey },
+      root: { record: root, signer: keyObjectSigner(rootKey) },
       publicUrl: installation.publicUrl,
     });
     const rotatedAt = new Date();

@@ -63,7 +63,7 @@ describeWithTool('openssl', 'the plain-HTTP publication listener (--public-http-
     ]);
     expect(init.stderr).toBe('');
     expect(init.status).toBe(0);
-    server = await startServerProcess(['--data-dir', dataDir, '--http-listen', `127.0.0.1:${port}`]);
+    server = await startServerProcess(['--data-dir', dataDir, '--listen-http', `127.0.0.1:${port}`]);
     admin = ['--server', server.url, '--admin-dir', join(dataDir, 'admin')];
   });
   afterAll(async () => {
@@ -71,16 +71,22 @@ describeWithTool('openssl', 'the plain-HTTP publication listener (--public-http-
     dir.cleanup();
   });
 
-  it('says where it publishes, and serves only the bundle, the CRLs and OCSP there', async () => {
+  it('says where it publishes, and serves only the bundle, the CRLs, OCSP and OIDC discovery there', async () => {
     const deadline = Date.now() + 5000;
-    while (!server.stdout().includes('publishing on') && Date.now() < deadline)
+    while (!server.stdout().includes(`listening on ${http}`) && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 20));
-    expect(server.stdout()).toContain(`publishing on ${http}\n`);
+    expect(server.stdout()).toContain(`listening on ${http}\n`);
     const bundle = await httpGet(`${http}/v1/bundle`);
     expect(bundle.status).toBe(200);
     expect(new X509Certificate(bundle.body).subject).toContain(`O=${TD}`);
     expect((await httpGet(`${http}/v1/crl`)).type).toBe('application/pkix-crl');
     expect((await httpGet(`${http}/v1/crl.pem`)).body.toString()).toMatch(/^-----BEGIN X509 CRL-----/);
+    // The OIDC discovery document and the key set it names, for relying parties without TLS trust.
+    const discovery = JSON.parse((await httpGet(`${http}/.well-known/openid-configuration`)).body.toString());
+    // The issuer is the public https URL given at init (the default), wherever the document is read.
+    expect(discovery.issuer).toBe('https://127.0.0.1:8443');
+    const jwksPath = new URL(discovery.jwks_uri).pathname;
+    expect(JSON.parse((await httpGet(`${http}${jwksPath}`)).body.toString()).keys.length).toBeGreaterThan(0);
     for (const [path, method] of [
       ['/v1/admin/nodes', 'GET'],
       ['/v1/attest', 'POST'],

@@ -256,12 +256,12 @@ describe('loadServerConfig', () => {
     expect(errorOf(() => server({}, { BATON_SERVER_CERT_TTL: text })).code).toBe('ERR_CONFIG_INVALID');
   });
 
-  it('ok/--public-http-url and --http-listen', () => {
-    const c = server({ 'public-http-url': 'http://pki.example.org:8080', 'http-listen': '0.0.0.0:8080' });
+  it('ok/--public-http-url and --listen-http', () => {
+    const c = server({ 'public-http-url': 'http://pki.example.org:8080', 'listen-http': '0.0.0.0:8080' });
     expect(c.publicHttpUrl).toBe('http://pki.example.org:8080');
     expect(c.httpListen).toEqual({ host: '0.0.0.0', port: 8080 });
-    expect(errorOf(() => server({ 'http-listen': 'nowhere' })).message).toMatch(
-      /^--http-listen: expected HOST:PORT/,
+    expect(errorOf(() => server({ 'listen-http': 'nowhere' })).message).toMatch(
+      /^--listen-http: expected HOST:PORT/,
     );
     expect(errorOf(() => server({ 'public-http-url': 'https://pki.example.org' })).message).toMatch(
       /^--public-http-url: must be an http:\/\/ URL/,

@@ -38,8 +38,9 @@ export interface ServerConfig extends StorageConfig {
   /** --public-http-url / BATON_PUBLIC_HTTP_URL; default: the installation's (none: no HTTP listener) */
   readonly publicHttpUrl?: string;
   /**
-   * --http-listen / BATON_HTTP_LISTEN: where the plain-HTTP publication listener listens when there
-   * is a publication URL; default the --listen host with the URL's port (80 when it has none).
+   * --listen-http / BATON_LISTEN_HTTP: where the plain-HTTP publication listener listens (set, the
+   * listener runs even without a publication URL); default, when there is a publication URL, the
+   * --listen host with the URL's port (80 when it has none).
    */
   readonly httpListen?: ListenAddress;
   /** BATON_LOG_LEVEL: trace|debug|info|warn|error, default info */
@@ -329,7 +330,7 @@ export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
   if (!LOG_LEVELS.includes(level)) invalid(`BATON_LOG_LEVEL: one of ${LOG_LEVELS.join(', ')}`);
   const publicUrl = str(flags, 'public-url', env, 'BATON_PUBLIC_URL');
   const publicHttpUrl = str(flags, 'public-http-url', env, 'BATON_PUBLIC_HTTP_URL');
-  const httpListen = str(flags, 'http-listen', env, 'BATON_HTTP_LISTEN');
+  const httpListen = str(flags, 'listen-http', env, 'BATON_LISTEN_HTTP');
   const limits = loadAbuseLimits(flags, env);
   const http = loadHttpLimits(flags, env);
   checkConnectionBudget(limits, http);
@@ -340,7 +341,7 @@ export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
     ...(publicHttpUrl === undefined
       ? {}
       : { publicHttpUrl: parseUrl(publicHttpUrl, '--public-http-url', 'http') }),
-    ...(httpListen === undefined ? {} : { httpListen: parseListen(httpListen, '--http-listen') }),
+    ...(httpListen === undefined ? {} : { httpListen: parseListen(httpListen, '--listen-http') }),
     logLevel: level,
     serverCertTtlMs: parseTtl(env.BATON_SERVER_CERT_TTL ?? '24h', 'BATON_SERVER_CERT_TTL', 30 * DAY),
     crlNextUpdateMs: parseTtl(

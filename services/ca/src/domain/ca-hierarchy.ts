@@ -5,6 +5,7 @@ import { wrapKey, type Kek } from '../pki/kek';
 import { keyIdentifier, spkiOf } from '../pki/keys';
 import { readCertificate } from '../pki/certificate-reader';
 import { keyObjectSigner } from '../pki/signer';
+import type { Signer } from '../ground/signer';
 import type { CaRecord } from './ports';
 import { DAY } from './duration';
 import { crlUrl } from './urls';
@@ -17,7 +18,7 @@ export const BACKDATE_MS = 60_000;
 
 export interface CreatedCa {
   record: CaRecord;
-  privateKey: KeyObject;
+  signer: Signer;
 }
 
 export const caIdFor = (publicKey: KeyObject): string =>
@@ -38,7 +39,10 @@ export function createRootCa(params: { trustDomain: string; now: Date; kek: Kek 
     pathLen: 1,
     trustDomainId: `spiffe://${params.trustDomain}`,
   });
-  return { record: caRecord(id, 'root', null, der, notBefore, notAfter, privateKey, params), privateKey };
+  return {
+    record: caRecord(id, 'root', null, der, notBefore, notAfter, privateKey, params),
+    signer: keyObjectSigner(privateKey),
+  };
 }
 
 /** A signing intermediate under `root`; its notAfter never passes the root's (RFC 5280 §6.1.3). */
@@ -63,7 +67,7 @@ export function createIntermediateCa(params: {
     issuer: {
       name: rootFields.subjectRaw,
       keyId: keyIdentifier(rootFields.spkiRaw),
-      signer: keyObjectSigner(params.root.privateKey),
+      signer: params.root.signer,
     },
     serial: randomSerial(),
     notBefore,
@@ -74,7 +78,7 @@ export function createIntermediateCa(params: {
   });
   return {
     record: caRecord(id, 'intermediate', root.id, der, notBefore, notAfter, privateKey, params),
-    privateKey,
+    signer: keyObjectSigner(privateKey),
   };
 }
 

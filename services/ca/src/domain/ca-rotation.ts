@@ -31,7 +31,7 @@ export async function rotateSigningCa(
     trustDomain: deps.installation.trustDomain,
     now,
     kek: deps.kek,
-    root: { record: root.record, privateKey: root.privateKey },
+    root: { record: root.record, signer: root.signer },
     publicUrl: deps.publicUrl,
   });
   const jwtKey = createJwtKey({ kek: deps.kek, caId: created.record.id, now });

@@ -97,7 +97,7 @@ export async function recordLeaf(
         revocationReason: null,
       },
       certificatePem,
-      chainPem: certificatePem + deps.issuer.certPem,
+      chainPem: certificatePem + deps.issuer.chainPem,
     };
     try {
       return (await record(leaf)) ? leaf : null;

@@ -1,4 +1,5 @@
-import { type KeyObject, createPrivateKey } from 'node:crypto';
+import { createPrivateKey } from 'node:crypto';
+import type { Signer } from '../ground/signer';
 import type { IssuerTemplate } from '../pki/certificate';
 import { readCertificate } from '../pki/certificate-reader';
 import { toPem } from '../../../../common/src/der';
@@ -15,8 +16,14 @@ import { crlUrl, ocspUrl } from './urls';
 /** A CA whose key has been unwrapped and parsed once, ready to sign. */
 export interface SigningCa {
   record: CaRecord;
-  privateKey: KeyObject;
+  /** Signs with this CA's key, wherever the key is kept (ground/signer.ts). */
+  signer: Signer;
   certPem: string;
+  /**
+   * What is served after a leaf this CA signs: its own certificate, then any certificate that links
+   * it to another trusted root (CONTRACT "Certificate profile": leaf + intermediate).
+   */
+  chainPem: string;
   subjectName: Buffer;
   keyId: Buffer;
   spki: Buffer;
@@ -70,10 +77,12 @@ export function loadKeyring(
         authorityInfoAccess(ocspUrl(publicationUrl)),
       ],
     };
+    const certPem = toPem('CERTIFICATE', record.certificateDer);
     return {
       record,
-      privateKey,
-      certPem: toPem('CERTIFICATE', record.certificateDer),
+      signer,
+      certPem,
+      chainPem: certPem,
       subjectName: fields.subjectRaw,
       keyId,
       spki: fields.spkiRaw,

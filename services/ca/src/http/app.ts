@@ -72,10 +72,12 @@ export function buildPublicationApp(deps: AppDeps): RequestListener {
   app.post('/v1/ocsp', limit.ocsp);
   app.get('/v1/ocsp/*path', limit.ocsp);
   app.get(['/v1/crl', '/v1/crl.pem'], limit.crl);
-  app.get(['/v1/bundle', '/v1/bundle.jwks'], limit.bundle);
+  const published = ['/v1/bundle', '/v1/bundle.jwks', '/.well-known/openid-configuration', '/v1/oidc/jwks'];
+  app.get(published, limit.bundle);
   app.use(ocspRoutes(deps));
   app.use(crlRoutes(deps));
   app.get(['/v1/bundle', '/v1/bundle.jwks'], bundleRoutes(deps));
+  app.get(['/.well-known/openid-configuration', '/v1/oidc/jwks'], oidcDiscoveryRoutes(deps));
   app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));
   app.use(errorHandler(deps.log, deps.metrics));
   return app;

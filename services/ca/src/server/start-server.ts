@@ -229,15 +229,16 @@ export async function startServer(p: {
   };
 
   await listenOn(server, config.listen);
-  // The plain-HTTP publication listener (issue 18): only the bundle, the CRLs and OCSP, so that the
+  // The plain-HTTP publication listener (issue 18): only the bundle, the CRLs, OCSP and the OIDC
+  // discovery document, so that the
   // CRL Distribution Points and OCSP URLs in certificates are http (RFC 5280 §4.2.1.13).
   const publicHttp = config.publicHttpUrl ?? ca.installation.publicHttpUrl;
   let publication: HttpServer | undefined;
   let publicationListenUrl: string | undefined;
-  if (publicHttp) {
+  if (publicHttp || config.httpListen) {
     const at = config.httpListen ?? {
       host: config.listen.host,
-      port: Number(new URL(publicHttp).port || 80),
+      port: Number(new URL(publicHttp!).port || 80),
     };
     publication = createHttpServer(buildPublicationApp(appDeps));
     publication.headersTimeout = 10_000;

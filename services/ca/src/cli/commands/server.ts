@@ -30,11 +30,11 @@ export const server: Command = {
       description:
         'plain-HTTP publication URL: CRL and OCSP URLs of certificates made from now on point here, and a listener serves only the bundle, CRLs and OCSP there (env BATON_PUBLIC_HTTP_URL; default: the one given at ca init)',
     },
-    'http-listen': {
+    'listen-http': {
       type: 'string',
       value: 'HOST:PORT',
       description:
-        "address of the publication listener (env BATON_HTTP_LISTEN; default the --listen host with the URL's port)",
+        'address of the publication listener (env BATON_LISTEN_HTTP; default with --public-http-url: the --listen host with its port; port 0 picks one)',
     },
     'x509pop-ca': {
       type: 'string',
@@ -191,7 +191,7 @@ export const server: Command = {
     const running = await startServer({ config: cfg, ca, clock: systemClock, log });
     if (!isClusterWorker()) {
       ctx.stdout.write(`listening on ${running.url}\n`);
-      if (running.publicationListenUrl) ctx.stdout.write(`publishing on ${running.publicationListenUrl}\n`);
+      if (running.publicationListenUrl) ctx.stdout.write(`listening on ${running.publicationListenUrl}\n`);
       for (const line of banner) ctx.stdout.write(`${line}\n`);
     }
     const signal = await ctx.stopSignal;
