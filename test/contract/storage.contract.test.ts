@@ -8,6 +8,7 @@ import type {
   AuditFilter,
   AuditRecord,
   CaRecord,
+  CrossCertificateRecord,
   CertificateFilter,
   CertificateRecord,
   CrlRecord,
@@ -399,6 +400,7 @@ const EVERY_TABLE = [
   'attestation_nonces',
   'nodes',
   'jwt_keys',
+  'ca_cross_certificates',
   'cas',
   'installation',
 ];
@@ -567,6 +569,101 @@ describeEachImplementation('Storage contract', (impl) => {
         await seedCa(storage);
         expect((await errorOf(add(storage, successor()))).code).toBe('ERR_CONFLICT');
         expect(byId(await storage.cas.listCas())).toStrictEqual(byId(CA.records));
+      });
+    });
+
+    describe('root rotation: addRoot, addCrossCertificate, retireRoots, countCertificatesUnder', () => {
+      const NEW_ROOT = 'ca-root0000000000002';
+      const NEW_ROOT_DER = randomBytes(400);
+      const newRoot = (): CaRecord => ({
+        ...CA.records.find((c) => c.kind === 'root')!,
+        id: NEW_ROOT,
+        certificateDer: NEW_ROOT_DER,
+        createdAt: at(HOUR),
+      });
+      const CROSS_DER = randomBytes(420);
+      const cross = (over: Partial<CrossCertificateRecord> = {}): CrossCertificateRecord => ({
+        caId: CA_ID,
+        issuerId: NEW_ROOT,
+        certificateDer: CROSS_DER,
+        notBefore: new Date('2026-11-26T15:00:00.123Z'),
+        notAfter: new Date('2027-11-26T15:00:00.456Z'),
+        createdAt: at(HOUR),
+        ...over,
+      });
+
+      it('ok/a root is added in the bundle; a cross-certificate round-trips every field', async () => {
+        await seedCa(storage);
+        await storage.transaction(async (tx) => {
+          await tx.cas.lockCaSet();
+          await tx.cas.addRoot(newRoot());
+          await tx.cas.addCrossCertificate(cross());
+        });
+        const cas = await storage.cas.listCas();
+        expect(cas.find((c) => c.id === NEW_ROOT)).toStrictEqual({
+          ...newRoot(),
+          kind: 'root',
+          parentId: null,
+        });
+        expect(cas.filter((c) => c.kind === 'root' && c.active)).toHaveLength(2);
+        const got = await storage.cas.listCrossCertificates();
+        expect(got).toStrictEqual([cross()]);
+        expect(Buffer.isBuffer(got[0]!.certificateDer)).toBe(true);
+      });
+
+      it('fail/a second cross-certificate by the same issuer is ERR_CONFLICT; an unknown CA a foreign key error', async () => {
+        await seedCa(storage);
+        await storage.cas.addRoot(newRoot());
+        await storage.cas.addCrossCertificate(cross());
+        expect((await errorOf(storage.cas.addCrossCertificate(cross()))).code).toBe('ERR_CONFLICT');
+        await expectUntranslated(storage.cas.addCrossCertificate(cross({ issuerId: 'no-such-ca' })), '23503');
+        expect(await storage.cas.listCrossCertificates()).toHaveLength(1);
+      });
+
+      it('ok/retireRoots takes roots out of the bundle once, and only roots', async () => {
+        await seedCa(storage);
+        await storage.cas.addRoot(newRoot());
+        expect(await storage.cas.retireRoots([ROOT_ID, CA_ID])).toBe(1);
+        expect(await storage.cas.retireRoots([ROOT_ID])).toBe(0);
+        const cas = await storage.cas.listCas();
+        expect(cas.find((c) => c.id === ROOT_ID)!.active).toBe(false);
+        expect(cas.find((c) => c.id === NEW_ROOT)!.active).toBe(true);
+        // The intermediate is untouched.
+        expect(cas.find((c) => c.id === CA_ID)!.active).toBe(true);
+      });
+
+      it('ok/countCertificatesUnder counts live valid certificates of those CAs: distinct nodes, workloads', async () => {
+        await seedCa(storage);
+        const now = at(0);
+        const live = { notAfter: new Date(now.getTime() + HOUR) };
+        await storage.certificates.insert(certificateRecord(CA_ID, { kind: 'node', nodeId: 'n1', ...live }));
+        await storage.certificates.insert(certificateRecord(CA_ID, { kind: 'node', nodeId: 'n1', ...live }));
+        await storage.certificates.insert(certificateRecord(CA_ID, { kind: 'node', nodeId: 'n2', ...live }));
+        await storage.certificates.insert(
+          certificateRecord(CA_ID, { kind: 'node', nodeId: 'n3', status: 'superseded', ...live }),
+        );
+        await storage.certificates.insert(
+          certificateRecord(CA_ID, { kind: 'node', nodeId: 'n4', notAfter: now }),
+        );
+        await storage.certificates.insert(
+          certificateRecord(CA_ID, { kind: 'workload', issuedVia: 'n1', ...live }),
+        );
+        await storage.certificates.insert(
+          certificateRecord(CA_ID, { kind: 'workload', issuedVia: 'n1', status: 'revoked', ...live }),
+        );
+        await storage.certificates.insert(certificateRecord(CA_ID, { kind: 'admin', ...live }));
+        expect(await storage.cas.countCertificatesUnder([CA_ID], now)).toEqual({
+          nodes: 2,
+          workloadCertificates: 1,
+        });
+        expect(await storage.cas.countCertificatesUnder([ROOT_ID], now)).toEqual({
+          nodes: 0,
+          workloadCertificates: 0,
+        });
+        expect(await storage.cas.countCertificatesUnder([], now)).toEqual({
+          nodes: 0,
+          workloadCertificates: 0,
+        });
       });
     });
   });

@@ -60,6 +60,9 @@ const SUCCESS: Record<AdminRoute, number> = {
   'DELETE /v1/admin/entries/:name': 204,
   'POST /v1/admin/admins': 201,
   'GET /v1/admin/audit': 200,
+  'GET /v1/admin/ca': 200,
+  // Finishing with no rotation in progress: refused on its own merits (a start would change the CA).
+  'POST /v1/admin/ca/rotate-root': 409,
 };
 
 /** Every `/v1/admin/…` route the Express app has, as "METHOD /path". */
@@ -125,6 +128,10 @@ describeEachBackend('admin authorization: every route x every identity', (backen
         };
       case 'GET /v1/admin/audit':
         return { method: 'GET', path: '/v1/admin/audit?limit=5' };
+      case 'GET /v1/admin/ca':
+        return { method: 'GET', path: '/v1/admin/ca' };
+      case 'POST /v1/admin/ca/rotate-root':
+        return { method: 'POST', path: '/v1/admin/ca/rotate-root', body: { finish: true } };
     }
   };
 

@@ -145,7 +145,9 @@ describeEachBackend('baton agent: node identity', (backend) => {
       await expect(
         rotator({ token: fresh, at: join(dirs.path, 'node-mitm'), client: mitmClient }).runOnce(),
       ).rejects.toMatchObject({ code: 'ERR_PIN_MISMATCH' });
-      expect(mitm.seen).toEqual(['GET /v1/bundle']);
+      // The bundle held the pinned root, so the CA certificates were asked for too (public, and
+      // only those the pinned root signed are trusted); the token never left.
+      expect(mitm.seen).toEqual(['GET /v1/bundle', 'GET /v1/ca-certificates']);
       expect((await t.ca.storage.tokens.findById(record.id))?.usesLeft).toBe(1);
     } finally {
       mitmClient.close();

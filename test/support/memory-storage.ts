@@ -11,6 +11,7 @@ import type {
   CertificateRepository,
   CrlRecord,
   CrlRepository,
+  CrossCertificateRecord,
   EntryRecord,
   EntryRepository,
   Installation,
@@ -73,6 +74,7 @@ interface State {
   crls: CrlRecord[];
   audit: Map<number, AuditRecord>;
   jwtKeys: Map<string, JwtKeyRecord>;
+  cross: Map<string, CrossCertificateRecord>;
 }
 
 /** PostgreSQL sequences: outside every transaction, never rolled back. */
@@ -94,6 +96,7 @@ const emptyState = (): State => ({
   crls: [],
   audit: new Map(),
   jwtKeys: new Map(),
+  cross: new Map(),
 });
 
 /** Records are immutable here, so a copy of the collections is a copy of the state. */
@@ -109,6 +112,7 @@ const cloneState = (s: State): State => ({
   crls: [...s.crls],
   audit: new Map(s.audit),
   jwtKeys: new Map(s.jwtKeys),
+  cross: new Map(s.cross),
 });
 
 // Copies: field by field, as a row read back from the database has exactly these fields.
@@ -127,6 +131,15 @@ const copyInstallation = (i: Installation): Installation => ({
   workloadTtlMs: i.workloadTtlMs,
   adminTtlMs: i.adminTtlMs,
   createdAt: date(i.createdAt),
+});
+
+const copyCross = (x: CrossCertificateRecord): CrossCertificateRecord => ({
+  caId: x.caId,
+  issuerId: x.issuerId,
+  certificateDer: bytes(x.certificateDer),
+  notBefore: date(x.notBefore),
+  notAfter: date(x.notAfter),
+  createdAt: date(x.createdAt),
 });
 
 const copyCa = (c: CaRecord): CaRecord => ({
@@ -352,6 +365,43 @@ function caRepository(run: Run): CaRepository {
       run(true, [ca], (s) => {
         for (const [id, c] of s.cas) if (c.kind === 'intermediate') s.cas.set(id, { ...c, active: false });
         insertCa(s, { ...ca, active: true });
+      }),
+    listCrossCertificates: () =>
+      run(false, [], (s) =>
+        [...s.cross.values()].sort((a, b) => byTime(a.createdAt, b.createdAt)).map(copyCross),
+      ),
+    // Writes run one at a time here, so the lock is the serialization itself.
+    lockCaSet: () => run(true, [], () => undefined),
+    addRoot: (ca) => run(true, [ca], (s) => insertCa(s, { ...ca, kind: 'root', parentId: null })),
+    addCrossCertificate: (x) =>
+      run(true, [x], (s) => {
+        const key = `${x.caId}/${x.issuerId}`;
+        if (s.cross.has(key)) throw conflict();
+        if (!s.cas.has(x.caId) || !s.cas.has(x.issuerId))
+          throw foreignKey('ca_cross_certificates', 'ca_cross_certificates_ca_id_foreign');
+        s.cross.set(key, copyCross(x));
+      }),
+    retireRoots: (ids) =>
+      run(true, [ids], (s) => {
+        let n = 0;
+        for (const id of ids) {
+          const c = s.cas.get(id);
+          if (c?.kind === 'root' && c.active) {
+            s.cas.set(id, { ...c, active: false });
+            n++;
+          }
+        }
+        return n;
+      }),
+    countCertificatesUnder: (caIds, now) =>
+      run(false, [caIds, now], (s) => {
+        const live = [...s.certificates.values()].filter(
+          (c) => caIds.includes(c.caId) && c.status === 'valid' && c.notAfter.getTime() > now.getTime(),
+        );
+        return {
+          nodes: new Set(live.filter((c) => c.kind === 'node').map((c) => c.nodeId)).size,
+          workloadCertificates: live.filter((c) => c.kind === 'workload').length,
+        };
       }),
   };
 }

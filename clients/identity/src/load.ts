@@ -1,3 +1,4 @@
+import { pathToRoot as anyPathToRoot } from '../../../common/src/trust-store';
 import { createPrivateKey, createPublicKey, type KeyObject, type X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { parseCertificates } from '../../rotation/src/pem';
@@ -104,6 +105,10 @@ export function verifyIdentity(files: IdentityFiles, now: Date): IdentitySnapsho
 
 /** The certificates from the leaf up to and including the root of the bundle that anchors them. */
 function pathToRoot(chain: X509Certificate[], roots: X509Certificate[]): X509Certificate[] {
+  // Any path will do: during a root rotation the chain holds two certificates of the signing CA.
+  const path = anyPathToRoot(chain, roots);
+  if (path) return path;
+  // None: say where the chain breaks, read in order.
   for (let i = 0; i + 1 < chain.length; i++) {
     if (!signs(chain[i + 1]!, chain[i]!)) {
       throw new IdentityError(

@@ -21,6 +21,7 @@ import {
   type TlsOptions,
   type Server as TlsServer,
 } from 'node:tls';
+import { presentedChainPem, trustStorePem } from '../../../common/src/trust-store';
 import { type Authorizer, authorizePeer, type Peer, peerOf } from './authorize';
 import { IdentityError, isIdentityError } from './errors';
 import type { IdentitySnapshot } from './load';
@@ -58,9 +59,14 @@ const DEFAULT_MIN_VERSION: SecureVersion = 'TLSv1.3';
 
 function contextOptions(id: IdentitySnapshot, v: TlsVersions): SecureContextOptions {
   return {
-    cert: id.certChainPem,
+    // Only what leads to a root we trust now: a cross-certificate of an old root is not sent once
+    // the bundle has dropped that root (common/src/trust-store.ts presentedChainPem).
+    cert: presentedChainPem(id.certChainPem, id.bundlePem),
     key: id.keyPem,
-    ca: id.bundlePem,
+    // The bundle's roots, and the CA certificates of our own chain that they issued: a peer's
+    // chain may list another root's certificate of the CA first (root rotation), which OpenSSL
+    // would follow without trying the next one (common/src/trust-store.ts).
+    ca: trustStorePem(id.bundlePem, id.certChainPem),
     minVersion: v.minVersion ?? DEFAULT_MIN_VERSION,
     ...(v.maxVersion ? { maxVersion: v.maxVersion } : {}),
   };

@@ -111,6 +111,11 @@ export interface AgentCaApi extends NodeCaApi {
    * Optional so that test doubles without it still drive the rest of the agent.
    */
   fetchJwtBundle?(p: { trustBundlePem: string }): Promise<JwtBundle>;
+  /**
+   * `GET /v1/bundle`, verified against `trustBundlePem`: the roots, two during a root rotation.
+   * Optional, as fetchJwtBundle.
+   */
+  fetchBundle?(trustBundlePem: string): Promise<string>;
 }
 
 /** The JWT-SVID keys of the trust domain. */

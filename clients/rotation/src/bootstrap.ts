@@ -2,6 +2,7 @@ import { AgentError } from './agent-error';
 import { CaClientError, type Issuance, type NodeCaApi } from './ca-client';
 import { createCsr, exportPrivateKeyPem, generateKeyPair } from '../../../common/src/csr';
 import { certificatePin, chainProblem, isKeyForCertificate, parseCertificates } from './pem';
+import { trustStorePem } from '../../../common/src/trust-store';
 
 /**
  * Pinned bootstrap, as SwarmKit joins a node: the token carries a hash of the CA root, so a node
@@ -61,7 +62,15 @@ export interface NewNodeIdentity extends Issuance {
  */
 export async function bootstrap(client: NodeCaApi, token: string): Promise<NewNodeIdentity> {
   const { pin } = parseJoinToken(token);
-  const trustBundlePem = pinnedRoots(await client.fetchBundleUnverified(), pin);
+  const pinned = pinnedRoots(await client.fetchBundleUnverified(), pin);
+  // The server's own chain may list another root's certificate of its CA first (a root rotation);
+  // the pinned root's certificate of that CA joins the trusted set so that OpenSSL finds the pinned
+  // path (common/src/trust-store.ts). Only what the pinned root signed; asked only once the bundle
+  // holds the pinned root, and a server without the route has nothing to add.
+  const caCertificates = client.fetchCaCertificatesUnverified
+    ? await client.fetchCaCertificatesUnverified().catch(() => '')
+    : '';
+  const trustBundlePem = trustStorePem(pinned, caCertificates);
   const keys = await generateKeyPair();
   const csr = await createCsr(keys);
   const issued = await client

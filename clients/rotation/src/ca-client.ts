@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { Agent, request } from 'node:https';
+import { presentedChainPem, trustStorePem } from '../../../common/src/trust-store';
 import {
   type AgentCaApi,
   type CrlFetch,
@@ -58,6 +59,12 @@ export interface RenewParams {
 /** What the rotator and the bootstrap need from the CA; CaClient is the HTTPS one, tests use fakes. */
 export interface NodeCaApi {
   fetchBundleUnverified(): Promise<string>;
+  /**
+   * `GET /v1/ca-certificates` WITHOUT verifying the server, as fetchBundleUnverified: the signing
+   * CA's certificates, untrusted; the bootstrap keeps only those a pinned root issued
+   * (common/src/trust-store.ts). Optional so that test doubles without it still bootstrap.
+   */
+  fetchCaCertificatesUnverified?(): Promise<string>;
   attest(p: AttestParams): Promise<Issuance>;
   renew(p: RenewParams): Promise<Issuance>;
 }
@@ -135,6 +142,11 @@ export class CaClient implements AgentCaApi {
    */
   async fetchBundleUnverified(): Promise<string> {
     const res = await this.#send('GET', '/v1/bundle', { rejectUnauthorized: false, agent: false });
+    return res.body.toString('utf8');
+  }
+
+  async fetchCaCertificatesUnverified(): Promise<string> {
+    const res = await this.#send('GET', '/v1/ca-certificates', { rejectUnauthorized: false, agent: false });
     return res.body.toString('utf8');
   }
 
@@ -311,7 +323,14 @@ export class CaClient implements AgentCaApi {
 
 /** The TLS client options of a node-mTLS call. */
 function mtls(p: NodeCredential): { ca: string; cert: string; key: string } {
-  return { ca: p.trustBundlePem, cert: p.certificateChainPem, key: p.keyPem };
+  // The node's own chain may name a CA the bundle's roots certified twice (a root rotation):
+  // common/src/trust-store.ts says why OpenSSL needs it among the trusted certificates.
+  return {
+    ca: trustStorePem(p.trustBundlePem, p.certificateChainPem),
+    // And a cross-certificate of a root dropped from the bundle is not sent any more.
+    cert: presentedChainPem(p.certificateChainPem, p.trustBundlePem),
+    key: p.keyPem,
+  };
 }
 
 function transportError(url: string, e: unknown): CaClientError {

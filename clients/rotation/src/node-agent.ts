@@ -25,6 +25,8 @@ import { RevocationFollower } from './revocation-follower';
 import { ensurePrivateDirectory, readOwnTextOrUndefined } from './safe-fs';
 import { type WorkloadResult, WorkloadRotator } from './workload-rotator';
 import { WorkloadStore } from './workload-store';
+import { chainProblem } from './pem';
+import { trustStorePem } from '../../../common/src/trust-store';
 import {
   certificatesDer,
   crlsDer,
@@ -57,7 +59,7 @@ export type AgentEvent =
   | { type: 'crl'; result: CrlResult }
   | {
       type: 'error';
-      scope: 'workloads' | 'crl' | 'revocations' | 'jwt-bundle';
+      scope: 'workloads' | 'crl' | 'revocations' | 'jwt-bundle' | 'bundle';
       error: Error & { code?: string };
       retryInMs?: number;
     }
@@ -265,9 +267,42 @@ export class NodeAgent {
       }
     }
     result.crl = await this.#refreshCrl(identity);
+    await this.#refreshBundle(identity);
     await this.#refreshJwtBundle(identity);
     this.#publish();
     return result;
+  }
+
+  /**
+   * The trust bundle, fetched with every pass (over TLS verified by the bundle held): a root
+   * rotation adds a root, its finish drops the old one (CONTRACT "CA custody and rotation"), and
+   * a renewal may be hours away. Taken only while the node's own certificate still leads to one of
+   * its roots; the Workload API serves it at once, the workloads' files with their next SVID.
+   */
+  async #refreshBundle(identity: StoredNodeIdentity): Promise<void> {
+    const fetch = this.#o.client.fetchBundle;
+    if (!fetch) return;
+    try {
+      const pem = await fetch.call(
+        this.#o.client,
+        trustStorePem(identity.bundlePem, identity.certificateChainPem),
+      );
+      if (pem === identity.bundlePem) return;
+      const problem = chainProblem(identity.certificateChainPem, pem);
+      if (problem)
+        throw new AgentError(
+          'ERR_BAD_RESPONSE',
+          `the new trust bundle does not hold our chain's root: ${problem}`,
+        );
+      this.#store.replaceBundle(pem);
+    } catch (e) {
+      this.#o.onEvent?.({
+        type: 'error',
+        scope: 'bundle',
+        error: e instanceof Error ? e : new Error(String(e)),
+        retryInMs: this.#o.syncIntervalMs ?? 30_000,
+      });
+    }
   }
 
   /** Workload API: the JWT-SVID keys, fetched with every pass (a small document, an ETag'd one). */

@@ -170,6 +170,15 @@ export class NodeIdentityStore implements NodeIdentityStorage {
     this.#link(gen, replaced);
   }
 
+  /**
+   * A new trust bundle for the current certificate (a root rotation started or finished), replaced
+   * atomically; the caller has checked that the certificate still leads to one of its roots.
+   */
+  replaceBundle(bundlePem: string): void {
+    ensurePrivateDirectory(this.dir, 0o755);
+    this.#io.writeFileAtomic(this.paths.bundle, bundlePem, 0o644);
+  }
+
   load(): StoredNodeIdentity | undefined {
     const p = this.paths;
     if (kindOf(this.dir) === 'missing') return undefined;

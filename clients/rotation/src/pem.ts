@@ -1,3 +1,4 @@
+import { pathToRoot } from '../../../common/src/trust-store';
 import { createHash, createPrivateKey, createPublicKey, type KeyObject, X509Certificate } from 'node:crypto';
 
 /**
@@ -66,6 +67,9 @@ export function chainProblem(chainPem: string, bundlePem: string): string | unde
   }
   if (chain.length === 0) return 'the chain holds no certificate';
   if (roots.length === 0) return 'the bundle holds no certificate';
+  // Any path will do: during a root rotation the chain holds two certificates of the signing CA.
+  if (pathToRoot(chain, roots)) return undefined;
+  // None: say where the chain breaks, read in order.
   for (let i = 0; i + 1 < chain.length; i++) {
     if (!signs(chain[i + 1]!, chain[i]!)) return `certificate ${i} is not signed by certificate ${i + 1}`;
   }

@@ -29,10 +29,13 @@ export const MIN_SAFETY_MARGIN_MS = 60_000;
 /**
  * How long before notAfter a refresh must have started at the latest: 10% of the lifetime and at
  * least a minute, so that a late `refresh_at` still leaves room for a few backoff retries. It is
- * capped at half the lifetime so the latest refresh is never earlier than the half-life point.
+ * capped at a quarter of the lifetime, so that the latest refresh is never earlier than three
+ * quarters of it: the lifetime counts the minute of backdating (notBefore), and with the shortest
+ * lifetime the contract allows (1m, so 2m from notBefore) a cap at half would put the latest
+ * refresh at the moment of issue, and the agent would renew without pause.
  */
 export function safetyMarginMs(lifetimeMs: number): number {
-  return Math.min(lifetimeMs / 2, Math.max(lifetimeMs * 0.1, MIN_SAFETY_MARGIN_MS));
+  return Math.min(lifetimeMs / 4, Math.max(lifetimeMs * 0.1, MIN_SAFETY_MARGIN_MS));
 }
 
 /**

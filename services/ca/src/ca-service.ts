@@ -53,13 +53,14 @@ export async function openCa(
         'the CA is not initialized: run `baton ca init --trust-domain TD` first',
       );
     const kek = resolveKek(cfg, { create: false });
-    const { cas, jwtKeys } = await readKeyState(storage);
+    const { cas, jwtKeys, cross } = await readKeyState(storage);
     const keyring = loadKeyring(
       cas,
       kek,
       opts.publicUrl ?? installation.publicUrl,
       jwtKeys,
       publicationUrlOf(installation, opts),
+      cross,
     );
     return { knex, storage, installation, keyring, kek };
   } catch (e) {

@@ -144,7 +144,7 @@ describe('x509pop verification keeps the order of its refusals', () => {
   const deps = (now: Date): AttestorDeps => ({
     clock: { now: () => now },
     repos: {} as Repositories,
-    pin: PIN,
+    pins: [PIN],
     csrDer: Buffer.from('csr'),
   });
   const chainOf = (...pems: string[]): X509popEvidence =>
@@ -188,7 +188,7 @@ describe('attestation methods at the edge', () => {
     const evidence = readEvidence(attestorFor(attestors, 'join_token'), { token: TOKEN, nonce: 'ignored' });
     expect(evidence.method).toBe('join_token');
     // A token for another pin: the attestor itself refuses it, with the same 401.
-    const e = await errorOf(evidence.verify({ ...deps(), pin: 'c'.repeat(52) }));
+    const e = await errorOf(evidence.verify({ ...deps(), pins: ['c'.repeat(52)] }));
     expect(`${e.code} ${e.message}`).toBe('ERR_TOKEN_INVALID invalid join token');
     expect(refusal(() => readEvidence(attestorFor(attestors, 'x509pop'), { token: TOKEN }))).toBe(
       'ERR_BAD_REQUEST certificate_chain: a PEM string of at most 32768 characters is required',
@@ -211,7 +211,7 @@ function deps(): AttestorDeps {
     repos: {
       tokens: { findById: async () => null },
     } as unknown as Repositories,
-    pin: PIN,
+    pins: [PIN],
     csrDer: Buffer.from('csr'),
   };
 }

@@ -39,9 +39,17 @@ describe('nextRefreshAt', () => {
     ['ok/1h-random-0.25', cert(HOUR), fixed(0.25), plus(27 * MIN)],
     // 5m: margin is the 1-minute floor, which does not bind at 2.5m ± 30s.
     ['ok/5m-random-1', cert(5 * MIN), fixed(1), plus(3 * MIN)],
-    // 1m (the CONTRACT minimum): the margin is capped at half the lifetime, so the latest refresh
-    // is the half-life point and upward jitter is clamped to it.
-    ['ok/1m-random-1-clamped-to-half-life', cert(MIN), fixed(1), plus(30_000)],
+    // 1m: the margin is capped at a quarter of the lifetime (15 s), so upward jitter still fits.
+    ['ok/1m-random-1', cert(MIN), fixed(1), plus(36_000)],
+    // The CONTRACT minimum as the CA issues it: 1m from issue, notBefore a minute before (backdated),
+    // refresh_at at issue + 30 s. Followed, not clamped back to the moment of issue (a cap at half
+    // the 2m lifetime did that, and the agent renewed without pause).
+    [
+      'ok/1m-ttl-backdated-follows-refresh-at',
+      { notBefore: at(T0), notAfter: plus(2 * MIN), refreshAt: plus(MIN + 30_000) },
+      noRandom,
+      plus(MIN + 30_000),
+    ],
     ['ok/1m-random-0', cert(MIN), fixed(0), plus(24_000)],
     [
       'ok/server-refresh-at-followed-exactly',
@@ -99,7 +107,8 @@ describe('safetyMarginMs', () => {
     ['ok/24h-is-10-percent', 24 * HOUR, 2.4 * HOUR],
     ['ok/1h-is-10-percent', HOUR, 6 * MIN],
     ['ok/5m-is-the-1m-floor', 5 * MIN, MIN],
-    ['ok/1m-is-capped-at-half', MIN, 30_000],
+    ['ok/1m-is-capped-at-a-quarter', MIN, 15_000],
+    ['ok/2m-is-capped-at-a-quarter', 2 * MIN, 30_000],
   ])('%s', (_n, lifetime, expected) => {
     expect(safetyMarginMs(lifetime)).toBe(expected);
   });

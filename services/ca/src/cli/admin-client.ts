@@ -1,6 +1,9 @@
-import { readFileSync } from 'node:fs';
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
+import { writeFileAtomic } from '../../../../common/src/atomic-file';
+import { trustStorePem } from '../../../../common/src/trust-store';
 import type { AdminClientConfig } from '../config';
 import { type BatonErrorCode, BatonError } from '../ground/errors';
 
@@ -10,7 +13,10 @@ export interface AdminClient {
   delete<T>(path: string): Promise<T>;
 }
 
+const BUNDLE_PATH = '/v1/bundle';
+
 function readCredential(dir: string): { cert: string; key: string; ca: string } {
+  completeSwap(dir);
   try {
     return {
       cert: readFileSync(join(dir, 'cert.pem'), 'utf8'),
@@ -26,11 +32,47 @@ function readCredential(dir: string): { cert: string; key: string; ca: string } 
 }
 
 /**
+ * `ca rotate --root` renews the admin's own certificate by writing key.pem.next and cert.pem.next,
+ * then renaming the key and then the certificate. Killed between the two renames, the directory
+ * holds the next key beside the next certificate's pending file: the swap is finished here.
+ */
+function completeSwap(dir: string): void {
+  const next = join(dir, 'cert.pem.next');
+  if (!existsSync(next) || existsSync(join(dir, 'key.pem.next'))) return;
+  try {
+    const cert = new X509Certificate(readFileSync(next));
+    if (cert.checkPrivateKey(createPrivateKey(readFileSync(join(dir, 'key.pem')))))
+      renameSync(next, join(dir, 'cert.pem'));
+  } catch {
+    // Not a pair: readCredential goes on with what is there, and the server says what it thinks.
+  }
+}
+
+/**
  * The admin side of the CLI: JSON over mTLS with the admin credential, trusting only the bundle
  * in the admin dir. Server errors come back as the server's own stable code.
  */
 export function adminClient(cfg: AdminClientConfig): AdminClient {
-  const cred = readCredential(cfg.adminDir);
+  const read = readCredential(cfg.adminDir);
+  const cred = { ...read, ca: trustStorePem(read.ca, read.cert) };
+  let bundleChecked = false;
+  /**
+   * CONTRACT "CA custody and rotation": admin commands refresh `<admin-dir>/bundle.pem` from
+   * `/v1/bundle`, fetched over the connection the bundle they hold verified, so that a root
+   * rotation reaches the admin's trust too. Once per command, after its first answer.
+   */
+  const refreshBundle = async () => {
+    if (bundleChecked) return;
+    bundleChecked = true;
+    const pem = await call<string>('GET', BUNDLE_PATH).catch(() => undefined);
+    if (typeof pem === 'string' && pem.includes('-----BEGIN CERTIFICATE-----') && pem !== read.ca)
+      writeFileAtomic(join(cfg.adminDir, 'bundle.pem'), pem, 0o644);
+  };
+  const callAndRefresh = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
+    const out = await call<T>(method, path, body);
+    await refreshBundle();
+    return out;
+  };
   const call = <T>(method: string, path: string, body?: unknown): Promise<T> =>
     new Promise((resolve, reject) => {
       const payload = body === undefined ? undefined : JSON.stringify(body);
@@ -49,6 +91,10 @@ export function adminClient(cfg: AdminClientConfig): AdminClient {
           res.on('data', (c: Buffer) => chunks.push(c));
           res.on('end', () => {
             const text = Buffer.concat(chunks).toString('utf8');
+            if (path === BUNDLE_PATH && res.statusCode === 200) {
+              resolve(text as T);
+              return;
+            }
             let json: unknown;
             try {
               json = text ? JSON.parse(text) : {};
@@ -83,8 +129,8 @@ export function adminClient(cfg: AdminClientConfig): AdminClient {
       req.end();
     });
   return {
-    get: (p) => call('GET', p),
-    post: (p, b) => call('POST', p, b ?? {}),
-    delete: (p) => call('DELETE', p),
+    get: (p) => callAndRefresh('GET', p),
+    post: (p, b) => callAndRefresh('POST', p, b ?? {}),
+    delete: (p) => callAndRefresh('DELETE', p),
   };
 }

@@ -1,4 +1,4 @@
-import { type KeyObject, generateKeyPairSync } from 'node:crypto';
+import { type KeyObject, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { buildCaCertificate } from '../pki/ca-certificates';
 import { randomSerial } from '../pki/certificate';
 import { wrapKey, type Kek } from '../pki/kek';
@@ -6,7 +6,7 @@ import { keyIdentifier, spkiOf } from '../pki/keys';
 import { readCertificate } from '../pki/certificate-reader';
 import { keyObjectSigner } from '../pki/signer';
 import type { Signer } from '../ground/signer';
-import type { CaRecord } from './ports';
+import type { CaRecord, CrossCertificateRecord } from './ports';
 import { DAY } from './duration';
 import { crlUrl } from './urls';
 
@@ -62,7 +62,7 @@ export function createIntermediateCa(params: {
   const notAfter = new Date(Math.min(wanted, root.notAfter.getTime()));
   const rootFields = readCertificate(root.certificateDer);
   const der = buildCaCertificate({
-    subject: { O: params.trustDomain, OU: 'baton', CN: `Baton Signing CA ${id.slice(3)}` },
+    subject: signingCaSubject(params.trustDomain, id),
     publicKey,
     issuer: {
       name: rootFields.subjectRaw,
@@ -79,6 +79,58 @@ export function createIntermediateCa(params: {
   return {
     record: caRecord(id, 'intermediate', root.id, der, notBefore, notAfter, privateKey, params),
     signer: keyObjectSigner(privateKey),
+  };
+}
+
+const signingCaSubject = (trustDomain: string, id: string) => ({
+  O: trustDomain,
+  OU: 'baton',
+  CN: `Baton Signing CA ${id.slice(3)}`,
+});
+
+/**
+ * A cross-certificate of a signing intermediate by another root (root rotation): the same subject
+ * and key, so leaves it signs chain to either root, and the same pathLen 0, so no path length is
+ * exceeded (the roots have pathLen 1; certifying the new root itself under the old one would need
+ * 2). Its notAfter passes neither the intermediate's nor the issuer's (RFC 5280 §6.1.3).
+ */
+export function crossCertifyIntermediate(params: {
+  trustDomain: string;
+  now: Date;
+  intermediate: CaRecord;
+  issuer: { record: CaRecord; signer: Signer };
+  publicUrl: string;
+}): CrossCertificateRecord {
+  const { intermediate, issuer } = params;
+  const fields = readCertificate(intermediate.certificateDer);
+  const issuerFields = readCertificate(issuer.record.certificateDer);
+  const notBefore = new Date(params.now.getTime() - BACKDATE_MS);
+  const notAfter = new Date(Math.min(intermediate.notAfter.getTime(), issuer.record.notAfter.getTime()));
+  const der = buildCaCertificate({
+    subject: signingCaSubject(params.trustDomain, intermediate.id),
+    publicKey: createPublicKey({ key: fields.spkiRaw, format: 'der', type: 'spki' }),
+    issuer: {
+      name: issuerFields.subjectRaw,
+      keyId: keyIdentifier(issuerFields.spkiRaw),
+      signer: issuer.signer,
+    },
+    serial: randomSerial(),
+    notBefore,
+    notAfter,
+    pathLen: 0,
+    crlUrl: crlUrl(params.publicUrl, issuer.record.id),
+    trustDomainId: `spiffe://${params.trustDomain}`,
+  });
+  // The subject must be the intermediate's to the byte, or leaves would not chain through it.
+  if (!readCertificate(der).subjectRaw.equals(fields.subjectRaw))
+    throw new Error(`cross-certificate of ${intermediate.id}: the subject differs from the CA's`);
+  return {
+    caId: intermediate.id,
+    issuerId: issuer.record.id,
+    certificateDer: der,
+    notBefore,
+    notAfter,
+    createdAt: params.now,
   };
 }
 

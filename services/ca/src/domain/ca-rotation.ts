@@ -1,4 +1,5 @@
 import type { Kek } from '../pki/kek';
+import { BatonError } from '../ground/errors';
 import { type AuditContext, auditEvent } from './audit';
 import { createIntermediateCa } from './ca-hierarchy';
 import type { Clock } from './clock';
@@ -26,6 +27,8 @@ export async function rotateSigningCa(
   audit: AuditContext,
 ): Promise<CaRecord> {
   const now = deps.clock.now();
+  // During a root rotation the signing CA must stay certified by both roots: not a plain rotation.
+  if (deps.keyring.roots.length > 1) throw signingRotationRefused();
   const root = deps.keyring.roots[0]!;
   const created = createIntermediateCa({
     trustDomain: deps.installation.trustDomain,
@@ -38,7 +41,9 @@ export async function rotateSigningCa(
   await deps.storage.transaction(async (tx) => {
     // The intermediate this rotation replaces, as the database has it (the keyring passed in may be
     // older than another rotation).
-    const previous = (await tx.cas.listCas()).find((c) => c.kind === 'intermediate' && c.active)?.id ?? null;
+    const cas = await tx.cas.listCas();
+    if (cas.filter((c) => c.kind === 'root' && c.active).length > 1) throw signingRotationRefused();
+    const previous = cas.find((c) => c.kind === 'intermediate' && c.active)?.id ?? null;
     await tx.cas.addActiveIntermediate(created.record);
     await tx.jwtKeys.insert(jwtKey.record);
     await tx.jwtKeys.retireOthers(jwtKey.record.kid, now);
@@ -52,6 +57,12 @@ export async function rotateSigningCa(
   });
   return created.record;
 }
+
+const signingRotationRefused = () =>
+  new BatonError(
+    'ERR_ROTATION_IN_PROGRESS',
+    'a root rotation is in progress: finish it (`baton ca rotate --root --finish`) before rotating the signing CA',
+  );
 
 /**
  * A fingerprint of the CA set and its JWT keys (a new key, a retirement): when it changes, a

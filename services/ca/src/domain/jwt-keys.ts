@@ -11,7 +11,7 @@ import { type Kek, unwrapKey, wrapKey } from '../pki/kek';
 import { spkiOf } from '../pki/keys';
 import { auditEvent, SYSTEM_ACTOR } from './audit';
 import type { Clock } from './clock';
-import type { CaRecord, JwtKeyRecord, Storage } from './ports';
+import type { CaRecord, CrossCertificateRecord, JwtKeyRecord, Storage } from './ports';
 
 /**
  * JWT-SVID signing keys (issue 16; CONTRACT "JWT-SVIDs"). Each signing intermediate has one ES256
@@ -159,6 +159,8 @@ export function jwksSequence(
 export interface KeyState {
   cas: CaRecord[];
   jwtKeys: JwtKeyRecord[];
+  /** Cross-certificates of the CAs (a root rotation's), read after them. */
+  cross: CrossCertificateRecord[];
 }
 
 /**
@@ -168,7 +170,9 @@ export interface KeyState {
 export async function readKeyState(storage: Pick<Storage, 'cas' | 'jwtKeys'>): Promise<KeyState> {
   const jwtKeys = await storage.jwtKeys.list();
   const cas = await storage.cas.listCas();
-  return { cas, jwtKeys };
+  // After the CAs: a rotation commits a CA with its cross-certificate, so each one read has its CA.
+  const cross = await storage.cas.listCrossCertificates();
+  return { cas, jwtKeys, cross };
 }
 
 const activeSigningCa = (cas: readonly CaRecord[]): CaRecord | undefined =>

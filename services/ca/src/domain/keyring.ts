@@ -10,8 +10,9 @@ import { rootPin } from '../pki/pin';
 import { keyObjectSigner } from '../pki/signer';
 import { BatonError } from '../ground/errors';
 import { type JwtKeyring, loadJwtKeyring } from './jwt-keys';
-import type { CaRecord, JwtKeyRecord } from './ports';
+import type { CaRecord, CrossCertificateRecord, JwtKeyRecord } from './ports';
 import { crlUrl, ocspUrl } from './urls';
+import { inBundle as rootsInBundle } from './root-rotation';
 
 /** A CA whose key has been unwrapped and parsed once, ready to sign. */
 export interface SigningCa {
@@ -32,14 +33,24 @@ export interface SigningCa {
 }
 
 export interface Keyring {
+  /** The roots in the trust bundle, newest first: one, or two while a root rotation runs. */
   roots: SigningCa[];
   /** The active signing intermediate. */
   signing: SigningCa;
   all: SigningCa[];
   /** PEM of the trust bundle: the root(s). */
   bundlePem: string;
-  /** CONTRACT "Join tokens": the pin of the current root. */
+  /**
+   * What this server verifies client chains against: the bundle's roots and every CA certificate
+   * they issued (intermediates, cross-certificates). Not wider than the bundle (each extra
+   * certificate is signed by one of its roots), but OpenSSL then finds a path whatever order a
+   * client's chain is in (see trustStorePem in common/src/trust-store.ts).
+   */
+  trustPem: string;
+  /** CONTRACT "Join tokens": the pin of the current root, which new tokens carry. */
   pin: string;
+  /** The pins of every root in the bundle (two during a root rotation): what tokens may carry. */
+  pins: string[];
   /** The public URL: the JWT-SVID issuer (`iss`) and the OIDC discovery document's `issuer`, exactly. */
   publicUrl: string;
   /** What the leaves' CRL Distribution Point and OCSP URL point under (urls.ts publicationUrlOf). */
@@ -59,6 +70,7 @@ export function loadKeyring(
   publicUrl: string,
   jwtKeys: readonly JwtKeyRecord[],
   publicationUrl: string = publicUrl,
+  cross: readonly CrossCertificateRecord[] = [],
 ): Keyring {
   if (cas.length === 0)
     throw new BatonError('ERR_NOT_INITIALIZED', 'the CA is not initialized: run `baton ca init` first');
@@ -89,18 +101,42 @@ export function loadKeyring(
       template,
     } satisfies SigningCa;
   });
-  const roots = loaded
-    .filter((c) => c.record.kind === 'root')
-    .sort((a, b) => +b.record.createdAt - +a.record.createdAt);
+  // The current root first (domain/root-rotation.ts inBundle).
+  const order = rootsInBundle(cas).map((c) => c.id);
+  const roots = order.map((id) => loaded.find((c) => c.record.id === id)!);
+  const inBundle = new Set(roots.map((r) => r.record.id));
+  const crossPemsOf = (ca: CaRecord): string[] =>
+    cross
+      .filter((x) => x.caId === ca.id && x.issuerId !== ca.parentId && inBundle.has(x.issuerId))
+      .map((x) => toPem('CERTIFICATE', x.certificateDer));
+  for (const ca of loaded) {
+    if (ca.record.kind !== 'intermediate') continue;
+    // The cross-certificate first: OpenSSL takes the first certificate of a chain that names the
+    // issuer (and is in its validity), and does not try the next one when that path fails. A peer
+    // that still trusts only the old root needs the old root's certificate first; a peer that
+    // trusts both roots verifies either way; one that trusts only the new root (after the finish,
+    // when no cross-certificate is served any more) puts the new root's certificate of the CA in
+    // its trust store (trustPem here, trustStorePem in the clients), which OpenSSL looks in first.
+    ca.chainPem = [...crossPemsOf(ca.record), ca.certPem].join('');
+  }
   const signing = loaded.find((c) => c.record.kind === 'intermediate' && c.record.active);
   if (roots.length === 0 || !signing)
     throw new BatonError('ERR_CA_UNAVAILABLE', 'no active root and signing CA found');
+  const bundlePem = roots.map((r) => r.certPem).join('');
+  const issuedByRoots = [
+    ...loaded
+      .filter((c) => c.record.kind === 'intermediate' && inBundle.has(c.record.parentId ?? ''))
+      .map((c) => c.certPem),
+    ...cross.filter((x) => inBundle.has(x.issuerId)).map((x) => toPem('CERTIFICATE', x.certificateDer)),
+  ];
   return {
     roots,
     signing,
     all: loaded,
-    bundlePem: roots.map((r) => r.certPem).join(''),
+    bundlePem,
+    trustPem: bundlePem + issuedByRoots.join(''),
     pin: rootPin(roots[0]!.spki),
+    pins: roots.map((r) => rootPin(r.spki)),
     publicUrl,
     publicationUrl,
     jwt: loadJwtKeyring(jwtKeys, kek, signing.record),

@@ -114,7 +114,7 @@ async function attestNodeOnce(deps: NodeIdentityDeps, p: AttestParams): Promise<
   const policy = await p.evidence.verify({
     clock: deps.clock,
     repos: deps.storage,
-    pin: deps.keyring.pin,
+    pins: deps.keyring.pins,
     csrDer: p.csr.der,
   });
   const csr = p.csr.verify();

@@ -36,7 +36,10 @@ export interface CaRecord {
   certificateDer: Buffer;
   notBefore: Date;
   notAfter: Date;
-  /** The intermediate that signs new leaves; exactly one is active. Roots are always trusted. */
+  /**
+   * Intermediates: the one that signs new leaves (exactly one is active). Roots: in the trust
+   * bundle (two while a root rotation runs; the finish clears it on the old one).
+   */
   active: boolean;
   wrappedKey: WrappedKey;
   createdAt: Date;
@@ -66,9 +69,42 @@ export interface CertificateRecord {
   revocationReason?: number | null;
 }
 
+/**
+ * A second certificate of a CA's key and subject by another issuer (RFC 5280 §3.2 cross-certificate):
+ * during a root rotation, the old root's certificate of the new signing CA, so that a peer trusting
+ * only the old root verifies leaves the new one signs.
+ */
+export interface CrossCertificateRecord {
+  caId: string;
+  issuerId: string;
+  certificateDer: Buffer;
+  notBefore: Date;
+  notAfter: Date;
+  createdAt: Date;
+}
+
+/** Unexpired, unrevoked, unsuperseded certificates issued by some CAs (`baton ca status`). */
+export interface CertificatesUnder {
+  /** Distinct nodes with such a node certificate. */
+  nodes: number;
+  workloadCertificates: number;
+}
+
 export interface CaRepository {
   getInstallation(): Promise<Installation | null>;
   listCas(): Promise<CaRecord[]>;
+  listCrossCertificates(): Promise<CrossCertificateRecord[]>;
+  /**
+   * Locks the installation row until the transaction ends: CA set changes (root rotation start and
+   * finish) on several replicas run one after the other and each sees the other's result.
+   */
+  lockCaSet(): Promise<void>;
+  /** Adds a root (root rotation); it is in the bundle at once. */
+  addRoot(ca: CaRecord): Promise<void>;
+  addCrossCertificate(cross: CrossCertificateRecord): Promise<void>;
+  /** Takes roots out of the bundle (root rotation finish); how many were in it. */
+  retireRoots(ids: readonly string[]): Promise<number>;
+  countCertificatesUnder(caIds: readonly string[], now: Date): Promise<CertificatesUnder>;
   /** Records the installation and its CAs at once; ERR_ALREADY_INITIALIZED if one exists. */
   initialize(installation: Installation, cas: CaRecord[]): Promise<void>;
   /** Adds a signing intermediate and makes it the only active one (CA rotation). */

@@ -19,6 +19,7 @@ import { attestChallengeRoutes } from './routes/attest-challenge';
 import { bundleRoutes } from './routes/bundle';
 import { crlRoutes } from './routes/crl';
 import { adminAdminRoutes } from './routes/admin-admins';
+import { adminCaRoutes } from './routes/admin-ca';
 import { adminAuditRoutes } from './routes/admin-audit';
 import { adminEntryRoutes } from './routes/admin-entries';
 import { adminNodeRoutes } from './routes/admin-nodes';
@@ -96,7 +97,13 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   app.get(['/v1/crl', '/v1/crl.pem'], limit.crl);
   // One bucket for the trust bundle in both formats and the OIDC discovery document that points at it.
   app.get(
-    ['/v1/bundle', '/v1/bundle.jwks', '/.well-known/openid-configuration', '/v1/oidc/jwks'],
+    [
+      '/v1/bundle',
+      '/v1/bundle.jwks',
+      '/v1/ca-certificates',
+      '/.well-known/openid-configuration',
+      '/v1/oidc/jwks',
+    ],
     limit.bundle,
   );
   app.post('/v1/renew', limit.renew);
@@ -122,6 +129,7 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   app.use(adminEntryRoutes(deps));
   app.use(adminAuditRoutes(deps));
   app.use(adminAdminRoutes(deps));
+  app.use(adminCaRoutes(deps));
   app.use(crlRoutes(deps));
   app.use(revocationRoutes(deps));
   app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));

@@ -47,6 +47,9 @@ export const ADMIN_ROUTES = {
   'DELETE /v1/admin/entries/:name': ['admin', 'operator'],
   'POST /v1/admin/admins': ['admin'],
   'GET /v1/admin/audit': ['admin', 'auditor'],
+  'GET /v1/admin/ca': ['admin', 'operator', 'auditor'],
+  // A root rotation changes what every peer trusts: the admin role alone.
+  'POST /v1/admin/ca/rotate-root': ['admin'],
 } as const satisfies Record<string, readonly AdminRole[]>;
 
 export type AdminRoute = keyof typeof ADMIN_ROUTES;

@@ -4,6 +4,7 @@ import type { Attestor } from '../domain/attestation/attestor';
 import type { Clock } from '../domain/clock';
 import type { MintCounter } from '../domain/jwt-mint-tally';
 import type { Keyring } from '../domain/keyring';
+import type { Kek } from '../pki/kek';
 import type { CrlRecord, Installation, Repositories, RevocationEvent, Storage } from '../domain/ports';
 import type { Metrics } from './metrics';
 
@@ -32,6 +33,12 @@ export interface AppDeps {
   monotonicMs: () => number;
   /** JWT-SVID mints, counted for the aggregated audit rows (domain/jwt-mint-tally.ts). */
   jwtMints: MintCounter;
+  /**
+   * What a root rotation needs (routes/admin-ca.ts): the key wrapping of new CA keys, where their
+   * CRL Distribution Points point, and a reload of this replica's keyring once a step committed.
+   * Absent: the server cannot change its CA set (503).
+   */
+  caSet?: { kek: Kek; publicationUrl: string; reload(): Promise<void> };
 }
 
 /**

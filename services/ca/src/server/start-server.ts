@@ -104,7 +104,7 @@ export async function startServer(p: {
   // end with one).
   const keys = await ensureJwtKey({ storage: ca.storage, kek: ca.kek, clock });
   if (caSetVersion(keys.cas, keys.jwtKeys) !== versionOf(ca.keyring))
-    ca.keyring = loadKeyring(keys.cas, ca.kek, publicUrl, keys.jwtKeys, publicationUrl);
+    ca.keyring = loadKeyring(keys.cas, ca.kek, publicUrl, keys.jwtKeys, publicationUrl, keys.cross);
   const metrics = createMetrics();
   const crlDeps = () => ({
     clock,
@@ -126,6 +126,8 @@ export async function startServer(p: {
     keyring: () => ca.keyring,
     log,
     metrics,
+    // Called only by requests, after reloadKeyring below is defined.
+    caSet: { kek: ca.kek, publicationUrl, reload: () => reloadKeyring() },
     // x509pop is offered only when a provisioning CA is configured (--x509pop-ca).
     attestors: p.attestors ?? defaultAttestors(config.x509pop ? [x509popAttestor(config.x509pop)] : []),
     random: p.random ?? Math.random,
@@ -160,7 +162,7 @@ export async function startServer(p: {
   const tlsOptions = (c: ServerCredential): SecureContextOptions => ({
     key: c.key,
     cert: c.cert,
-    ca: ca.keyring.bundlePem,
+    ca: ca.keyring.trustPem,
     minVersion: 'TLSv1.2',
     // No TLS session resumption. A resumed session carries the client certificate and OpenSSL's
     // verdict on it forward without checking them again (a certificate expired since would still
@@ -259,11 +261,11 @@ export async function startServer(p: {
   const reloadKeyring = async () => {
     // The CA set and its JWT keys; a signing CA without a JWT key (rotated by an older version)
     // gets one here.
-    const { cas, jwtKeys } = await ensureJwtKey({ storage: ca.storage, kek: ca.kek, clock });
+    const { cas, jwtKeys, cross } = await ensureJwtKey({ storage: ca.storage, kek: ca.kek, clock });
     const version = caSetVersion(cas, jwtKeys);
     if (version === caVersion) return;
     try {
-      ca.keyring = loadKeyring(cas, ca.kek, publicUrl, jwtKeys, publicationUrl);
+      ca.keyring = loadKeyring(cas, ca.kek, publicUrl, jwtKeys, publicationUrl, cross);
     } catch (err) {
       // No fallback: a replica that cannot unwrap the new CA set (a rotation made under another
       // KEK) must not go on signing with the intermediate it had. It stops issuing (503 with
@@ -274,8 +276,17 @@ export async function startServer(p: {
       ca.keyring = withoutSigning(lastLoaded, err);
       return;
     }
+    const before = lastLoaded;
     lastLoaded = ca.keyring;
     caVersion = version;
+    if (before.bundlePem !== ca.keyring.bundlePem) {
+      // A root rotation started or finished: the server's own chain follows at once (with the
+      // cross-certificate during the overlap, without it after), and so does what it trusts.
+      clearTimeout(timer);
+      await renew();
+    } else if (before.trustPem !== ca.keyring.trustPem) {
+      server.setSecureContext(tlsOptions(credential));
+    }
     if (signingUnavailable) log.warn('CA keys loaded again: issuance resumed');
     signingUnavailable = false;
     log.info({ [F.caId]: ca.keyring.signing.record.id }, 'CA set changed: keyring reloaded');

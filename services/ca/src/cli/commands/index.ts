@@ -5,6 +5,7 @@ import { adminRecover } from './admin-recover';
 import { auditList, auditVerify } from './audit';
 import { caInit } from './ca-init';
 import { caRotate } from './ca-rotate';
+import { caStatusCommand } from './ca-status';
 import { entryCreate, entryDelete, entryList } from './entry';
 import { migrate } from './migrate';
 import { nodeList, nodeShow } from './node';
@@ -16,6 +17,7 @@ import { tokenCreate } from './token';
 export const COMMANDS: Command[] = [
   caInit,
   caRotate,
+  caStatusCommand,
   server,
   migrate,
   adminRecover,

@@ -24,8 +24,11 @@ export interface IssuancePolicy {
 export interface AttestorDeps {
   clock: Clock;
   repos: Repositories;
-  /** Base32 SHA-256 of the current root's SPKI. */
-  pin: string;
+  /**
+   * Base32 SHA-256 of the SPKI of each root in the trust bundle: the current one, and during a root
+   * rotation the old one too (tokens made before it keep working until the finish).
+   */
+  pins: readonly string[];
   /**
    * The DER of the CSR being attested, so that evidence can be bound to the requested key: x509pop
    * signs its hash, and a stolen nonce and signature then cannot be replayed with another key. It

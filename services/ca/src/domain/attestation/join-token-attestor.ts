@@ -7,14 +7,14 @@ export interface JoinTokenEvidence {
 }
 
 /**
- * join_token: the token must parse (the edge's parseJoinToken), name our root's pin, exist, match
+ * join_token: the token must parse (the edge's parseJoinToken), name a root of the bundle, exist, match
  * its secret (constant time), be unexpired and have a use left. Every failure is the same 401
  * ERR_TOKEN_INVALID, so a caller cannot tell an unknown token from an expired or spent one.
  */
 export const joinTokenAttestor: Attestor<JoinTokenEvidence> & { readonly method: 'join_token' } = {
   method: 'join_token',
   async verify(deps, { token: t }) {
-    if (t.pin !== deps.pin) throw invalidToken();
+    if (!deps.pins.includes(t.pin)) throw invalidToken();
     const record = await deps.repos.tokens.findById(t.id);
     if (!record || !secretMatches(t.secret, record)) throw invalidToken();
     if (record.usesLeft < 1 || record.expiresAt.getTime() <= deps.clock.now().getTime()) throw invalidToken();

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { BatonError } from '../../ground/errors';
-import type { CaRecord, CaRepository, Installation } from '../../domain/ports';
+import type { CaRecord, CaRepository, CrossCertificateRecord, Installation } from '../../domain/ports';
 import { db, toBuffer } from './db-errors';
 
 interface InstallationRow {
@@ -26,6 +26,24 @@ interface CaRow {
   key_blob: Uint8Array;
   created_at: Date;
 }
+
+interface CrossRow {
+  ca_id: string;
+  issuer_id: string;
+  certificate_der: Uint8Array;
+  not_before: Date;
+  not_after: Date;
+  created_at: Date;
+}
+
+const toCross = (r: CrossRow): CrossCertificateRecord => ({
+  caId: r.ca_id,
+  issuerId: r.issuer_id,
+  certificateDer: toBuffer(r.certificate_der),
+  notBefore: new Date(r.not_before),
+  notAfter: new Date(r.not_after),
+  createdAt: new Date(r.created_at),
+});
 
 const toInstallation = (r: InstallationRow): Installation => ({
   trustDomain: r.trust_domain,
@@ -104,6 +122,47 @@ export function knexCaRepository(k: Knex | Knex.Transaction): CaRepository {
         };
         if (k.isTransaction) await write(k as Knex.Transaction);
         else await k.transaction(write);
+      }),
+    listCrossCertificates: () =>
+      db(async () => (await k<CrossRow>('ca_cross_certificates').orderBy('created_at')).map(toCross)),
+    lockCaSet: () =>
+      db(async () => {
+        await k('installation').where('id', 1).forUpdate().first();
+      }),
+    addRoot: (ca) =>
+      db(async () => {
+        await k('cas').insert(fromCa({ ...ca, kind: 'root', parentId: null }));
+      }),
+    addCrossCertificate: (x) =>
+      db(async () => {
+        await k('ca_cross_certificates').insert({
+          ca_id: x.caId,
+          issuer_id: x.issuerId,
+          certificate_der: x.certificateDer,
+          not_before: x.notBefore,
+          not_after: x.notAfter,
+          created_at: x.createdAt,
+        } satisfies CrossRow);
+      }),
+    retireRoots: (ids) =>
+      db(() =>
+        k('cas')
+          .whereIn('id', [...ids])
+          .andWhere({ kind: 'root', active: true })
+          .update({ active: false }),
+      ),
+    countCertificatesUnder: (caIds, now) =>
+      db(async () => {
+        if (caIds.length === 0) return { nodes: 0, workloadCertificates: 0 };
+        // The (ca_id, status, not_after) index serves both counts.
+        const live = () =>
+          k('certificates')
+            .whereIn('ca_id', [...caIds])
+            .andWhere('status', 'valid')
+            .andWhere('not_after', '>', now);
+        const nodes = await live().andWhere('kind', 'node').countDistinct({ n: 'node_id' }).first();
+        const workloads = await live().andWhere('kind', 'workload').count({ n: '*' }).first();
+        return { nodes: Number(nodes?.n ?? 0), workloadCertificates: Number(workloads?.n ?? 0) };
       }),
   };
 }
