@@ -149,9 +149,14 @@ export class Pkcs11Custody implements KeyCustody {
       ...this.#handle(ref, spkiFromEcPoint(point[0]?.value)),
       store: (name) => {
         // CKA_LABEL is modifiable (PKCS#11 v2.40 §4.4): the CA id or kid, for `pkcs11-tool --list-objects`.
+        // Found again by CKA_ID: the session may have been opened anew since the key was made.
         this.#call((s) => {
-          for (const o of [privateKey, publicKey])
+          for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) {
+            const o = this.#find(s, cls, id);
+            if (o === null)
+              throw new BatonError('ERR_CA_UNAVAILABLE', `the new key ${name} is gone from the token`);
             this.#lib.C_SetAttributeValue(s, o, [{ type: pkcs11js.CKA_LABEL, value: name }]);
+          }
         });
         ref.label = name;
         return { alg: 'pkcs11', kekId: this.id, blob: Buffer.from(id) };
