@@ -342,6 +342,8 @@ describeEachBackend('PKCS#11 key custody: baton with its keys in SoftHSM2', (bac
           expect((await jwt()).status).toBe(201);
           expect(certificates()).toBe(before + 2);
           expect(server!.stderr()).toContain('ERR_CA_UNAVAILABLE');
+          // The failures were logged, the PIN never.
+          expect(server!.stderr()).not.toContain(token.pin);
         },
         SLOW,
       );
@@ -388,9 +390,26 @@ describeEachBackend('PKCS#11 key custody: baton with its keys in SoftHSM2', (bac
         async () => {
           await server!.stop();
           server = undefined;
+          // The commands with direct database access take --kms too: a rotation makes the new signing
+          // CA and its JWT key in the token; a break-glass admin certificate is signed there.
+          const rotated = baton(['ca', 'rotate', '--json', '--data-dir', dataDir, '--kms', kms], env);
+          expect(rotated.stderr).toBe('');
+          expect(rotated.status).toBe(0);
+          const newCa = (JSON.parse(rotated.stdout) as { signing_ca_id: string }).signing_ca_id;
+          const recovered = baton(
+            ['admin', 'recover', '--name', 'breakglass', '--data-dir', dataDir, '--kms', kms],
+            env,
+          );
+          expect(recovered.stderr).toBe('');
+          expect(recovered.status).toBe(0);
+          const adminChain = certsOf(readFileSync(join(dataDir, 'admin', 'cert.pem'), 'utf8'));
+          expect(verify(adminChain[0]!, adminChain[1]!)).toContain('leaf.pem: OK');
+          expect(new X509Certificate(adminChain[1]!).subject).toContain(newCa.slice(3));
+
           const objects = token.objects();
           const privateKeys = objects.filter((o) => o.class === 'private');
-          expect(privateKeys).toHaveLength(3);
+          expect(privateKeys.map((o) => o.label)).toContain(newCa);
+          expect(privateKeys).toHaveLength(5);
           for (const o of privateKeys)
             expect(o).toMatchObject({
               sensitive: true,
@@ -406,7 +425,7 @@ describeEachBackend('PKCS#11 key custody: baton with its keys in SoftHSM2', (bac
               ...(await knex('cas').select('id as name', 'key_alg', 'key_kek_id', 'key_blob')),
               ...(await knex('jwt_keys').select('kid as name', 'key_alg', 'key_kek_id', 'key_blob')),
             ] as Array<{ name: string; key_alg: string; key_kek_id: string; key_blob: Uint8Array }>;
-            expect(rows).toHaveLength(3);
+            expect(rows).toHaveLength(5);
             for (const row of rows) {
               // The reference: the token and the CKA_ID of the private key labelled with the row's name.
               expect(row.key_alg).toBe('pkcs11');
