@@ -316,9 +316,18 @@ describeEachBackend('PKCS#11 key custody: baton with its keys in SoftHSM2', (bac
               key: nodeKey(),
             });
 
+          const renew = async () =>
+            https(`${server!.url}/v1/renew`, {
+              method: 'POST',
+              body: JSON.stringify({ csr: (await keyAndCsr()).csrPem }),
+              ca: bundle(),
+              cert: nodeCert(),
+              key: nodeKey(),
+            });
+
           token.unplug();
           try {
-            for (const call of [attest, workload, jwt]) {
+            for (const call of [attest, renew, workload, jwt]) {
               const r = await call();
               expect({ status: r.status, code: r.json<{ error: { code: string } }>().error.code }).toEqual({
                 status: 503,
@@ -326,7 +335,8 @@ describeEachBackend('PKCS#11 key custody: baton with its keys in SoftHSM2', (bac
               });
               expect(Number(r.headers['retry-after'])).toBeGreaterThan(0);
             }
-            // Nothing half written: no certificate recorded, the single-use join token not spent.
+            // Nothing half written: no certificate recorded, the single-use join token not spent, the
+            // node certificate not superseded (used again below).
             expect(certificates()).toBe(before);
           } finally {
             token.plug();
@@ -338,6 +348,7 @@ describeEachBackend('PKCS#11 key custody: baton with its keys in SoftHSM2', (bac
             answer = await attest();
           }
           expect(answer.status).toBe(201);
+          // The node certificate was not superseded by the failed renewal: it still gets a workload SVID.
           expect((await workload()).status).toBe(201);
           expect((await jwt()).status).toBe(201);
           expect(certificates()).toBe(before + 2);
