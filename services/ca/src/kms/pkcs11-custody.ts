@@ -1,5 +1,5 @@
 import { createHash, createPublicKey, randomBytes } from 'node:crypto';
-import * as pkcs11js from 'pkcs11js';
+import type { Handle } from 'pkcs11js';
 import { oid, seq, uintBytes } from '../../../../common/src/der';
 import type { CustodyKey, CustodyKeyHandle, KeyCustody } from '../domain/key-custody';
 import type { WrappedKey } from '../domain/ports';
@@ -42,20 +42,36 @@ const BACKOFF_MAX_MS = 30_000;
 const pkcs11Code = (e: unknown): string | undefined =>
   e instanceof Error && /^CKR_[A-Z_]+$/.test(e.message) ? e.message : undefined;
 
-const isPkcs11Error = (e: unknown): boolean =>
-  e instanceof pkcs11js.Pkcs11Error || e instanceof pkcs11js.NativeError;
+const isPkcs11Error = (e: unknown): boolean => e instanceof P.Pkcs11Error || e instanceof P.NativeError;
+
+/**
+ * The pkcs11js binding, loaded by the first custody made: its native addon is compiled at install
+ * (node-gyp), and a Baton without --kms must run where it is not (an image built without it), so
+ * nothing loads it at start.
+ */
+let P: typeof import('pkcs11js');
+function loadBinding(): void {
+  try {
+    P ??= require('pkcs11js') as typeof import('pkcs11js');
+  } catch (e) {
+    throw new BatonError(
+      'ERR_CA_UNAVAILABLE',
+      `the PKCS#11 binding (pkcs11js) is not built here: ${(e as Error).message.split('\n')[0]} (npm rebuild pkcs11js)`,
+    );
+  }
+}
 
 interface KeyRef {
   /** CKA_ID. */
   id: Buffer;
   label: string;
   /** The private key object's handle in the current session epoch. */
-  handle: pkcs11js.Handle | null;
+  handle: Handle | null;
   epoch: number;
 }
 
 interface Session {
-  handle: pkcs11js.Handle;
+  handle: Handle;
   epoch: number;
 }
 
@@ -68,7 +84,7 @@ export class Pkcs11Custody implements KeyCustody {
   readonly kind = 'pkcs11' as const;
   /** The token's identity as recorded in `key_kek_id`: `pkcs11:token=…;serial=…` (RFC 7512 form). */
   readonly id: string;
-  readonly #lib = new pkcs11js.PKCS11();
+  readonly #lib: InstanceType<typeof import('pkcs11js').PKCS11>;
   readonly #uri: Pkcs11Uri;
   readonly #now: () => number;
   #initialized = false;
@@ -82,6 +98,8 @@ export class Pkcs11Custody implements KeyCustody {
   constructor(uri: Pkcs11Uri, opts: Pkcs11CustodyOptions = {}) {
     this.#uri = uri;
     this.#now = opts.monotonicMs ?? (() => performance.now());
+    loadBinding();
+    this.#lib = new P.PKCS11();
     try {
       this.#lib.load(uri.modulePath);
     } catch (e) {
@@ -101,35 +119,35 @@ export class Pkcs11Custody implements KeyCustody {
     const { privateKey, publicKey } = this.#call((s) => {
       const keys = this.#lib.C_GenerateKeyPair(
         s,
-        { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN },
+        { mechanism: P.CKM_EC_KEY_PAIR_GEN },
         [
-          { type: pkcs11js.CKA_TOKEN, value: true },
-          { type: pkcs11js.CKA_PRIVATE, value: false },
-          { type: pkcs11js.CKA_VERIFY, value: true },
-          { type: pkcs11js.CKA_ENCRYPT, value: false },
-          { type: pkcs11js.CKA_WRAP, value: false },
-          { type: pkcs11js.CKA_EC_PARAMS, value: P256_PARAMS },
-          { type: pkcs11js.CKA_ID, value: id },
-          { type: pkcs11js.CKA_LABEL, value: label },
+          { type: P.CKA_TOKEN, value: true },
+          { type: P.CKA_PRIVATE, value: false },
+          { type: P.CKA_VERIFY, value: true },
+          { type: P.CKA_ENCRYPT, value: false },
+          { type: P.CKA_WRAP, value: false },
+          { type: P.CKA_EC_PARAMS, value: P256_PARAMS },
+          { type: P.CKA_ID, value: id },
+          { type: P.CKA_LABEL, value: label },
         ],
         [
-          { type: pkcs11js.CKA_TOKEN, value: true },
-          { type: pkcs11js.CKA_PRIVATE, value: true },
-          { type: pkcs11js.CKA_SENSITIVE, value: true },
-          { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-          { type: pkcs11js.CKA_SIGN, value: true },
+          { type: P.CKA_TOKEN, value: true },
+          { type: P.CKA_PRIVATE, value: true },
+          { type: P.CKA_SENSITIVE, value: true },
+          { type: P.CKA_EXTRACTABLE, value: false },
+          { type: P.CKA_SIGN, value: true },
           // Signing only: no decryption, unwrapping or derivation with a CA key (least privilege).
-          { type: pkcs11js.CKA_DECRYPT, value: false },
-          { type: pkcs11js.CKA_UNWRAP, value: false },
-          { type: pkcs11js.CKA_DERIVE, value: false },
-          { type: pkcs11js.CKA_ID, value: id },
-          { type: pkcs11js.CKA_LABEL, value: label },
+          { type: P.CKA_DECRYPT, value: false },
+          { type: P.CKA_UNWRAP, value: false },
+          { type: P.CKA_DERIVE, value: false },
+          { type: P.CKA_ID, value: id },
+          { type: P.CKA_LABEL, value: label },
         ],
       );
       // A token may ignore a template attribute it does not support; this one must not have.
       const [sensitive, extractable] = this.#lib.C_GetAttributeValue(s, keys.privateKey, [
-        { type: pkcs11js.CKA_SENSITIVE },
-        { type: pkcs11js.CKA_EXTRACTABLE },
+        { type: P.CKA_SENSITIVE },
+        { type: P.CKA_EXTRACTABLE },
       ]);
       if (!isTrue(sensitive?.value) || isTrue(extractable?.value)) {
         this.#lib.C_DestroyObject(s, keys.privateKey);
@@ -141,9 +159,7 @@ export class Pkcs11Custody implements KeyCustody {
       }
       return keys;
     });
-    const point = this.#call((s) =>
-      this.#lib.C_GetAttributeValue(s, publicKey, [{ type: pkcs11js.CKA_EC_POINT }]),
-    );
+    const point = this.#call((s) => this.#lib.C_GetAttributeValue(s, publicKey, [{ type: P.CKA_EC_POINT }]));
     const ref: KeyRef = { id, label, handle: privateKey, epoch: this.#session!.epoch };
     return {
       ...this.#handle(ref, spkiFromEcPoint(point[0]?.value)),
@@ -151,11 +167,11 @@ export class Pkcs11Custody implements KeyCustody {
         // CKA_LABEL is modifiable (PKCS#11 v2.40 §4.4): the CA id or kid, for `pkcs11-tool --list-objects`.
         // Found again by CKA_ID: the session may have been opened anew since the key was made.
         this.#call((s) => {
-          for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) {
+          for (const cls of [P.CKO_PRIVATE_KEY, P.CKO_PUBLIC_KEY]) {
             const o = this.#find(s, cls, id);
             if (o === null)
               throw new BatonError('ERR_CA_UNAVAILABLE', `the new key ${name} is gone from the token`);
-            this.#lib.C_SetAttributeValue(s, o, [{ type: pkcs11js.CKA_LABEL, value: name }]);
+            this.#lib.C_SetAttributeValue(s, o, [{ type: P.CKA_LABEL, value: name }]);
           }
         });
         ref.label = name;
@@ -171,14 +187,14 @@ export class Pkcs11Custody implements KeyCustody {
         `the key of ${name} is wrapped under a key-encryption key, not kept in a PKCS#11 token: start without --kms`,
       );
     const ref: KeyRef = { id: Buffer.from(stored.blob), label: name, handle: null, epoch: -1 };
-    const publicHandle = this.#call((s) => this.#find(s, pkcs11js.CKO_PUBLIC_KEY, ref.id));
+    const publicHandle = this.#call((s) => this.#find(s, P.CKO_PUBLIC_KEY, ref.id));
     if (publicHandle === null)
       throw new BatonError(
         'ERR_CA_UNAVAILABLE',
         `the public key of ${name} (recorded in ${stored.kekId}) is not in the token ${this.id}`,
       );
     const point = this.#call((s) =>
-      this.#lib.C_GetAttributeValue(s, publicHandle, [{ type: pkcs11js.CKA_EC_POINT }]),
+      this.#lib.C_GetAttributeValue(s, publicHandle, [{ type: P.CKA_EC_POINT }]),
     );
     const handle = this.#handle(ref, spkiFromEcPoint(point[0]?.value));
     // Found now, so that a missing private key stops the start rather than the first request.
@@ -191,7 +207,7 @@ export class Pkcs11Custody implements KeyCustody {
       const digest = createHash('sha256').update(data).digest();
       // CKM_ECDSA over the SHA-256 digest (PKCS#11 v2.40 §2.3.6): the signature is r || s.
       return this.#call((s) => {
-        this.#lib.C_SignInit(s, { mechanism: pkcs11js.CKM_ECDSA }, this.#privateHandle(s, ref));
+        this.#lib.C_SignInit(s, { mechanism: P.CKM_ECDSA }, this.#privateHandle(s, ref));
         return Buffer.from(this.#lib.C_Sign(s, digest, Buffer.alloc(64)));
       });
     };
@@ -207,9 +223,9 @@ export class Pkcs11Custody implements KeyCustody {
     };
   }
 
-  #privateHandle(s: pkcs11js.Handle, ref: KeyRef): pkcs11js.Handle {
+  #privateHandle(s: Handle, ref: KeyRef): Handle {
     if (ref.handle !== null && ref.epoch === this.#epoch) return ref.handle;
-    const h = this.#find(s, pkcs11js.CKO_PRIVATE_KEY, ref.id);
+    const h = this.#find(s, P.CKO_PRIVATE_KEY, ref.id);
     if (h === null)
       throw new BatonError(
         'ERR_CA_UNAVAILABLE',
@@ -220,11 +236,11 @@ export class Pkcs11Custody implements KeyCustody {
     return h;
   }
 
-  #find(s: pkcs11js.Handle, cls: number, id: Buffer): pkcs11js.Handle | null {
+  #find(s: Handle, cls: number, id: Buffer): Handle | null {
     this.#lib.C_FindObjectsInit(s, [
-      { type: pkcs11js.CKA_CLASS, value: cls },
-      { type: pkcs11js.CKA_TOKEN, value: true },
-      { type: pkcs11js.CKA_ID, value: id },
+      { type: P.CKA_CLASS, value: cls },
+      { type: P.CKA_TOKEN, value: true },
+      { type: P.CKA_ID, value: id },
     ]);
     try {
       return this.#lib.C_FindObjects(s, 1)[0] ?? null;
@@ -237,7 +253,7 @@ export class Pkcs11Custody implements KeyCustody {
    * Runs `fn` on the session. A PKCS#11 failure drops the session and the module, and `fn` is tried
    * once more on a fresh one unless the backoff says to wait; a failure then is ERR_CA_UNAVAILABLE.
    */
-  #call<T>(fn: (session: pkcs11js.Handle) => T): T {
+  #call<T>(fn: (session: Handle) => T): T {
     for (let attempt = 0; ; attempt++) {
       const session = this.#ensure();
       try {
@@ -280,14 +296,14 @@ export class Pkcs11Custody implements KeyCustody {
     }
     const slot = this.#selectSlot();
     const info = lib.C_GetTokenInfo(slot);
-    if (info.flags & (pkcs11js.CKF_USER_PIN_LOCKED | pkcs11js.CKF_USER_PIN_FINAL_TRY))
+    if (info.flags & (P.CKF_USER_PIN_LOCKED | P.CKF_USER_PIN_FINAL_TRY))
       throw new BatonError(
         'ERR_CA_UNAVAILABLE',
         'the token says one more wrong PIN would lock it (or it is locked): not logging in; check the PIN source',
       );
-    const handle = lib.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    const handle = lib.C_OpenSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION);
     try {
-      lib.C_Login(handle, pkcs11js.CKU_USER, this.#uri.pin());
+      lib.C_Login(handle, P.CKU_USER, this.#uri.pin());
     } catch (e) {
       if (pkcs11Code(e) !== 'CKR_USER_ALREADY_LOGGED_IN') {
         if (pkcs11Code(e) === 'CKR_PIN_INCORRECT')
@@ -300,7 +316,7 @@ export class Pkcs11Custody implements KeyCustody {
     return this.#session;
   }
 
-  #selectSlot(): pkcs11js.Handle {
+  #selectSlot(): Handle {
     const lib = this.#lib;
     const sel = this.#uri.selector;
     const libInfo = lib.C_GetInfo();
