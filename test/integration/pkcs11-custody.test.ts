@@ -59,7 +59,7 @@ describeWith([softHsm], 'PKCS#11 key custody (SoftHSM2)', () => {
       extractable: false,
       alwaysSensitive: true,
       neverExtractable: true,
-      // PKCS#11 v2.40 §4.1: reading the value of a sensitive key is refused.
+      // PKCS#11 v2.40, C_GetAttributeValue: the value of a sensitive key is not given out.
       value: 'CKR_ATTRIBUTE_SENSITIVE',
     });
     expect(objects.find((o) => o.class === 'public')?.label).toBe('ca-0123456789abcdef');

@@ -28,17 +28,20 @@ import type { Pkcs11Uri } from './pkcs11-uri';
  * found, a session opened and logged in again, the keys found again by CKA_ID: after an immediate
  * retry, at most once per backoff period (250 ms doubling to 30 s), so a dead token is not
  * hammered. A login is never tried when the token says one more wrong PIN would lock it
- * (CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED: PKCS#11 v2.40 §5.3 CK_TOKEN_INFO flags).
+ * (CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED: PKCS#11 v2.40, the CK_TOKEN_INFO flags).
  */
 
-/** DER of the P-256 OID (1.2.840.10045.3.1.7): CKA_EC_PARAMS as namedCurve (PKCS#11 v2.40 §2.3.3). */
+/**
+ * DER of the P-256 OID (1.2.840.10045.3.1.7): CKA_EC_PARAMS as namedCurve (PKCS#11 Current
+ * Mechanisms v2.40 §2.3.3).
+ */
 const P256_PARAMS = Buffer.from('06082a8648ce3d030107', 'hex');
 /** SubjectPublicKeyInfo prefix of an uncompressed P-256 point (RFC 5480 §2). */
 const P256_SPKI_PREFIX = Buffer.from('3059301306072a8648ce3d020106082a8648ce3d030107034200', 'hex');
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 30_000;
 
-/** CK_RV names that say the token, session or login went away (the rest are module errors too). */
+/** The CK_RV name pkcs11js gives a failed call (`CKR_PIN_INCORRECT`), if it is one. */
 const pkcs11Code = (e: unknown): string | undefined =>
   e instanceof Error && /^CKR_[A-Z_]+$/.test(e.message) ? e.message : undefined;
 
@@ -108,7 +111,20 @@ export class Pkcs11Custody implements KeyCustody {
         `cannot load the PKCS#11 module ${uri.modulePath}: ${(e as Error).message}`,
       );
     }
-    const session = this.#open();
+    let session: Session;
+    try {
+      session = this.#open();
+    } catch (e) {
+      this.#drop();
+      if (e instanceof BatonError) throw e;
+      throw new BatonError(
+        'ERR_CA_UNAVAILABLE',
+        `the PKCS#11 token is unavailable (${pkcs11Code(e) ?? (e as Error).message})`,
+        {
+          cause: e,
+        },
+      );
+    }
     const info = this.#lib.C_GetTokenInfo(this.#lib.C_GetSessionInfo(session.handle).slotID);
     this.id = `pkcs11:token=${encodeURIComponent(info.label.trimEnd())};serial=${encodeURIComponent(info.serialNumber.trimEnd())}`;
   }
@@ -205,7 +221,8 @@ export class Pkcs11Custody implements KeyCustody {
   #handle(ref: KeyRef, spki: Buffer): CustodyKeyHandle {
     const rawSign = (data: Uint8Array): Buffer => {
       const digest = createHash('sha256').update(data).digest();
-      // CKM_ECDSA over the SHA-256 digest (PKCS#11 v2.40 §2.3.6): the signature is r || s.
+      // CKM_ECDSA over the SHA-256 digest (PKCS#11 Current Mechanisms v2.40 §2.3.6): the
+      // signature is r || s.
       return this.#call((s) => {
         this.#lib.C_SignInit(s, { mechanism: P.CKM_ECDSA }, this.#privateHandle(s, ref));
         return Buffer.from(this.#lib.C_Sign(s, digest, Buffer.alloc(64)));
@@ -388,8 +405,9 @@ export class Pkcs11Custody implements KeyCustody {
 const isTrue = (v: unknown): boolean => Buffer.isBuffer(v) && v.length > 0 && v[0] !== 0;
 
 /**
- * CKA_EC_POINT is the DER OCTET STRING of the X9.62 point (PKCS#11 v2.40 §2.3.3); some modules give
- * the bare point. Either way an uncompressed P-256 point (0x04 || X || Y) in a SubjectPublicKeyInfo.
+ * CKA_EC_POINT is the DER OCTET STRING of the X9.62 point (PKCS#11 Current Mechanisms v2.40
+ * §2.3.3); some modules give the bare point. Either way an uncompressed P-256 point
+ * (0x04 || X || Y), in a SubjectPublicKeyInfo.
  */
 export function spkiFromEcPoint(value: unknown): Buffer {
   if (!Buffer.isBuffer(value)) throw new BatonError('ERR_CA_UNAVAILABLE', 'the token returned no EC point');
