@@ -338,6 +338,12 @@ describeEachBackend('PKCS#11 key custody: baton with its keys in SoftHSM2', (bac
             // Nothing half written: no certificate recorded, the single-use join token not spent, the
             // node certificate not superseded (used again below).
             expect(certificates()).toBe(before);
+            // Readiness says so too, so that a load balancer can stop sending signing requests here.
+            const ready = await https(`${server!.url}/readyz`, { ca: bundle() });
+            expect({ status: ready.status, body: ready.json() }).toEqual({
+              status: 503,
+              body: { status: 'not ready', checks: { database: true, ca_keys: false } },
+            });
           } finally {
             token.plug();
           }
@@ -348,6 +354,7 @@ describeEachBackend('PKCS#11 key custody: baton with its keys in SoftHSM2', (bac
             answer = await attest();
           }
           expect(answer.status).toBe(201);
+          expect((await https(`${server!.url}/readyz`, { ca: bundle() })).status).toBe(200);
           // The node certificate was not superseded by the failed renewal: it still gets a workload SVID.
           expect((await workload()).status).toBe(201);
           expect((await jwt()).status).toBe(201);

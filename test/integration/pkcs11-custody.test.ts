@@ -138,6 +138,24 @@ describeWith([softHsm], 'PKCS#11 key custody (SoftHSM2)', () => {
     expect(loaded.signJws(data)).toHaveLength(64);
   });
 
+  it('ok/available() (what /readyz asks) says whether the token answers, without waiting for a signature', () => {
+    now += 60_000;
+    expect(custody.available()).toBe(true);
+    token.unplug();
+    try {
+      // The token no longer answers (C_GetTokenInfo), and it cannot be opened again.
+      expect(custody.available()).toBe(false);
+      now += 100;
+      expect(custody.available()).toBe(false);
+    } finally {
+      token.plug();
+    }
+    // Within the backoff nothing is asked; after it the token is opened again, with no signature.
+    expect(custody.available()).toBe(false);
+    now += 60_000;
+    expect(custody.available()).toBe(true);
+  });
+
   it('fail/a PIN the token refuses at re-login: ERR_CA_UNAVAILABLE naming the PIN source; recovers when the PIN is right again', () => {
     const key = custody.generate();
     key.store('pin-key');

@@ -75,6 +75,7 @@ interface KeyRef {
 
 interface Session {
   handle: Handle;
+  slot: Handle;
   epoch: number;
 }
 
@@ -230,6 +231,7 @@ export class Pkcs11Custody implements KeyCustody {
     };
     const signer: Signer = {
       algorithmIdentifier: seq(oid(OID.ecdsaWithSHA256)),
+      available: () => this.available(),
       // X.509, CRLs and OCSP want the DER ECDSA-Sig-Value (RFC 5758 §3.2, RFC 3279 §2.2.3).
       sign: (data) => derSignature(rawSign(data)),
     };
@@ -329,7 +331,7 @@ export class Pkcs11Custody implements KeyCustody {
       }
     }
     this.#epoch++;
-    this.#session = { handle, epoch: this.#epoch };
+    this.#session = { handle, slot, epoch: this.#epoch };
     return this.#session;
   }
 
@@ -394,6 +396,21 @@ export class Pkcs11Custody implements KeyCustody {
       `the PKCS#11 token is unavailable (${this.#lastError || 'not open'}): retry later`,
       { cause },
     );
+  }
+
+  /**
+   * Whether the token answers now: C_GetTokenInfo on the open session's slot (a session may outlive
+   * its token: SoftHSM keeps it after the token is gone), or, when there is none and
+   * the backoff allows, opening it again (so a replica taken out of rotation by /readyz comes back
+   * without a signing request). Never throws.
+   */
+  available(): boolean {
+    try {
+      this.#call(() => this.#lib.C_GetTokenInfo(this.#session!.slot));
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** Logs out and finalizes the module (process exit, tests). */
