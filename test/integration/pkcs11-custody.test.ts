@@ -28,15 +28,17 @@ describeWith([softHsm], 'PKCS#11 key custody (SoftHSM2)', () => {
   let token: SoftHsmToken;
   let custody: Pkcs11Custody;
   let now = 0;
+  let forgetConf = () => {};
 
   beforeAll(() => {
     token = softHsmToken('custody');
-    useSoftHsmConfInProcess(token);
+    forgetConf = useSoftHsmConfInProcess(token);
     custody = new Pkcs11Custody(parsePkcs11Uri(token.uri('source')), { monotonicMs: () => now });
   });
   afterAll(() => {
     custody?.close();
     token?.cleanup();
+    forgetConf();
   });
 
   it('ok/generates P-256 keys in the token: sensitive, never extractable, signing only; the record is a reference', () => {

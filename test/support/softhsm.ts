@@ -1,5 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hasTool, type Requirement, tempDir } from './tools';
@@ -75,12 +75,16 @@ try {
  * reach; `process.loadEnvFile` (Node's own function) sets the real one. It sets a variable only
  * once per process, so it names a file of this process whose contents each caller replaces.
  */
-export function useSoftHsmConfInProcess(token: SoftHsmToken): void {
+export function useSoftHsmConfInProcess(token: SoftHsmToken): () => void {
   const conf = join(tmpdir(), `baton-softhsm2-${process.pid}.conf`);
   copyFileSync(token.env.SOFTHSM2_CONF!, conf);
   const envFile = `${conf}.env`;
   writeFileSync(envFile, `SOFTHSM2_CONF=${conf}\n`);
   process.loadEnvFile(envFile);
+  return () => {
+    rmSync(conf, { force: true });
+    rmSync(envFile, { force: true });
+  };
 }
 
 export interface SoftHsmToken {
