@@ -402,7 +402,8 @@ export function loadInitConfig(flags: Flags, env: Env): InitConfig {
 }
 
 export function loadAdminClientConfig(flags: Flags, env: Env): AdminClientConfig {
-  const storage = loadStorageConfig(flags, env);
+  // Only for the data dir: an admin command talks to the server and never reads the token's PIN.
+  const storage = loadStorageConfig(flags, { ...env, BATON_KMS: undefined });
   return Object.freeze({
     server: parseUrl(
       str(flags, 'server', env, 'BATON_SERVER') ?? urlForListen(parseListen(DEFAULT_LISTEN)),

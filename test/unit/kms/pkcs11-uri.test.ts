@@ -1,7 +1,7 @@
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BatonError } from '../../../services/ca/src/ground/errors';
-import { loadStorageConfig } from '../../../services/ca/src/config';
+import { loadAdminClientConfig, loadStorageConfig } from '../../../services/ca/src/config';
 import { parsePkcs11Uri, redactPkcs11Uri } from '../../../services/ca/src/kms/pkcs11-uri';
 import { tempDir } from '../../support/tools';
 
@@ -181,5 +181,10 @@ describe('loadStorageConfig --kms / BATON_KMS', () => {
     expect(loadStorageConfig({}, { BATON_KMS: uri }).kms?.modulePath).toBe(MODULE);
     expect(loadStorageConfig({}, {}).kms).toBeUndefined();
     expect(errorOf(() => loadStorageConfig({}, { BATON_KMS: 'pkcs11:' })).message).toMatch(/^BATON_KMS: /);
+  });
+
+  it('ok/admin commands (they talk to the server) never parse BATON_KMS nor read its PIN file', () => {
+    const env = { BATON_KMS: `pkcs11:token=t?module-path=${MODULE}&pin-source=/nonexistent/pin` };
+    expect(loadAdminClientConfig({ 'data-dir': '/srv/baton' }, env).adminDir).toBe('/srv/baton/admin');
   });
 });
