@@ -17,8 +17,10 @@ ENV npm_config_nodedir=/usr/local \
     BATON_REQUIRE_NATIVE=1
 WORKDIR /app
 COPY package.json package-lock.json ./
-# --ignore-scripts: the root package's `prepare` builds, and the sources are not here yet.
-RUN npm ci --ignore-scripts --no-audit --no-fund
+# --ignore-scripts: the root package's `prepare` builds, and the sources are not here yet. Then the
+# one dependency with a native addon, pkcs11js (--kms: CA keys in a PKCS#11 token), is compiled.
+RUN npm ci --ignore-scripts --no-audit --no-fund \
+    && npm rebuild pkcs11js
 COPY . .
 RUN npm run build
 
@@ -28,14 +30,17 @@ ENV NODE_ENV=production \
     BATON_DATA_DIR=/var/lib/baton \
     BATON_LISTEN=0.0.0.0:8443
 WORKDIR /app
-# --ignore-scripts: no production dependency needs an install script, and the root package's
-# lifecycle scripts (prepare, ...) may call dev tools that are not installed here.
+# --ignore-scripts: the one production dependency with an install script (pkcs11js) gets its addon
+# from the build stage below, and the root package's lifecycle scripts (prepare, ...) may call dev
+# tools that are not installed here.
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
     && npm cache clean --force
 COPY --from=build /app/dist ./dist
 COPY --from=build /app/services/ca/native/build/Release/baton_ec_verify.node ./services/ca/native/build/Release/
 COPY --from=build /app/services/ca/native/build/Release/baton_peer_credentials.node ./services/ca/native/build/Release/
+# pkcs11js's addon, compiled in the build stage (the vendor's PKCS#11 module is the operator's to add).
+COPY --from=build /app/node_modules/pkcs11js/build/Release/pkcs11.node ./node_modules/pkcs11js/build/Release/
 # The Workload API's and SDS's service definitions, read at run time by the agent (proto-loader).
 COPY clients/rotation/src/workload-api/workload.proto ./clients/rotation/src/workload-api/
 COPY clients/rotation/src/workload-api/envoy-proto ./clients/rotation/src/workload-api/envoy-proto

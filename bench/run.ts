@@ -17,6 +17,7 @@ import { cryptoSection, crlSection } from './sections/in-process';
 import { loadgenSection } from './sections/issue';
 import { batonPostgres } from './sections/baton';
 import { batonPglite, workersAb } from './sections/baton-variants';
+import { PKCS11_FIGURES, pkcs11Section } from './sections/pkcs11';
 import { cfsslSection } from './sections/cfssl';
 import { versusSection } from './sections/versus';
 import { WORKLOAD_API_FIGURES, workloadApiSection, workloadApiTargets } from './sections/workload-api';
@@ -73,6 +74,8 @@ async function main() {
       ],
       () => batonPostgres(c),
     );
+    // Issue 18: the same issuance with the CA keys in a PKCS#11 token, right after it.
+    await section(c, 'pkcs11', PKCS11_FIGURES, () => pkcs11Section(c));
     await section(c, 'workers', ['one_worker_issuance_c16_per_s', 'workers_issuance_c16_per_s'], () =>
       workersAb(c),
     );

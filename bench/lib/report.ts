@@ -42,6 +42,8 @@ export function ratios(c: Context) {
   set(c, 'ratio_issuance_vs_loadgen_ceiling', ratioOf(f.issuance_c16_per_s, f.loadgen_ceiling_per_s));
   // Issue 16: both measured in the same run, on the same server, by the same nodes.
   set(c, 'ratio_jwt_mint_vs_issuance_c16', ratioOf(f.jwt_mint_c16_per_s, f.issuance_c16_per_s));
+  // Issue 18: keys in SoftHSM2 against KEK-wrapped keys, the same run on the same machine.
+  set(c, 'ratio_issuance_pkcs11_vs_kek_c16', ratioOf(f.issuance_c16_pkcs11_per_s, f.issuance_c16_per_s));
 }
 
 export interface Target {
@@ -107,6 +109,11 @@ export function targets(f: Record<string, Figure>, stormNodes: number): Target[]
       'JWT-SVID mint c16 >= 2x workload SVID issuance c16 (same run)',
       `${shown('jwt_mint_c16_per_s', '/s')} vs ${shown('issuance_c16_per_s', '/s')} (${shown('ratio_jwt_mint_vs_issuance_c16', 'x')})`,
       ge(m('jwt_mint_c16_per_s'), m('issuance_c16_per_s'), 2),
+    ),
+    check(
+      'issuance c16 with the keys in SoftHSM2 (--kms) >= 0.5x KEK-wrapped (same run)',
+      `${shown('issuance_c16_pkcs11_per_s', '/s')} vs ${shown('issuance_c16_per_s', '/s')} (${shown('ratio_issuance_pkcs11_vs_kek_c16', 'x')})`,
+      ge(m('issuance_c16_pkcs11_per_s'), m('issuance_c16_per_s'), 0.5),
     ),
     check(
       'JWT-SVID mint c16 p99 < 10 ms',

@@ -1,4 +1,4 @@
-import { createPublicKey, type JsonWebKey, sign, verify } from 'node:crypto';
+import { createPublicKey, type JsonWebKey, verify } from 'node:crypto';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 import type { OpenCa } from '../../services/ca/src/ca-service';
 import { loadServerConfig } from '../../services/ca/src/config';
@@ -73,10 +73,7 @@ describeEachBackend('JWT signing keys, the JWKS and OIDC discovery', (backend) =
     expect(jwt!.kid).toBe(t.ca.keyring.jwt.active!.kid);
     // The published key is the signing key's public half.
     const data = Buffer.from('eyJhbGciOiJFUzI1NiJ9.e30');
-    const signature = sign('sha256', data, {
-      key: t.ca.keyring.jwt.active!.privateKey,
-      dsaEncoding: 'ieee-p1363',
-    });
+    const signature = t.ca.keyring.jwt.active!.signJws(data);
     const published = createPublicKey({ key: jwt as unknown as JsonWebKey, format: 'jwk' });
     expect(verify('sha256', data, { key: published, dsaEncoding: 'ieee-p1363' }, signature)).toBe(true);
     expect(b.spiffe_refresh_hint).toBe(300);
@@ -94,8 +91,8 @@ describeEachBackend('JWT signing keys, the JWKS and OIDC discovery', (backend) =
       key_blob: Uint8Array;
     };
     expect(row).toMatchObject({ key_alg: 'A256GCM', key_kek_id: t.ca.kek.id });
-    const pkcs8 = t.ca.keyring.jwt.active!.privateKey.export({ type: 'pkcs8', format: 'der' });
-    const d = Buffer.from(t.ca.keyring.jwt.active!.privateKey.export({ format: 'jwk' }).d!, 'base64url');
+    const pkcs8 = t.ca.keyring.jwt.active!.privateKey!.export({ type: 'pkcs8', format: 'der' });
+    const d = Buffer.from(t.ca.keyring.jwt.active!.privateKey!.export({ format: 'jwk' }).d!, 'base64url');
     const blob = Buffer.from(row.key_blob);
     expect(blob.includes(pkcs8)).toBe(false);
     expect(blob.includes(d)).toBe(false);

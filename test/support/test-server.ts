@@ -12,7 +12,8 @@ import { createJwtKey } from '../../services/ca/src/domain/jwt-keys';
 import { loadKeyring } from '../../services/ca/src/domain/keyring';
 import type { Installation } from '../../services/ca/src/domain/ports';
 import { createLogger } from '../../services/ca/src/logger';
-import { kekFromBase64 } from '../../services/ca/src/pki/kek';
+import { type Kek, kekFromBase64 } from '../../services/ca/src/pki/kek';
+import { kekCustody } from '../../services/ca/src/domain/key-custody';
 import { migrateLatest } from '../../services/ca/src/storage/knex/database';
 import { knexStorage } from '../../services/ca/src/storage/knex/knex-storage';
 import { type RunningServer, startServer } from '../../services/ca/src/server/start-server';
@@ -20,7 +21,8 @@ import { type Backend, createTestDatabase, type TestDatabase } from './database'
 
 export interface TestServer {
   url: string;
-  ca: OpenCa;
+  /** The CA as `openCa` gives it, keys KEK-wrapped (its `kek` is always there). */
+  ca: OpenCa & { kek: Kek };
   db: TestDatabase;
   clock: FakeClock;
   running: RunningServer;
@@ -76,7 +78,14 @@ export async function startTestServer(
     await tx.jwtKeys.insert(jwtKey.record);
   });
   const keyring = loadKeyring([root.record, inter.record], kek, installation.publicUrl, [jwtKey.record]);
-  const ca: OpenCa = { knex: db.knex, storage, installation, keyring, kek };
+  const ca: OpenCa & { kek: Kek } = {
+    knex: db.knex,
+    storage,
+    installation,
+    keyring,
+    custody: kekCustody(kek),
+    kek,
+  };
   const config = loadServerConfig(
     // Rate limits are off unless a test turns one on (test/integration/abuse-controls.test.ts):
     // suites attest and renew from one address far faster than any fleet would.

@@ -3,6 +3,7 @@ import { localActor } from './admin-credentials';
 import type { InitConfig, StorageConfig } from './config';
 import { auditEvent } from './domain/audit';
 import type { Kek } from './pki/kek';
+import type { KeyCustody } from './domain/key-custody';
 import { createIntermediateCa, createRootCa } from './domain/ca-hierarchy';
 import type { Clock } from './domain/clock';
 import { BatonError } from './ground/errors';
@@ -10,7 +11,7 @@ import { createJwtKey, readKeyState } from './domain/jwt-keys';
 import { type Keyring, loadKeyring } from './domain/keyring';
 import { publicationUrlOf } from './domain/urls';
 import type { Installation, Storage } from './domain/ports';
-import { resolveKek } from './kek-source';
+import { resolveCustody } from './key-custody-source';
 import { migrateLatest, openDatabase } from './storage/knex/database';
 import { knexStorage } from './storage/knex/knex-storage';
 
@@ -20,7 +21,10 @@ export interface OpenCa {
   installation: Installation;
   /** Replaced when the CA set changes (rotation); read it through this object, never cache it. */
   keyring: Keyring;
-  kek: Kek;
+  /** Where the CA and JWT keys are kept: the KEK, or the PKCS#11 token of --kms. */
+  custody: KeyCustody;
+  /** The KEK, when the keys are KEK-wrapped (none with --kms). */
+  kek?: Kek;
 }
 
 /** Opens the database and runs pending migrations. */
@@ -52,17 +56,17 @@ export async function openCa(
         'ERR_NOT_INITIALIZED',
         'the CA is not initialized: run `baton ca init --trust-domain TD` first',
       );
-    const kek = resolveKek(cfg, { create: false });
+    const { custody, kek } = resolveCustody(cfg, { create: false });
     const { cas, jwtKeys, cross } = await readKeyState(storage);
     const keyring = loadKeyring(
       cas,
-      kek,
+      custody,
       opts.publicUrl ?? installation.publicUrl,
       jwtKeys,
       publicationUrlOf(installation, opts),
       cross,
     );
-    return { knex, storage, installation, keyring, kek };
+    return { knex, storage, installation, keyring, custody, ...(kek ? { kek } : {}) };
   } catch (e) {
     await knex.destroy();
     throw e;
@@ -75,7 +79,7 @@ export async function initCa(cfg: InitConfig, clock: Clock): Promise<OpenCa> {
   try {
     if (await storage.cas.getInstallation())
       throw new BatonError('ERR_ALREADY_INITIALIZED', 'the CA is already initialized');
-    const kek = resolveKek(cfg, { create: true });
+    const { custody, kek } = resolveCustody(cfg, { create: true });
     const now = clock.now();
     const installation: Installation = {
       trustDomain: cfg.trustDomain,
@@ -86,17 +90,17 @@ export async function initCa(cfg: InitConfig, clock: Clock): Promise<OpenCa> {
       adminTtlMs: cfg.adminTtlMs,
       createdAt: now,
     };
-    const root = createRootCa({ trustDomain: cfg.trustDomain, now, kek });
+    const root = createRootCa({ trustDomain: cfg.trustDomain, now, kek: custody });
     const intermediate = createIntermediateCa({
       trustDomain: cfg.trustDomain,
       now,
-      kek,
+      kek: custody,
       root,
       // The CRL that would list this intermediate is published at the publication URL.
       publicUrl: publicationUrlOf(installation),
     });
     // The signing intermediate's JWT-SVID signing key, made with it (domain/jwt-keys.ts).
-    const jwtKey = createJwtKey({ kek, caId: intermediate.record.id, now });
+    const jwtKey = createJwtKey({ kek: custody, caId: intermediate.record.id, now });
     await storage.transaction(async (tx) => {
       await tx.cas.initialize(installation, [root.record, intermediate.record]);
       await tx.jwtKeys.insert(jwtKey.record);
@@ -111,12 +115,12 @@ export async function initCa(cfg: InitConfig, clock: Clock): Promise<OpenCa> {
     });
     const keyring = loadKeyring(
       [root.record, intermediate.record],
-      kek,
+      custody,
       cfg.publicUrl,
       [jwtKey.record],
       publicationUrlOf(installation),
     );
-    return { knex, storage, installation, keyring, kek };
+    return { knex, storage, installation, keyring, custody, ...(kek ? { kek } : {}) };
   } catch (e) {
     await knex.destroy();
     throw e;

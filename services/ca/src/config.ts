@@ -7,6 +7,7 @@ import { BatonError } from './ground/errors';
 import { MAX_TTL, MIN_TTL_MS } from './ground/ttl';
 import { NODE_ROLES, type NodeRole } from './domain/ports';
 import { validateTrustDomain } from './domain/trust-domain';
+import { parsePkcs11Uri, type Pkcs11Uri } from './kms/pkcs11-uri';
 
 /**
  * Configuration is parsed once, from flags then environment, validated, and frozen. This is the
@@ -23,6 +24,11 @@ export interface StorageConfig {
   readonly databaseUrl?: string;
   /** BATON_KEK (base64 of 32 bytes); unset with the embedded default: <data-dir>/kek */
   readonly kekBase64?: string;
+  /**
+   * --kms / BATON_KMS: an RFC 7512 PKCS#11 URI; set, the CA and JWT keys are made and kept in that
+   * token and no KEK is used (kms/pkcs11-uri.ts). Default unset: keys KEK-wrapped.
+   */
+  readonly kms?: Pkcs11Uri;
 }
 
 export interface ListenAddress {
@@ -192,10 +198,14 @@ function parseDatabaseUrl(text: string | undefined): string | undefined {
 }
 
 export function loadStorageConfig(flags: Flags, env: Env): StorageConfig {
+  const kms = str(flags, 'kms', env, 'BATON_KMS');
   return Object.freeze({
     dataDir: resolve(str(flags, 'data-dir', env, 'BATON_DATA_DIR') ?? 'baton-data'),
     databaseUrl: parseDatabaseUrl(str(flags, 'database-url', env, 'BATON_DATABASE_URL')),
     kekBase64: env.BATON_KEK || undefined,
+    ...(kms === undefined
+      ? {}
+      : { kms: parsePkcs11Uri(kms, typeof flags.kms === 'string' ? '--kms' : 'BATON_KMS') }),
   });
 }
 
@@ -392,7 +402,8 @@ export function loadInitConfig(flags: Flags, env: Env): InitConfig {
 }
 
 export function loadAdminClientConfig(flags: Flags, env: Env): AdminClientConfig {
-  const storage = loadStorageConfig(flags, env);
+  // Only for the data dir: an admin command talks to the server and never reads the token's PIN.
+  const storage = loadStorageConfig(flags, { ...env, BATON_KMS: undefined });
   return Object.freeze({
     server: parseUrl(
       str(flags, 'server', env, 'BATON_SERVER') ?? urlForListen(parseListen(DEFAULT_LISTEN)),

@@ -187,6 +187,7 @@ const GROUND = `${SRC}ground/`;
 const PKI = `${SRC}pki/`;
 const DOMAIN = `${SRC}domain/`;
 const STORAGE = `${SRC}storage/`;
+const KMS = `${SRC}kms/`;
 const HTTP = `${SRC}http/`;
 const SERVER = `${SRC}server/`;
 const CLI = `${SRC}cli/`;
@@ -209,6 +210,12 @@ const RULES: Rule[] = [
     name: 'domain/ imports only ground/, pki/, domain/ and common/',
     appliesTo: under(DOMAIN),
     breaks: onlyInto(GROUND, PKI, DOMAIN, COMMON),
+  },
+  {
+    // A key custody adapter (issue 18): the domain's port on a key store, like storage/ on a database.
+    name: 'kms/ imports only ground/, pki/, domain/, kms/ and common/',
+    appliesTo: under(KMS),
+    breaks: onlyInto(GROUND, PKI, DOMAIN, KMS, COMMON),
   },
   {
     name: 'storage/ does not import http/, server/ or cli/',

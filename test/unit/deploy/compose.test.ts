@@ -341,6 +341,11 @@ describe('Dockerfile', () => {
       );
       expect({ module, copied: copies.some((c) => copy.test(c)) }).toEqual({ module, copied: true });
     }
+    // pkcs11js (--kms): compiled in the build stage, its addon copied (the runtime npm ci skips scripts).
+    expect(buildRuns).toMatch(/\bnpm rebuild pkcs11js\b/);
+    expect(copies).toContain(
+      '--from=build /app/node_modules/pkcs11js/build/Release/pkcs11.node ./node_modules/pkcs11js/build/Release/',
+    );
     expect(runs.join('\n')).not.toMatch(/\b(g\+\+|gcc|python3)\b/);
   });
 

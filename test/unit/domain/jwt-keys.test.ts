@@ -1,4 +1,4 @@
-import { createHash, createPublicKey, randomBytes, sign, verify } from 'node:crypto';
+import { createHash, createPublicKey, randomBytes, verify } from 'node:crypto';
 import { calculateJwkThumbprint } from 'jose';
 import { caSetVersion, rotateSigningCa } from '../../../services/ca/src/domain/ca-rotation';
 import {
@@ -57,7 +57,8 @@ describe('jwkThumbprint (RFC 7638)', () => {
 describe('createJwtKey', () => {
   it('ok/a P-256 key for the CA, kid its thumbprint, not retired, the PKCS#8 wrapped under the KEK with the kid bound', () => {
     const { kek } = testCa();
-    const { record, privateKey } = createJwtKey({ kek, caId: 'ca-0011', now: T0 });
+    const { record, privateKey: inMemory } = createJwtKey({ kek, caId: 'ca-0011', now: T0 });
+    const privateKey = inMemory!;
     expect(privateKey.asymmetricKeyDetails).toEqual({ namedCurve: 'prime256v1' });
     expect(record).toMatchObject({ caId: 'ca-0011', createdAt: T0, retiredAt: null });
     expect(record.spki).toEqual(createPublicKey(privateKey).export({ type: 'spki', format: 'der' }));
@@ -118,7 +119,7 @@ describe('loadJwtKeyring', () => {
       { kid: ca.jwtKeys[0]!.kid, spki: ca.jwtKeys[0]!.spki, retiredAt: null },
     ]);
     const data = Buffer.from('header.payload');
-    const signature = sign('sha256', data, { key: jwt.active!.privateKey, dsaEncoding: 'ieee-p1363' });
+    const signature = jwt.active!.signJws(data);
     const published = createPublicKey({ key: jwt.keys[1]!.spki, format: 'der', type: 'spki' });
     expect(verify('sha256', data, { key: published, dsaEncoding: 'ieee-p1363' }, signature)).toBe(true);
   });

@@ -39,6 +39,12 @@ export const STORAGE_OPTIONS: Record<string, OptionSpec> = {
     value: 'URL',
     description: 'postgres:// URL (env BATON_DATABASE_URL); unset: embedded PGlite in <data-dir>',
   },
+  kms: {
+    type: 'string',
+    value: 'URI',
+    description:
+      'keep the CA and JWT keys in a PKCS#11 token: an RFC 7512 URI with module-path and pin-source or pin-value (env BATON_KMS); unset: KEK-wrapped',
+  },
 };
 
 export const JSON_OPTION: Record<string, OptionSpec> = {

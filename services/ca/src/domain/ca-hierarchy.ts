@@ -1,11 +1,10 @@
-import { type KeyObject, createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { type KeyObject, createPublicKey } from 'node:crypto';
 import { buildCaCertificate } from '../pki/ca-certificates';
 import { randomSerial } from '../pki/certificate';
-import { wrapKey, type Kek } from '../pki/kek';
 import { keyIdentifier, spkiOf } from '../pki/keys';
 import { readCertificate } from '../pki/certificate-reader';
-import { keyObjectSigner } from '../pki/signer';
 import type { Signer } from '../ground/signer';
+import { type CustodyKey, custodyOf, type KeyCustodySource } from './key-custody';
 import type { CaRecord, CrossCertificateRecord } from './ports';
 import { DAY } from './duration';
 import { crlUrl } from './urls';
@@ -24,15 +23,17 @@ export interface CreatedCa {
 export const caIdFor = (publicKey: KeyObject): string =>
   `ca-${keyIdentifier(spkiOf(publicKey)).subarray(0, 8).toString('hex')}`;
 
-export function createRootCa(params: { trustDomain: string; now: Date; kek: Kek }): CreatedCa {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+/** `kek`: the KEK, or the custody that keeps the keys instead (domain/key-custody.ts, `--kms`). */
+export function createRootCa(params: { trustDomain: string; now: Date; kek: KeyCustodySource }): CreatedCa {
+  const key = custodyOf(params.kek).generate();
+  const { publicKey } = key;
   const id = caIdFor(publicKey);
   const notBefore = new Date(params.now.getTime() - BACKDATE_MS);
   const notAfter = new Date(params.now.getTime() + ROOT_LIFETIME_MS);
   const der = buildCaCertificate({
     subject: { O: params.trustDomain, OU: 'baton', CN: `Baton Root CA ${id.slice(3)}` },
     publicKey,
-    selfKey: privateKey,
+    selfSigner: key.signer,
     serial: randomSerial(),
     notBefore,
     notAfter,
@@ -40,8 +41,8 @@ export function createRootCa(params: { trustDomain: string; now: Date; kek: Kek 
     trustDomainId: `spiffe://${params.trustDomain}`,
   });
   return {
-    record: caRecord(id, 'root', null, der, notBefore, notAfter, privateKey, params),
-    signer: keyObjectSigner(privateKey),
+    record: caRecord(id, 'root', null, der, notBefore, notAfter, key, params),
+    signer: key.signer,
   };
 }
 
@@ -49,12 +50,13 @@ export function createRootCa(params: { trustDomain: string; now: Date; kek: Kek 
 export function createIntermediateCa(params: {
   trustDomain: string;
   now: Date;
-  kek: Kek;
+  kek: KeyCustodySource;
   root: CreatedCa;
   publicUrl: string;
   lifetimeMs?: number;
 }): CreatedCa {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const key = custodyOf(params.kek).generate();
+  const { publicKey } = key;
   const id = caIdFor(publicKey);
   const root = params.root.record;
   const notBefore = new Date(params.now.getTime() - BACKDATE_MS);
@@ -77,8 +79,8 @@ export function createIntermediateCa(params: {
     trustDomainId: `spiffe://${params.trustDomain}`,
   });
   return {
-    record: caRecord(id, 'intermediate', root.id, der, notBefore, notAfter, privateKey, params),
-    signer: keyObjectSigner(privateKey),
+    record: caRecord(id, 'intermediate', root.id, der, notBefore, notAfter, key, params),
+    signer: key.signer,
   };
 }
 
@@ -141,10 +143,9 @@ function caRecord(
   der: Buffer,
   notBefore: Date,
   notAfter: Date,
-  privateKey: KeyObject,
-  p: { now: Date; kek: Kek },
+  key: CustodyKey,
+  p: { now: Date },
 ): CaRecord {
-  const pkcs8 = privateKey.export({ type: 'pkcs8', format: 'der' });
   return {
     id,
     kind,
@@ -153,7 +154,7 @@ function caRecord(
     notBefore,
     notAfter,
     active: true,
-    wrappedKey: wrapKey(p.kek, pkcs8, id),
+    wrappedKey: key.store(id),
     createdAt: p.now,
   };
 }

@@ -1,9 +1,9 @@
-import type { Kek } from '../pki/kek';
 import { BatonError } from '../ground/errors';
 import { type AuditContext, auditEvent } from './audit';
 import { createIntermediateCa } from './ca-hierarchy';
 import type { Clock } from './clock';
 import { createJwtKey } from './jwt-keys';
+import type { KeyCustodySource } from './key-custody';
 import type { Keyring } from './keyring';
 import type { CaRecord, Installation, JwtKeyRecord, Storage } from './ports';
 
@@ -19,7 +19,8 @@ export async function rotateSigningCa(
   deps: {
     clock: Clock;
     storage: Storage;
-    kek: Kek;
+    /** The KEK, or the custody that keeps the keys (--kms). */
+    kek: KeyCustodySource;
     keyring: Keyring;
     installation: Installation;
     publicUrl: string;

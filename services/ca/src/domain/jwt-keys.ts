@@ -1,23 +1,18 @@
-import {
-  createHash,
-  createPrivateKey,
-  createPublicKey,
-  generateKeyPairSync,
-  type KeyObject,
-} from 'node:crypto';
+import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { BatonError } from '../ground/errors';
 import { MAX_JWT_TTL_MS } from '../ground/ttl';
-import { type Kek, unwrapKey, wrapKey } from '../pki/kek';
 import { spkiOf } from '../pki/keys';
 import { auditEvent, SYSTEM_ACTOR } from './audit';
 import type { Clock } from './clock';
+import { custodyOf, type KeyCustodySource } from './key-custody';
 import type { CaRecord, CrossCertificateRecord, JwtKeyRecord, Storage } from './ports';
 
 /**
  * JWT-SVID signing keys (issue 16; CONTRACT "JWT-SVIDs"). Each signing intermediate has one ES256
  * key (P-256), made with it (`baton ca init`, `baton ca rotate`) and retired when the next one takes
- * over. The private key is stored like a CA key: PKCS#8 wrapped under the KEK (AES-256-GCM), the kid
- * as additional data so a wrapped key cannot be moved to another row unnoticed.
+ * over. The private key is kept like a CA key (domain/key-custody.ts): PKCS#8 wrapped under the KEK
+ * (AES-256-GCM), the kid as additional data so a wrapped key cannot be moved to another row
+ * unnoticed; or, with `--kms`, made and kept in the PKCS#11 token, labelled with its kid.
  *
  * Publication (the JWKS, SPIFFE Trust Domain and Bundle §4): the current key and every retired key
  * until the last token it may have signed has expired: a token lives at most MAX_JWT_TTL_MS, and
@@ -32,7 +27,11 @@ export const JWT_KEY_GRACE_MS = 5 * 60_000;
 export interface JwtSigningKey {
   kid: string;
   caId: string;
-  privateKey: KeyObject;
+  /** ES256 over the JWS signing input: r || s (RFC 7518 §3.4), wherever the key is kept. */
+  signJws(data: Uint8Array): Buffer;
+  publicKey: KeyObject;
+  /** In memory only when the key is KEK-wrapped (never with --kms). */
+  privateKey?: KeyObject;
   /** the signing CA's notAfter: no token outlives it */
   notAfter: Date;
 }
@@ -77,33 +76,40 @@ export function jwkThumbprint(jwk: EcPublicJwk): string {
   return createHash('sha256').update(json, 'utf8').digest('base64url');
 }
 
-/** A new signing key for the signing intermediate `caId`: its record (wrapped) and its private key. */
-export function createJwtKey(p: { kek: Kek; caId: string; now: Date }): {
+/**
+ * A new signing key for the signing intermediate `caId`, made by the custody (`kek`: the KEK or the
+ * custody that stands in for it): its record (wrapped, or a token reference) and its private key
+ * when it is in memory (KEK custody only).
+ */
+export function createJwtKey(p: { kek: KeyCustodySource; caId: string; now: Date }): {
   record: JwtKeyRecord;
-  privateKey: KeyObject;
+  privateKey?: KeyObject;
 } {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const spki = spkiOf(publicKey);
+  const key = custodyOf(p.kek).generate();
+  const spki = spkiOf(key.publicKey);
   const kid = jwkThumbprint(jwtPublicJwk(spki));
-  const pkcs8 = privateKey.export({ type: 'pkcs8', format: 'der' });
   return {
     record: {
       kid,
       caId: p.caId,
       spki,
-      wrappedKey: wrapKey(p.kek, pkcs8, kid),
+      wrappedKey: key.store(kid),
       createdAt: p.now,
       retiredAt: null,
     },
-    privateKey,
+    ...(key.privateKey ? { privateKey: key.privateKey } : {}),
   };
 }
 
 /**
  * The JWT part of the keyring: every key for publication, and the signing CA's unretired key
- * unwrapped with the KEK (ERR_KEK_INVALID on a wrong KEK or tampered blob, as for the CA keys).
+ * loaded from its custody (ERR_KEK_INVALID on a wrong KEK or tampered blob, as for the CA keys).
  */
-export function loadJwtKeyring(records: readonly JwtKeyRecord[], kek: Kek, signingCa: CaRecord): JwtKeyring {
+export function loadJwtKeyring(
+  records: readonly JwtKeyRecord[],
+  kek: KeyCustodySource,
+  signingCa: CaRecord,
+): JwtKeyring {
   const keys = [...records]
     .sort(
       (a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.kid < b.kid ? -1 : a.kid > b.kid ? 1 : 0),
@@ -111,21 +117,24 @@ export function loadJwtKeyring(records: readonly JwtKeyRecord[], kek: Kek, signi
     .map((r) => ({ kid: r.kid, spki: Buffer.from(r.spki), retiredAt: r.retiredAt }));
   const current = records.find((r) => r.caId === signingCa.id && r.retiredAt === null);
   if (!current) return { active: null, keys };
-  const privateKey = createPrivateKey({
-    key: unwrapKey(kek, current.wrappedKey, current.kid),
-    format: 'der',
-    type: 'pkcs8',
-  });
+  const key = custodyOf(kek).load(current.wrappedKey, current.kid);
   // The row's public key and kid must be this private key's: tokens it signs must verify against
   // what the JWKS publishes.
-  const spki = spkiOf(createPublicKey(privateKey));
+  const spki = spkiOf(key.publicKey);
   if (!spki.equals(current.spki) || jwkThumbprint(jwtPublicJwk(spki)) !== current.kid)
     throw new BatonError(
       'ERR_CA_UNAVAILABLE',
       `the JWT signing key ${current.kid} does not match its recorded public key`,
     );
   return {
-    active: { kid: current.kid, caId: current.caId, privateKey, notAfter: signingCa.notAfter },
+    active: {
+      kid: current.kid,
+      caId: current.caId,
+      signJws: key.signJws,
+      publicKey: key.publicKey,
+      ...(key.privateKey ? { privateKey: key.privateKey } : {}),
+      notAfter: signingCa.notAfter,
+    },
     keys,
   };
 }
@@ -187,14 +196,20 @@ class SigningCaChanged extends Error {}
  * key is unique), the others get ERR_CONFLICT and read the winner's. The new key retires every
  * other one, unless a rotation committed meanwhile (then it is not added: the rotation made its own).
  */
-export async function ensureJwtKey(deps: { storage: Storage; kek: Kek; clock: Clock }): Promise<KeyState> {
+export async function ensureJwtKey(deps: {
+  storage: Storage;
+  kek: KeyCustodySource;
+  clock: Clock;
+}): Promise<KeyState> {
   const state = await readKeyState(deps.storage);
   const signing = activeSigningCa(state.cas);
   if (!signing || state.jwtKeys.some((k) => k.caId === signing.id)) return state;
-  // A key wrapped under another KEK than the CA's would not unwrap on the replicas that can sign.
-  if (signing.wrappedKey.kekId !== deps.kek.id) return state;
+  // A key wrapped under another KEK than the CA's (or kept in another custody) would not load on
+  // the replicas that can sign.
+  const custody = custodyOf(deps.kek);
+  if (signing.wrappedKey.kekId !== custody.id) return state;
   const now = deps.clock.now();
-  const { record } = createJwtKey({ kek: deps.kek, caId: signing.id, now });
+  const { record } = createJwtKey({ kek: custody, caId: signing.id, now });
   try {
     await deps.storage.transaction(async (tx) => {
       await tx.jwtKeys.insert(record);

@@ -1,4 +1,3 @@
-import { sign } from 'node:crypto';
 import { BatonError } from '../ground/errors';
 import { type AuditContext, recordRefusal } from './audit';
 import { identifyClaim, type NodeClaim } from './caller';
@@ -106,14 +105,16 @@ async function mintOnce(deps: JwtSvidDeps, p: MintJwtSvidParams): Promise<Minted
  * past the key's notAfter (the signing CA's: a key is retired with its CA), in whole seconds
  * (RFC 7519 NumericDate). ES256 (RFC 7518 §3.4): the signature is r || s, 32 bytes each, not DER.
  *
- * Signed with node:crypto and a KeyObject parsed once, not with `jose`: this is the hot path (about
- * 30 µs here: a cached header, one JSON.stringify, one crypto.sign), and jose's SignJWT is an async
- * builder that checks and re-encodes header and claims on every call. The JWS is simple enough to
+ * Signed by the key's custody (a KeyObject parsed once, or the PKCS#11 token, whose CKM_ECDSA
+ * returns r || s as JWS wants it), not with `jose`: this is the hot path (about 30 µs here with the
+ * KEK: a cached header, one JSON.stringify, one signature), jose's SignJWT is an async builder that
+ * checks and re-encodes header and claims on every call, and it signs only with a key it holds (a
+ * KeyObject or CryptoKey), which a token key never is. The JWS is simple enough to
  * get right by hand, and is proven by code we did not write: the tests validate our tokens with
  * jose and with PyJWT (test/integration/jwt-svid.test.ts).
  */
 export function signJwtSvid(
-  key: Pick<JwtSigningKey, 'kid' | 'privateKey' | 'notAfter'>,
+  key: Pick<JwtSigningKey, 'kid' | 'signJws' | 'notAfter'>,
   c: { sub: string; aud: string[]; iss: string; now: Date; ttlMs: number },
 ): MintedJwtSvid {
   const iat = Math.floor(c.now.getTime() / 1000);
@@ -124,10 +125,7 @@ export function signJwtSvid(
   if (exp <= iat) throw new BatonError('ERR_CA_UNAVAILABLE', 'the JWT signing key has expired');
   const payload = base64url(JSON.stringify({ sub: c.sub, aud: c.aud, exp, iat, iss: c.iss }));
   const input = `${headerOf(key.kid)}.${payload}`;
-  const signature = sign('sha256', Buffer.from(input), {
-    key: key.privateKey,
-    dsaEncoding: 'ieee-p1363',
-  });
+  const signature = key.signJws(Buffer.from(input));
   return {
     token: `${input}.${signature.toString('base64url')}`,
     spiffeId: c.sub,

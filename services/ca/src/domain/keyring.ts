@@ -1,15 +1,13 @@
-import { createPrivateKey } from 'node:crypto';
 import type { Signer } from '../ground/signer';
 import type { IssuerTemplate } from '../pki/certificate';
 import { readCertificate } from '../pki/certificate-reader';
 import { toPem } from '../../../../common/src/der';
 import { authorityInfoAccess, authorityKeyIdentifier, crlDistributionPoints } from '../pki/extensions';
-import { type Kek, unwrapKey } from '../pki/kek';
-import { keyIdentifier } from '../pki/keys';
+import { keyIdentifier, spkiOf } from '../pki/keys';
 import { rootPin } from '../pki/pin';
-import { keyObjectSigner } from '../pki/signer';
 import { BatonError } from '../ground/errors';
 import { type JwtKeyring, loadJwtKeyring } from './jwt-keys';
+import { custodyOf, type KeyCustodySource } from './key-custody';
 import type { CaRecord, CrossCertificateRecord, JwtKeyRecord } from './ports';
 import { crlUrl, ocspUrl } from './urls';
 import { inBundle as rootsInBundle } from './root-rotation';
@@ -60,13 +58,13 @@ export interface Keyring {
 }
 
 /**
- * Unwraps every CA key with the KEK, refusing to start on a wrong or missing KEK
+ * Loads every CA key from its custody (unwrapped with the KEK, or found in the PKCS#11 token), refusing to start on a wrong or missing KEK
  * (there is no fallback: a CA that cannot sign must say so, not improvise). `jwtKeys`: every
  * jwt_keys row; the signing CA's unretired one is unwrapped too (read them with readKeyState).
  */
 export function loadKeyring(
   cas: CaRecord[],
-  kek: Kek,
+  kek: KeyCustodySource,
   publicUrl: string,
   jwtKeys: readonly JwtKeyRecord[],
   publicationUrl: string = publicUrl,
@@ -74,12 +72,16 @@ export function loadKeyring(
 ): Keyring {
   if (cas.length === 0)
     throw new BatonError('ERR_NOT_INITIALIZED', 'the CA is not initialized: run `baton ca init` first');
+  const custody = custodyOf(kek);
   const loaded = cas.map((record) => {
-    const pkcs8 = unwrapKey(kek, record.wrappedKey, record.id);
-    const privateKey = createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' });
+    const key = custody.load(record.wrappedKey, record.id);
     const fields = readCertificate(record.certificateDer);
+    // The key must be the one the certificate names: a row pointing at another token object (or a
+    // token restored with other keys) must not sign under this CA's name.
+    if (!spkiOf(key.publicKey).equals(fields.spkiRaw))
+      throw new BatonError('ERR_CA_UNAVAILABLE', `the key of CA ${record.id} does not match its certificate`);
     const keyId = keyIdentifier(fields.spkiRaw);
-    const signer = keyObjectSigner(privateKey);
+    const signer = key.signer;
     const template: IssuerTemplate = {
       issuerName: fields.subjectRaw,
       signer,
@@ -139,6 +141,6 @@ export function loadKeyring(
     pins: roots.map((r) => rootPin(r.spki)),
     publicUrl,
     publicationUrl,
-    jwt: loadJwtKeyring(jwtKeys, kek, signing.record),
+    jwt: loadJwtKeyring(jwtKeys, custody, signing.record),
   };
 }

@@ -5,9 +5,12 @@
 
 export type { Signer } from '../ground/signer';
 
-/** A CA private key wrapped under the KEK (see pki/kek.ts). */
+/**
+ * A CA private key wrapped under the KEK (see pki/kek.ts), or with `alg: 'pkcs11'` a reference to a
+ * key kept in a PKCS#11 token: `kekId` the token, `blob` the key's CKA_ID (domain/key-custody.ts).
+ */
 export interface WrappedKey {
-  alg: 'A256GCM';
+  alg: 'A256GCM' | 'pkcs11';
   kekId: string;
   blob: Buffer;
 }

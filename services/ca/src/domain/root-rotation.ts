@@ -1,4 +1,3 @@
-import type { Kek } from '../pki/kek';
 import { readCertificate } from '../pki/certificate-reader';
 import { rootPin } from '../pki/pin';
 import { BatonError } from '../ground/errors';
@@ -6,6 +5,7 @@ import { type AuditContext, auditEvent } from './audit';
 import { createIntermediateCa, createRootCa, crossCertifyIntermediate } from './ca-hierarchy';
 import type { Clock } from './clock';
 import { createJwtKey } from './jwt-keys';
+import type { KeyCustodySource } from './key-custody';
 import type { Keyring } from './keyring';
 import type {
   CaRecord,
@@ -37,7 +37,8 @@ import type {
 export interface RootRotationDeps {
   clock: Clock;
   storage: Storage;
-  kek: Kek;
+  /** The KEK, or the custody that keeps the keys instead (domain/key-custody.ts, `--kms`). */
+  kek: KeyCustodySource;
   /** The loaded keyring: the old root's key signs the cross-certificate. */
   keyring: Keyring;
   installation: Installation;

@@ -6,4 +6,9 @@ export interface Signer {
   /** The DER AlgorithmIdentifier matching what sign() produces (RFC 5280 §4.1.1.2). */
   readonly algorithmIdentifier: Buffer;
   sign(data: Uint8Array): Buffer;
+  /**
+   * Whether the key can sign now, as far as a cheap check tells (a PKCS#11 token's session, opened
+   * again when its backoff allows); absent: always (a key in memory). /readyz asks it.
+   */
+  available?(): boolean;
 }

@@ -4,7 +4,7 @@ import type { Attestor } from '../domain/attestation/attestor';
 import type { Clock } from '../domain/clock';
 import type { MintCounter } from '../domain/jwt-mint-tally';
 import type { Keyring } from '../domain/keyring';
-import type { Kek } from '../pki/kek';
+import type { KeyCustodySource } from '../domain/key-custody';
 import type { CrlRecord, Installation, Repositories, RevocationEvent, Storage } from '../domain/ports';
 import type { Metrics } from './metrics';
 
@@ -38,7 +38,7 @@ export interface AppDeps {
    * CRL Distribution Points point, and a reload of this replica's keyring once a step committed.
    * Absent: the server cannot change its CA set (503).
    */
-  caSet?: { kek: Kek; publicationUrl: string; reload(): Promise<void> };
+  caSet?: { kek: KeyCustodySource; publicationUrl: string; reload(): Promise<void> };
 }
 
 /**

@@ -22,9 +22,11 @@ export interface CaCertificateParams {
   notAfter: Date;
   /** RFC 5280 §4.2.1.9 pathLenConstraint: 1 for the root, 0 for a signing intermediate. */
   pathLen: number;
-  /** The issuer; absent for a self-signed root (then `selfKey` signs). */
+  /** The issuer; absent for a self-signed root (then `selfSigner`, else `selfKey`, signs). */
   issuer?: { name: Buffer; keyId: Buffer; signer: Signer };
   selfKey?: KeyObject;
+  /** The root's own key when it is kept elsewhere (a PKCS#11 token). */
+  selfSigner?: Signer;
   /** Where the issuer publishes the CRL that would list this CA (RFC 5280 §4.2.1.13). */
   crlUrl?: string;
   /**
@@ -44,7 +46,7 @@ export function buildCaCertificate(p: CaCertificateParams): Buffer {
   const spki = spkiOf(p.publicKey);
   const keyId = keyIdentifier(spki);
   const name = encodeName(p.subject);
-  const issuer = p.issuer ?? { name, keyId, signer: keyObjectSigner(p.selfKey!) };
+  const issuer = p.issuer ?? { name, keyId, signer: p.selfSigner ?? keyObjectSigner(p.selfKey!) };
   const extensions = [
     basicConstraints(true, p.pathLen),
     keyUsage([KeyUsageBit.keyCertSign, KeyUsageBit.cRLSign]),

@@ -9,9 +9,11 @@ export interface Kek {
 }
 
 export interface WrappedKey {
-  alg: 'A256GCM';
+  /** `pkcs11`: not wrapped at all but a reference to a key kept in a token (kms/pkcs11-custody.ts). */
+  alg: 'A256GCM' | 'pkcs11';
+  /** The KEK id; for `pkcs11` the token's identity. */
   kekId: string;
-  /** iv (12) || ciphertext || tag (16) */
+  /** iv (12) || ciphertext || tag (16); for `pkcs11` the key's CKA_ID. */
   blob: Buffer;
 }
 
@@ -33,7 +35,7 @@ export function wrapKey(kek: Kek, pkcs8: Buffer, aad: string): WrappedKey {
   const cipher = createCipheriv('aes-256-gcm', kek.key, iv);
   cipher.setAAD(Buffer.from(aad, 'utf8'));
   const ct = Buffer.concat([cipher.update(pkcs8), cipher.final()]);
-  return { alg: 'A256GCM', kekId: kek.id, blob: Buffer.concat([iv, ct, cipher.getAuthTag()]) };
+  return { alg: 'A256GCM' as const, kekId: kek.id, blob: Buffer.concat([iv, ct, cipher.getAuthTag()]) };
 }
 
 export function unwrapKey(kek: Kek, wrapped: WrappedKey, aad: string): Buffer {

@@ -102,9 +102,9 @@ export async function startServer(p: {
   // The signing CA must have a JWT signing key: one initialized before JWT-SVIDs has none, and the
   // first replica to start makes it (domain/jwt-keys.ts ensureJwtKey; replicas starting at once
   // end with one).
-  const keys = await ensureJwtKey({ storage: ca.storage, kek: ca.kek, clock });
+  const keys = await ensureJwtKey({ storage: ca.storage, kek: ca.custody, clock });
   if (caSetVersion(keys.cas, keys.jwtKeys) !== versionOf(ca.keyring))
-    ca.keyring = loadKeyring(keys.cas, ca.kek, publicUrl, keys.jwtKeys, publicationUrl, keys.cross);
+    ca.keyring = loadKeyring(keys.cas, ca.custody, publicUrl, keys.jwtKeys, publicationUrl, keys.cross);
   const metrics = createMetrics();
   const crlDeps = () => ({
     clock,
@@ -127,7 +127,7 @@ export async function startServer(p: {
     log,
     metrics,
     // Called only by requests, after reloadKeyring below is defined.
-    caSet: { kek: ca.kek, publicationUrl, reload: () => reloadKeyring() },
+    caSet: { kek: ca.custody, publicationUrl, reload: () => reloadKeyring() },
     // x509pop is offered only when a provisioning CA is configured (--x509pop-ca).
     attestors: p.attestors ?? defaultAttestors(config.x509pop ? [x509popAttestor(config.x509pop)] : []),
     random: p.random ?? Math.random,
@@ -261,11 +261,11 @@ export async function startServer(p: {
   const reloadKeyring = async () => {
     // The CA set and its JWT keys; a signing CA without a JWT key (rotated by an older version)
     // gets one here.
-    const { cas, jwtKeys, cross } = await ensureJwtKey({ storage: ca.storage, kek: ca.kek, clock });
+    const { cas, jwtKeys, cross } = await ensureJwtKey({ storage: ca.storage, kek: ca.custody, clock });
     const version = caSetVersion(cas, jwtKeys);
     if (version === caVersion) return;
     try {
-      ca.keyring = loadKeyring(cas, ca.kek, publicUrl, jwtKeys, publicationUrl, cross);
+      ca.keyring = loadKeyring(cas, ca.custody, publicUrl, jwtKeys, publicationUrl, cross);
     } catch (err) {
       // No fallback: a replica that cannot unwrap the new CA set (a rotation made under another
       // KEK) must not go on signing with the intermediate it had. It stops issuing (503 with

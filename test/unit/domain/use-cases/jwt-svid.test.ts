@@ -1,4 +1,4 @@
-import { createPublicKey, verify } from 'node:crypto';
+import { verify } from 'node:crypto';
 import type { MintCounter } from '../../../../services/ca/src/domain/jwt-mint-tally';
 import { type JwtSvidDeps, mintJwtSvid } from '../../../../services/ca/src/domain/jwt-svid';
 import type { Keyring } from '../../../../services/ca/src/domain/keyring';
@@ -59,7 +59,7 @@ const verifies = (w: World, token: string) => {
   return verify(
     'sha256',
     Buffer.from(`${h}.${p}`),
-    { key: createPublicKey(w.keyring.jwt.active!.privateKey), dsaEncoding: 'ieee-p1363' },
+    { key: w.keyring.jwt.active!.publicKey, dsaEncoding: 'ieee-p1363' },
     Buffer.from(s, 'base64url'),
   );
 };

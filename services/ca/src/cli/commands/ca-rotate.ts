@@ -65,7 +65,7 @@ export const caRotate: Command = {
         {
           clock: systemClock,
           storage: ca.storage,
-          kek: ca.kek,
+          kek: ca.custody,
           keyring: ca.keyring,
           installation: ca.installation,
           // Only the new intermediate's CRL Distribution Point is made from it.

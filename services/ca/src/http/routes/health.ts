@@ -17,8 +17,12 @@ export function healthRoutes(deps: AppDeps): Router {
       // reported below
     }
     try {
-      // Throws when this replica cannot unwrap the active signing CA (server/start-server.ts).
-      checks.ca_keys = deps.keyring().signing.record.notAfter.getTime() > deps.clock.now().getTime();
+      // Throws when this replica cannot unwrap the active signing CA (server/start-server.ts); a
+      // key in a PKCS#11 token is usable when the token answers (kms/pkcs11-custody.ts).
+      const signing = deps.keyring().signing;
+      checks.ca_keys =
+        signing.record.notAfter.getTime() > deps.clock.now().getTime() &&
+        (signing.signer.available?.() ?? true);
     } catch {
       // reported below
     }

@@ -1,6 +1,12 @@
 import type { Knex } from 'knex';
 import { BatonError } from '../../ground/errors';
-import type { CaRecord, CaRepository, CrossCertificateRecord, Installation } from '../../domain/ports';
+import type {
+  CaRecord,
+  CaRepository,
+  CrossCertificateRecord,
+  Installation,
+  WrappedKey,
+} from '../../domain/ports';
 import { db, toBuffer } from './db-errors';
 
 interface InstallationRow {
@@ -21,7 +27,7 @@ interface CaRow {
   not_before: Date;
   not_after: Date;
   active: boolean;
-  key_alg: 'A256GCM';
+  key_alg: WrappedKey['alg'];
   key_kek_id: string;
   key_blob: Uint8Array;
   created_at: Date;

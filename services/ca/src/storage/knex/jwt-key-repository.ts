@@ -1,12 +1,12 @@
 import type { Knex } from 'knex';
-import type { JwtKeyRecord, JwtKeyRepository } from '../../domain/ports';
+import type { JwtKeyRecord, JwtKeyRepository, WrappedKey } from '../../domain/ports';
 import { db, toBuffer } from './db-errors';
 
 interface JwtKeyRow {
   kid: string;
   ca_id: string;
   spki: Uint8Array;
-  key_alg: 'A256GCM';
+  key_alg: WrappedKey['alg'];
   key_kek_id: string;
   key_blob: Uint8Array;
   created_at: Date;
