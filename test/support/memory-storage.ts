@@ -20,6 +20,7 @@ import type {
   NodeRecord,
   NodeRepository,
   NonceRepository,
+  PendingUpstream,
   Repositories,
   RevocationEvent,
   RevocationRepository,
@@ -27,6 +28,7 @@ import type {
   Storage,
   TokenRecord,
   TokenRepository,
+  UpstreamRepository,
 } from '../../services/ca/src/domain/ports';
 import { BatonError } from '../../services/ca/src/ground/errors';
 
@@ -73,6 +75,7 @@ interface State {
   crls: CrlRecord[];
   audit: Map<number, AuditRecord>;
   jwtKeys: Map<string, JwtKeyRecord>;
+  upstream: PendingUpstream | null;
 }
 
 /** PostgreSQL sequences: outside every transaction, never rolled back. */
@@ -94,6 +97,7 @@ const emptyState = (): State => ({
   crls: [],
   audit: new Map(),
   jwtKeys: new Map(),
+  upstream: null,
 });
 
 /** Records are immutable here, so a copy of the collections is a copy of the state. */
@@ -109,6 +113,7 @@ const cloneState = (s: State): State => ({
   crls: [...s.crls],
   audit: new Map(s.audit),
   jwtKeys: new Map(s.jwtKeys),
+  upstream: s.upstream,
 });
 
 // Copies: field by field, as a row read back from the database has exactly these fields.
@@ -352,6 +357,33 @@ function caRepository(run: Run): CaRepository {
       run(true, [ca], (s) => {
         for (const [id, c] of s.cas) if (c.kind === 'intermediate') s.cas.set(id, { ...c, active: false });
         insertCa(s, { ...ca, active: true });
+      }),
+  };
+}
+
+const copyPending = (p: PendingUpstream): PendingUpstream => ({
+  installation: copyInstallation(p.installation),
+  caId: p.caId,
+  wrappedKey: { alg: p.wrappedKey.alg, kekId: p.wrappedKey.kekId, blob: bytes(p.wrappedKey.blob) },
+  spki: bytes(p.spki),
+  csrDer: bytes(p.csrDer),
+  createdAt: date(p.createdAt),
+});
+
+function upstreamRepository(run: Run): UpstreamRepository {
+  return {
+    getPending: () => run(false, [], (s) => (s.upstream ? copyPending(s.upstream) : null)),
+    savePending: (p) =>
+      run(true, [p], (s) => {
+        if (s.upstream)
+          throw inCode(new BatonError('ERR_UPSTREAM_PENDING', 'an upstream CA is already pending'));
+        s.upstream = copyPending(p);
+      }),
+    deletePending: (caId) =>
+      run(true, [caId], (s) => {
+        if (s.upstream?.caId !== caId) return false;
+        s.upstream = null;
+        return true;
       }),
   };
 }
@@ -810,6 +842,7 @@ function repositories(run: Run, seq: Sequences): Repositories {
     audit: auditRepository(run, seq),
     entries: entryRepository(run),
     cas: caRepository(run),
+    upstream: upstreamRepository(run),
     certificates: certificateRepository(run),
     issuances: issuanceRepository(run, seq),
     nodes: nodeRepository(run),

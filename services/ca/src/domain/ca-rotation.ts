@@ -4,6 +4,7 @@ import { createIntermediateCa } from './ca-hierarchy';
 import type { Clock } from './clock';
 import { createJwtKey } from './jwt-keys';
 import type { Keyring } from './keyring';
+import { assertRotatable } from './upstream-ca';
 import type { CaRecord, Installation, JwtKeyRecord, Storage } from './ports';
 
 /**
@@ -25,6 +26,7 @@ export async function rotateSigningCa(
   },
   audit: AuditContext,
 ): Promise<CaRecord> {
+  assertRotatable(deps.keyring);
   const now = deps.clock.now();
   const root = deps.keyring.roots[0]!;
   const created = createIntermediateCa({

@@ -10,6 +10,8 @@ import { rootPin } from '../pki/pin';
 import { keyObjectSigner } from '../pki/signer';
 import { BatonError } from '../ground/errors';
 import { type JwtKeyring, loadJwtKeyring } from './jwt-keys';
+import { isOutsideCa, outsideIntermediatesPem, outsideSigner } from './upstream-ca';
+import { CA_EXTENSIONS, readSubjectKeyIdentifier } from '../pki/ca-constraints';
 import type { CaRecord, JwtKeyRecord } from './ports';
 import { crlUrl, ocspUrl } from './urls';
 
@@ -29,6 +31,11 @@ export interface SigningCa {
   spki: Buffer;
   /** Pre-encoded issuer parts for every leaf this CA signs. */
   template: IssuerTemplate;
+  /**
+   * An outside CA of an upstream CA (domain/upstream-ca.ts): Baton holds no key for it, so it signs
+   * nothing, CRLs and OCSP answers included; its `signer` refuses.
+   */
+  outside?: true;
 }
 
 export interface Keyring {
@@ -63,11 +70,21 @@ export function loadKeyring(
   if (cas.length === 0)
     throw new BatonError('ERR_NOT_INITIALIZED', 'the CA is not initialized: run `baton ca init` first');
   const loaded = cas.map((record) => {
-    const pkcs8 = unwrapKey(kek, record.wrappedKey, record.id);
-    const privateKey = createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' });
+    const outside = isOutsideCa(record);
+    const signer = outside
+      ? outsideSigner(record.id)
+      : keyObjectSigner(
+          createPrivateKey({
+            key: unwrapKey(kek, record.wrappedKey, record.id),
+            format: 'der',
+            type: 'pkcs8',
+          }),
+        );
     const fields = readCertificate(record.certificateDer);
-    const keyId = keyIdentifier(fields.spkiRaw);
-    const signer = keyObjectSigner(privateKey);
+    // Leaves' and CRLs' AKI must equal the CA certificate's SKI (RFC 5280 §4.2.1.1), which an outside
+    // CA may have computed another way (§4.2.1.2); Baton's own CA certificates carry keyIdentifier.
+    const ski = fields.extensions.find((e) => e.oid === CA_EXTENSIONS.subjectKeyIdentifier);
+    const keyId = ski ? readSubjectKeyIdentifier(ski.value) : keyIdentifier(fields.spkiRaw);
     const template: IssuerTemplate = {
       issuerName: fields.subjectRaw,
       signer,
@@ -82,11 +99,13 @@ export function loadKeyring(
       record,
       signer,
       certPem,
-      chainPem: certPem,
+      // Upstream CA: the outside intermediates follow Baton's signing CA (none otherwise).
+      chainPem: certPem + (outside ? '' : outsideIntermediatesPem(record, cas)),
       subjectName: fields.subjectRaw,
       keyId,
       spki: fields.spkiRaw,
       template,
+      ...(outside ? { outside: true as const } : {}),
     } satisfies SigningCa;
   });
   const roots = loaded

@@ -9,7 +9,8 @@ export interface Kek {
 }
 
 export interface WrappedKey {
-  alg: 'A256GCM';
+  /** 'none': a CA whose key Baton does not hold (an outside CA of an upstream CA); never unwrapped. */
+  alg: 'A256GCM' | 'none';
   kekId: string;
   /** iv (12) || ciphertext || tag (16) */
   blob: Buffer;

@@ -4,6 +4,7 @@ import { initCa } from '../../ca-service';
 import { loadInitConfig } from '../../config';
 import { systemClock } from '../../domain/clock';
 import { type Command, JSON_OPTION, STORAGE_OPTIONS } from '../command';
+import { runUpstreamRequest } from './ca-import';
 
 export const caInit: Command = {
   words: ['ca', 'init'],
@@ -41,11 +42,18 @@ export const caInit: Command = {
       value: '8h',
       description: 'default admin certificate lifetime (min 1m, max 7d)',
     },
+    'upstream-csr': {
+      type: 'string',
+      value: 'FILE',
+      description:
+        'upstream CA: write the signing CA\'s CSR to FILE for an outside CA to sign and stop; then `baton ca import` (docs/operations.md "Upstream CA")',
+    },
     ...STORAGE_OPTIONS,
     ...JSON_OPTION,
   },
   async run(ctx) {
     const cfg = loadInitConfig(ctx.flags, ctx.env);
+    if (cfg.upstreamCsr) return runUpstreamRequest(ctx, { ...cfg, upstreamCsr: cfg.upstreamCsr });
     const ca = await initCa(cfg, systemClock);
     try {
       const adminDir = join(cfg.dataDir, 'admin');

@@ -21,7 +21,7 @@ interface CaRow {
   not_before: Date;
   not_after: Date;
   active: boolean;
-  key_alg: 'A256GCM';
+  key_alg: 'A256GCM' | 'none';
   key_kek_id: string;
   key_blob: Uint8Array;
   created_at: Date;
