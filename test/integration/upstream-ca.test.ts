@@ -112,6 +112,14 @@ describeEachBackend('upstream CA', (backend: Backend) => {
       expect(serve.stderr).toBe(
         `baton: the CA of ${TD} awaits its upstream certificate: run \`baton ca import --cert FILE --chain FILE\` (ERR_UPSTREAM_PENDING)\n`,
       );
+      for (const cmd of [
+        ['ca', 'rotate'],
+        ['admin', 'recover', '--name', 'ops'],
+      ]) {
+        const refused = baton([...cmd, ...storage], env);
+        expect({ cmd, status: refused.status }).toEqual({ cmd, status: 1 });
+        expect(refused.stderr).toMatch(/awaits its upstream certificate: .*\(ERR_UPSTREAM_PENDING\)\n$/);
+      }
       const init = baton(['ca', 'init', '--trust-domain', TD, ...storage], env);
       expect(init.status).toBe(1);
       expect(init.stderr).toMatch(/\(ERR_UPSTREAM_PENDING\)\n$/);
@@ -254,6 +262,10 @@ describeEachBackend('upstream CA', (backend: Backend) => {
       const crls = await https(`${server.url}/v1/crl.pem`, { ca: root.pem });
       expect(crls.status).toBe(200);
       expect(crls.body.toString().match(/BEGIN X509 CRL/g)).toHaveLength(1);
+      const outsideId = `ext-${new X509Certificate(issuing.pem).fingerprint256.replace(/:/g, '').toLowerCase().slice(0, 16)}`;
+      const outsideCrl = await https(`${server.url}/v1/crl?issuer=${outsideId}`, { ca: root.pem });
+      expect(outsideCrl.status).toBe(404);
+      expect(outsideCrl.json()).toEqual({ error: { code: 'ERR_NOT_FOUND', message: 'no such issuer' } });
 
       // What the server sends in its handshake: leaf, Baton's signing CA, the corporate issuing CA.
       const sent = run('openssl', ['s_client', '-connect', new URL(server.url).host, '-showcerts'], '');

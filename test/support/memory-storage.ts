@@ -362,7 +362,14 @@ function caRepository(run: Run): CaRepository {
 }
 
 const copyPending = (p: PendingUpstream): PendingUpstream => ({
-  installation: copyInstallation(p.installation),
+  installation: {
+    trustDomain: p.installation.trustDomain,
+    publicUrl: p.installation.publicUrl,
+    ...(p.installation.publicHttpUrl ? { publicHttpUrl: p.installation.publicHttpUrl } : {}),
+    nodeTtlMs: p.installation.nodeTtlMs,
+    workloadTtlMs: p.installation.workloadTtlMs,
+    adminTtlMs: p.installation.adminTtlMs,
+  },
   caId: p.caId,
   wrappedKey: { alg: p.wrappedKey.alg, kekId: p.wrappedKey.kekId, blob: bytes(p.wrappedKey.blob) },
   spki: bytes(p.spki),

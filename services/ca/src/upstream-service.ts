@@ -50,14 +50,13 @@ export async function requestUpstreamCa(
     if (!pending) {
       const kek = resolveKek(cfg, { create: true });
       const now = clock.now();
-      const installation: Installation = {
+      const installation: PendingUpstream['installation'] = {
         trustDomain: cfg.trustDomain,
         publicUrl: cfg.publicUrl,
         ...(cfg.publicHttpUrl ? { publicHttpUrl: cfg.publicHttpUrl } : {}),
         nodeTtlMs: cfg.nodeTtlMs,
         workloadTtlMs: cfg.workloadTtlMs,
         adminTtlMs: cfg.adminTtlMs,
-        createdAt: now,
       };
       const made = prepareUpstreamCa({ installation, kek, now });
       await storage.transaction(async (tx) => {

@@ -24,7 +24,6 @@ function pendingCa(): PendingUpstream {
       nodeTtlMs: DAY,
       workloadTtlMs: 3600_000,
       adminTtlMs: 8 * 3600_000,
-      createdAt: now,
     },
     kek: kekFromBase64(randomBytes(32).toString('base64'), 'test'),
     now,

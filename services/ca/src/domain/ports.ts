@@ -51,7 +51,8 @@ export interface CaRecord {
  * outside root signs (`baton ca import`), with the settings `ca init` was given. One row at most.
  */
 export interface PendingUpstream {
-  installation: Installation;
+  /** The settings of `ca init`; the installation's createdAt is the import's time. */
+  installation: Omit<Installation, 'createdAt'>;
   /** The CA id the signing CA will have (caIdFor its key): the wrapped key's additional data. */
   caId: string;
   wrappedKey: WrappedKey;

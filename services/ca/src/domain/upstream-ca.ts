@@ -59,7 +59,11 @@ export function createCaKey(kek: Kek): { id: string; spki: Buffer; signer: Signe
 }
 
 /** `ca init --upstream-csr`: the pending signing CA (key and CSR) for `installation`. */
-export function prepareUpstreamCa(p: { installation: Installation; kek: Kek; now: Date }): PendingUpstream {
+export function prepareUpstreamCa(p: {
+  installation: Omit<Installation, 'createdAt'>;
+  kek: Kek;
+  now: Date;
+}): PendingUpstream {
   const key = createCaKey(p.kek);
   const td = p.installation.trustDomain;
   const csrDer = buildCaCsr({

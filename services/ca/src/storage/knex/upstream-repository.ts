@@ -27,7 +27,6 @@ const toPending = (r: PendingRow): PendingUpstream => ({
     nodeTtlMs: Number(r.node_ttl_ms),
     workloadTtlMs: Number(r.workload_ttl_ms),
     adminTtlMs: Number(r.admin_ttl_ms),
-    createdAt: new Date(r.created_at),
   },
   caId: r.ca_id,
   wrappedKey: { alg: r.key_alg, kekId: r.key_kek_id, blob: toBuffer(r.key_blob) },
