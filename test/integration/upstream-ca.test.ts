@@ -139,6 +139,13 @@ describeEachBackend('upstream CA', (backend: Backend) => {
       expect(again.status).toBe(0);
       expect(again.stdout).toMatch(/^the pending CSR \(since \S+Z\) was written again to /);
       expect(readFileSync(join(dir.path, 'again.csr'), 'utf8')).toBe(csr);
+      // Under a regular file: no directory can be made there.
+      const unwritable = join(csrFile, 'baton.csr');
+      const lost = baton(['ca', 'init', '--trust-domain', TD, '--upstream-csr', unwritable, ...storage], env);
+      expect(lost.status).toBe(2);
+      expect(lost.stderr).toBe(
+        `baton: --upstream-csr: cannot write ${unwritable} (EEXIST); the request is recorded: run the command again with a writable path (ERR_CONFIG_INVALID)\n`,
+      );
     });
 
     it('ca import refuses, one line each, and leaves the request pending: another key, not a CA, expired, no chain, no root, garbage, pathlen 0 above it', () => {

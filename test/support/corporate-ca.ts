@@ -90,7 +90,13 @@ export class CorporatePki {
     const extFile = this.#file('ext.cnf');
     writeFileSync(
       extFile,
-      `${['subjectKeyIdentifier=hash', 'authorityKeyIdentifier=keyid', ...o.ext].join('\n')}\n`,
+      `${[
+        // Defaults, unless the caller names them.
+        ...['subjectKeyIdentifier=hash', 'authorityKeyIdentifier=keyid'].filter(
+          (d) => !o.ext.some((e) => e.startsWith(d.split('=')[0]!)),
+        ),
+        ...o.ext,
+      ].join('\n')}\n`,
     );
     const out = this.#file('cert.pem');
     const notBefore = o.notBefore ?? new Date(Date.now() - 3600_000);
@@ -131,6 +137,19 @@ export class CorporatePki {
     const req = this.newRequest(`/O=Corp/CN=${name}`);
     const pem = this.sign(req.csrFile, { selfKey: req.keyFile }, { ...o, ext: o.ext ?? CA_EXT });
     return this.#save(name, pem, req.keyFile);
+  }
+
+  /** `ca` self-signed again (same name and key) with other extensions: e.g. another SKI. */
+  reissueRoot(ca: CorporateCa, o: SignOptions): CorporateCa {
+    const csrFile = this.#file('again-csr.pem');
+    execFileSync(
+      'openssl',
+      ['x509', '-x509toreq', '-in', ca.certFile, '-signkey', ca.keyFile, '-out', csrFile],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
+    return this.#save(ca.name, this.sign(csrFile, { selfKey: ca.keyFile }, o), ca.keyFile);
   }
 
   /** An intermediate CA under `issuer`. */

@@ -70,7 +70,14 @@ export async function requestUpstreamCa(
       pending = made;
     }
     const csrPem = pendingCsrPem(pending);
-    writeFileAtomic(cfg.upstreamCsr, csrPem, 0o644);
+    try {
+      writeFileAtomic(cfg.upstreamCsr, csrPem, 0o644);
+    } catch (e) {
+      throw new BatonError(
+        'ERR_CONFIG_INVALID',
+        `--upstream-csr: cannot write ${cfg.upstreamCsr} (${(e as NodeJS.ErrnoException).code ?? 'error'}); the request is recorded: run the command again with a writable path`,
+      );
+    }
     return { pending, csrPem, again: existing !== null };
   } finally {
     await knex.destroy();

@@ -90,6 +90,14 @@ describeWithTool('openssl', 'ca import checks (pki/upstream-chain.ts)', () => {
     ['ok/the chain attached to --cert', () => [signed(intermediate) + intermediate.pem, root.pem], 2],
     ['ok/root pathlen 1 directly above', () => [signed(rootPathLen1), rootPathLen1.pem], 1],
     [
+      'ok/a self-issued intermediate (a key rollover) is not counted by the root pathlen 1',
+      () => {
+        const rollover = pki.intermediate('Corp Root pathlen 1', rootPathLen1);
+        return [signed(rollover), rollover.pem + rootPathLen1.pem];
+      },
+      2,
+    ],
+    [
       'ok/name constraints permit .example.org',
       () => [signed(permitsDomain), permitsDomain.pem + root.pem],
       2,
@@ -210,6 +218,15 @@ describeWithTool('openssl', 'ca import checks (pki/upstream-chain.ts)', () => {
       },
       'ERR_UPSTREAM_CHAIN',
       /the signature of ".*Baton Signing CA.*" does not verify with the key of its issuer/,
+    ],
+    [
+      'fail/a root whose subject key identifier is not the authority key identifier of what it signed',
+      () => {
+        const twin = pki.reissueRoot(root, { ext: [...CA_EXT, 'subjectKeyIdentifier=0102030405060708'] });
+        return [signed(root), twin.pem];
+      },
+      'ERR_UPSTREAM_CHAIN',
+      /the authority key identifier of ".*Baton Signing CA.*" is not the subject key identifier of its issuer ".*Corp Root"/,
     ],
     [
       'fail/a root without keyCertSign',

@@ -69,6 +69,18 @@ export function readSubjectKeyIdentifier(value: Buffer): Buffer {
   return Buffer.from(el.value);
 }
 
+/**
+ * RFC 5280 §4.2.1.1: AuthorityKeyIdentifier ::= SEQUENCE { keyIdentifier [0] IMPLICIT OCTET STRING
+ * OPTIONAL, authorityCertIssuer [1] OPTIONAL, authorityCertSerialNumber [2] OPTIONAL }: the key
+ * identifier, when present.
+ */
+export function readAuthorityKeyIdentifier(value: Buffer): Buffer | undefined {
+  const outer = read(value, 'authorityKeyIdentifier');
+  if (outer.tag !== 0x30) throw malformed('authorityKeyIdentifier');
+  const keyId = kids(outer, 'authorityKeyIdentifier').find((el) => el.tag === 0x80);
+  return keyId ? Buffer.from(keyId.value) : undefined;
+}
+
 /** A GeneralName of a name constraint: its CHOICE tag number and, for the IA5 forms, the text. */
 export interface ConstraintBase {
   /** RFC 5280 §4.2.1.6 GeneralName tag: 1 rfc822Name, 2 dNSName, 4 directoryName, 6 URI, 7 iPAddress … */
@@ -126,5 +138,6 @@ export const CA_EXTENSIONS = {
   keyUsage: OID.keyUsage,
   extKeyUsage: OID.extKeyUsage,
   subjectKeyIdentifier: OID.subjectKeyIdentifier,
+  authorityKeyIdentifier: OID.authorityKeyIdentifier,
   nameConstraints: '2.5.29.30',
 } as const;

@@ -6,6 +6,8 @@ import {
   readExtKeyUsage,
   readKeyUsage,
   readNameConstraints,
+  readAuthorityKeyIdentifier,
+  readSubjectKeyIdentifier,
   URI_NAME,
   uriHostMatches,
 } from './ca-constraints';
@@ -103,6 +105,25 @@ const isSelfSigned = (c: UpstreamCertificate): boolean =>
   c.fields.issuerRaw.equals(c.fields.subjectRaw) && signs(c, c);
 
 /**
+ * RFC 5280 §4.2.1.1: the authority key identifier of a certificate names its issuer's subject key
+ * identifier; openssl (X509_check_akid) refuses a path where they differ, so a leaf Baton signs
+ * would fail there although every signature verifies.
+ */
+function checkKeyIdentifiers(subject: UpstreamCertificate, issuer: UpstreamCertificate): void {
+  const aki = extensionOf(subject, CA_EXTENSIONS.authorityKeyIdentifier);
+  const ski = extensionOf(issuer, CA_EXTENSIONS.subjectKeyIdentifier);
+  const keyId = aki ? readAuthorityKeyIdentifier(aki.value) : undefined;
+  if (keyId && ski && !keyId.equals(readSubjectKeyIdentifier(ski.value)))
+    fail(
+      'ERR_UPSTREAM_CHAIN',
+      `the authority key identifier of ${nameOf(subject)} is not the subject key identifier of its issuer ${nameOf(issuer)}`,
+    );
+}
+
+/** Self-issued (RFC 5280 §6.1): issuer and subject are the same name; such a CA is not counted by pathLenConstraint. */
+const isSelfIssued = (c: UpstreamCertificate): boolean => c.fields.issuerRaw.equals(c.fields.subjectRaw);
+
+/**
  * Builds the path from `signing` through `pool` to a self-signed root: each step is a certificate
  * whose subject is the previous one's issuer (§6.1.3 (a)(4)) and whose key verifies its signature.
  */
@@ -125,6 +146,7 @@ function buildPath(signing: UpstreamCertificate, pool: UpstreamCertificate[]): U
         'ERR_UPSTREAM_CHAIN',
         `the signature of ${nameOf(current)} does not verify with the key of its issuer ${nameOf(named[0]!)}`,
       );
+    checkKeyIdentifiers(current, issuer!);
     path.push(issuer!);
     left.splice(left.indexOf(issuer!), 1);
     current = issuer!;
@@ -232,10 +254,11 @@ export function checkUpstreamChain(p: UpstreamCheckParams): UpstreamPath {
     // RFC 5280 §4.2.1.9: pathLenConstraint counts the non-self-issued intermediates that may follow;
     // below outside[i] come outside[0..i-1] and Baton's signing CA (the leaf is not counted). The
     // root's is checked too: openssl and GnuTLS enforce a trust anchor's constraint.
-    if (pathLen !== undefined && pathLen < i + 1)
+    const below = [signing!, ...outside.slice(0, i)].filter((b) => !isSelfIssued(b)).length;
+    if (pathLen !== undefined && pathLen < below)
       fail(
         'ERR_UPSTREAM_PATH_LENGTH',
-        `${what} ${nameOf(c)} has pathLenConstraint ${pathLen}, but ${i + 1} CA certificate(s) would follow it (Baton's signing CA${i > 0 ? ' and the outside intermediates' : ''})`,
+        `${what} ${nameOf(c)} has pathLenConstraint ${pathLen}, but ${below} CA certificate(s) would follow it (Baton's signing CA${i > 0 ? ' and the outside intermediates' : ''})`,
       );
   });
   return { signing: signing!, outside };
