@@ -159,6 +159,51 @@ export class CorporatePki {
     return this.#save(name, pem, req.keyFile);
   }
 
+  /** The CRL of `ca` (PEM), valid a day, listing what `revoke` revoked. */
+  crl(ca: CorporateCa): string {
+    const out = this.#file('crl.pem');
+    execFileSync(
+      'openssl',
+      [
+        'ca',
+        '-gencrl',
+        '-crldays',
+        '1',
+        '-config',
+        join(this.dir, 'openssl.cnf'),
+        '-cert',
+        ca.certFile,
+        '-keyfile',
+        ca.keyFile,
+        '-out',
+        out,
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    return readFileSync(out, 'utf8');
+  }
+
+  /** Records the revocation of `certPem` (one `ca` signed) for its next CRL. */
+  revoke(ca: CorporateCa, certPem: string): void {
+    const file = this.#file('revoked.pem');
+    writeFileSync(file, certPem);
+    execFileSync(
+      'openssl',
+      [
+        'ca',
+        '-revoke',
+        file,
+        '-config',
+        join(this.dir, 'openssl.cnf'),
+        '-cert',
+        ca.certFile,
+        '-keyfile',
+        ca.keyFile,
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+  }
+
   /** Baton's CSR (PEM text) signed by `issuer`. */
   signPem(csrPem: string, issuer: CorporateCa, o: SignOptions): string {
     const csrFile = this.#file('baton-csr.pem');
