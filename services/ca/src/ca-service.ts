@@ -13,7 +13,6 @@ import { pendingUpstreamRefusal } from './domain/upstream-ca';
 import type { Installation, Storage } from './domain/ports';
 import { resolveKek } from './kek-source';
 import { migrateLatest, openDatabase } from './storage/knex/database';
-
 import { knexStorage } from './storage/knex/knex-storage';
 
 export interface OpenCa {

@@ -5,13 +5,12 @@ import { readCertificate } from '../pki/certificate-reader';
 import { toPem } from '../../../../common/src/der';
 import { authorityInfoAccess, authorityKeyIdentifier, crlDistributionPoints } from '../pki/extensions';
 import { type Kek, unwrapKey } from '../pki/kek';
-import { keyIdentifier } from '../pki/keys';
 import { rootPin } from '../pki/pin';
 import { keyObjectSigner } from '../pki/signer';
 import { BatonError } from '../ground/errors';
 import { type JwtKeyring, loadJwtKeyring } from './jwt-keys';
-import { isOutsideCa, outsideIntermediatesPem, outsideSigner } from './upstream-ca';
-import { CA_EXTENSIONS, readSubjectKeyIdentifier } from '../pki/ca-constraints';
+import { isOutsideCa, loadOutsideCa, outsideIntermediatesPem } from './upstream-ca';
+import { caKeyIdentifier } from '../pki/ca-constraints';
 import type { CaRecord, JwtKeyRecord } from './ports';
 import { crlUrl, ocspUrl } from './urls';
 
@@ -70,21 +69,12 @@ export function loadKeyring(
   if (cas.length === 0)
     throw new BatonError('ERR_NOT_INITIALIZED', 'the CA is not initialized: run `baton ca init` first');
   const loaded = cas.map((record) => {
-    const outside = isOutsideCa(record);
-    const signer = outside
-      ? outsideSigner(record.id)
-      : keyObjectSigner(
-          createPrivateKey({
-            key: unwrapKey(kek, record.wrappedKey, record.id),
-            format: 'der',
-            type: 'pkcs8',
-          }),
-        );
+    if (isOutsideCa(record)) return loadOutsideCa(record);
+    const pkcs8 = unwrapKey(kek, record.wrappedKey, record.id);
+    const privateKey = createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' });
     const fields = readCertificate(record.certificateDer);
-    // Leaves' and CRLs' AKI must equal the CA certificate's SKI (RFC 5280 §4.2.1.1), which an outside
-    // CA may have computed another way (§4.2.1.2); Baton's own CA certificates carry keyIdentifier.
-    const ski = fields.extensions.find((e) => e.oid === CA_EXTENSIONS.subjectKeyIdentifier);
-    const keyId = ski ? readSubjectKeyIdentifier(ski.value) : keyIdentifier(fields.spkiRaw);
+    const keyId = caKeyIdentifier(fields);
+    const signer = keyObjectSigner(privateKey);
     const template: IssuerTemplate = {
       issuerName: fields.subjectRaw,
       signer,
@@ -100,12 +90,11 @@ export function loadKeyring(
       signer,
       certPem,
       // Upstream CA: the outside intermediates follow Baton's signing CA (none otherwise).
-      chainPem: certPem + (outside ? '' : outsideIntermediatesPem(record, cas)),
+      chainPem: certPem + outsideIntermediatesPem(record, cas),
       subjectName: fields.subjectRaw,
       keyId,
       spki: fields.spkiRaw,
       template,
-      ...(outside ? { outside: true as const } : {}),
     } satisfies SigningCa;
   });
   const roots = loaded

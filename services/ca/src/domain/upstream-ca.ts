@@ -14,7 +14,9 @@ import { keyObjectSigner } from '../pki/signer';
 import { buildCaCsr } from '../pki/upstream-csr';
 import type { UpstreamPath } from '../pki/upstream-chain';
 import { caIdFor } from './ca-hierarchy';
-import type { Keyring } from './keyring';
+import type { Keyring, SigningCa } from './keyring';
+import { readCertificate } from '../pki/certificate-reader';
+import { caKeyIdentifier } from '../pki/ca-constraints';
 import type { CaRecord, Installation, PendingUpstream, Storage, WrappedKey } from './ports';
 
 /**
@@ -42,6 +44,27 @@ export function outsideSigner(caId: string): Signer {
       return refuse();
     },
     sign: refuse,
+  };
+}
+
+/**
+ * The keyring's entry of an outside CA: its certificate (a root is in the bundle), and a signer
+ * that refuses; no issuer extensions, since it signs nothing for Baton.
+ */
+export function loadOutsideCa(record: CaRecord): SigningCa {
+  const fields = readCertificate(record.certificateDer);
+  const signer = outsideSigner(record.id);
+  const certPem = toPem('CERTIFICATE', record.certificateDer);
+  return {
+    record,
+    signer,
+    certPem,
+    chainPem: certPem,
+    subjectName: fields.subjectRaw,
+    keyId: caKeyIdentifier(fields),
+    spki: fields.spkiRaw,
+    template: { issuerName: fields.subjectRaw, signer, issuerExtensions: [] },
+    outside: true,
   };
 }
 

@@ -1,5 +1,7 @@
 import { BatonError } from '../ground/errors';
 import { children, decodeOid, readWhole, type Tlv } from './der-reader';
+import type { CertificateFields } from './certificate-reader';
+import { keyIdentifier } from './keys';
 import { OID } from './oids';
 
 /**
@@ -60,6 +62,16 @@ export function readExtKeyUsage(value: Buffer): string[] {
     if (el.tag !== 0x06) throw malformed('extKeyUsage');
     return decodeOid(el.value);
   });
+}
+
+/**
+ * The key identifier of a CA certificate, which its leaves' and CRLs' AKI must repeat (RFC 5280
+ * §4.2.1.1): the certificate's SKI, which an outside CA may have computed its own way (§4.2.1.2),
+ * else Baton's keyIdentifier (what Baton's own CA certificates carry as their SKI).
+ */
+export function caKeyIdentifier(fields: Pick<CertificateFields, 'extensions' | 'spkiRaw'>): Buffer {
+  const ski = fields.extensions.find((e) => e.oid === OID.subjectKeyIdentifier);
+  return ski ? readSubjectKeyIdentifier(ski.value) : keyIdentifier(fields.spkiRaw);
 }
 
 /** RFC 5280 §4.2.1.2: SubjectKeyIdentifier ::= KeyIdentifier (OCTET STRING). */
