@@ -19,6 +19,8 @@ import { describeWith, hasTool, itWith, run, tempDir } from '../support/tools';
  * -crl_check through Baton's CRL.
  */
 const TD = 'upstream.example.org';
+/** Each test runs several CLI processes (each opens the database and runs the migrations). */
+const SLOW_MS = 180_000;
 const PEM_BLOCK = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n?/g;
 const blocks = (pem: string): string[] =>
   (pem.match(PEM_BLOCK) ?? []).map((b) => (b.endsWith('\n') ? b : `${b}\n`));
@@ -87,256 +89,283 @@ describeEachBackend('upstream CA', (backend: Backend) => {
       dir.cleanup();
     });
 
-    it('ca init --upstream-csr writes the CSR and stops; the server and ca init refuse while it is pending; again, the same CSR', () => {
-      const r = baton(['ca', 'init', '--trust-domain', TD, '--upstream-csr', csrFile, ...storage], env);
-      expect(r.stderr).toBe('');
-      expect(r.status).toBe(0);
-      expect(r.stdout).toContain(`signing CA CSR written to ${csrFile}\ntrust domain: ${TD}\n`);
-      expect(r.stdout).toContain('baton ca import --cert SIGNED.pem --chain CHAIN.pem');
-      const csr = readFileSync(csrFile, 'utf8');
-      const text = run('openssl', ['req', '-noout', '-text', '-verify'], csr);
-      expect(text.status).toBe(0);
-      expect(text.out).toMatch(/verify OK/);
-      expect(text.out).toMatch(
-        new RegExp(
-          `Subject: O = ${TD.replace(/\./g, '\\.')}, OU = baton, CN = Baton Signing CA [0-9a-f]{16}`,
-        ),
-      );
-      expect(text.out).toMatch(/Basic Constraints: critical\s+CA:TRUE, pathlen:0/);
-      expect(text.out).toMatch(/Key Usage: critical\s+Certificate Sign, CRL Sign/);
-      expect(text.out).toContain(`URI:spiffe://${TD}`);
-      expect(existsSync(adminDir)).toBe(false);
+    it(
+      'ca init --upstream-csr writes the CSR and stops; the server and ca init refuse while it is pending; again, the same CSR',
+      () => {
+        const r = baton(['ca', 'init', '--trust-domain', TD, '--upstream-csr', csrFile, ...storage], env);
+        expect(r.stderr).toBe('');
+        expect(r.status).toBe(0);
+        expect(r.stdout).toContain(`signing CA CSR written to ${csrFile}\ntrust domain: ${TD}\n`);
+        expect(r.stdout).toContain('baton ca import --cert SIGNED.pem --chain CHAIN.pem');
+        const csr = readFileSync(csrFile, 'utf8');
+        const text = run('openssl', ['req', '-noout', '-text', '-verify'], csr);
+        expect(text.status).toBe(0);
+        expect(text.out).toMatch(/verify OK/);
+        expect(text.out).toMatch(
+          new RegExp(
+            `Subject: O = ${TD.replace(/\./g, '\\.')}, OU = baton, CN = Baton Signing CA [0-9a-f]{16}`,
+          ),
+        );
+        expect(text.out).toMatch(/Basic Constraints: critical\s+CA:TRUE, pathlen:0/);
+        expect(text.out).toMatch(/Key Usage: critical\s+Certificate Sign, CRL Sign/);
+        expect(text.out).toContain(`URI:spiffe://${TD}`);
+        expect(existsSync(adminDir)).toBe(false);
 
-      const serve = baton(['server', '--listen', '127.0.0.1:0', ...storage], env);
-      expect(serve.status).toBe(1);
-      expect(serve.stderr).toBe(
-        `baton: the CA of ${TD} awaits its upstream certificate: run \`baton ca import --cert FILE --chain FILE\` (ERR_UPSTREAM_PENDING)\n`,
-      );
-      for (const cmd of [
-        ['ca', 'rotate'],
-        ['admin', 'recover', '--name', 'ops'],
-      ]) {
-        const refused = baton([...cmd, ...storage], env);
-        expect({ cmd, status: refused.status }).toEqual({ cmd, status: 1 });
-        expect(refused.stderr).toMatch(/awaits its upstream certificate: .*\(ERR_UPSTREAM_PENDING\)\n$/);
-      }
-      const init = baton(['ca', 'init', '--trust-domain', TD, ...storage], env);
-      expect(init.status).toBe(1);
-      expect(init.stderr).toMatch(/\(ERR_UPSTREAM_PENDING\)\n$/);
-      const other = baton(
-        ['ca', 'init', '--trust-domain', 'other.example.org', '--upstream-csr', csrFile, ...storage],
-        env,
-      );
-      expect(other.status).toBe(1);
-      expect(other.stderr).toMatch(
-        /^baton: an upstream CA for upstream\.example\.org is already pending.*\(ERR_UPSTREAM_PENDING\)\n$/,
-      );
-
-      const again = baton(
-        ['ca', 'init', '--trust-domain', TD, '--upstream-csr', join(dir.path, 'again.csr'), ...storage],
-        env,
-      );
-      expect(again.status).toBe(0);
-      expect(again.stdout).toMatch(/^the pending CSR \(since \S+Z\) was written again to /);
-      expect(readFileSync(join(dir.path, 'again.csr'), 'utf8')).toBe(csr);
-      // Under a regular file: no directory can be made there.
-      const unwritable = join(csrFile, 'baton.csr');
-      const lost = baton(['ca', 'init', '--trust-domain', TD, '--upstream-csr', unwritable, ...storage], env);
-      expect(lost.status).toBe(2);
-      expect(lost.stderr).toBe(
-        `baton: --upstream-csr: cannot write ${unwritable} (EEXIST); the request is recorded: run the command again with a writable path (ERR_CONFIG_INVALID)\n`,
-      );
-    });
-
-    it('ca import refuses, one line each, and leaves the request pending: another key, not a CA, expired, no chain, no root, garbage, pathlen 0 above it', () => {
-      const csr = readFileSync(csrFile, 'utf8');
-      const imposter = pki.newRequest(`/O=${TD}/OU=baton/CN=imposter`);
-      const cases: [string, string, string][] = [
-        [
-          pki.sign(imposter.csrFile, issuing, { ext: SIGNING_CA_EXT(TD) }),
-          issuing.pem + root.pem,
-          'ERR_UPSTREAM_KEY_MISMATCH',
-        ],
-        [
-          pki.signPem(csr, issuing, { ext: ['basicConstraints=critical,CA:FALSE'] }),
-          issuing.pem + root.pem,
-          'ERR_UPSTREAM_NOT_CA',
-        ],
-        [
-          pki.signPem(csr, issuing, {
-            ext: SIGNING_CA_EXT(TD),
-            notBefore: new Date(Date.now() - 10 * 86400_000),
-            notAfter: new Date(Date.now() - 86400_000),
-          }),
-          issuing.pem + root.pem,
-          'ERR_UPSTREAM_VALIDITY',
-        ],
-        [pki.signPem(csr, issuing, { ext: SIGNING_CA_EXT(TD) }), '', 'ERR_UPSTREAM_INVALID'],
-        [pki.signPem(csr, issuing, { ext: SIGNING_CA_EXT(TD) }), issuing.pem, 'ERR_UPSTREAM_CHAIN'],
-        ['garbage', root.pem, 'ERR_UPSTREAM_INVALID'],
-      ];
-      for (const [cert, chain, code] of cases) {
-        const r = baton(
-          ['ca', 'import', '--cert', file('cert.pem', cert), '--chain', file('chain.pem', chain), ...storage],
+        const serve = baton(['server', '--listen', '127.0.0.1:0', ...storage], env);
+        expect(serve.status).toBe(1);
+        expect(serve.stderr).toBe(
+          `baton: the CA of ${TD} awaits its upstream certificate: run \`baton ca import --cert FILE --chain FILE\` (ERR_UPSTREAM_PENDING)\n`,
+        );
+        for (const cmd of [
+          ['ca', 'rotate'],
+          ['admin', 'recover', '--name', 'ops'],
+        ]) {
+          const refused = baton([...cmd, ...storage], env);
+          expect({ cmd, status: refused.status }).toEqual({ cmd, status: 1 });
+          expect(refused.stderr).toMatch(/awaits its upstream certificate: .*\(ERR_UPSTREAM_PENDING\)\n$/);
+        }
+        const init = baton(['ca', 'init', '--trust-domain', TD, ...storage], env);
+        expect(init.status).toBe(1);
+        expect(init.stderr).toMatch(/\(ERR_UPSTREAM_PENDING\)\n$/);
+        const other = baton(
+          ['ca', 'init', '--trust-domain', 'other.example.org', '--upstream-csr', csrFile, ...storage],
           env,
         );
-        expect({ code, status: r.status, stdout: r.stdout }).toEqual({ code, status: 1, stdout: '' });
-        expect(r.stderr).toMatch(new RegExp(`^baton: [^\\n]+ \\(${code}\\)\\n$`));
-      }
-      const tight = pki.root('Corp Root pathlen 0 again', {
-        ext: ['basicConstraints=critical,CA:TRUE,pathlen:0', 'keyUsage=critical,keyCertSign,cRLSign'],
-      });
-      const r = baton(
-        [
-          'ca',
-          'import',
-          '--cert',
-          file('cert.pem', pki.signPem(csr, tight, { ext: SIGNING_CA_EXT(TD) })),
-          '--chain',
-          file('chain.pem', tight.pem),
-          ...storage,
-        ],
-        env,
-      );
-      expect(r.stderr).toMatch(
-        /^baton: the root ".*Corp Root pathlen 0 again" has pathLenConstraint 0, but 1 CA certificate\(s\) would follow it .*\(ERR_UPSTREAM_PATH_LENGTH\)\n$/,
-      );
-      const usage = baton(['ca', 'import', '--cert', file('cert.pem', 'x'), ...storage], env);
-      expect(usage.status).toBe(2);
-      expect(usage.stderr).toBe('baton: --chain is required (ERR_USAGE)\n');
-      expect(existsSync(adminDir)).toBe(false);
-    });
-
-    it('ca import installs it: the corporate root is the bundle and the pin; admin chains run through the corporate issuing CA; rotation refuses', () => {
-      const csr = readFileSync(csrFile, 'utf8');
-      const signed = pki.signPem(csr, issuing, { ext: SIGNING_CA_EXT(TD) });
-      const r = baton(
-        [
-          'ca',
-          'import',
-          '--cert',
-          file('signed.pem', signed),
-          '--chain',
-          file('corp-chain.pem', issuing.pem + root.pem),
-          ...storage,
-        ],
-        env,
-      );
-      expect(r.stderr).toBe('');
-      expect(r.status).toBe(0);
-      const pin = rootPin(new X509Certificate(root.pem).publicKey.export({ type: 'spki', format: 'der' }));
-      expect(r.stdout).toBe(`trust domain: ${TD}\nroot pin: ${pin}\nadmin credentials: ${adminDir}\n`);
-      expect(blocks(readFileSync(join(adminDir, 'bundle.pem'), 'utf8'))).toEqual(blocks(root.pem));
-      const adminChain = blocks(readFileSync(join(adminDir, 'cert.pem'), 'utf8'));
-      expect(adminChain.map(subjectOf)).toEqual([
-        `O=${TD}, OU=admin, CN=admin`,
-        expect.stringMatching(/^O=upstream\.example\.org, OU=baton, CN=Baton Signing CA [0-9a-f]{16}$/),
-        'O=Corp, CN=Corp Issuing CA',
-      ]);
-      expect(adminChain[1]).toBe(blocks(signed)[0]);
-
-      const again = baton(
-        [
-          'ca',
-          'import',
-          '--cert',
-          join(dir.path, 'signed.pem'),
-          '--chain',
-          join(dir.path, 'corp-chain.pem'),
-          ...storage,
-        ],
-        env,
-      );
-      expect(again.status).toBe(1);
-      expect(again.stderr).toBe('baton: the CA is already initialized (ERR_ALREADY_INITIALIZED)\n');
-      const rotate = baton(['ca', 'rotate', ...storage], env);
-      expect(rotate.status).toBe(1);
-      expect(rotate.stderr).toMatch(
-        /^baton: an outside CA certified this installation: .* \(ERR_UPSTREAM_ROTATION\)\n$/,
-      );
-    });
-
-    it('serves the corporate root as the bundle; a token pins it; the agent joins and gets a workload SVID; the TLS chain carries the corporate issuing CA', async () => {
-      server = await startServerProcess(storage, env);
-      const bundle = await https(`${server.url}/v1/bundle`, { ca: root.pem });
-      expect(blocks(bundle.body.toString())).toEqual(blocks(root.pem));
-      const jwks = (await https(`${server.url}/v1/bundle.jwks`, { ca: root.pem })).json<{
-        keys: { use: string; x5c?: string[] }[];
-      }>();
-      const x509Keys = jwks.keys.filter((k) => k.use === 'x509-svid');
-      expect(x509Keys.map((k) => k.x5c)).toEqual([[new X509Certificate(root.pem).raw.toString('base64')]]);
-      // Baton signs the CRL of its own signing CA only; the corporate CAs publish theirs.
-      const crls = await https(`${server.url}/v1/crl.pem`, { ca: root.pem });
-      expect(crls.status).toBe(200);
-      expect(crls.body.toString().match(/BEGIN X509 CRL/g)).toHaveLength(1);
-      const outsideId = `ext-${new X509Certificate(issuing.pem).fingerprint256.replace(/:/g, '').toLowerCase().slice(0, 16)}`;
-      const outsideCrl = await https(`${server.url}/v1/crl?issuer=${outsideId}`, { ca: root.pem });
-      expect(outsideCrl.status).toBe(404);
-      expect(outsideCrl.json()).toEqual({ error: { code: 'ERR_NOT_FOUND', message: 'no such issuer' } });
-
-      // What the server sends in its handshake: leaf, Baton's signing CA, the corporate issuing CA.
-      const sent = run('openssl', ['s_client', '-connect', new URL(server.url).host, '-showcerts'], '');
-      expect(blocks(sent.out).map(subjectOf)).toEqual([
-        expect.stringMatching(/^O=upstream\.example\.org, OU=server, CN=/),
-        expect.stringMatching(/CN=Baton Signing CA/),
-        'O=Corp, CN=Corp Issuing CA',
-      ]);
-      const authorized = await new Promise<boolean>((resolve, reject) => {
-        const s = connect(
-          { host: '127.0.0.1', port: Number(new URL(server!.url).port), ca: root.pem },
-          () => {
-            resolve(s.authorized);
-            s.end();
-          },
+        expect(other.status).toBe(1);
+        expect(other.stderr).toMatch(
+          /^baton: an upstream CA for upstream\.example\.org is already pending.*\(ERR_UPSTREAM_PENDING\)\n$/,
         );
-        s.on('error', reject);
-      });
-      expect(authorized).toBe(true);
 
-      const admin = ['--server', server.url, '--admin-dir', adminDir];
-      const token = baton(['token', 'create', '--role', 'worker', ...admin], env);
-      expect(token.stderr).toBe('');
-      const pin = rootPin(new X509Certificate(root.pem).publicKey.export({ type: 'spki', format: 'der' }));
-      expect(token.stdout.trim().split('-')[1]).toBe(pin);
-      const node = join(dir.path, 'node');
-      const joined = baton(
-        ['agent', '--server', server.url, '--token', token.stdout.trim(), '--dir', node, '--once'],
-        env,
-      );
-      expect(joined.stderr).toBe('');
-      expect(joined.status).toBe(0);
-      const nodeId = /^attested node ([a-z2-7]{16})/.exec(joined.stdout)![1]!;
-      expect(blocks(readFileSync(join(node, 'bundle.pem'), 'utf8'))).toEqual(blocks(root.pem));
-      expect(blocks(readFileSync(join(node, 'node', 'cert.pem'), 'utf8')).map(subjectOf)).toEqual([
-        `O=${TD}, OU=worker, CN=${nodeId}`,
-        expect.stringMatching(/CN=Baton Signing CA/),
-        'O=Corp, CN=Corp Issuing CA',
-      ]);
-      const entry = baton(
-        [
-          'entry',
-          'create',
-          '--name',
-          'web',
-          '--spiffe-id',
-          `spiffe://${TD}/web`,
-          '--parent',
-          nodeId,
-          '--dns',
-          'web.example.org',
-          ...admin,
-        ],
-        env,
-      );
-      expect(entry.status).toBe(0);
-      const renewed = baton(['agent', '--server', server.url, '--dir', node, '--once'], env);
-      expect(renewed.stderr).toBe('');
-      expect(renewed.stdout).toMatch(
-        /issued workload web \(spiffe:\/\/upstream\.example\.org\/web, serial [0-9a-f]+/,
-      );
-      expect(blocks(readFileSync(join(node, 'workloads', 'web', 'cert.pem'), 'utf8'))).toHaveLength(3);
-      writeFileSync(join(dir.path, 'server-chain.pem'), blocks(sent.out).join(''));
-    });
+        const again = baton(
+          ['ca', 'init', '--trust-domain', TD, '--upstream-csr', join(dir.path, 'again.csr'), ...storage],
+          env,
+        );
+        expect(again.status).toBe(0);
+        expect(again.stdout).toMatch(/^the pending CSR \(since \S+Z\) was written again to /);
+        expect(readFileSync(join(dir.path, 'again.csr'), 'utf8')).toBe(csr);
+        // Under a regular file: no directory can be made there.
+        const unwritable = join(csrFile, 'baton.csr');
+        const lost = baton(
+          ['ca', 'init', '--trust-domain', TD, '--upstream-csr', unwritable, ...storage],
+          env,
+        );
+        expect(lost.status).toBe(2);
+        expect(lost.stderr).toBe(
+          `baton: --upstream-csr: cannot write ${unwritable} (EEXIST); the request is recorded: run the command again with a writable path (ERR_CONFIG_INVALID)\n`,
+        );
+      },
+      SLOW_MS,
+    );
+
+    it(
+      'ca import refuses, one line each, and leaves the request pending: another key, not a CA, expired, no chain, no root, garbage, pathlen 0 above it',
+      () => {
+        const csr = readFileSync(csrFile, 'utf8');
+        const imposter = pki.newRequest(`/O=${TD}/OU=baton/CN=imposter`);
+        const cases: [string, string, string][] = [
+          [
+            pki.sign(imposter.csrFile, issuing, { ext: SIGNING_CA_EXT(TD) }),
+            issuing.pem + root.pem,
+            'ERR_UPSTREAM_KEY_MISMATCH',
+          ],
+          [
+            pki.signPem(csr, issuing, { ext: ['basicConstraints=critical,CA:FALSE'] }),
+            issuing.pem + root.pem,
+            'ERR_UPSTREAM_NOT_CA',
+          ],
+          [
+            pki.signPem(csr, issuing, {
+              ext: SIGNING_CA_EXT(TD),
+              notBefore: new Date(Date.now() - 10 * 86400_000),
+              notAfter: new Date(Date.now() - 86400_000),
+            }),
+            issuing.pem + root.pem,
+            'ERR_UPSTREAM_VALIDITY',
+          ],
+          [pki.signPem(csr, issuing, { ext: SIGNING_CA_EXT(TD) }), '', 'ERR_UPSTREAM_INVALID'],
+          [pki.signPem(csr, issuing, { ext: SIGNING_CA_EXT(TD) }), issuing.pem, 'ERR_UPSTREAM_CHAIN'],
+          ['garbage', root.pem, 'ERR_UPSTREAM_INVALID'],
+        ];
+        for (const [cert, chain, code] of cases) {
+          const r = baton(
+            [
+              'ca',
+              'import',
+              '--cert',
+              file('cert.pem', cert),
+              '--chain',
+              file('chain.pem', chain),
+              ...storage,
+            ],
+            env,
+          );
+          expect({ code, status: r.status, stdout: r.stdout }).toEqual({ code, status: 1, stdout: '' });
+          expect(r.stderr).toMatch(new RegExp(`^baton: [^\\n]+ \\(${code}\\)\\n$`));
+        }
+        const tight = pki.root('Corp Root pathlen 0 again', {
+          ext: ['basicConstraints=critical,CA:TRUE,pathlen:0', 'keyUsage=critical,keyCertSign,cRLSign'],
+        });
+        const r = baton(
+          [
+            'ca',
+            'import',
+            '--cert',
+            file('cert.pem', pki.signPem(csr, tight, { ext: SIGNING_CA_EXT(TD) })),
+            '--chain',
+            file('chain.pem', tight.pem),
+            ...storage,
+          ],
+          env,
+        );
+        expect(r.stderr).toMatch(
+          /^baton: the root ".*Corp Root pathlen 0 again" has pathLenConstraint 0, but 1 CA certificate\(s\) would follow it .*\(ERR_UPSTREAM_PATH_LENGTH\)\n$/,
+        );
+        const usage = baton(['ca', 'import', '--cert', file('cert.pem', 'x'), ...storage], env);
+        expect(usage.status).toBe(2);
+        expect(usage.stderr).toBe('baton: --chain is required (ERR_USAGE)\n');
+        expect(existsSync(adminDir)).toBe(false);
+      },
+      SLOW_MS,
+    );
+
+    it(
+      'ca import installs it: the corporate root is the bundle and the pin; admin chains run through the corporate issuing CA; rotation refuses',
+      () => {
+        const csr = readFileSync(csrFile, 'utf8');
+        const signed = pki.signPem(csr, issuing, { ext: SIGNING_CA_EXT(TD) });
+        const r = baton(
+          [
+            'ca',
+            'import',
+            '--cert',
+            file('signed.pem', signed),
+            '--chain',
+            file('corp-chain.pem', issuing.pem + root.pem),
+            ...storage,
+          ],
+          env,
+        );
+        expect(r.stderr).toBe('');
+        expect(r.status).toBe(0);
+        const pin = rootPin(new X509Certificate(root.pem).publicKey.export({ type: 'spki', format: 'der' }));
+        expect(r.stdout).toBe(`trust domain: ${TD}\nroot pin: ${pin}\nadmin credentials: ${adminDir}\n`);
+        expect(blocks(readFileSync(join(adminDir, 'bundle.pem'), 'utf8'))).toEqual(blocks(root.pem));
+        const adminChain = blocks(readFileSync(join(adminDir, 'cert.pem'), 'utf8'));
+        expect(adminChain.map(subjectOf)).toEqual([
+          `O=${TD}, OU=admin, CN=admin`,
+          expect.stringMatching(/^O=upstream\.example\.org, OU=baton, CN=Baton Signing CA [0-9a-f]{16}$/),
+          'O=Corp, CN=Corp Issuing CA',
+        ]);
+        expect(adminChain[1]).toBe(blocks(signed)[0]);
+
+        const again = baton(
+          [
+            'ca',
+            'import',
+            '--cert',
+            join(dir.path, 'signed.pem'),
+            '--chain',
+            join(dir.path, 'corp-chain.pem'),
+            ...storage,
+          ],
+          env,
+        );
+        expect(again.status).toBe(1);
+        expect(again.stderr).toBe('baton: the CA is already initialized (ERR_ALREADY_INITIALIZED)\n');
+        const rotate = baton(['ca', 'rotate', ...storage], env);
+        expect(rotate.status).toBe(1);
+        expect(rotate.stderr).toMatch(
+          /^baton: an outside CA certified this installation: .* \(ERR_UPSTREAM_ROTATION\)\n$/,
+        );
+      },
+      SLOW_MS,
+    );
+
+    it(
+      'serves the corporate root as the bundle; a token pins it; the agent joins and gets a workload SVID; the TLS chain carries the corporate issuing CA',
+      async () => {
+        server = await startServerProcess(storage, env);
+        const bundle = await https(`${server.url}/v1/bundle`, { ca: root.pem });
+        expect(blocks(bundle.body.toString())).toEqual(blocks(root.pem));
+        const jwks = (await https(`${server.url}/v1/bundle.jwks`, { ca: root.pem })).json<{
+          keys: { use: string; x5c?: string[] }[];
+        }>();
+        const x509Keys = jwks.keys.filter((k) => k.use === 'x509-svid');
+        expect(x509Keys.map((k) => k.x5c)).toEqual([[new X509Certificate(root.pem).raw.toString('base64')]]);
+        // Baton signs the CRL of its own signing CA only; the corporate CAs publish theirs.
+        const crls = await https(`${server.url}/v1/crl.pem`, { ca: root.pem });
+        expect(crls.status).toBe(200);
+        expect(crls.body.toString().match(/BEGIN X509 CRL/g)).toHaveLength(1);
+        const outsideId = `ext-${new X509Certificate(issuing.pem).fingerprint256.replace(/:/g, '').toLowerCase().slice(0, 16)}`;
+        const outsideCrl = await https(`${server.url}/v1/crl?issuer=${outsideId}`, { ca: root.pem });
+        expect(outsideCrl.status).toBe(404);
+        expect(outsideCrl.json()).toEqual({ error: { code: 'ERR_NOT_FOUND', message: 'no such issuer' } });
+
+        // What the server sends in its handshake: leaf, Baton's signing CA, the corporate issuing CA.
+        const sent = run('openssl', ['s_client', '-connect', new URL(server.url).host, '-showcerts'], '');
+        expect(blocks(sent.out).map(subjectOf)).toEqual([
+          expect.stringMatching(/^O=upstream\.example\.org, OU=server, CN=/),
+          expect.stringMatching(/CN=Baton Signing CA/),
+          'O=Corp, CN=Corp Issuing CA',
+        ]);
+        const authorized = await new Promise<boolean>((resolve, reject) => {
+          const s = connect(
+            { host: '127.0.0.1', port: Number(new URL(server!.url).port), ca: root.pem },
+            () => {
+              resolve(s.authorized);
+              s.end();
+            },
+          );
+          s.on('error', reject);
+        });
+        expect(authorized).toBe(true);
+
+        const admin = ['--server', server.url, '--admin-dir', adminDir];
+        const token = baton(['token', 'create', '--role', 'worker', ...admin], env);
+        expect(token.stderr).toBe('');
+        const pin = rootPin(new X509Certificate(root.pem).publicKey.export({ type: 'spki', format: 'der' }));
+        expect(token.stdout.trim().split('-')[1]).toBe(pin);
+        const node = join(dir.path, 'node');
+        const joined = baton(
+          ['agent', '--server', server.url, '--token', token.stdout.trim(), '--dir', node, '--once'],
+          env,
+        );
+        expect(joined.stderr).toBe('');
+        expect(joined.status).toBe(0);
+        const nodeId = /^attested node ([a-z2-7]{16})/.exec(joined.stdout)![1]!;
+        expect(blocks(readFileSync(join(node, 'bundle.pem'), 'utf8'))).toEqual(blocks(root.pem));
+        expect(blocks(readFileSync(join(node, 'node', 'cert.pem'), 'utf8')).map(subjectOf)).toEqual([
+          `O=${TD}, OU=worker, CN=${nodeId}`,
+          expect.stringMatching(/CN=Baton Signing CA/),
+          'O=Corp, CN=Corp Issuing CA',
+        ]);
+        const entry = baton(
+          [
+            'entry',
+            'create',
+            '--name',
+            'web',
+            '--spiffe-id',
+            `spiffe://${TD}/web`,
+            '--parent',
+            nodeId,
+            '--dns',
+            'web.example.org',
+            ...admin,
+          ],
+          env,
+        );
+        expect(entry.status).toBe(0);
+        const renewed = baton(['agent', '--server', server.url, '--dir', node, '--once'], env);
+        expect(renewed.stderr).toBe('');
+        expect(renewed.stdout).toMatch(
+          /issued workload web \(spiffe:\/\/upstream\.example\.org\/web, serial [0-9a-f]+/,
+        );
+        expect(blocks(readFileSync(join(node, 'workloads', 'web', 'cert.pem'), 'utf8'))).toHaveLength(3);
+        writeFileSync(join(dir.path, 'server-chain.pem'), blocks(sent.out).join(''));
+      },
+      SLOW_MS,
+    );
 
     itWith(
       ['openssl', 'certtool', 'go'],
@@ -380,7 +409,7 @@ describeEachBackend('upstream CA', (backend: Backend) => {
           );
         }
       },
-      60_000,
+      SLOW_MS,
     );
 
     itWith(
@@ -417,6 +446,7 @@ describeEachBackend('upstream CA', (backend: Backend) => {
         const n = verify(readFileSync(join(dir.path, 'node', 'node', 'cert.pem'), 'utf8'));
         expect(n.status).toBe(0);
       },
+      SLOW_MS,
     );
   });
 });

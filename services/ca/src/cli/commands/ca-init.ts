@@ -9,7 +9,7 @@ import { runUpstreamRequest } from './ca-import';
 export const caInit: Command = {
   words: ['ca', 'init'],
   summary:
-    'Initialize the CA: run migrations, create the root (10 years) and signing CA (1 year), write the admin credential to <data-dir>/admin and print the trust domain and the root pin.',
+    "Initialize the CA: run migrations, create the root (10 years) and signing CA (1 year), write the admin credential to <data-dir>/admin and print the trust domain and the root pin. With --upstream-csr, write the signing CA's CSR for an outside CA instead and stop (then `baton ca import`).",
   options: {
     'trust-domain': {
       type: 'string',
