@@ -450,3 +450,60 @@ describeEachBackend('upstream CA', (backend: Backend) => {
     );
   });
 });
+
+describeWith('openssl', 'upstream CA directly under a corporate root (no corporate intermediate)', () => {
+  const dir = tempDir('baton-upstream-root-');
+  afterAll(() => dir.cleanup());
+  const storage = ['--data-dir', join(dir.path, 'data')];
+
+  itWith(
+    ['openssl', 'certtool', 'go'],
+    'the admin chain is leaf and signing CA, the bundle the root; openssl, certtool and Go verify it',
+    () => {
+      const csrFile = join(dir.path, 'baton.csr');
+      expect(baton(['ca', 'init', '--trust-domain', TD, '--upstream-csr', csrFile, ...storage]).status).toBe(
+        0,
+      );
+      const pki = new CorporatePki(join(dir.path, 'corp'));
+      const root = pki.root('Corp Root', {
+        ext: ['basicConstraints=critical,CA:TRUE,pathlen:1', 'keyUsage=critical,keyCertSign,cRLSign'],
+      });
+      const certFile = join(dir.path, 'signed.pem');
+      writeFileSync(certFile, pki.signPem(readFileSync(csrFile, 'utf8'), root, { ext: SIGNING_CA_EXT(TD) }));
+      const rootFile = join(dir.path, 'root.pem');
+      writeFileSync(rootFile, root.pem);
+      const r = baton(['ca', 'import', '--cert', certFile, '--chain', rootFile, '--json', ...storage]);
+      expect(r.stderr).toBe('');
+      const out = JSON.parse(r.stdout) as Record<string, string>;
+      expect(out).toEqual({
+        trust_domain: TD,
+        root_pin: rootPin(new X509Certificate(root.pem).publicKey.export({ type: 'spki', format: 'der' })),
+        root_ca_id: expect.stringMatching(/^ext-[0-9a-f]{16}$/),
+        signing_ca_id: expect.stringMatching(/^ca-[0-9a-f]{16}$/),
+        admin_dir: join(dir.path, 'data', 'admin'),
+      });
+      const chainFile = join(out.admin_dir!, 'cert.pem');
+      const chain = blocks(readFileSync(chainFile, 'utf8'));
+      expect(chain).toHaveLength(2);
+      expect(blocks(readFileSync(join(out.admin_dir!, 'bundle.pem'), 'utf8'))).toEqual(blocks(root.pem));
+      const leafFile = join(dir.path, 'leaf.pem');
+      const untrusted = join(dir.path, 'untrusted.pem');
+      writeFileSync(leafFile, chain[0]!);
+      writeFileSync(untrusted, chain[1]!);
+      expect(
+        run('openssl', ['verify', '-x509_strict', '-CAfile', rootFile, '-untrusted', untrusted, leafFile]),
+      ).toEqual({
+        status: 0,
+        out: `${leafFile}: OK\n`,
+      });
+      expect(
+        run('certtool', ['--verify', '--load-ca-certificate', rootFile, '--infile', chainFile]).status,
+      ).toBe(0);
+      const go = run(goVerify!, [rootFile, chainFile]);
+      expect(go.out).toMatch(
+        /^OK <- CN=admin,OU=admin,O=upstream\.example\.org <- CN=Baton Signing CA [0-9a-f]{16},OU=baton,O=upstream\.example\.org <- CN=Corp Root,O=Corp\n$/,
+      );
+    },
+    SLOW_MS,
+  );
+});
