@@ -6,6 +6,7 @@ import * as createRevocationAndAudit from './20261126180000_create_revocation_an
 import * as createJwtKeys from './20261207120000_create_jwt_keys';
 import * as workloadApiEntries from './20261207190000_workload_api_entries';
 import * as publicHttpUrl from './20261207200000_public_http_url';
+import * as upstreamCa from './20261208020000_upstream_ca';
 import * as rootRotation from './20261208030000_root_rotation';
 
 /**
@@ -25,6 +26,7 @@ export const migrations: ReadonlyArray<{
   { name: '20261207120000_create_jwt_keys', ...createJwtKeys },
   { name: '20261207190000_workload_api_entries', ...workloadApiEntries },
   { name: '20261207200000_public_http_url', ...publicHttpUrl },
+  { name: '20261208020000_upstream_ca', ...upstreamCa },
   { name: '20261208030000_root_rotation', ...rootRotation },
 ];
 

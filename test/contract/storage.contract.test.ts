@@ -19,11 +19,13 @@ import type {
   NodeRecord,
   RenewalGuard,
   Repositories,
+  PendingUpstream,
   RevocationEvent,
   Storage,
   TokenRecord,
   WorkloadGuard,
 } from '../../services/ca/src/domain/ports';
+import { NO_KEY } from '../../services/ca/src/domain/upstream-ca';
 import { describePublicKey, generateP256, spkiOf } from '../../services/ca/src/pki/keys';
 import { migrateLatest, openDatabase } from '../../services/ca/src/storage/knex/database';
 import { knexStorage } from '../../services/ca/src/storage/knex/knex-storage';
@@ -403,6 +405,7 @@ const EVERY_TABLE = [
   'ca_cross_certificates',
   'cas',
   'installation',
+  'upstream_pending',
 ];
 
 describeEachImplementation('Storage contract', (impl) => {
@@ -665,6 +668,71 @@ describeEachImplementation('Storage contract', (impl) => {
           workloadCertificates: 0,
         });
       });
+    });
+  });
+
+  describe('upstream', () => {
+    const settingsOf = (ca: typeof CA): PendingUpstream['installation'] => {
+      const { createdAt: _, ...settings } = installationOf(ca);
+      return settings;
+    };
+    /** A pending upstream CA with every field set (domain/upstream-ca.ts makes real ones). */
+    const pending = (caId = 'ca-00112233aabbccdd', over: Partial<PendingUpstream> = {}): PendingUpstream => ({
+      installation: { ...settingsOf(CA), publicHttpUrl: 'http://pki.example.org:8080' },
+      caId,
+      wrappedKey: { alg: 'A256GCM', kekId: 'kek-0123456789abcdef', blob: randomBytes(120) },
+      spki: randomBytes(91),
+      csrDer: randomBytes(400),
+      createdAt: new Date('2026-12-08T02:00:00.123Z'),
+      ...over,
+    });
+
+    it('ok/none is pending on a fresh database; a saved one round-trips every field', async () => {
+      expect(await storage.upstream.getPending()).toBeNull();
+      const p = pending();
+      await storage.upstream.savePending(p);
+      const got = await storage.upstream.getPending();
+      expect(got).toStrictEqual(p);
+      expect(
+        Buffer.isBuffer(got!.csrDer) && Buffer.isBuffer(got!.spki) && Buffer.isBuffer(got!.wrappedKey.blob),
+      ).toBe(true);
+    });
+
+    it('ok/without a publication URL it comes back without one', async () => {
+      const p = pending('ca-00112233aabbccdd', { installation: settingsOf(CA) });
+      await storage.upstream.savePending(p);
+      expect(await storage.upstream.getPending()).toStrictEqual(p);
+    });
+
+    it('fail/a second pending CA gives ERR_UPSTREAM_PENDING and leaves the first', async () => {
+      const first = pending();
+      await storage.upstream.savePending(first);
+      expect((await errorOf(storage.upstream.savePending(pending('ca-ffeeddccbbaa0011')))).code).toBe(
+        'ERR_UPSTREAM_PENDING',
+      );
+      expect(await storage.upstream.getPending()).toStrictEqual(first);
+    });
+
+    it('ok/deletePending deletes that CA only; rolled back with its transaction', async () => {
+      await storage.upstream.savePending(pending());
+      expect(await storage.upstream.deletePending('ca-ffeeddccbbaa0011')).toBe(false);
+      const failed = await rejectionOf(
+        storage.transaction(async (tx) => {
+          expect(await tx.upstream.deletePending('ca-00112233aabbccdd')).toBe(true);
+          throw new Error('rolled back');
+        }),
+      );
+      expect((failed as Error).message).toBe('rolled back');
+      expect((await storage.upstream.getPending())?.caId).toBe('ca-00112233aabbccdd');
+      expect(await storage.upstream.deletePending('ca-00112233aabbccdd')).toBe(true);
+      expect(await storage.upstream.getPending()).toBeNull();
+      expect(await storage.upstream.deletePending('ca-00112233aabbccdd')).toBe(false);
+    });
+
+    it('ok/a CA without a key (an outside CA) round-trips: alg none, empty blob', async () => {
+      const keyless: CaRecord = { ...CA.records[0]!, id: 'ext-0011223344556677', wrappedKey: NO_KEY };
+      await storage.cas.initialize(installationOf(CA), [keyless]);
+      expect(await storage.cas.listCas()).toStrictEqual([keyless]);
     });
   });
 

@@ -21,6 +21,7 @@ import type {
   NodeRecord,
   NodeRepository,
   NonceRepository,
+  PendingUpstream,
   Repositories,
   RevocationEvent,
   RevocationRepository,
@@ -28,6 +29,7 @@ import type {
   Storage,
   TokenRecord,
   TokenRepository,
+  UpstreamRepository,
 } from '../../services/ca/src/domain/ports';
 import { BatonError } from '../../services/ca/src/ground/errors';
 
@@ -75,6 +77,7 @@ interface State {
   audit: Map<number, AuditRecord>;
   jwtKeys: Map<string, JwtKeyRecord>;
   cross: Map<string, CrossCertificateRecord>;
+  upstream: PendingUpstream | null;
 }
 
 /** PostgreSQL sequences: outside every transaction, never rolled back. */
@@ -97,6 +100,7 @@ const emptyState = (): State => ({
   audit: new Map(),
   jwtKeys: new Map(),
   cross: new Map(),
+  upstream: null,
 });
 
 /** Records are immutable here, so a copy of the collections is a copy of the state. */
@@ -113,6 +117,7 @@ const cloneState = (s: State): State => ({
   audit: new Map(s.audit),
   jwtKeys: new Map(s.jwtKeys),
   cross: new Map(s.cross),
+  upstream: s.upstream,
 });
 
 // Copies: field by field, as a row read back from the database has exactly these fields.
@@ -402,6 +407,40 @@ function caRepository(run: Run): CaRepository {
           nodes: new Set(live.filter((c) => c.kind === 'node').map((c) => c.nodeId)).size,
           workloadCertificates: live.filter((c) => c.kind === 'workload').length,
         };
+      }),
+  };
+}
+
+const copyPending = (p: PendingUpstream): PendingUpstream => ({
+  installation: {
+    trustDomain: p.installation.trustDomain,
+    publicUrl: p.installation.publicUrl,
+    ...(p.installation.publicHttpUrl ? { publicHttpUrl: p.installation.publicHttpUrl } : {}),
+    nodeTtlMs: p.installation.nodeTtlMs,
+    workloadTtlMs: p.installation.workloadTtlMs,
+    adminTtlMs: p.installation.adminTtlMs,
+  },
+  caId: p.caId,
+  wrappedKey: { alg: p.wrappedKey.alg, kekId: p.wrappedKey.kekId, blob: bytes(p.wrappedKey.blob) },
+  spki: bytes(p.spki),
+  csrDer: bytes(p.csrDer),
+  createdAt: date(p.createdAt),
+});
+
+function upstreamRepository(run: Run): UpstreamRepository {
+  return {
+    getPending: () => run(false, [], (s) => (s.upstream ? copyPending(s.upstream) : null)),
+    savePending: (p) =>
+      run(true, [p], (s) => {
+        if (s.upstream)
+          throw inCode(new BatonError('ERR_UPSTREAM_PENDING', 'an upstream CA is already pending'));
+        s.upstream = copyPending(p);
+      }),
+    deletePending: (caId) =>
+      run(true, [caId], (s) => {
+        if (s.upstream?.caId !== caId) return false;
+        s.upstream = null;
+        return true;
       }),
   };
 }
@@ -860,6 +899,7 @@ function repositories(run: Run, seq: Sequences): Repositories {
     audit: auditRepository(run, seq),
     entries: entryRepository(run),
     cas: caRepository(run),
+    upstream: upstreamRepository(run),
     certificates: certificateRepository(run),
     issuances: issuanceRepository(run, seq),
     nodes: nodeRepository(run),

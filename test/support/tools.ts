@@ -100,6 +100,7 @@ const PACKAGE_OF: Record<string, string> = {
   nginx: 'nginx-light',
   setpriv: 'util-linux',
   base32: 'coreutils',
+  go: 'golang-go',
 };
 
 /** A program, by name (looked up on PATH) or by absolute path (which must be executable). */

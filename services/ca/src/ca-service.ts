@@ -10,6 +10,7 @@ import { BatonError } from './ground/errors';
 import { createJwtKey, readKeyState } from './domain/jwt-keys';
 import { type Keyring, loadKeyring } from './domain/keyring';
 import { publicationUrlOf } from './domain/urls';
+import { pendingUpstreamRefusal } from './domain/upstream-ca';
 import type { Installation, Storage } from './domain/ports';
 import { resolveCustody } from './key-custody-source';
 import { migrateLatest, openDatabase } from './storage/knex/database';
@@ -52,9 +53,12 @@ export async function openCa(
   try {
     const installation = await storage.cas.getInstallation();
     if (!installation)
-      throw new BatonError(
-        'ERR_NOT_INITIALIZED',
-        'the CA is not initialized: run `baton ca init --trust-domain TD` first',
+      throw (
+        (await pendingUpstreamRefusal(storage)) ??
+        new BatonError(
+          'ERR_NOT_INITIALIZED',
+          'the CA is not initialized: run `baton ca init --trust-domain TD` first',
+        )
       );
     const { custody, kek } = resolveCustody(cfg, { create: false });
     const { cas, jwtKeys, cross } = await readKeyState(storage);
@@ -79,6 +83,8 @@ export async function initCa(cfg: InitConfig, clock: Clock): Promise<OpenCa> {
   try {
     if (await storage.cas.getInstallation())
       throw new BatonError('ERR_ALREADY_INITIALIZED', 'the CA is already initialized');
+    const pending = await pendingUpstreamRefusal(storage);
+    if (pending) throw pending;
     const { custody, kek } = resolveCustody(cfg, { create: true });
     const now = clock.now();
     const installation: Installation = {

@@ -139,6 +139,16 @@ export interface InitConfig extends StorageConfig {
   readonly nodeTtlMs: number;
   readonly workloadTtlMs: number;
   readonly adminTtlMs: number;
+  /** --upstream-csr FILE: write the signing CA's CSR there and stop (docs/operations.md "Upstream CA"). */
+  readonly upstreamCsr?: string;
+}
+
+/** `baton ca import`: the certificate an outside CA signed for the pending signing CA, and its chain. */
+export interface ImportConfig extends StorageConfig {
+  /** --cert FILE (required): PEM, Baton's signing CA certificate first */
+  readonly certFile: string;
+  /** --chain FILE (required): PEM, the outside intermediates, if any, and the root */
+  readonly chainFile: string;
 }
 
 export interface AdminClientConfig {
@@ -398,6 +408,20 @@ export function loadInitConfig(flags: Flags, env: Env): InitConfig {
       MAX_TTL.workload,
     ),
     adminTtlMs: parseTtl(str(flags, 'admin-ttl', env, undefined) ?? '8h', '--admin-ttl', MAX_TTL.admin),
+    ...(typeof flags['upstream-csr'] === 'string' ? { upstreamCsr: resolve(flags['upstream-csr']) } : {}),
+  });
+}
+
+export function loadImportConfig(flags: Flags, env: Env): ImportConfig {
+  const file = (name: string) => {
+    const v = str(flags, name, env, undefined);
+    if (!v) throw new BatonError('ERR_USAGE', `--${name} is required`);
+    return resolve(v);
+  };
+  return Object.freeze({
+    ...loadStorageConfig(flags, env),
+    certFile: file('cert'),
+    chainFile: file('chain'),
   });
 }
 

@@ -5,6 +5,7 @@ import type { Clock } from './clock';
 import { createJwtKey } from './jwt-keys';
 import type { KeyCustodySource } from './key-custody';
 import type { Keyring } from './keyring';
+import { assertRotatable } from './upstream-ca';
 import type { CaRecord, Installation, JwtKeyRecord, Storage } from './ports';
 
 /**
@@ -27,6 +28,7 @@ export async function rotateSigningCa(
   },
   audit: AuditContext,
 ): Promise<CaRecord> {
+  assertRotatable(deps.keyring);
   const now = deps.clock.now();
   // During a root rotation the signing CA must stay certified by both roots: not a plain rotation.
   if (deps.keyring.roots.length > 1) throw signingRotationRefused();

@@ -65,9 +65,14 @@ export function isStale(crl: CrlRecord, now: Date, nextUpdateMs: number): boolea
   return now.getTime() >= crl.thisUpdate.getTime() + nextUpdateMs / 2;
 }
 
-/** CAs that need a CRL: every root, and every intermediate that has not expired. */
+/**
+ * CAs that need a CRL: every root, and every intermediate that has not expired; never an outside CA
+ * of an upstream CA (Baton holds no key to sign its CRL: the outside CA publishes its own).
+ */
 export function crlIssuers(keyring: Keyring, now: Date): SigningCa[] {
-  return keyring.all.filter((c) => c.record.kind === 'root' || c.record.notAfter.getTime() > now.getTime());
+  return keyring.all.filter(
+    (c) => !c.outside && (c.record.kind === 'root' || c.record.notAfter.getTime() > now.getTime()),
+  );
 }
 
 /** Runs `publish` for every CA that needs a CRL, one after the other; the CRLs it made. */

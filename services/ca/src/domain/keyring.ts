@@ -3,11 +3,13 @@ import type { IssuerTemplate } from '../pki/certificate';
 import { readCertificate } from '../pki/certificate-reader';
 import { toPem } from '../../../../common/src/der';
 import { authorityInfoAccess, authorityKeyIdentifier, crlDistributionPoints } from '../pki/extensions';
-import { keyIdentifier, spkiOf } from '../pki/keys';
+import { spkiOf } from '../pki/keys';
 import { rootPin } from '../pki/pin';
 import { BatonError } from '../ground/errors';
 import { type JwtKeyring, loadJwtKeyring } from './jwt-keys';
 import { custodyOf, type KeyCustodySource } from './key-custody';
+import { isOutsideCa, loadOutsideCa, outsideIntermediatesPem } from './upstream-ca';
+import { caKeyIdentifier } from '../pki/ca-constraints';
 import type { CaRecord, CrossCertificateRecord, JwtKeyRecord } from './ports';
 import { crlUrl, ocspUrl } from './urls';
 import { inBundle as rootsInBundle } from './root-rotation';
@@ -28,6 +30,11 @@ export interface SigningCa {
   spki: Buffer;
   /** Pre-encoded issuer parts for every leaf this CA signs. */
   template: IssuerTemplate;
+  /**
+   * An outside CA of an upstream CA (domain/upstream-ca.ts): Baton holds no key for it, so it signs
+   * nothing, CRLs and OCSP answers included; its `signer` refuses.
+   */
+  outside?: true;
 }
 
 export interface Keyring {
@@ -74,13 +81,14 @@ export function loadKeyring(
     throw new BatonError('ERR_NOT_INITIALIZED', 'the CA is not initialized: run `baton ca init` first');
   const custody = custodyOf(kek);
   const loaded = cas.map((record) => {
+    if (isOutsideCa(record)) return loadOutsideCa(record);
     const key = custody.load(record.wrappedKey, record.id);
     const fields = readCertificate(record.certificateDer);
     // The key must be the one the certificate names: a row pointing at another token object (or a
     // token restored with other keys) must not sign under this CA's name.
     if (!spkiOf(key.publicKey).equals(fields.spkiRaw))
       throw new BatonError('ERR_CA_UNAVAILABLE', `the key of CA ${record.id} does not match its certificate`);
-    const keyId = keyIdentifier(fields.spkiRaw);
+    const keyId = caKeyIdentifier(fields);
     const signer = key.signer;
     const template: IssuerTemplate = {
       issuerName: fields.subjectRaw,
@@ -96,7 +104,8 @@ export function loadKeyring(
       record,
       signer,
       certPem,
-      chainPem: certPem,
+      // Upstream CA: the outside intermediates follow Baton's signing CA (none otherwise).
+      chainPem: certPem + outsideIntermediatesPem(record, cas),
       subjectName: fields.subjectRaw,
       keyId,
       spki: fields.spkiRaw,
@@ -119,7 +128,7 @@ export function loadKeyring(
     // trusts both roots verifies either way; one that trusts only the new root (after the finish,
     // when no cross-certificate is served any more) puts the new root's certificate of the CA in
     // its trust store (trustPem here, trustStorePem in the clients), which OpenSSL looks in first.
-    ca.chainPem = [...crossPemsOf(ca.record), ca.certPem].join('');
+    ca.chainPem = [...crossPemsOf(ca.record), ca.chainPem].join('');
   }
   const signing = loaded.find((c) => c.record.kind === 'intermediate' && c.record.active);
   if (roots.length === 0 || !signing)

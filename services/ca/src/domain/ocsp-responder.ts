@@ -48,7 +48,8 @@ export async function answerOcsp(
   requestDer: Buffer,
 ): Promise<OcspAnswer> {
   const req = parseOcspRequest(requestDer);
-  const cas = req.requests.map((r) => deps.keyring.all.find((c) => isIssuedBy(r, hashesOf(c))));
+  // An outside CA of an upstream CA answers for itself: Baton holds no key to sign for it.
+  const cas = req.requests.map((r) => deps.keyring.all.find((c) => !c.outside && isIssuedBy(r, hashesOf(c))));
   const responder = cas[0];
   if (!responder || cas.some((c) => c !== responder))
     return { kind: 'unauthorized', der: ocspErrorResponse('unauthorized') };

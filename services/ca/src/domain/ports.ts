@@ -8,9 +8,11 @@ export type { Signer } from '../ground/signer';
 /**
  * A CA private key wrapped under the KEK (see pki/kek.ts), or with `alg: 'pkcs11'` a reference to a
  * key kept in a PKCS#11 token: `kekId` the token, `blob` the key's CKA_ID (domain/key-custody.ts).
+ * `alg: 'none'` (NO_KEY in domain/upstream-ca.ts): a CA whose key Baton does not hold, an outside
+ * root or intermediate of an upstream CA; nothing unwraps it.
  */
 export interface WrappedKey {
-  alg: 'A256GCM' | 'pkcs11';
+  alg: 'A256GCM' | 'pkcs11' | 'none';
   kekId: string;
   blob: Buffer;
 }
@@ -46,6 +48,31 @@ export interface CaRecord {
   active: boolean;
   wrappedKey: WrappedKey;
   createdAt: Date;
+}
+
+/**
+ * `baton ca init --upstream-csr`: the signing CA's key and CSR, waiting for the certificate an
+ * outside root signs (`baton ca import`), with the settings `ca init` was given. One row at most.
+ */
+export interface PendingUpstream {
+  /** The settings of `ca init`; the installation's createdAt is the import's time. */
+  installation: Omit<Installation, 'createdAt'>;
+  /** The CA id the signing CA will have (caIdFor its key): the wrapped key's additional data. */
+  caId: string;
+  wrappedKey: WrappedKey;
+  /** SubjectPublicKeyInfo DER of the signing CA's key: the imported certificate must certify it. */
+  spki: Buffer;
+  /** The PKCS#10 request written to the --upstream-csr file. */
+  csrDer: Buffer;
+  createdAt: Date;
+}
+
+export interface UpstreamRepository {
+  getPending(): Promise<PendingUpstream | null>;
+  /** Records the pending upstream CA; ERR_UPSTREAM_PENDING if one is pending already. */
+  savePending(p: PendingUpstream): Promise<void>;
+  /** Within the import's transaction: deletes the pending row of `caId`; false if there is none. */
+  deletePending(caId: string): Promise<boolean>;
 }
 
 export type CertificateKind = 'node' | 'workload' | 'admin' | 'server';
@@ -425,6 +452,7 @@ export interface Repositories {
   audit: AuditRepository;
   entries: EntryRepository;
   cas: CaRepository;
+  upstream: UpstreamRepository;
   certificates: CertificateRepository;
   issuances: IssuanceRepository;
   nodes: NodeRepository;

@@ -7,6 +7,7 @@ import type { Clock } from './clock';
 import { createJwtKey } from './jwt-keys';
 import type { KeyCustodySource } from './key-custody';
 import type { Keyring } from './keyring';
+import { assertRotatable } from './upstream-ca';
 import type {
   CaRecord,
   CertificatesUnder,
@@ -71,6 +72,8 @@ export async function startRootRotation(
 ): Promise<RootRotationStarted> {
   const now = deps.clock.now();
   const { trustDomain } = deps.installation;
+  // Under an upstream CA the root is not Baton's to replace.
+  assertRotatable(deps.keyring);
   if (deps.keyring.roots.length !== 1) throw rotationInProgress();
   const oldRoot = deps.keyring.roots[0]!;
   const root = createRootCa({ trustDomain, now, kek: deps.kek });

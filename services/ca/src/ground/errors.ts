@@ -35,6 +35,17 @@ export type BatonErrorCode =
   | 'ERR_SERVER_UNREACHABLE'
   | 'ERR_DATABASE_UNAVAILABLE'
   | 'ERR_RATE_LIMITED'
+  // Upstream CA (`ca init --upstream-csr`, `ca import`): docs/operations.md "Upstream CA".
+  | 'ERR_UPSTREAM_PENDING'
+  | 'ERR_UPSTREAM_NOT_PENDING'
+  | 'ERR_UPSTREAM_INVALID'
+  | 'ERR_UPSTREAM_KEY_MISMATCH'
+  | 'ERR_UPSTREAM_NOT_CA'
+  | 'ERR_UPSTREAM_VALIDITY'
+  | 'ERR_UPSTREAM_CHAIN'
+  | 'ERR_UPSTREAM_PATH_LENGTH'
+  | 'ERR_UPSTREAM_NAME_CONSTRAINTS'
+  | 'ERR_UPSTREAM_ROTATION'
   | 'ERR_INTERNAL';
 
 export class BatonError extends Error {

@@ -28,6 +28,8 @@ export const HTTP_STATUS: Partial<Record<BatonErrorCode, number>> = {
   ERR_ROTATION_PENDING: 409,
   ERR_KEY_REUSED: 409,
   ERR_ALREADY_INITIALIZED: 409,
+  // A rotation of an installation whose CA an outside root signed (domain/upstream-ca.ts).
+  ERR_UPSTREAM_ROTATION: 409,
   ERR_BODY_TOO_LARGE: 413,
   ERR_HEADERS_TOO_LARGE: 431,
   ERR_RATE_LIMITED: 429,

@@ -9,8 +9,11 @@ export interface Kek {
 }
 
 export interface WrappedKey {
-  /** `pkcs11`: not wrapped at all but a reference to a key kept in a token (kms/pkcs11-custody.ts). */
-  alg: 'A256GCM' | 'pkcs11';
+  /**
+   * `pkcs11`: not wrapped at all but a reference to a key kept in a token (kms/pkcs11-custody.ts).
+   * `none`: a CA whose key Baton does not hold (an outside CA of an upstream CA); never unwrapped.
+   */
+  alg: 'A256GCM' | 'pkcs11' | 'none';
   /** The KEK id; for `pkcs11` the token's identity. */
   kekId: string;
   /** iv (12) || ciphertext || tag (16); for `pkcs11` the key's CKA_ID. */

@@ -1,14 +1,16 @@
+import { BatonError } from '../../ground/errors';
 import { join } from 'node:path';
 import { writeAdminCredentials, localActor } from '../../admin-credentials';
 import { initCa } from '../../ca-service';
 import { loadInitConfig } from '../../config';
 import { systemClock } from '../../domain/clock';
 import { type Command, JSON_OPTION, STORAGE_OPTIONS } from '../command';
+import { runUpstreamRequest } from './ca-import';
 
 export const caInit: Command = {
   words: ['ca', 'init'],
   summary:
-    'Initialize the CA: run migrations, create the root (10 years) and signing CA (1 year), write the admin credential to <data-dir>/admin and print the trust domain and the root pin.',
+    "Initialize the CA: run migrations, create the root (10 years) and signing CA (1 year), write the admin credential to <data-dir>/admin and print the trust domain and the root pin. With --upstream-csr, write the signing CA's CSR for an outside CA instead and stop (then `baton ca import`).",
   options: {
     'trust-domain': {
       type: 'string',
@@ -41,11 +43,24 @@ export const caInit: Command = {
       value: '8h',
       description: 'default admin certificate lifetime (min 1m, max 7d)',
     },
+    'upstream-csr': {
+      type: 'string',
+      value: 'FILE',
+      description:
+        'upstream CA: write the signing CA\'s CSR to FILE for an outside CA to sign and stop; then `baton ca import` (docs/operations.md "Upstream CA")',
+    },
     ...STORAGE_OPTIONS,
     ...JSON_OPTION,
   },
   async run(ctx) {
     const cfg = loadInitConfig(ctx.flags, ctx.env);
+    if (cfg.upstreamCsr && cfg.kms)
+      // The upstream request keeps its key under the KEK; refused rather than silently not in the token.
+      throw new BatonError(
+        'ERR_USAGE',
+        '--upstream-csr does not take --kms yet: the signing CA key would not be in the token',
+      );
+    if (cfg.upstreamCsr) return runUpstreamRequest(ctx, { ...cfg, upstreamCsr: cfg.upstreamCsr });
     const ca = await initCa(cfg, systemClock);
     try {
       const adminDir = join(cfg.dataDir, 'admin');

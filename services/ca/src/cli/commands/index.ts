@@ -3,6 +3,7 @@ import { agent } from './agent';
 import { adminIssue } from './admin-issue';
 import { adminRecover } from './admin-recover';
 import { auditList, auditVerify } from './audit';
+import { caImport } from './ca-import';
 import { caInit } from './ca-init';
 import { caRotate } from './ca-rotate';
 import { caStatusCommand } from './ca-status';
@@ -16,6 +17,7 @@ import { tokenCreate } from './token';
 /** Every command of `baton`, in the order `baton --help` lists them. */
 export const COMMANDS: Command[] = [
   caInit,
+  caImport,
   caRotate,
   caStatusCommand,
   server,

@@ -26,7 +26,9 @@ export function crlRoutes(deps: AppDeps): Router {
   r.get('/v1/crl', async (req, res) => {
     const kr = deps.keyring();
     const issuer = req.query.issuer === undefined ? kr.signing.record.id : String(req.query.issuer);
-    if (!kr.all.some((c) => c.record.id === issuer)) throw new BatonError('ERR_NOT_FOUND', 'no such issuer');
+    // An outside CA of an upstream CA has no CRL from Baton (domain/crl-publisher.ts crlIssuers).
+    if (!kr.all.some((c) => c.record.id === issuer && !c.outside))
+      throw new BatonError('ERR_NOT_FOUND', 'no such issuer');
     const crl = await deps.crls.current(issuer);
     const headers = cacheHeaders([crl]);
     if (req.headers['if-none-match'] === headers.ETag) {

@@ -10,6 +10,7 @@ import { knexJwtKeyRepository } from './jwt-key-repository';
 import { knexCrlRepository, knexRevocationRepository } from './revocation-repository';
 import { knexNodeRepository } from './node-repository';
 import { knexNonceRepository, knexTokenRepository } from './token-repository';
+import { knexUpstreamRepository } from './upstream-repository';
 
 function repositories(k: Knex | Knex.Transaction): Repositories {
   return {
@@ -18,6 +19,7 @@ function repositories(k: Knex | Knex.Transaction): Repositories {
     audit: knexAuditRepository(k),
     entries: knexEntryRepository(k),
     cas: knexCaRepository(k),
+    upstream: knexUpstreamRepository(k),
     certificates: knexCertificateRepository(k),
     issuances: knexIssuanceRepository(k),
     nodes: knexNodeRepository(k),
