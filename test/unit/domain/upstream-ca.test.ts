@@ -1,3 +1,4 @@
+import { caStatus, startRootRotation } from '../../../services/ca/src/domain/root-rotation';
 import { createPublicKey, randomBytes, X509Certificate } from 'node:crypto';
 import { nullValue, octets, oid, seq, uintBytes } from '../../../common/src/der';
 import { rotateSigningCa } from '../../../services/ca/src/domain/ca-rotation';
@@ -73,9 +74,9 @@ describeWithTool('openssl', 'upstream CA in the domain', () => {
     expect(pending.caId).toMatch(/^ca-[0-9a-f]{16}$/);
   });
 
-  it('records: the outside root, its intermediates (keyless, inactive) and the signing CA (its key, active), parents first', () => {
+  it('records: the outside root (keyless, in the bundle), its intermediates (keyless, inactive) and the signing CA (its key, active), parents first', () => {
     expect(records.map((r) => [r.kind, r.active, isOutsideCa(r)])).toEqual([
-      ['root', false, true],
+      ['root', true, true],
       ['intermediate', false, true],
       ['intermediate', false, true],
       ['intermediate', true, false],
@@ -163,7 +164,16 @@ describeWithTool('openssl', 'upstream CA in the domain', () => {
         { actor: 'test', source: null },
       ),
     ).rejects.toMatchObject({ code: 'ERR_UPSTREAM_ROTATION' });
+    // A root rotation too: the root is the outside CA's.
+    await expect(
+      startRootRotation(
+        { clock, storage, kek, keyring, installation, publicationUrl: URL_ },
+        { actor: 'test', source: null },
+      ),
+    ).rejects.toMatchObject({ code: 'ERR_UPSTREAM_ROTATION' });
     expect((await storage.cas.listCas()).map((c) => c.id)).toEqual(records.map((r) => r.id));
+    // ca status: everything Baton issues chains to the outside root (through its intermediates).
+    expect((await caStatus({ clock, storage })).phase).toBe('stable');
   });
 
   it('the pending key unwraps with its KEK only', () => {

@@ -1,4 +1,3 @@
-import type { Signer } from '../ground/signer';
 import type { IssuerTemplate } from '../pki/certificate';
 import { readCertificate } from '../pki/certificate-reader';
 import { toPem } from '../../../../common/src/der';
@@ -11,31 +10,11 @@ import { custodyOf, type KeyCustodySource } from './key-custody';
 import { isOutsideCa, loadOutsideCa, outsideIntermediatesPem } from './upstream-ca';
 import { caKeyIdentifier } from '../pki/ca-constraints';
 import type { CaRecord, CrossCertificateRecord, JwtKeyRecord } from './ports';
+import type { SigningCa } from './signing-ca';
 import { crlUrl, ocspUrl } from './urls';
-import { inBundle as rootsInBundle } from './root-rotation';
+import { inBundle as rootsInBundle } from './roots-in-bundle';
 
-/** A CA whose key has been unwrapped and parsed once, ready to sign. */
-export interface SigningCa {
-  record: CaRecord;
-  /** Signs with this CA's key, wherever the key is kept (ground/signer.ts). */
-  signer: Signer;
-  certPem: string;
-  /**
-   * What is served after a leaf this CA signs: its own certificate, then any certificate that links
-   * it to another trusted root (CONTRACT "Certificate profile": leaf + intermediate).
-   */
-  chainPem: string;
-  subjectName: Buffer;
-  keyId: Buffer;
-  spki: Buffer;
-  /** Pre-encoded issuer parts for every leaf this CA signs. */
-  template: IssuerTemplate;
-  /**
-   * An outside CA of an upstream CA (domain/upstream-ca.ts): Baton holds no key for it, so it signs
-   * nothing, CRLs and OCSP answers included; its `signer` refuses.
-   */
-  outside?: true;
-}
+export type { SigningCa } from './signing-ca';
 
 export interface Keyring {
   /** The roots in the trust bundle, newest first: one, or two while a root rotation runs. */
@@ -112,7 +91,7 @@ export function loadKeyring(
       template,
     } satisfies SigningCa;
   });
-  // The current root first (domain/root-rotation.ts inBundle).
+  // The current root first (domain/roots-in-bundle.ts).
   const order = rootsInBundle(cas).map((c) => c.id);
   const roots = order.map((id) => loaded.find((c) => c.record.id === id)!);
   const inBundle = new Set(roots.map((r) => r.record.id));

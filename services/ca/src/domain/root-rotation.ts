@@ -7,6 +7,7 @@ import type { Clock } from './clock';
 import { createJwtKey } from './jwt-keys';
 import type { KeyCustodySource } from './key-custody';
 import type { Keyring } from './keyring';
+import { inBundle } from './roots-in-bundle';
 import { assertRotatable } from './upstream-ca';
 import type {
   CaRecord,
@@ -54,17 +55,6 @@ export interface RootRotationStarted {
   previousRoot: string;
   pin: string;
 }
-
-/**
- * The roots in the bundle, the current one first: the one that certified the active signing CA
- * (the rotation's new root; creation times may tie), then the newest.
- */
-export const inBundle = (cas: readonly CaRecord[]): CaRecord[] => {
-  const current = cas.find((c) => c.kind === 'intermediate' && c.active)?.parentId;
-  return cas
-    .filter((c) => c.kind === 'root' && c.active)
-    .sort((a, b) => Number(b.id === current) - Number(a.id === current) || +b.createdAt - +a.createdAt);
-};
 
 export async function startRootRotation(
   deps: RootRotationDeps,
@@ -173,13 +163,18 @@ export function casNotUnder(
   cross: readonly CrossCertificateRecord[],
   rootId: string,
 ): string[] {
-  return cas
-    .filter((c) =>
-      c.kind === 'root'
-        ? c.id !== rootId
-        : c.parentId !== rootId && !cross.some((x) => x.caId === c.id && x.issuerId === rootId),
-    )
-    .map((c) => c.id);
+  const byId = new Map(cas.map((c) => [c.id, c]));
+  // Up through parents and cross-certificates (an upstream CA's outside intermediates included);
+  // `depth` bounds a cycle no honest database has (RFC 5280 §6.1 paths are short).
+  const leadsTo = (id: string | null, depth: number): boolean => {
+    if (id === null || depth > 8) return false;
+    if (id === rootId) return true;
+    return (
+      leadsTo(byId.get(id)?.parentId ?? null, depth + 1) ||
+      cross.some((x) => x.caId === id && leadsTo(x.issuerId, depth + 1))
+    );
+  };
+  return cas.filter((c) => !leadsTo(c.id, 0)).map((c) => c.id);
 }
 
 async function countOldRootOnly(

@@ -14,7 +14,7 @@ import { keyObjectSigner } from '../pki/signer';
 import { buildCaCsr } from '../pki/upstream-csr';
 import type { UpstreamPath } from '../pki/upstream-chain';
 import { caIdFor } from './ca-hierarchy';
-import type { Keyring, SigningCa } from './keyring';
+import type { SigningCa } from './signing-ca';
 import { readCertificate } from '../pki/certificate-reader';
 import { caKeyIdentifier } from '../pki/ca-constraints';
 import type { CaRecord, Installation, PendingUpstream, Storage, WrappedKey } from './ports';
@@ -127,7 +127,7 @@ const outsideCaId = (der: Buffer): string =>
 
 /**
  * The CA rows of a checked upstream path, parents first (the foreign key): the outside root, the
- * outside intermediates (inactive, without a key) and Baton's signing CA (active, its pending key).
+ * outside intermediates (the root in the bundle, none with a key) and Baton's signing CA (active, its pending key).
  */
 export function upstreamCaRecords(pending: PendingUpstream, path: UpstreamPath, now: Date): CaRecord[] {
   const top = [...path.outside].reverse();
@@ -142,7 +142,8 @@ export function upstreamCaRecords(pending: PendingUpstream, path: UpstreamPath, 
       certificateDer: c.der,
       notBefore: c.fields.notBefore,
       notAfter: c.fields.notAfter,
-      active: false,
+      // The outside root is the bundle (a root's `active`); outside intermediates sign nothing here.
+      active: i === 0,
       wrappedKey: NO_KEY,
       createdAt: now,
     });
@@ -187,7 +188,7 @@ export function outsideIntermediatesPem(record: CaRecord, cas: readonly CaRecord
  * none Baton holds, so a new signing CA must come from the outside CA (a new `ca init
  * --upstream-csr` on a fresh installation, docs/operations.md "Upstream CA").
  */
-export function assertRotatable(keyring: Pick<Keyring, 'roots'>): void {
+export function assertRotatable(keyring: { roots: readonly Pick<SigningCa, 'outside'>[] }): void {
   if (keyring.roots.some((r) => r.outside))
     throw new BatonError(
       'ERR_UPSTREAM_ROTATION',

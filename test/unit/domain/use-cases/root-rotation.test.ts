@@ -10,6 +10,7 @@ import { attestNode, renewNode } from '../../../../services/ca/src/domain/node-i
 import { revokeNode } from '../../../../services/ca/src/domain/revocation';
 import {
   caStatus,
+  casNotUnder,
   finishRootRotation,
   startRootRotation,
 } from '../../../../services/ca/src/domain/root-rotation';
@@ -303,5 +304,23 @@ describe('presentedChainPem', () => {
     // A bundle that leads nowhere changes nothing (the holder's own checks refuse that).
     const other = await world();
     expect(presentedChainPem(chain, other.keyring.bundlePem)).toBe(chain);
+  });
+});
+
+describe('casNotUnder', () => {
+  const ca = (id: string, kind: 'root' | 'intermediate', parentId: string | null) =>
+    ({ id, kind, parentId }) as Parameters<typeof casNotUnder>[0][number];
+  it('follows parents and cross-certificates up to the root, outside intermediates included', () => {
+    const cas = [
+      ca('r1', 'root', null),
+      ca('s1', 'intermediate', 'r1'),
+      ca('r2', 'root', null),
+      ca('s2', 'intermediate', 'r2'),
+      ca('ext-int', 'intermediate', 'r2'),
+      ca('s3', 'intermediate', 'ext-int'),
+    ];
+    const cross = [{ caId: 's2', issuerId: 'r1' }] as unknown as Parameters<typeof casNotUnder>[1];
+    expect(casNotUnder(cas, cross, 'r2')).toEqual(['r1', 's1']);
+    expect(casNotUnder(cas, cross, 'r1')).toEqual(['r2', 'ext-int', 's3']);
   });
 });
