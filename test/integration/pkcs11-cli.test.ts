@@ -404,6 +404,30 @@ describeEachBackend('PKCS#11 key custody: baton with its keys in SoftHSM2', (bac
       );
 
       it(
+        'rotates the root with the keys in the token: new root, signing CA and JWT key made there',
+        async () => {
+          const start = baton(['ca', 'rotate', '--root', '--json', ...admin()], env);
+          expect(start.stderr).toBe('');
+          expect(start.status).toBe(0);
+          const started = JSON.parse(start.stdout) as { root: string; signing_ca: string };
+          expect(
+            token
+              .objects()
+              .filter((o) => o.class === 'private')
+              .map((o) => o.label),
+          ).toEqual(expect.arrayContaining([started.root, started.signing_ca]));
+          // The old root's key, in the token, signed the cross-certificate.
+          const status = JSON.parse(baton(['ca', 'status', '--json', ...admin()], env).stdout);
+          expect(status).toMatchObject({ phase: 'rotating', signing_ca: { id: started.signing_ca } });
+          expect(status.signing_ca.cross_signed_by).toHaveLength(1);
+          const done = baton(['ca', 'rotate', '--root', '--finish', '--force', ...admin()], env);
+          expect(done.stderr).toBe('');
+          expect(done.status).toBe(0);
+        },
+        SLOW,
+      );
+
+      it(
         'the token holds every key, sensitive and never extractable; the database holds only references',
         async () => {
           await server!.stop();
@@ -427,7 +451,8 @@ describeEachBackend('PKCS#11 key custody: baton with its keys in SoftHSM2', (bac
           const objects = token.objects();
           const privateKeys = objects.filter((o) => o.class === 'private');
           expect(privateKeys.map((o) => o.label)).toContain(newCa);
-          expect(privateKeys).toHaveLength(5);
+          // init: root, signing CA, JWT key; the root rotation: the same three; ca rotate: two.
+          expect(privateKeys).toHaveLength(8);
           for (const o of privateKeys)
             expect(o).toMatchObject({
               sensitive: true,
@@ -443,7 +468,7 @@ describeEachBackend('PKCS#11 key custody: baton with its keys in SoftHSM2', (bac
               ...(await knex('cas').select('id as name', 'key_alg', 'key_kek_id', 'key_blob')),
               ...(await knex('jwt_keys').select('kid as name', 'key_alg', 'key_kek_id', 'key_blob')),
             ] as Array<{ name: string; key_alg: string; key_kek_id: string; key_blob: Uint8Array }>;
-            expect(rows).toHaveLength(5);
+            expect(rows).toHaveLength(8);
             for (const row of rows) {
               // The reference: the token and the CKA_ID of the private key labelled with the row's name.
               expect(row.key_alg).toBe('pkcs11');
