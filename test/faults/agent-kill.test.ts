@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto';
-import { existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { cliEnv } from '../support/cli';
@@ -120,7 +120,25 @@ describePostgres('faults: the agent killed while writing its files', () => {
       });
       expect(e.status).toBe(201);
     }
+    /**
+     * Every run must have writes to kill: the node's and the workloads' stored refresh times are put
+     * in the past, as if the half-life had passed (with one-minute lifetimes it is 30 s away, and the
+     * agent follows the stored time across restarts).
+     */
+    const makeDue = () => {
+      const files = [
+        join(dir.path, 'node', 'state.json'),
+        ...WORKLOADS.map((n) => join(dir.path, 'workloads', n, 'state.json')),
+      ];
+      for (const file of files) {
+        if (!existsSync(file)) continue;
+        const s = JSON.parse(readFileSync(file, 'utf8')) as { refresh_at: string };
+        s.refresh_at = new Date(Date.now() - 1000).toISOString();
+        writeFileSync(file, JSON.stringify(s));
+      }
+    };
     const t = performance.now();
+    makeDue();
     const second = await runAgent(await args()).done;
     const fullRunMs = performance.now() - t;
     expect(second.code).toBe(0);
@@ -184,6 +202,7 @@ describePostgres('faults: the agent killed while writing its files', () => {
     // How long a run takes drifts with the machine's load: follow it, so that most runs are killed.
     let typicalMs = fullRunMs;
     for (let i = 0; i < KILLS && performance.now() - started < BUDGET_MS; i++) {
+      makeDue();
       const run = runAgent(await args());
       const t1 = performance.now();
       // Node takes a few hundred ms to start: kill anywhere from there to near the end of a run.
