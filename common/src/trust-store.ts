@@ -32,7 +32,8 @@ export function trustStorePem(rootsPem: string, candidatesPem: string): string {
     : `${rootsPem.endsWith('\n') ? rootsPem : `${rootsPem}\n`}${extra.join('')}`;
 }
 
-function parsePem(pem: string): X509Certificate[] {
+/** The certificates of a PEM text, in order; blocks that are not certificates are skipped. */
+export function parsePem(pem: string): X509Certificate[] {
   const out: X509Certificate[] = [];
   for (const block of pem.match(PEM_CERTIFICATE) ?? []) {
     try {

@@ -296,13 +296,18 @@ export class NodeAgent {
         );
       this.#store.replaceBundle(pem);
     } catch (e) {
-      this.#o.onEvent?.({
-        type: 'error',
-        scope: 'bundle',
-        error: e instanceof Error ? e : new Error(String(e)),
-        retryInMs: this.#o.syncIntervalMs ?? 30_000,
-      });
+      this.#passError('bundle', e);
     }
+  }
+
+  /** A failure of one part of the pass, reported; it is tried again at the next pass. */
+  #passError(scope: 'bundle' | 'jwt-bundle', e: unknown): void {
+    this.#o.onEvent?.({
+      type: 'error',
+      scope,
+      error: e instanceof Error ? e : new Error(String(e)),
+      retryInMs: this.#o.syncIntervalMs ?? 30_000,
+    });
   }
 
   /** Workload API: the JWT-SVID keys, fetched with every pass (a small document, an ETag'd one). */
@@ -313,12 +318,7 @@ export class NodeAgent {
       const { jwks } = await fetch.call(this.#o.client, { trustBundlePem: identity.bundlePem });
       this.#jwks = Buffer.from(jwks);
     } catch (e) {
-      this.#o.onEvent?.({
-        type: 'error',
-        scope: 'jwt-bundle',
-        error: e instanceof Error ? e : new Error(String(e)),
-        retryInMs: this.#o.syncIntervalMs ?? 30_000,
-      });
+      this.#passError('jwt-bundle', e);
     }
   }
 

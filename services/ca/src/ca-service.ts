@@ -28,6 +28,16 @@ export interface OpenCa {
   kek?: Kek;
 }
 
+/** The installation's settings as `ca init` takes them (an upstream CA keeps them until its import). */
+export const installationSettings = (cfg: InitConfig): Omit<Installation, 'createdAt'> => ({
+  trustDomain: cfg.trustDomain,
+  publicUrl: cfg.publicUrl,
+  ...(cfg.publicHttpUrl ? { publicHttpUrl: cfg.publicHttpUrl } : {}),
+  nodeTtlMs: cfg.nodeTtlMs,
+  workloadTtlMs: cfg.workloadTtlMs,
+  adminTtlMs: cfg.adminTtlMs,
+});
+
 /** Opens the database and runs pending migrations. */
 export async function openStorage(cfg: StorageConfig): Promise<{ knex: Knex; storage: Storage }> {
   const knex = openDatabase(cfg);
@@ -87,15 +97,7 @@ export async function initCa(cfg: InitConfig, clock: Clock): Promise<OpenCa> {
     if (pending) throw pending;
     const { custody, kek } = resolveCustody(cfg, { create: true });
     const now = clock.now();
-    const installation: Installation = {
-      trustDomain: cfg.trustDomain,
-      publicUrl: cfg.publicUrl,
-      ...(cfg.publicHttpUrl ? { publicHttpUrl: cfg.publicHttpUrl } : {}),
-      nodeTtlMs: cfg.nodeTtlMs,
-      workloadTtlMs: cfg.workloadTtlMs,
-      adminTtlMs: cfg.adminTtlMs,
-      createdAt: now,
-    };
+    const installation: Installation = { ...installationSettings(cfg), createdAt: now };
     const root = createRootCa({ trustDomain: cfg.trustDomain, now, kek: custody });
     const intermediate = createIntermediateCa({
       trustDomain: cfg.trustDomain,

@@ -2,7 +2,7 @@ import { kekCustody } from './domain/key-custody';
 import { readFileSync } from 'node:fs';
 import { writeFileAtomic } from '../../../common/src/atomic-file';
 import { localActor } from './admin-credentials';
-import { type OpenCa, openStorage } from './ca-service';
+import { installationSettings, type OpenCa, openStorage } from './ca-service';
 import type { ImportConfig, InitConfig } from './config';
 import { auditEvent } from './domain/audit';
 import type { Clock } from './domain/clock';
@@ -51,15 +51,7 @@ export async function requestUpstreamCa(
     if (!pending) {
       const kek = resolveKek(cfg, { create: true });
       const now = clock.now();
-      const installation: PendingUpstream['installation'] = {
-        trustDomain: cfg.trustDomain,
-        publicUrl: cfg.publicUrl,
-        ...(cfg.publicHttpUrl ? { publicHttpUrl: cfg.publicHttpUrl } : {}),
-        nodeTtlMs: cfg.nodeTtlMs,
-        workloadTtlMs: cfg.workloadTtlMs,
-        adminTtlMs: cfg.adminTtlMs,
-      };
-      const made = prepareUpstreamCa({ installation, kek, now });
+      const made = prepareUpstreamCa({ installation: installationSettings(cfg), kek, now });
       await storage.transaction(async (tx) => {
         await tx.upstream.savePending(made);
         await tx.audit.append(

@@ -1,9 +1,40 @@
 import { join } from 'node:path';
 import { localActor, writeAdminCredentials } from '../../admin-credentials';
+import type { OpenCa } from '../../ca-service';
 import { type InitConfig, loadImportConfig } from '../../config';
 import { systemClock } from '../../domain/clock';
 import { importUpstreamCa, requestUpstreamCa } from '../../upstream-service';
 import { type Command, type CommandContext, JSON_OPTION, STORAGE_OPTIONS } from '../command';
+
+/**
+ * What `ca init` and `ca import` do once the CA is installed (CONTRACT: "writes
+ * `<data-dir>/admin/{cert.pem,key.pem,bundle.pem}` (role admin) and prints the trust domain and the
+ * root pin"), then close the database.
+ */
+export async function writeAdminAndReport(ctx: CommandContext, ca: OpenCa, dataDir: string): Promise<number> {
+  try {
+    const adminDir = join(dataDir, 'admin');
+    await writeAdminCredentials(
+      { clock: systemClock, keyring: ca.keyring, installation: ca.installation, storage: ca.storage },
+      { name: 'admin', role: 'admin', dir: adminDir, audit: localActor() },
+    );
+    const out = {
+      trust_domain: ca.installation.trustDomain,
+      root_pin: ca.keyring.pin,
+      root_ca_id: ca.keyring.roots[0]!.record.id,
+      signing_ca_id: ca.keyring.signing.record.id,
+      admin_dir: adminDir,
+    };
+    ctx.stdout.write(
+      ctx.flags.json
+        ? `${JSON.stringify(out)}\n`
+        : `trust domain: ${out.trust_domain}\nroot pin: ${out.root_pin}\nadmin credentials: ${adminDir}\n`,
+    );
+    return 0;
+  } finally {
+    await ca.storage.close();
+  }
+}
 
 /** `baton ca init --upstream-csr FILE` (the flag of caInit): the CSR written, and what to do next. */
 export async function runUpstreamRequest(
@@ -52,28 +83,6 @@ export const caImport: Command = {
   },
   async run(ctx) {
     const cfg = loadImportConfig(ctx.flags, ctx.env);
-    const ca = await importUpstreamCa(cfg, systemClock);
-    try {
-      const adminDir = join(cfg.dataDir, 'admin');
-      await writeAdminCredentials(
-        { clock: systemClock, keyring: ca.keyring, installation: ca.installation, storage: ca.storage },
-        { name: 'admin', role: 'admin', dir: adminDir, audit: localActor() },
-      );
-      const out = {
-        trust_domain: ca.installation.trustDomain,
-        root_pin: ca.keyring.pin,
-        root_ca_id: ca.keyring.roots[0]!.record.id,
-        signing_ca_id: ca.keyring.signing.record.id,
-        admin_dir: adminDir,
-      };
-      ctx.stdout.write(
-        ctx.flags.json
-          ? `${JSON.stringify(out)}\n`
-          : `trust domain: ${out.trust_domain}\nroot pin: ${out.root_pin}\nadmin credentials: ${adminDir}\n`,
-      );
-      return 0;
-    } finally {
-      await ca.storage.close();
-    }
+    return writeAdminAndReport(ctx, await importUpstreamCa(cfg, systemClock), cfg.dataDir);
   },
 };

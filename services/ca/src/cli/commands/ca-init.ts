@@ -1,11 +1,9 @@
 import { BatonError } from '../../ground/errors';
-import { join } from 'node:path';
-import { writeAdminCredentials, localActor } from '../../admin-credentials';
 import { initCa } from '../../ca-service';
 import { loadInitConfig } from '../../config';
 import { systemClock } from '../../domain/clock';
 import { type Command, JSON_OPTION, STORAGE_OPTIONS } from '../command';
-import { runUpstreamRequest } from './ca-import';
+import { runUpstreamRequest, writeAdminAndReport } from './ca-import';
 
 export const caInit: Command = {
   words: ['ca', 'init'],
@@ -61,33 +59,6 @@ export const caInit: Command = {
         '--upstream-csr does not take --kms yet: the signing CA key would not be in the token',
       );
     if (cfg.upstreamCsr) return runUpstreamRequest(ctx, { ...cfg, upstreamCsr: cfg.upstreamCsr });
-    const ca = await initCa(cfg, systemClock);
-    try {
-      const adminDir = join(cfg.dataDir, 'admin');
-      await writeAdminCredentials(
-        {
-          clock: systemClock,
-          keyring: ca.keyring,
-          installation: ca.installation,
-          storage: ca.storage,
-        },
-        { name: 'admin', role: 'admin', dir: adminDir, audit: localActor() },
-      );
-      const out = {
-        trust_domain: ca.installation.trustDomain,
-        root_pin: ca.keyring.pin,
-        root_ca_id: ca.keyring.roots[0]!.record.id,
-        signing_ca_id: ca.keyring.signing.record.id,
-        admin_dir: adminDir,
-      };
-      ctx.stdout.write(
-        ctx.flags.json
-          ? `${JSON.stringify(out)}\n`
-          : `trust domain: ${out.trust_domain}\nroot pin: ${out.root_pin}\nadmin credentials: ${adminDir}\n`,
-      );
-      return 0;
-    } finally {
-      await ca.storage.close();
-    }
+    return writeAdminAndReport(ctx, await initCa(cfg, systemClock), cfg.dataDir);
   },
 };

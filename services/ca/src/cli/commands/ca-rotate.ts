@@ -1,3 +1,4 @@
+import { parsePem } from '../../../../../common/src/trust-store';
 import { X509Certificate } from 'node:crypto';
 import { readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
@@ -139,15 +140,10 @@ async function rotateRoot(ctx: CommandContext): Promise<number> {
 /** Renews the admin dir's certificate when the current signing CA did not issue it. */
 async function renewIfOld(client: AdminClient, dir: string): Promise<void> {
   const status = await client.get<{ signing_ca: { id: string } }>('/v1/admin/ca');
-  const chain = readFileSync(join(dir, 'cert.pem'), 'utf8');
-  const issuerCa = certificatesOf(chain)[1];
-  const current = status.signing_ca.id.slice(3);
-  if (!issuerCa || !new X509Certificate(issuerCa).subject.includes(current))
-    await renewOwnCredential(client, dir);
+  // The certificate after the leaf is the CA that issued it (CN "Baton Signing CA <id>").
+  const issuerCa = parsePem(readFileSync(join(dir, 'cert.pem'), 'utf8'))[1];
+  if (!issuerCa?.subject.includes(status.signing_ca.id.slice(3))) await renewOwnCredential(client, dir);
 }
-
-const certificatesOf = (pem: string) =>
-  pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n?/g) ?? [];
 
 /**
  * A new certificate for the admin dir's own name and role, from the current signing CA. The pair

@@ -1,25 +1,21 @@
 import type { Knex } from 'knex';
 import { BatonError } from '../../ground/errors';
-import type {
-  CaRecord,
-  CaRepository,
-  CrossCertificateRecord,
-  Installation,
-  WrappedKey,
-} from '../../domain/ports';
+import type { CaRecord, CaRepository, CrossCertificateRecord, Installation } from '../../domain/ports';
 import { db, toBuffer } from './db-errors';
+import {
+  type KeyColumns,
+  keyColumns,
+  type SettingsColumns,
+  settingsColumns,
+  settingsOf,
+  wrappedKeyOf,
+} from './shared-columns';
 
-interface InstallationRow {
-  trust_domain: string;
-  public_url: string;
-  public_http_url: string | null;
-  node_ttl_ms: string | number;
-  workload_ttl_ms: string | number;
-  admin_ttl_ms: string | number;
+interface InstallationRow extends SettingsColumns {
   created_at: Date;
 }
 
-interface CaRow {
+interface CaRow extends KeyColumns {
   id: string;
   kind: CaRecord['kind'];
   parent_id: string | null;
@@ -27,9 +23,6 @@ interface CaRow {
   not_before: Date;
   not_after: Date;
   active: boolean;
-  key_alg: WrappedKey['alg'];
-  key_kek_id: string;
-  key_blob: Uint8Array;
   created_at: Date;
 }
 
@@ -52,12 +45,7 @@ const toCross = (r: CrossRow): CrossCertificateRecord => ({
 });
 
 const toInstallation = (r: InstallationRow): Installation => ({
-  trustDomain: r.trust_domain,
-  publicUrl: r.public_url,
-  ...(r.public_http_url ? { publicHttpUrl: r.public_http_url } : {}),
-  nodeTtlMs: Number(r.node_ttl_ms),
-  workloadTtlMs: Number(r.workload_ttl_ms),
-  adminTtlMs: Number(r.admin_ttl_ms),
+  ...settingsOf(r),
   createdAt: new Date(r.created_at),
 });
 
@@ -69,7 +57,7 @@ const toCa = (r: CaRow): CaRecord => ({
   notBefore: new Date(r.not_before),
   notAfter: new Date(r.not_after),
   active: r.active,
-  wrappedKey: { alg: r.key_alg, kekId: r.key_kek_id, blob: toBuffer(r.key_blob) },
+  wrappedKey: wrappedKeyOf(r),
   createdAt: new Date(r.created_at),
 });
 
@@ -81,9 +69,7 @@ const fromCa = (c: CaRecord): CaRow => ({
   not_before: c.notBefore,
   not_after: c.notAfter,
   active: c.active,
-  key_alg: c.wrappedKey.alg,
-  key_kek_id: c.wrappedKey.kekId,
-  key_blob: c.wrappedKey.blob,
+  ...keyColumns(c.wrappedKey),
   created_at: c.createdAt,
 });
 
@@ -100,16 +86,7 @@ export function knexCaRepository(k: Knex | Knex.Transaction): CaRepository {
         const write = async (trx: Knex.Transaction) => {
           // The single-row primary key makes a concurrent second `ca init` fail here, not later.
           const inserted = await trx('installation')
-            .insert({
-              id: 1,
-              trust_domain: inst.trustDomain,
-              public_url: inst.publicUrl,
-              public_http_url: inst.publicHttpUrl ?? null,
-              node_ttl_ms: inst.nodeTtlMs,
-              workload_ttl_ms: inst.workloadTtlMs,
-              admin_ttl_ms: inst.adminTtlMs,
-              created_at: inst.createdAt,
-            })
+            .insert({ id: 1, ...settingsColumns(inst), created_at: inst.createdAt })
             .onConflict('id')
             .ignore()
             .returning('id');

@@ -1,14 +1,12 @@
 import type { Knex } from 'knex';
-import type { JwtKeyRecord, JwtKeyRepository, WrappedKey } from '../../domain/ports';
+import type { JwtKeyRecord, JwtKeyRepository } from '../../domain/ports';
 import { db, toBuffer } from './db-errors';
+import { type KeyColumns, keyColumns, wrappedKeyOf } from './shared-columns';
 
-interface JwtKeyRow {
+interface JwtKeyRow extends KeyColumns {
   kid: string;
   ca_id: string;
   spki: Uint8Array;
-  key_alg: WrappedKey['alg'];
-  key_kek_id: string;
-  key_blob: Uint8Array;
   created_at: Date;
   retired_at: Date | null;
 }
@@ -17,7 +15,7 @@ const toJwtKey = (r: JwtKeyRow): JwtKeyRecord => ({
   kid: r.kid,
   caId: r.ca_id,
   spki: toBuffer(r.spki),
-  wrappedKey: { alg: r.key_alg, kekId: r.key_kek_id, blob: toBuffer(r.key_blob) },
+  wrappedKey: wrappedKeyOf(r),
   createdAt: new Date(r.created_at),
   retiredAt: r.retired_at === null ? null : new Date(r.retired_at),
 });
@@ -36,9 +34,7 @@ export function knexJwtKeyRepository(k: Knex | Knex.Transaction): JwtKeyReposito
           kid: key.kid,
           ca_id: key.caId,
           spki: key.spki,
-          key_alg: key.wrappedKey.alg,
-          key_kek_id: key.wrappedKey.kekId,
-          key_blob: key.wrappedKey.blob,
+          ...keyColumns(key.wrappedKey),
           created_at: key.createdAt,
           retired_at: key.retiredAt,
         });

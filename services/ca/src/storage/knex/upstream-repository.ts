@@ -2,34 +2,26 @@ import type { Knex } from 'knex';
 import { BatonError } from '../../ground/errors';
 import type { PendingUpstream, UpstreamRepository } from '../../domain/ports';
 import { db, toBuffer } from './db-errors';
+import {
+  type KeyColumns,
+  keyColumns,
+  type SettingsColumns,
+  settingsColumns,
+  settingsOf,
+  wrappedKeyOf,
+} from './shared-columns';
 
-interface PendingRow {
-  trust_domain: string;
-  public_url: string;
-  public_http_url: string | null;
-  node_ttl_ms: string | number;
-  workload_ttl_ms: string | number;
-  admin_ttl_ms: string | number;
+interface PendingRow extends SettingsColumns, KeyColumns {
   ca_id: string;
-  key_alg: 'A256GCM' | 'none';
-  key_kek_id: string;
-  key_blob: Uint8Array;
   spki: Uint8Array;
   csr_der: Uint8Array;
   created_at: Date;
 }
 
 const toPending = (r: PendingRow): PendingUpstream => ({
-  installation: {
-    trustDomain: r.trust_domain,
-    publicUrl: r.public_url,
-    ...(r.public_http_url ? { publicHttpUrl: r.public_http_url } : {}),
-    nodeTtlMs: Number(r.node_ttl_ms),
-    workloadTtlMs: Number(r.workload_ttl_ms),
-    adminTtlMs: Number(r.admin_ttl_ms),
-  },
+  installation: settingsOf(r),
   caId: r.ca_id,
-  wrappedKey: { alg: r.key_alg, kekId: r.key_kek_id, blob: toBuffer(r.key_blob) },
+  wrappedKey: wrappedKeyOf(r),
   spki: toBuffer(r.spki),
   csrDer: toBuffer(r.csr_der),
   createdAt: new Date(r.created_at),
@@ -45,21 +37,13 @@ export function knexUpstreamRepository(k: Knex | Knex.Transaction): UpstreamRepo
       }),
     savePending: (p) =>
       db(async () => {
-        const i = p.installation;
         // The single-row primary key makes a concurrent second `ca init --upstream-csr` lose here.
         const inserted = await k('upstream_pending')
           .insert({
             id: 1,
-            trust_domain: i.trustDomain,
-            public_url: i.publicUrl,
-            public_http_url: i.publicHttpUrl ?? null,
-            node_ttl_ms: i.nodeTtlMs,
-            workload_ttl_ms: i.workloadTtlMs,
-            admin_ttl_ms: i.adminTtlMs,
+            ...settingsColumns(p.installation),
             ca_id: p.caId,
-            key_alg: p.wrappedKey.alg,
-            key_kek_id: p.wrappedKey.kekId,
-            key_blob: p.wrappedKey.blob,
+            ...keyColumns(p.wrappedKey),
             spki: p.spki,
             csr_der: p.csrDer,
             created_at: p.createdAt,
