@@ -321,16 +321,26 @@ export class CaClient implements AgentCaApi {
   }
 }
 
+/**
+ * What a node trusts and presents for `trustBundlePem` and its chain (common/src/trust-store.ts),
+ * worked out once per bundle and certificate, not on every request: both change only at a renewal
+ * or a bundle refresh, and the work checks signatures.
+ */
+let lastTls: { key: string; ca: string; cert: string } | undefined;
+
 /** The TLS client options of a node-mTLS call. */
 function mtls(p: NodeCredential): { ca: string; cert: string; key: string } {
-  // The node's own chain may name a CA the bundle's roots certified twice (a root rotation):
-  // common/src/trust-store.ts says why OpenSSL needs it among the trusted certificates.
-  return {
-    ca: trustStorePem(p.trustBundlePem, p.certificateChainPem),
-    // And a cross-certificate of a root dropped from the bundle is not sent any more.
-    cert: presentedChainPem(p.certificateChainPem, p.trustBundlePem),
-    key: p.keyPem,
-  };
+  const key = `${p.trustBundlePem}\0${p.certificateChainPem}`;
+  if (lastTls?.key !== key)
+    lastTls = {
+      key,
+      // The node's own chain may name a CA the bundle's roots certified twice (a root rotation):
+      // OpenSSL needs the root's certificate of it among the trusted ones.
+      ca: trustStorePem(p.trustBundlePem, p.certificateChainPem),
+      // And a cross-certificate of a root dropped from the bundle is not sent any more.
+      cert: presentedChainPem(p.certificateChainPem, p.trustBundlePem),
+    };
+  return { ca: lastTls.ca, cert: lastTls.cert, key: p.keyPem };
 }
 
 function transportError(url: string, e: unknown): CaClientError {
