@@ -41,6 +41,22 @@ describeEachBackend('Migrations', (backend) => {
     expect(await existing()).toEqual(TABLES);
     expect(await applied()).toEqual(names);
   });
+
+  it('ok/20261208120000 makes the list cursor key: one row of 256 random bits, a new one each time', async () => {
+    const key = async () => {
+      const rows = (await db.knex('list_cursor_key').select('id', 'key')) as {
+        id: number;
+        key: Uint8Array;
+      }[];
+      expect(rows.map((r) => [r.id, r.key.length])).toEqual([[1, 32]]);
+      return Buffer.from(rows[0]!.key);
+    };
+    await migrateLatest(db.knex);
+    const first = await key();
+    await migrateRollbackAll(db.knex);
+    await migrateLatest(db.knex);
+    expect(await key()).not.toStrictEqual(first);
+  });
 });
 
 describe('migrations/index.ts', () => {

@@ -6,17 +6,23 @@ import { loadKeyring } from '../../services/ca/src/domain/keyring';
 import type {
   AuditEvent,
   AuditFilter,
+  AuditPageFilter,
   AuditRecord,
   CaRecord,
   CrossCertificateRecord,
   CertificateFilter,
+  CertificatePageFilter,
   CertificateRecord,
   CrlRecord,
   EntryRecord,
   Installation,
   JwtKeyRecord,
   JwtMintGuard,
+  NodePageFilter,
   NodeRecord,
+  Page,
+  PageKey,
+  PageRequest,
   RenewalGuard,
   Repositories,
   PendingUpstream,
@@ -406,6 +412,7 @@ const EVERY_TABLE = [
   'cas',
   'installation',
   'upstream_pending',
+  'list_cursor_key',
 ];
 
 describeEachImplementation('Storage contract', (impl) => {
@@ -2259,6 +2266,267 @@ describeEachImplementation('Storage contract', (impl) => {
         expect(await storage.certificates.findBySerial(w.peer.serial)).toStrictEqual(w.peer);
         expect(await storage.nodes.findById(w.node.id)).toStrictEqual(w.node);
         expect(await storage.audit.list({})).toEqual([]);
+      });
+    });
+  });
+
+  /**
+   * Issue 20: the keyset pages of the admin lists. Each list is read page by page with the `next`
+   * key given back as `after`: the pages together are the whole filtered list in its order, none
+   * longer than `limit`, the last one (and only it) without `next`, and rows inserted between two
+   * pages never make a row that existed before be skipped or repeated.
+   */
+  describe('paging', () => {
+    /** Every page of a list, in order; fails on a list that would not end. */
+    const pagesOf = async <T>(read: (p: PageRequest) => Promise<Page<T>>, limit: number): Promise<T[][]> => {
+      const pages: T[][] = [];
+      let after: PageKey | null = null;
+      for (let i = 0; i < 1000; i++) {
+        const page: Page<T> = await read({ limit, after });
+        pages.push(page.items);
+        if (page.next === null) return pages;
+        after = page.next;
+      }
+      throw new Error('the list does not end');
+    };
+    /** The pages are the expected list: full pages but the last, which is not empty unless all are. */
+    const expectPages = <T>(pages: T[][], limit: number, want: T[]) => {
+      expect(pages.flat()).toStrictEqual(want);
+      expect(pages.map((p) => p.length)).toEqual(
+        want.length === 0
+          ? [0]
+          : Array.from({ length: Math.ceil(want.length / limit) }, (_, i) =>
+              Math.min(limit, want.length - i * limit),
+            ),
+      );
+    };
+    const LIMITS = [1, 2, 3, 1000];
+
+    describe('nodes: by id', () => {
+      // Ids sort the same in every collation (lowercase letters and digits, one length); created
+      // in another order than their ids, so the order is the id's.
+      const nodes = [
+        nodeRecord('n5', { role: 'manager', createdAt: at(1) }),
+        nodeRecord('n1', { createdAt: at(2) }),
+        nodeRecord('n3', { status: 'revoked', revokedAt: at(3), revocationReason: 1, createdAt: at(3) }),
+        nodeRecord('n0', { role: 'manager', status: 'revoked', revokedAt: at(4), revocationReason: 4 }),
+        nodeRecord('n2', { role: 'manager', createdAt: at(5) }),
+        nodeRecord('n4', { createdAt: at(6) }),
+      ];
+      const ids = (want: string[]) => want.map((id) => nodes.find((n) => n.id === id)!);
+      beforeEach(async () => {
+        for (const n of nodes) await storage.nodes.insert(n);
+      });
+
+      it.each(
+        (
+          [
+            ['no filter', {}, ['n0', 'n1', 'n2', 'n3', 'n4', 'n5']],
+            ['status active', { status: 'active' }, ['n1', 'n2', 'n4', 'n5']],
+            ['status revoked', { status: 'revoked' }, ['n0', 'n3']],
+            ['role manager', { role: 'manager' }, ['n0', 'n2', 'n5']],
+            ['role worker', { role: 'worker' }, ['n1', 'n3', 'n4']],
+            ['both (AND)', { status: 'active', role: 'manager' }, ['n2', 'n5']],
+            ['status revoked, role worker', { status: 'revoked', role: 'worker' }, ['n3']],
+          ] as [string, NodePageFilter, string[]][]
+        ).flatMap(([name, filter, want]) => LIMITS.map((limit) => [name, limit, filter, want] as const)),
+      )('ok/%s, limit %d', async (_name, limit, filter, want) => {
+        expectPages(await pagesOf((p) => storage.nodes.page(filter, p), limit), limit, ids(want));
+      });
+
+      it('ok/an empty list is one empty page', async () => {
+        expect(
+          await storage.nodes.page({ status: 'revoked', role: 'worker' }, { limit: 5, after: ['n3'] }),
+        ).toEqual({
+          items: [],
+          next: null,
+        });
+      });
+
+      it('ok/nodes inserted between pages: the rest of the list is the rows after the key, old and new', async () => {
+        const first = await storage.nodes.page({}, { limit: 2, after: null });
+        expect(first.items.map((n) => n.id)).toEqual(['n0', 'n1']);
+        await storage.nodes.insert(nodeRecord('n0a'));
+        await storage.nodes.insert(nodeRecord('n2a'));
+        await storage.nodes.insert(nodeRecord('n9'));
+        const rest = await pagesOf((p) => storage.nodes.page({}, { ...p, after: p.after ?? first.next }), 2);
+        expect(rest.flat().map((n) => n.id)).toEqual(['n2', 'n2a', 'n3', 'n4', 'n5', 'n9']);
+      });
+    });
+
+    describe('entries: by name', () => {
+      const names = ['web', 'api', 'db', 'cache', 'queue'];
+      beforeEach(async () => {
+        await storage.nodes.insert(nodeRecord('n-1'));
+        for (const name of names) await storage.entries.insert(entryRecord(name, 'n-1'));
+      });
+
+      it.each(LIMITS)('ok/limit %d', async (limit) => {
+        const want = [...names].sort().map((name) => entryRecord(name, 'n-1'));
+        expectPages(await pagesOf((p) => storage.entries.page(p), limit), limit, want);
+      });
+
+      it('ok/entries inserted and deleted between pages: no row that stays is skipped or repeated', async () => {
+        const first = await storage.entries.page({ limit: 2, after: null });
+        expect(first.items.map((e) => e.name)).toEqual(['api', 'cache']);
+        await storage.entries.insert(entryRecord('b', 'n-1'));
+        await storage.entries.insert(entryRecord('zeta', 'n-1'));
+        // The cursor's own row may go: the key is a position, not a row.
+        expect(await storage.entries.delete('cache')).toBe(true);
+        const rest = await pagesOf((p) => storage.entries.page({ ...p, after: p.after ?? first.next }), 2);
+        expect(rest.flat().map((e) => e.name)).toEqual(['db', 'queue', 'web', 'zeta']);
+      });
+    });
+
+    describe('certificates: newest first, serial breaking ties', () => {
+      // Serials fixed so that ties of created_at have a known order: c3, c4, c5 share a millisecond.
+      const cert = (serial: string, minute: number, over: Partial<CertificateRecord> = {}) =>
+        certificateRecord(CA_ID, { serial, createdAt: at(minute * MIN), notAfter: at(HOUR), ...over });
+      const certs = [
+        cert('7a00', 0, { kind: 'node', nodeId: 'n-1', spiffeId: `spiffe://${TEST_TD}/node/n-1` }),
+        cert('7a01', 1, { issuedVia: 'n-1' }),
+        cert('7a02', 2, { status: 'revoked', revokedAt: at(3 * MIN), revocationReason: 1, issuedVia: 'n-2' }),
+        cert('7a05', 3, { issuedVia: 'n-1', notAfter: at(10 * MIN) }),
+        cert('7a03', 3, { status: 'superseded', kind: 'node', nodeId: 'n-1' }),
+        cert('7a04', 3, { issuedVia: 'n-2' }),
+        // Both columns name n-1: listed once.
+        cert('7a06', 4, { kind: 'node', nodeId: 'n-1', issuedVia: 'n-1', status: 'revoked' }),
+        cert('7a07', 5, { notAfter: at(20 * MIN) }),
+      ];
+      const serialsOf = (cs: CertificateRecord[]) => cs.map((c) => c.serial);
+      beforeEach(async () => {
+        await seedCa(storage);
+        for (const c of certs) await storage.certificates.insert(c);
+      });
+
+      it.each(
+        (
+          [
+            ['no filter', {}, ['7a07', '7a06', '7a05', '7a04', '7a03', '7a02', '7a01', '7a00']],
+            [
+              'node: its own and issued through it',
+              { nodeId: 'n-1' },
+              ['7a06', '7a05', '7a03', '7a01', '7a00'],
+            ],
+            ['status revoked', { status: 'revoked' }, ['7a06', '7a02']],
+            [
+              'status valid, unexpired (validAt)',
+              { status: 'valid', validAt: at(15 * MIN) },
+              ['7a07', '7a04', '7a01', '7a00'],
+            ],
+            ['status valid, expired (expiredAt)', { status: 'valid', expiredAt: at(15 * MIN) }, ['7a05']],
+            ['node and status (AND)', { nodeId: 'n-1', status: 'valid' }, ['7a05', '7a01', '7a00']],
+            ['node and a status it has none of', { nodeId: 'n-2', status: 'superseded' }, []],
+            ['an unknown node', { nodeId: 'n-9' }, []],
+          ] as [string, CertificatePageFilter, string[]][]
+        ).flatMap(([name, filter, want]) => LIMITS.map((limit) => [name, limit, filter, want] as const)),
+      )('ok/%s, limit %d', async (_name, limit, filter, want) => {
+        const pages = await pagesOf((p) => storage.certificates.page(filter, p), limit);
+        expectPages(
+          pages,
+          limit,
+          want.map((s) => certs.find((c) => c.serial === s)!),
+        );
+      });
+
+      it('ok/certificates inserted between pages: newer ones are before the key, older and tied ones after it', async () => {
+        const first = await storage.certificates.page({}, { limit: 4, after: null });
+        expect(serialsOf(first.items)).toEqual(['7a07', '7a06', '7a05', '7a04']);
+        for (const c of [
+          cert('7b00', 9),
+          // Same created_at as the key's row: by serial, one before it and one after it.
+          cert('7a04ff', 3),
+          cert('7a03ff', 3),
+          // A row older than every one (a replica's clock behind): after the key.
+          cert('7b01', -5),
+        ])
+          await storage.certificates.insert(c);
+        const rest = await pagesOf(
+          (p) => storage.certificates.page({}, { ...p, after: p.after ?? first.next }),
+          2,
+        );
+        expect(serialsOf(rest.flat())).toEqual(['7a03ff', '7a03', '7a02', '7a01', '7a00', '7b01']);
+      });
+
+      it('ok/a node filter pages across both of its index scans', async () => {
+        // The node's own certificates and those issued through it interleave in time.
+        for (let i = 0; i < 6; i++)
+          await storage.certificates.insert(
+            cert(`7c0${i}`, 10 + i, i % 2 ? { issuedVia: 'n-3' } : { kind: 'node', nodeId: 'n-3' }),
+          );
+        const pages = await pagesOf((p) => storage.certificates.page({ nodeId: 'n-3' }, p), 2);
+        expect(pages.map(serialsOf)).toEqual([
+          ['7c05', '7c04'],
+          ['7c03', '7c02'],
+          ['7c01', '7c00'],
+        ]);
+      });
+    });
+
+    describe('audit: newest first, id breaking ties', () => {
+      // n is the order of append (ids grow with it); rows 2, 3 and 4 share a time.
+      const rows: Partial<AuditEvent>[] = [
+        { actor: 'alice', subject: 's1', event: 'e.a', at: at(0) },
+        { actor: 'bob', subject: 's1', event: 'e.b', at: at(MIN) },
+        { actor: 'alice', subject: 's2', event: 'e.b', at: at(2 * MIN) },
+        { actor: 'bob', subject: null, event: 'e.a', at: at(2 * MIN) },
+        { actor: 'alice', subject: 's1', event: 'e.c', at: at(2 * MIN) },
+        // Recorded later with an earlier time (a replica's clock behind): the time decides.
+        { actor: 'carol', subject: 's2', event: 'e.a', at: at(30_000) },
+      ];
+      beforeEach(async () => {
+        for (const [n, row] of rows.entries())
+          await storage.audit.append(auditRow({ ...row, details: { n } }));
+      });
+      const ns = (rs: AuditRecord[]) => rs.map((r) => r.details.n);
+
+      it.each(
+        (
+          [
+            ['no filter', {}, [4, 3, 2, 1, 5, 0]],
+            ['actor', { actor: 'alice' }, [4, 2, 0]],
+            ['subject', { subject: 's1' }, [4, 1, 0]],
+            ['event', { event: 'e.a' }, [3, 5, 0]],
+            ['since: at >= the time', { since: at(MIN) }, [4, 3, 2, 1]],
+            ['until: at < the time', { until: at(2 * MIN) }, [1, 5, 0]],
+            ['filters combine', { actor: 'alice', subject: 's1', since: at(MIN) }, [4]],
+            ['nothing matches', { actor: 'nobody' }, []],
+          ] as [string, AuditPageFilter, number[]][]
+        ).flatMap(([name, filter, want]) => LIMITS.map((limit) => [name, limit, filter, want] as const)),
+      )('ok/%s, limit %d', async (_name, limit, filter, want) => {
+        const pages = await pagesOf((p) => storage.audit.page(filter, p), limit);
+        expect(ns(pages.flat())).toEqual(want);
+        expectPages(pages.map(ns), limit, want);
+        for (const r of pages.flat())
+          expect(r).toStrictEqual(
+            asStored(auditRow({ ...rows[r.details.n as number], details: { n: r.details.n } })),
+          );
+      });
+
+      it('ok/rows appended between pages: new ones are before the key, a late one with an old time after it', async () => {
+        const first = await storage.audit.page({}, { limit: 3, after: null });
+        expect(ns(first.items)).toEqual([4, 3, 2]);
+        await storage.audit.append(auditRow({ at: at(HOUR), details: { n: 6 } }));
+        // The same time as the key's row: a larger id, so before it in the order.
+        await storage.audit.append(auditRow({ at: at(2 * MIN), details: { n: 7 } }));
+        await storage.audit.append(auditRow({ at: at(-HOUR), details: { n: 8 } }));
+        const rest = await pagesOf((p) => storage.audit.page({}, { ...p, after: p.after ?? first.next }), 2);
+        expect(ns(rest.flat())).toEqual([1, 5, 0, 8]);
+      });
+    });
+
+    describe('listCursorKey', () => {
+      it('ok/the first call stores its candidate; later ones get that key, whatever they offer', async () => {
+        const [a, b] = [randomBytes(32), randomBytes(32)];
+        expect(await storage.listCursorKey.getOrCreate(a, at(0))).toStrictEqual(a);
+        expect(await storage.listCursorKey.getOrCreate(b, at(1))).toStrictEqual(a);
+      });
+
+      it('ok/concurrent first calls (replicas at once) all get the one key that won', async () => {
+        const candidates = Array.from({ length: 8 }, () => randomBytes(32));
+        const got = await Promise.all(candidates.map((c) => storage.listCursorKey.getOrCreate(c, at(0))));
+        expect(candidates).toContainEqual(got[0]);
+        for (const k of got) expect(k).toStrictEqual(got[0]);
       });
     });
   });

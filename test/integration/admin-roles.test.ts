@@ -395,7 +395,7 @@ describeEachBackend('admin authorization: every route x every identity', (backen
       expect(reads.status).toBe(0);
       const audit = await as(out, ['audit', 'list', '--event', 'admin.issued', '--json']);
       expect(audit.status).toBe(0);
-      expect(JSON.parse(audit.stdout)).toEqual(
+      expect(JSON.parse(audit.stdout).events).toEqual(
         expect.arrayContaining([
           expect.objectContaining({
             actor: `spiffe://${TD}/admin/root`,

@@ -42,7 +42,10 @@ describeEachBackend('baton audit list / verify (CLI)', (backend: Backend) => {
     const r = cli(['audit', 'list', '--json', ...args]);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
-    return JSON.parse(r.stdout) as AuditView[];
+    // One document in the API's shape, every page merged (issue 20).
+    const doc = JSON.parse(r.stdout) as { events: AuditView[]; next: null };
+    expect(doc.next).toBeNull();
+    return doc.events;
   };
   const verify = () => cli(['audit', 'verify']);
   /** `audit verify --json` once the background job has sealed every row (it seals, a read does not). */

@@ -350,7 +350,7 @@ describeEachBackend('baton ca rotate (CLI) with a server running', (backend: Bac
 
       const audit = cli(['audit', 'list', '--event', 'ca.rotated', '--json']);
       expect(audit.status).toBe(0);
-      expect(JSON.parse(audit.stdout)).toEqual([
+      expect(JSON.parse(audit.stdout).events).toEqual([
         expect.objectContaining({
           actor: expect.stringMatching(/^cli:/),
           subject: out.signing_ca_id,

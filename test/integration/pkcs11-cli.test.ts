@@ -284,7 +284,11 @@ describeEachBackend('PKCS#11 key custody: baton with its keys in SoftHSM2', (bac
         'an unplugged token: 503 ERR_CA_UNAVAILABLE with Retry-After, nothing written; recovery once it is back',
         async () => {
           const certificates = () =>
-            (JSON.parse(baton(['cert', 'list', '--json', ...admin()], env).stdout) as unknown[]).length;
+            (
+              JSON.parse(baton(['cert', 'list', '--json', ...admin()], env).stdout) as {
+                certificates: unknown[];
+              }
+            ).certificates.length;
           const before = certificates();
           const tokenText = baton(
             ['token', 'create', '--role', 'worker', '--uses', '1', ...admin()],

@@ -60,9 +60,10 @@ describePostgres('join tokens across two server processes on one PostgreSQL', ()
       ['node', 'list', '--json', '--server', servers[1]!.url, '--admin-dir', adminDir],
       env,
     );
-    expect(JSON.parse(list.stdout)).toEqual([
-      expect.objectContaining({ id: nodeId, role: 'worker', status: 'active' }),
-    ]);
+    expect(JSON.parse(list.stdout)).toEqual({
+      nodes: [expect.objectContaining({ id: nodeId, role: 'worker', status: 'active' })],
+      next: null,
+    });
     const show = await batonAsync(
       ['node', 'show', nodeId, '--server', servers[1]!.url, '--admin-dir', adminDir],
       env,

@@ -18,9 +18,13 @@ import type {
   IssuanceRepository,
   JwtKeyRecord,
   JwtKeyRepository,
+  ListCursorKeyRepository,
   NodeRecord,
   NodeRepository,
   NonceRepository,
+  Page,
+  PageKey,
+  PageRequest,
   PendingUpstream,
   Repositories,
   RevocationEvent,
@@ -78,6 +82,7 @@ interface State {
   jwtKeys: Map<string, JwtKeyRecord>;
   cross: Map<string, CrossCertificateRecord>;
   upstream: PendingUpstream | null;
+  listCursorKey: Buffer | null;
 }
 
 /** PostgreSQL sequences: outside every transaction, never rolled back. */
@@ -101,6 +106,7 @@ const emptyState = (): State => ({
   jwtKeys: new Map(),
   cross: new Map(),
   upstream: null,
+  listCursorKey: null,
 });
 
 /** Records are immutable here, so a copy of the collections is a copy of the state. */
@@ -118,6 +124,7 @@ const cloneState = (s: State): State => ({
   jwtKeys: new Map(s.jwtKeys),
   cross: new Map(s.cross),
   upstream: s.upstream,
+  listCursorKey: s.listCursorKey,
 });
 
 // Copies: field by field, as a row read back from the database has exactly these fields.
@@ -305,6 +312,42 @@ const byTime = (a: Date, b: Date): number => a.getTime() - b.getTime();
 const byText = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 const sameDnsNames = (a: readonly string[], b: readonly string[]): boolean =>
   a.length === b.length && a.every((x, i) => x === b[i]);
+
+/**
+ * Keyset paging as storage/knex/keyset.ts does it: the rows in the list's order, those strictly
+ * after the key, limit + 1 of them to know whether a next page exists. `keyOf` gives a row's key;
+ * `compare` orders two keys the way the list runs.
+ */
+function pageIn<T>(
+  rows: T[],
+  p: PageRequest,
+  keyOf: (r: T) => PageKey,
+  compare: (a: PageKey, b: PageKey) => number,
+  copy: (r: T) => T,
+): Page<T> {
+  const sorted = rows.map((r) => ({ r, key: keyOf(r) })).sort((a, b) => compare(a.key, b.key));
+  const after = p.after;
+  const rest = after ? sorted.filter((x) => compare(x.key, after) > 0) : sorted;
+  const kept = rest.slice(0, p.limit);
+  return {
+    items: kept.map((x) => copy(x.r)),
+    next: rest.length > p.limit ? kept[kept.length - 1]!.key : null,
+  };
+}
+
+/** A time as a page key: what PostgreSQL's to_char gives (UTC, microseconds; a Date has none below ms). */
+const timeKey = (d: Date): string => `${d.toISOString().slice(0, -1)}000Z`;
+/** Key parts compared part by part, text by code unit, numbers as numbers. */
+const compareKeys = (a: PageKey, b: PageKey): number => {
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]!;
+    const y = b[i]!;
+    const c = typeof x === 'number' && typeof y === 'number' ? x - y : byText(String(x), String(y));
+    if (c !== 0) return c;
+  }
+  return 0;
+};
+const newestFirst = (a: PageKey, b: PageKey): number => compareKeys(b, a);
 
 // The repositories, each statement a function of the state it runs on.
 
@@ -516,6 +559,22 @@ function certificateRepository(run: Run): CertificateRepository {
           .slice(0, f.limit ?? 1000)
           .map(copyCertificate),
       ),
+    page: (f, p) =>
+      run(false, [f, p], (s) =>
+        pageIn(
+          [...s.certificates.values()].filter(
+            (c) =>
+              (!f.nodeId || c.nodeId === f.nodeId || c.issuedVia === f.nodeId) &&
+              (!f.status || c.status === f.status) &&
+              (!f.expiredAt || c.notAfter.getTime() <= f.expiredAt.getTime()) &&
+              (!f.validAt || c.notAfter.getTime() > f.validAt.getTime()),
+          ),
+          p,
+          (c) => [timeKey(c.createdAt), c.serial],
+          newestFirst,
+          copyCertificate,
+        ),
+      ),
   };
 }
 
@@ -620,6 +679,18 @@ function nodeRepository(run: Run): NodeRepository {
     list: () =>
       run(false, [], (s) =>
         [...s.nodes.values()].sort((a, b) => byTime(a.createdAt, b.createdAt)).map(copyNode),
+      ),
+    page: (f, p) =>
+      run(false, [f, p], (s) =>
+        pageIn(
+          [...s.nodes.values()].filter(
+            (n) => (!f.status || n.status === f.status) && (!f.role || n.role === f.role),
+          ),
+          p,
+          (n) => [n.id],
+          compareKeys,
+          copyNode,
+        ),
       ),
     countActive: (now) =>
       run(false, [now], (s) => {
@@ -732,6 +803,8 @@ function entryRepository(run: Run): EntryRepository {
           .sort((a, b) => byText(a.name, b.name))
           .map(copyEntry),
       ),
+    page: (p) =>
+      run(false, [p], (s) => pageIn([...s.entries.values()], p, (e) => [e.name], compareKeys, copyEntry)),
     findForNode: (parentNodeId, spiffeId) =>
       run(false, [parentNodeId, spiffeId], (s) => {
         for (const e of s.entries.values())
@@ -879,6 +952,23 @@ function auditRepository(run: Run, seq: Sequences): AuditRepository {
           .slice(0, Math.min(f.limit ?? 100, 10_000))
           .map(copyAudit),
       ),
+    page: (f, p) =>
+      run(false, [f, p], (s) =>
+        pageIn(
+          [...s.audit.values()].filter(
+            (r) =>
+              (!f.actor || r.actor === f.actor) &&
+              (!f.subject || r.subject === f.subject) &&
+              (!f.event || r.event === f.event) &&
+              (!f.since || r.at.getTime() >= f.since.getTime()) &&
+              (!f.until || r.at.getTime() < f.until.getTime()),
+          ),
+          p,
+          (r) => [timeKey(r.at), r.id],
+          newestFirst,
+          copyAudit,
+        ),
+      ),
     sealedAfter: (after, limit) =>
       run(false, [after, limit], (s) =>
         [...s.audit.values()]
@@ -889,6 +979,16 @@ function auditRepository(run: Run, seq: Sequences): AuditRepository {
       ),
     countUnsealed: () =>
       run(false, [], (s) => [...s.audit.values()].filter((r) => r.sealSeq === null).length),
+  };
+}
+
+function listCursorKeyRepository(run: Run): ListCursorKeyRepository {
+  return {
+    getOrCreate: (candidate, _at) =>
+      run(true, [candidate], (s) => {
+        s.listCursorKey ??= bytes(candidate);
+        return bytes(s.listCursorKey);
+      }),
   };
 }
 
@@ -906,6 +1006,7 @@ function repositories(run: Run, seq: Sequences): Repositories {
     tokens: tokenRepository(run),
     nonces: nonceRepository(run),
     jwtKeys: jwtKeyRepository(run),
+    listCursorKey: listCursorKeyRepository(run),
   };
 }
 

@@ -168,6 +168,53 @@ export interface JwtKeyRepository {
   retireOthers(kid: string, at: Date): Promise<number>;
 }
 
+/**
+ * A position in one admin list's order (issue 20, keyset paging): the sort key of the last row a
+ * page returned. Each list has its own shape, the same in every implementation:
+ * nodes `[id]`, certificates `[created_at, serial]`, entries `[name]`, audit `[at, id]`, where a
+ * time is the column's exact value as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds: what
+ * PostgreSQL stores, finer than a Date) so that a key never rounds past a row. It travels to the
+ * client inside a signed cursor (domain/list-cursor.ts) and comes back unchanged.
+ */
+export type PageKey = readonly (string | number)[];
+
+export interface PageRequest {
+  /** At most this many rows (1 to 1000, domain/admin-lists.ts). */
+  limit: number;
+  /** Only rows strictly after this position in the list's order; null: from the start. */
+  after: PageKey | null;
+}
+
+export interface Page<T> {
+  items: T[];
+  /** The key of the last item when at least one more row follows it; null on the last page. */
+  next: PageKey | null;
+}
+
+/** The filters of `GET /v1/admin/certificates`, combined with AND. */
+export type CertificatePageFilter = Pick<CertificateFilter, 'nodeId' | 'status' | 'expiredAt' | 'validAt'>;
+
+/** The filters of `GET /v1/admin/nodes`, combined with AND. */
+export interface NodePageFilter {
+  status?: NodeStatus;
+  role?: NodeRole;
+}
+
+/** The filters of `GET /v1/admin/audit`, combined with AND. */
+export type AuditPageFilter = Omit<AuditFilter, 'limit'>;
+
+/**
+ * The HMAC key of admin list cursors (domain/list-cursor.ts): one for every replica, so it lives in
+ * the database they share.
+ */
+export interface ListCursorKeyRepository {
+  /**
+   * The stored key. When there is none yet, `candidate` is stored first; of concurrent first
+   * calls (several replicas at once) one candidate wins and every caller gets that one.
+   */
+  getOrCreate(candidate: Buffer, at: Date): Promise<Buffer>;
+}
+
 export interface CertificateFilter {
   nodeId?: string;
   kind?: CertificateKind;
@@ -191,7 +238,13 @@ export interface CertificateRepository {
   findByKeyFingerprint(fingerprint: string): Promise<CertificateRecord[]>;
   /** Moves the node's valid certificates of `kind` to superseded; returns how many. */
   supersedeForNode(nodeId: string, kind: CertificateKind): Promise<number>;
+  /** Unpaged, newest first, at most `limit` (default 1000): a node's own view and tests. */
   list(filter: CertificateFilter): Promise<CertificateRecord[]>;
+  /**
+   * One page, newest first: by created_at descending, then serial descending (serials are unique,
+   * so the order is total). `nodeId`: the node's own certificates and those issued through it.
+   */
+  page(filter: CertificatePageFilter, page: PageRequest): Promise<Page<CertificateRecord>>;
 }
 
 /** What a workload issuance re-checks in the database, in the very statement that records it. */
@@ -279,7 +332,10 @@ export interface NodeRepository {
   findByCertificate(serial: string): Promise<NodeRecord | null>;
   /** Reads and row-locks a node for the rest of the transaction. */
   lockById(id: string): Promise<NodeRecord | null>;
+  /** Every node, oldest first, unpaged (tests and small installations; the API pages). */
   list(): Promise<NodeRecord[]>;
+  /** One page of nodes by id (the database's text order; ids are unique). */
+  page(filter: NodePageFilter, page: PageRequest): Promise<Page<NodeRecord>>;
   /** Nodes that are active and hold a valid node certificate unexpired at `now` (a metric). */
   countActive(now: Date): Promise<number>;
   recordAttestation(id: string, at: Date, method: string): Promise<void>;
@@ -346,6 +402,8 @@ export interface EntryRepository {
   insert(entry: EntryRecord): Promise<void>;
   findByName(name: string): Promise<EntryRecord | null>;
   list(filter?: { parentNodeId?: string }): Promise<EntryRecord[]>;
+  /** One page of every entry by name (the database's text order; names are unique). */
+  page(page: PageRequest): Promise<Page<EntryRecord>>;
   findForNode(parentNodeId: string, spiffeId: string): Promise<EntryRecord | null>;
   /** true when it existed. */
   delete(name: string): Promise<boolean>;
@@ -440,7 +498,10 @@ export interface AuditRepository {
    * computes a row's hash from its content and the previous hash. Returns how many it sealed.
    */
   seal(limit: number, hashOf: (row: AuditRecord, prevHash: Buffer | null) => Buffer): Promise<number>;
+  /** Newest first by id, at most `limit` (default 100, at most 10000): tests and internal reads. */
   list(filter: AuditFilter): Promise<AuditRecord[]>;
+  /** One page, newest first: by `at` descending, then id descending (ids are unique). */
+  page(filter: AuditPageFilter, page: PageRequest): Promise<Page<AuditRecord>>;
   /** Sealed rows in chain order, from seal_seq > after, at most `limit`. */
   sealedAfter(after: number, limit: number): Promise<AuditRecord[]>;
   countUnsealed(): Promise<number>;
@@ -459,6 +520,7 @@ export interface Repositories {
   tokens: TokenRepository;
   nonces: NonceRepository;
   jwtKeys: JwtKeyRepository;
+  listCursorKey: ListCursorKeyRepository;
 }
 
 export interface Storage extends Repositories {

@@ -5,6 +5,8 @@
 export type BatonErrorCode =
   | 'ERR_USAGE'
   | 'ERR_BAD_REQUEST'
+  // An admin list's `after` that this installation did not make for that list and filters.
+  | 'ERR_CURSOR_INVALID'
   | 'ERR_BODY_TOO_LARGE'
   | 'ERR_HEADERS_TOO_LARGE'
   | 'ERR_CONFIG_INVALID'

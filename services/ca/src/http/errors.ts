@@ -8,6 +8,7 @@ import type { Metrics } from './metrics';
 export const HTTP_STATUS: Partial<Record<BatonErrorCode, number>> = {
   ERR_USAGE: 400,
   ERR_BAD_REQUEST: 400,
+  ERR_CURSOR_INVALID: 400,
   ERR_CONFIG_INVALID: 400,
   ERR_CSR_INVALID: 400,
   ERR_CSR_KEY_UNSUPPORTED: 400,

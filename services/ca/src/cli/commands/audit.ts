@@ -1,8 +1,10 @@
 import { auditVerifier } from '../../domain/audit';
 import { loadAdminClientConfig } from '../../config';
 import type { AuditRecord } from '../../domain/ports';
+import { MAX_PAGE_LIMIT } from '../../domain/admin-lists';
 import { adminClient } from '../admin-client';
-import { ADMIN_OPTIONS, type Command, table } from '../command';
+import { printAdminList, totalLimitFlag } from '../admin-list';
+import { ADMIN_OPTIONS, type Command } from '../command';
 
 /** One audit row as `GET /v1/admin/audit` renders it. */
 export interface AuditView {
@@ -36,38 +38,39 @@ export const toRecord = (v: AuditView): AuditRecord => ({
 
 export const auditList: Command = {
   words: ['audit', 'list'],
-  summary: 'List audit events, newest first, filtered by actor, subject, event and time.',
+  summary:
+    'List audit events, newest first, filtered by actor, subject, event and time, every page of them (--json: one document).',
   options: {
     actor: { type: 'string', value: 'SPIFFE_ID', description: 'only events by this actor' },
     subject: { type: 'string', value: 'SUBJECT', description: 'only events about this subject' },
     event: { type: 'string', value: 'EVENT', description: 'only this event, e.g. node.revoked' },
     since: { type: 'string', value: 'TIME', description: 'ISO 8601 time, inclusive' },
     until: { type: 'string', value: 'TIME', description: 'ISO 8601 time, exclusive' },
-    limit: { type: 'string', value: 'N', description: 'at most N events (default 100)' },
+    limit: { type: 'string', value: 'N', description: 'stop after N events (default: all)' },
     ...ADMIN_OPTIONS,
   },
   async run(ctx) {
-    const q = new URLSearchParams();
-    for (const k of ['actor', 'subject', 'event', 'since', 'until', 'limit']) {
+    const query = new URLSearchParams();
+    for (const k of ['actor', 'subject', 'event', 'since', 'until']) {
       const v = ctx.flags[k];
-      if (typeof v === 'string') q.set(k, v);
+      if (typeof v === 'string') query.set(k, v);
     }
-    const { events } = await adminClient(loadAdminClientConfig(ctx.flags, ctx.env)).get<{
-      events: AuditView[];
-    }>(`/v1/admin/audit${q.size ? `?${q}` : ''}`);
-    if (ctx.flags.json) ctx.stdout.write(`${JSON.stringify(events)}\n`);
-    else
-      ctx.stdout.write(
-        table(
-          ['ID', 'TIME', 'EVENT', 'OUTCOME', 'ACTOR', 'SUBJECT'],
-          events.map((e) => [String(e.id), e.at, e.event, e.outcome, e.actor, e.subject]),
-        ),
-      );
+    const limit = totalLimitFlag(ctx.flags.limit);
+    await printAdminList<AuditView>(
+      ctx,
+      adminClient(loadAdminClientConfig(ctx.flags, ctx.env)),
+      { path: '/v1/admin/audit', member: 'events', query, limit },
+      {
+        headers: ['ID', 'TIME', 'EVENT', 'OUTCOME', 'ACTOR', 'SUBJECT'],
+        row: (e) => [String(e.id), e.at, e.event, e.outcome, e.actor, e.subject],
+      },
+    );
     return 0;
   },
 };
 
-const PAGE = 5000;
+/** The chain is read in pages of the API's largest limit, by seal_seq (`sealed_after`). */
+const PAGE = MAX_PAGE_LIMIT;
 
 export const auditVerify: Command = {
   words: ['audit', 'verify'],

@@ -1,6 +1,7 @@
 import { loadAdminClientConfig } from '../../config';
 import { adminClient } from '../admin-client';
-import { ADMIN_OPTIONS, type Command, table } from '../command';
+import { printAdminList, totalLimitFlag } from '../admin-list';
+import { ADMIN_OPTIONS, type Command } from '../command';
 
 interface EntryView {
   name: string;
@@ -61,27 +62,29 @@ export const entryCreate: Command = {
 
 export const entryList: Command = {
   words: ['entry', 'list'],
-  summary: 'List registration entries.',
-  options: { ...ADMIN_OPTIONS },
+  summary: 'List registration entries by name, every page of them (--json: one document).',
+  options: {
+    limit: { type: 'string', value: 'N', description: 'stop after N entries (default: all)' },
+    ...ADMIN_OPTIONS,
+  },
   async run(ctx) {
-    const { entries } = await adminClient(loadAdminClientConfig(ctx.flags, ctx.env)).get<{
-      entries: EntryView[];
-    }>('/v1/admin/entries');
-    if (ctx.flags.json) ctx.stdout.write(`${JSON.stringify(entries)}\n`);
-    else
-      ctx.stdout.write(
-        table(
-          ['NAME', 'SPIFFE ID', 'PARENT', 'SELECTORS', 'DNS', 'TTL'],
-          entries.map((e) => [
-            e.name,
-            e.spiffe_id,
-            e.parent,
-            e.selectors.join(',') || null,
-            e.dns_names.join(',') || null,
-            `${e.ttl_seconds}s`,
-          ]),
-        ),
-      );
+    const limit = totalLimitFlag(ctx.flags.limit);
+    await printAdminList<EntryView>(
+      ctx,
+      adminClient(loadAdminClientConfig(ctx.flags, ctx.env)),
+      { path: '/v1/admin/entries', member: 'entries', query: new URLSearchParams(), limit },
+      {
+        headers: ['NAME', 'SPIFFE ID', 'PARENT', 'SELECTORS', 'DNS', 'TTL'],
+        row: (e) => [
+          e.name,
+          e.spiffe_id,
+          e.parent,
+          e.selectors.join(',') || null,
+          e.dns_names.join(',') || null,
+          `${e.ttl_seconds}s`,
+        ],
+      },
+    );
     return 0;
   },
 };

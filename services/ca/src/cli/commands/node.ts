@@ -1,5 +1,6 @@
 import { loadAdminClientConfig } from '../../config';
 import { adminClient } from '../admin-client';
+import { oneOfFlag, printAdminList, totalLimitFlag } from '../admin-list';
 import { ADMIN_OPTIONS, type Command, table } from '../command';
 
 interface NodeView {
@@ -23,27 +24,30 @@ interface CertificateView {
 
 export const nodeList: Command = {
   words: ['node', 'list'],
-  summary: 'List the nodes with their role, status and attestation method.',
-  options: { ...ADMIN_OPTIONS },
+  summary:
+    'List the nodes by id with their role, status and attestation method, every page of them (--json: one document).',
+  options: {
+    status: { type: 'string', value: 'STATUS', description: 'only active or revoked nodes' },
+    role: { type: 'string', value: 'ROLE', description: 'only worker or manager nodes' },
+    limit: { type: 'string', value: 'N', description: 'stop after N nodes (default: all)' },
+    ...ADMIN_OPTIONS,
+  },
   async run(ctx) {
-    const { nodes } = await adminClient(loadAdminClientConfig(ctx.flags, ctx.env)).get<{ nodes: NodeView[] }>(
-      '/v1/admin/nodes',
+    const query = new URLSearchParams();
+    const status = oneOfFlag(ctx.flags.status, 'status', ['active', 'revoked']);
+    const role = oneOfFlag(ctx.flags.role, 'role', ['worker', 'manager']);
+    if (status) query.set('status', status);
+    if (role) query.set('role', role);
+    const limit = totalLimitFlag(ctx.flags.limit);
+    await printAdminList<NodeView>(
+      ctx,
+      adminClient(loadAdminClientConfig(ctx.flags, ctx.env)),
+      { path: '/v1/admin/nodes', member: 'nodes', query, limit },
+      {
+        headers: ['ID', 'ROLE', 'STATUS', 'METHOD', 'LAST ATTESTED', 'LAST SEEN'],
+        row: (n) => [n.id, n.role, n.status, n.attestation_method, n.last_attested_at, n.last_seen_at],
+      },
     );
-    if (ctx.flags.json) ctx.stdout.write(`${JSON.stringify(nodes)}\n`);
-    else
-      ctx.stdout.write(
-        table(
-          ['ID', 'ROLE', 'STATUS', 'METHOD', 'LAST ATTESTED', 'LAST SEEN'],
-          nodes.map((n) => [
-            n.id,
-            n.role,
-            n.status,
-            n.attestation_method,
-            n.last_attested_at,
-            n.last_seen_at,
-          ]),
-        ),
-      );
     return 0;
   },
 };

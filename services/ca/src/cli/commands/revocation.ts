@@ -1,6 +1,7 @@
 import { loadAdminClientConfig } from '../../config';
 import { adminClient } from '../admin-client';
-import { ADMIN_OPTIONS, type Command, table } from '../command';
+import { oneOfFlag, printAdminList, totalLimitFlag } from '../admin-list';
+import { ADMIN_OPTIONS, type Command } from '../command';
 
 interface RevokeResponse {
   revoked_certificates: string[];
@@ -70,7 +71,7 @@ interface CertView {
 
 export const certList: Command = {
   words: ['cert', 'list'],
-  summary: 'List certificates, newest first.',
+  summary: 'List certificates, newest first, every page of them (--json: one document).',
   options: {
     node: {
       type: 'string',
@@ -78,30 +79,24 @@ export const certList: Command = {
       description: 'certificates of this node and those issued through it',
     },
     status: { type: 'string', value: 'STATUS', description: 'valid | revoked | expired (also superseded)' },
+    limit: { type: 'string', value: 'N', description: 'stop after N certificates (default: all)' },
     ...ADMIN_OPTIONS,
   },
   async run(ctx) {
-    const q = new URLSearchParams();
-    if (typeof ctx.flags.node === 'string') q.set('node', ctx.flags.node);
-    if (typeof ctx.flags.status === 'string') q.set('status', ctx.flags.status);
-    const { certificates } = await adminClient(loadAdminClientConfig(ctx.flags, ctx.env)).get<{
-      certificates: CertView[];
-    }>(`/v1/admin/certificates${q.size ? `?${q}` : ''}`);
-    if (ctx.flags.json) ctx.stdout.write(`${JSON.stringify(certificates)}\n`);
-    else
-      ctx.stdout.write(
-        table(
-          ['SERIAL', 'KIND', 'SPIFFE ID', 'NODE', 'NOT AFTER', 'STATUS'],
-          certificates.map((c) => [
-            c.serial,
-            c.kind,
-            c.spiffe_id,
-            c.node_id ?? c.issued_via,
-            c.not_after,
-            c.status,
-          ]),
-        ),
-      );
+    const query = new URLSearchParams();
+    const status = oneOfFlag(ctx.flags.status, 'status', ['valid', 'revoked', 'expired', 'superseded']);
+    if (typeof ctx.flags.node === 'string') query.set('node', ctx.flags.node);
+    if (status) query.set('status', status);
+    const limit = totalLimitFlag(ctx.flags.limit);
+    await printAdminList<CertView>(
+      ctx,
+      adminClient(loadAdminClientConfig(ctx.flags, ctx.env)),
+      { path: '/v1/admin/certificates', member: 'certificates', query, limit },
+      {
+        headers: ['SERIAL', 'KIND', 'SPIFFE ID', 'NODE', 'NOT AFTER', 'STATUS'],
+        row: (c) => [c.serial, c.kind, c.spiffe_id, c.node_id ?? c.issued_via, c.not_after, c.status],
+      },
+    );
     return 0;
   },
 };

@@ -1,8 +1,10 @@
 import { Router } from 'express';
+import { readListPage } from '../../domain/admin-lists';
 import { createEntry, deleteEntry } from '../../domain/entries';
 import type { AppDeps } from '../ports';
 import { auditContext } from '../audit-context';
 import { type AdminIdentity, authDepsOf, requireAdmin } from '../authorization';
+import { readEntryListQuery } from '../params/admin-lists';
 import { readCreateEntryParams } from '../params/entries';
 import { renderEntry } from '../render';
 
@@ -12,8 +14,16 @@ export function adminEntryRoutes(deps: AppDeps): Router {
   const auth = authDepsOf(deps);
   const ttl = deps.installation.workloadTtlMs;
 
-  r.get('/v1/admin/entries', requireAdmin(auth, 'GET /v1/admin/entries'), async (_req, res) => {
-    res.json({ entries: (await deps.storage.entries.list()).map((e) => renderEntry(e, ttl)) });
+  // CONTRACT "Fleet scale": one page by name, `next` the cursor of the following one.
+  r.get('/v1/admin/entries', requireAdmin(auth, 'GET /v1/admin/entries'), async (req, res) => {
+    const { page } = readEntryListQuery(req);
+    const entries = await readListPage(
+      { clock: deps.clock, keys: deps.storage.listCursorKey },
+      'entries',
+      page,
+      (p) => deps.storage.entries.page(p),
+    );
+    res.json({ entries: entries.items.map((e) => renderEntry(e, ttl)), next: entries.next });
   });
 
   r.post('/v1/admin/entries', requireAdmin(auth, 'POST /v1/admin/entries'), async (req, res) => {

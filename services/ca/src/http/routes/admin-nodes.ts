@@ -1,9 +1,11 @@
 import { Router } from 'express';
 import { BatonError } from '../../ground/errors';
+import { readListPage } from '../../domain/admin-lists';
 import { issueJoinToken } from '../../domain/join-token';
 import type { AppDeps } from '../ports';
 import { auditContext } from '../audit-context';
 import { type AdminIdentity, authDepsOf, requireAdmin } from '../authorization';
+import { readNodeListQuery } from '../params/admin-lists';
 import { readCreateTokenParams } from '../params/tokens';
 import { renderCertificate, renderNode } from '../render';
 
@@ -30,8 +32,16 @@ export function adminNodeRoutes(deps: AppDeps): Router {
     });
   });
 
-  r.get('/v1/admin/nodes', requireAdmin(auth, 'GET /v1/admin/nodes'), async (_req, res) => {
-    res.json({ nodes: (await deps.storage.nodes.list()).map(renderNode) });
+  // CONTRACT "Fleet scale": one page by node id, `next` the cursor of the following one.
+  r.get('/v1/admin/nodes', requireAdmin(auth, 'GET /v1/admin/nodes'), async (req, res) => {
+    const { filter, page } = readNodeListQuery(req);
+    const nodes = await readListPage(
+      { clock: deps.clock, keys: deps.storage.listCursorKey },
+      'nodes',
+      page,
+      (p) => deps.storage.nodes.page(filter, p),
+    );
+    res.json({ nodes: nodes.items.map(renderNode), next: nodes.next });
   });
 
   r.get('/v1/admin/nodes/:id', requireAdmin(auth, 'GET /v1/admin/nodes/:id'), async (req, res) => {

@@ -1,5 +1,6 @@
 import { type Request, Router } from 'express';
 import type { AuditContext } from '../../domain/audit';
+import { readListPage } from '../../domain/admin-lists';
 import { crlIssuers } from '../../domain/crl-publisher';
 import { BatonError, isBatonError } from '../../ground/errors';
 import type { Repositories, RevocationEvent } from '../../domain/ports';
@@ -16,6 +17,7 @@ import {
   NODE_ROUTES,
   requireAdmin,
 } from '../authorization';
+import { readCertificateListQuery } from '../params/admin-lists';
 import { renderCertificate } from '../render';
 import { body, optionalString } from '../validate';
 
@@ -82,21 +84,17 @@ export function revocationRoutes(deps: AppDeps): Router {
     },
   );
 
+  // CONTRACT "Fleet scale": one page, newest first, `next` the cursor of the following one.
   r.get('/v1/admin/certificates', requireAdmin(auth, 'GET /v1/admin/certificates'), async (req, res) => {
     const now = deps.clock.now();
-    const status = req.query.status === undefined ? undefined : String(req.query.status);
-    if (status !== undefined && !['valid', 'revoked', 'expired', 'superseded'].includes(status)) {
-      throw new BatonError('ERR_BAD_REQUEST', 'status: one of valid, revoked, expired, superseded');
-    }
-    const certs = await deps.storage.certificates.list({
-      nodeId: req.query.node === undefined ? undefined : String(req.query.node),
-      // "expired" is what renderCertificate calls a valid certificate past its notAfter.
-      status: status === 'expired' ? 'valid' : (status as 'valid' | 'revoked' | 'superseded' | undefined),
-      expiredAt: status === 'expired' ? now : undefined,
-      validAt: status === 'valid' ? now : undefined,
-      limit: 10_000,
-    });
-    res.json({ certificates: certs.map((c) => renderCertificate(c, now)) });
+    const { filter, page } = readCertificateListQuery(req, now);
+    const certs = await readListPage(
+      { clock: deps.clock, keys: deps.storage.listCursorKey },
+      'certificates',
+      page,
+      (p) => deps.storage.certificates.page(filter, p),
+    );
+    res.json({ certificates: certs.items.map((c) => renderCertificate(c, now)), next: certs.next });
   });
 
   r.get('/v1/admin/crls', requireAdmin(auth, 'GET /v1/admin/crls'), async (_req, res) => {

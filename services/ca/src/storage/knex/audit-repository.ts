@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import type { AuditRecord, AuditRepository } from '../../domain/ports';
 import { db, toBuffer } from './db-errors';
+import { pageOf, timeKeySql } from './keyset';
 
 interface AuditRow {
   id: string | number;
@@ -104,6 +105,26 @@ export function knexAuditRepository(k: Knex | Knex.Transaction): AuditRepository
         if (f.since) q.where('at', '>=', f.since);
         if (f.until) q.where('at', '<', f.until);
         return ((await q) as AuditRow[]).map(toRecord);
+      }),
+    // One range scan of (at, id), or of the (event|actor|subject, at, id) index of a filter.
+    page: (f, p) =>
+      db(async () => {
+        const q = k('audit_log')
+          .select('*', k.raw(`${timeKeySql('at')} as page_key_at`))
+          .orderBy([
+            { column: 'at', order: 'desc' },
+            { column: 'id', order: 'desc' },
+          ])
+          .limit(p.limit + 1);
+        if (f.actor) q.where('actor', f.actor);
+        if (f.subject) q.where('subject', f.subject);
+        if (f.event) q.where('event', f.event);
+        if (f.since) q.where('at', '>=', f.since);
+        if (f.until) q.where('at', '<', f.until);
+        if (p.after)
+          q.whereRaw('(at, id) < (?::timestamptz, ?::bigint)', [String(p.after[0]), Number(p.after[1])]);
+        const rows = (await q) as (AuditRow & { page_key_at: string })[];
+        return pageOf(rows, p.limit, toRecord, (r) => [r.page_key_at, Number(r.id)]);
       }),
     sealedAfter: (after, limit) =>
       db(async () =>

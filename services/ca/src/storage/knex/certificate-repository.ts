@@ -1,6 +1,12 @@
 import type { Knex } from 'knex';
-import type { CertificateRecord, CertificateRepository } from '../../domain/ports';
+import type {
+  CertificatePageFilter,
+  CertificateRecord,
+  CertificateRepository,
+  PageRequest,
+} from '../../domain/ports';
 import { db, toBuffer } from './db-errors';
+import { pageOf, timeKeySql } from './keyset';
 
 export interface CertificateRow {
   serial: string;
@@ -53,7 +59,27 @@ const fromCertificate = (c: CertificateRecord): CertificateRow => ({
   revocation_reason: c.revocationReason ?? null,
 });
 
+/** Newest first; serial breaks ties of created_at (unique, so the order is total). */
+const NEWEST_FIRST = [
+  { column: 'created_at', order: 'desc' },
+  { column: 'serial', order: 'desc' },
+] as const;
+
 export function knexCertificateRepository(k: Knex | Knex.Transaction): CertificateRepository {
+  /**
+   * One ordered index range scan of a page (plus one row): (created_at, serial), or the
+   * (status|node_id|issued_via, created_at, serial) index of the filter.
+   */
+  const pageScan = (f: CertificatePageFilter, p: PageRequest, narrow: (q: Knex.QueryBuilder) => void) => {
+    const q = k('certificates').select('*', k.raw(`${timeKeySql('created_at')} as page_key_at`));
+    narrow(q);
+    if (f.status) q.where('status', f.status);
+    if (f.expiredAt) q.where('not_after', '<=', f.expiredAt);
+    if (f.validAt) q.where('not_after', '>', f.validAt);
+    if (p.after)
+      q.whereRaw('(created_at, serial) < (?::timestamptz, ?)', [String(p.after[0]), String(p.after[1])]);
+    return q.orderBy([...NEWEST_FIRST]).limit(p.limit + 1);
+  };
   return {
     insert: (rec) => db(async () => void (await k('certificates').insert(fromCertificate(rec)))),
     findBySerial: (serial) =>
@@ -80,6 +106,28 @@ export function knexCertificateRepository(k: Knex | Knex.Transaction): Certifica
         if (f.validAt) q.where('not_after', '>', f.validAt);
         q.limit(f.limit ?? 1000);
         return (await q).map(toCertificate);
+      }),
+    page: (f, p) =>
+      db(async () => {
+        const nodeId = f.nodeId;
+        // `node_id = X OR issued_via = X` cannot be one ordered index scan: it is two, each at most
+        // a page long (the second without the rows the first has), merged and cut here.
+        const q = nodeId
+          ? k
+              .select('*')
+              .from(
+                k.raw('((?) union all (?)) as u', [
+                  pageScan(f, p, (b) => b.where('node_id', nodeId)),
+                  pageScan(f, p, (b) =>
+                    b.where('issued_via', nodeId).whereRaw('node_id is distinct from ?', [nodeId]),
+                  ),
+                ]),
+              )
+              .orderBy([...NEWEST_FIRST])
+              .limit(p.limit + 1)
+          : pageScan(f, p, () => undefined);
+        const rows = (await q) as (CertificateRow & { page_key_at: string })[];
+        return pageOf(rows, p.limit, toCertificate, (r) => [r.page_key_at, r.serial]);
       }),
     findByKeyFingerprint: (fp) =>
       db(async () =>

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import type { EntryRecord, EntryRepository, Selector } from '../../domain/ports';
 import { db } from './db-errors';
+import { pageOf } from './keyset';
 
 interface EntryRow {
   name: string;
@@ -58,6 +59,15 @@ export function knexEntryRepository(k: Knex | Knex.Transaction): EntryRepository
         const q = k<EntryRow>('entries').orderBy('name');
         if (f.parentNodeId) q.where('parent_node_id', f.parentNodeId);
         return (await q).map(toEntry);
+      }),
+    // The primary key serves it.
+    page: (p) =>
+      db(async () => {
+        const q = k<EntryRow>('entries')
+          .orderBy('name')
+          .limit(p.limit + 1);
+        if (p.after) q.where('name', '>', String(p.after[0]));
+        return pageOf((await q) as EntryRow[], p.limit, toEntry, (r) => [r.name]);
       }),
     findForNode: (parentNodeId, spiffeId) =>
       db(async () => {

@@ -7,6 +7,7 @@ import { knexAuditRepository } from './audit-repository';
 import { knexEntryRepository } from './entry-repository';
 import { knexIssuanceRepository } from './issuance-repository';
 import { knexJwtKeyRepository } from './jwt-key-repository';
+import { knexListCursorKeyRepository } from './list-cursor-key-repository';
 import { knexCrlRepository, knexRevocationRepository } from './revocation-repository';
 import { knexNodeRepository } from './node-repository';
 import { knexNonceRepository, knexTokenRepository } from './token-repository';
@@ -26,6 +27,7 @@ function repositories(k: Knex | Knex.Transaction): Repositories {
     tokens: knexTokenRepository(k),
     nonces: knexNonceRepository(k),
     jwtKeys: knexJwtKeyRepository(k),
+    listCursorKey: knexListCursorKeyRepository(k),
   };
 }
 

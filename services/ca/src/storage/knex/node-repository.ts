@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import type { NodeRecord, NodeRepository } from '../../domain/ports';
 import { db } from './db-errors';
+import { pageOf } from './keyset';
 import { runPrepared } from './prepared-statement';
 
 interface NodeRow {
@@ -73,6 +74,17 @@ export function knexNodeRepository(k: Knex | Knex.Transaction): NodeRepository {
       }),
     lockById: (id) => db(() => one(k('nodes').where({ id }).forUpdate())),
     list: () => db(async () => ((await k('nodes').orderBy('created_at')) as NodeRow[]).map(toNode)),
+    // Served by the primary key, or (status, id), (role, id), (status, role, id).
+    page: (f, p) =>
+      db(async () => {
+        const q = k<NodeRow>('nodes')
+          .orderBy('id')
+          .limit(p.limit + 1);
+        if (f.status) q.where('status', f.status);
+        if (f.role) q.where('role', f.role);
+        if (p.after) q.where('id', '>', String(p.after[0]));
+        return pageOf((await q) as NodeRow[], p.limit, toNode, (r) => [r.id]);
+      }),
     countActive: (now) =>
       db(async () => {
         const row = (await k('nodes as n')
