@@ -142,6 +142,7 @@ export async function startServer(p: {
     limits: config.limits,
     monotonicMs: p.monotonicMs ?? (() => performance.now()),
     jwtMints: mints,
+    auditRetainMs: config.retainAuditMs,
   };
   const app = buildApp(appDeps);
   const issue = () =>
@@ -300,6 +301,19 @@ export async function startServer(p: {
     log,
     intervalMs: config.backgroundIntervalMs,
     flushMints: () => mints.flush(),
+    retention: {
+      storage: ca.storage,
+      retainMs: config.retainExpiredMs,
+      onBatch: (deleted) => metrics.retentionDeleted.inc(deleted),
+      onRun: (run) => {
+        if (run === 'failed' || !run.ran) {
+          metrics.retentionRuns.inc({ outcome: run === 'failed' ? 'failed' : 'skipped' });
+          return;
+        }
+        metrics.retentionRuns.inc({ outcome: run.complete ? 'completed' : 'partial' });
+        metrics.retentionLastRun.set(clock.now().getTime() / 1000);
+      },
+    },
   });
   const port = (server.address() as AddressInfo).port;
   const url = urlForListen({ host: config.listen.host, port });
@@ -327,7 +341,7 @@ export async function startServer(p: {
     },
     close: async () => {
       if (timer) clearTimeout(timer);
-      jobs.stop();
+      const jobsStopped = jobs.stop();
       feed.close();
       if (publication) {
         const closing = new Promise<void>((resolve) => publication!.close(() => resolve()));
@@ -340,6 +354,8 @@ export async function startServer(p: {
         server.closeIdleConnections();
         setTimeout(() => server.closeAllConnections(), 5000).unref();
       });
+      // A job under way ends after its current statement, before the caller closes the database.
+      await jobsStopped;
       // Requests have finished: every mint is counted.
       await mints
         .flush({ all: true })
