@@ -42,6 +42,8 @@ export function startBackgroundJobs(p: {
   retention?: {
     storage: Pick<Storage, 'certificates' | 'exclusive'>;
     retainMs: number;
+    /** How often it runs (start-server.ts: the background interval, at most RETENTION_MAX_PERIOD_MS). */
+    periodMs: number;
     onBatch(deleted: number): void;
     onRun(run: RetentionRun | 'failed'): void;
   };
@@ -93,7 +95,7 @@ export function startBackgroundJobs(p: {
   const timer = setInterval(() => void tick(), p.intervalMs);
   timer.unref();
   const retentionTimer = p.retention
-    ? setInterval(() => void runRetention(), Math.min(p.intervalMs, RETENTION_MAX_PERIOD_MS))
+    ? setInterval(() => void runRetention(), p.retention.periodMs)
     : undefined;
   retentionTimer?.unref();
   return {

@@ -23,7 +23,7 @@ import { BatonError } from '../ground/errors';
 import { ensureJwtKey } from '../domain/jwt-keys';
 import { type Keyring, loadKeyring } from '../domain/keyring';
 import { publicationUrlOf } from '../domain/urls';
-import { type BackgroundJobs, startBackgroundJobs } from './background-jobs';
+import { type BackgroundJobs, RETENTION_MAX_PERIOD_MS, startBackgroundJobs } from './background-jobs';
 import { capConnections } from './connection-cap';
 import { CrlService } from './crl-service';
 import { RevocationFeed } from './revocation-feed';
@@ -90,6 +90,11 @@ export async function startServer(p: {
   random?: () => number;
   /** Monotonic milliseconds for the rate limits; default performance.now(). */
   monotonicMs?: () => number;
+  /**
+   * Period of the retention job; default the background interval, at most a minute (CONTRACT). The
+   * in-process test server runs its jobs by hand and sets it out of the way, as it does the interval.
+   */
+  retentionPeriodMs?: number;
 }): Promise<RunningServer> {
   const { config, ca, clock, log } = p;
   const publicUrl = config.publicUrl ?? ca.installation.publicUrl;
@@ -304,6 +309,7 @@ export async function startServer(p: {
     retention: {
       storage: ca.storage,
       retainMs: config.retainExpiredMs,
+      periodMs: p.retentionPeriodMs ?? Math.min(config.backgroundIntervalMs, RETENTION_MAX_PERIOD_MS),
       onBatch: (deleted) => metrics.retentionDeleted.inc(deleted),
       onRun: (run) => {
         if (run === 'failed' || !run.ran) {
