@@ -1,13 +1,19 @@
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { type AuditView, toRecord } from '../../services/ca/src/cli/commands/audit';
+import { auditExport } from '../../services/ca/src/cli/commands/audit-retention';
 import { type AuditVerdict, auditVerifier } from '../../services/ca/src/domain/audit';
 import {
   type AuditCheckpoint,
   checkpointChainProblem,
   checkpointSignatureProblem,
 } from '../../services/ca/src/domain/audit-checkpoint';
+import { EXPORT_PAGE } from '../../services/ca/src/domain/audit-retention';
 import { describeEachBackend } from '../support/database';
 import { callAs } from '../support/https';
 import { startTestServer, type TestServer } from '../support/test-server';
+import { tempDir } from '../support/tools';
 
 /**
  * Issue 20, items 3 and 4 over the HTTP API with an injected clock: export (JSON lines of sealed
@@ -182,6 +188,71 @@ describeEachBackend('audit export, prune and checkpoints (issue 20)', (backend) 
       await t.close();
       t = first;
     }
+  });
+
+  it('fail/an export cut short (the database fails after the first page) leaves no file, and says so', async () => {
+    await fresh();
+    const dir = tempDir('baton-audit-export-');
+    const out = join(dir.path, 'archive.jsonl');
+    const adminDir = join(dir.path, 'admin');
+    mkdirSync(adminDir);
+    writeFileSync(join(adminDir, 'cert.pem'), auditor.cert);
+    writeFileSync(join(adminDir, 'key.pem'), auditor.key);
+    writeFileSync(join(adminDir, 'bundle.pem'), t.bundle);
+    for (let i = 0; i < EXPORT_PAGE + 10; i++)
+      await t.ca.storage.audit.append({
+        at: t.clock.now(),
+        event: 'test.filler',
+        actor: 'system',
+        source: null,
+        subject: null,
+        outcome: 'success',
+        details: { i },
+      });
+    await t.running.jobs.runOnce();
+    const exportTo = async () => {
+      const stdout = new PassThrough();
+      const stderr = new PassThrough();
+      const code = await auditExport.run({
+        flags: { before: '2999-01-01', out, server: t.url, 'admin-dir': adminDir },
+        positionals: [],
+        env: {},
+        stdout,
+        stderr,
+        stopSignal: new Promise(() => undefined),
+      });
+      return { code, stdout: String(stdout.read() ?? '') };
+    };
+    const audit = t.ca.storage.audit;
+    const sealedAfter = audit.sealedAfter;
+    let calls = 0;
+    audit.sealedAfter = async (after, limit) => {
+      calls += 1;
+      if (calls > 1) throw new Error('the database went away');
+      return sealedAfter(after, limit);
+    };
+    try {
+      const e = await exportTo().then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      expect(e).toMatchObject({
+        code: 'ERR_SERVER_UNREACHABLE',
+        message: expect.stringMatching(/was cut short$/),
+      });
+      expect(calls).toBe(2);
+      // Neither the file nor its partial beside it.
+      expect(readdirSync(dir.path)).toEqual(['admin']);
+    } finally {
+      audit.sealedAfter = sealedAfter;
+    }
+    const ok = await exportTo();
+    expect(ok.code).toBe(0);
+    const rows = (await chain()).length;
+    expect(ok.stdout).toBe(`exported ${rows} rows, seal_seq 1 to ${rows}, to ${out}\n`);
+    expect(readFileSync(out, 'utf8').trimEnd().split('\n')).toHaveLength(rows);
+    expect(statSync(out).mode & 0o777).toBe(0o600);
+    dir.cleanup();
   });
 
   it('fail/bad parameters are 400 naming the field', async () => {
