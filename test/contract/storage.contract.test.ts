@@ -1103,6 +1103,84 @@ describeEachImplementation('Storage contract', (impl) => {
         for (const c of got) expect(c).toStrictEqual(cs[idx([c])[0]!]);
       });
     });
+
+    describe('deleteExpired (retention)', () => {
+      // notAfter at T0 + i minutes, every status and kind among them.
+      let cs: CertificateRecord[];
+      beforeEach(async () => {
+        const caId = ca.keyring.signing.record.id;
+        const statuses = ['valid', 'superseded', 'revoked'] as const;
+        const kinds = ['node', 'workload', 'admin', 'server'] as const;
+        cs = Array.from({ length: 8 }, (_, i) =>
+          certificateRecord(caId, {
+            notAfter: at(i * MIN),
+            status: statuses[i % 3]!,
+            kind: kinds[i % 4]!,
+            ...(statuses[i % 3] === 'revoked' ? { revokedAt: at(-HOUR), revocationReason: 1 } : {}),
+          }),
+        );
+        // Inserted out of order: the order of deletion is notAfter's, not the rows'.
+        for (const c of [...cs].reverse()) await storage.certificates.insert(c);
+      });
+      const left = async () => serials(await allCertificates());
+
+      it('ok/deletes exactly the rows with notAfter before the time, whatever their status and kind', async () => {
+        expect(await storage.certificates.deleteExpired(at(4 * MIN), 100)).toBe(4);
+        expect(await left()).toEqual(serials(cs.slice(4)));
+        // notAfter equal to the time is not before it.
+        expect(await storage.certificates.findBySerial(cs[4]!.serial)).toStrictEqual(cs[4]);
+        expect(await storage.certificates.deleteExpired(at(4 * MIN), 100)).toBe(0);
+      });
+
+      it('ok/at most `limit` a call, earliest notAfter first', async () => {
+        expect(await storage.certificates.deleteExpired(at(HOUR), 3)).toBe(3);
+        expect(await left()).toEqual(serials(cs.slice(3)));
+        expect(await storage.certificates.deleteExpired(at(HOUR), 3)).toBe(3);
+        expect(await storage.certificates.deleteExpired(at(HOUR), 3)).toBe(2);
+        expect(await left()).toEqual([]);
+      });
+
+      it('ok/a deleted key may be certified again; the kept ones may not (the unique index covers kept rows)', async () => {
+        await storage.certificates.deleteExpired(at(MIN), 100);
+        const again = certificateRecord(ca.keyring.signing.record.id, {
+          keyFingerprint: cs[0]!.keyFingerprint,
+        });
+        await storage.certificates.insert(again);
+        const reused = certificateRecord(ca.keyring.signing.record.id, {
+          keyFingerprint: cs[1]!.keyFingerprint,
+        });
+        expect((await errorOf(storage.certificates.insert(reused))).code).toBe('ERR_KEY_REUSED');
+      });
+
+      it('ok/a delete in a transaction that rolls back is undone', async () => {
+        await expect(
+          storage.transaction(async (tx) => {
+            expect(await tx.certificates.deleteExpired(at(HOUR), 100)).toBe(8);
+            throw new Error('boom');
+          }),
+        ).rejects.toThrow('boom');
+        expect(await left()).toEqual(serials(cs));
+      });
+
+      // PostgreSQL only: the memory storage runs one writer at a time, and PGlite has one connection,
+      // so neither can hold a row in one transaction while another statement runs.
+      if (impl === 'postgres')
+        it('ok/a row another transaction holds is skipped, not waited for (FOR UPDATE SKIP LOCKED)', async () => {
+          const held = gate();
+          const locked = gate();
+          const holder = storage.transaction(async (tx) => {
+            await tx.certificates.lockBySerial(cs[0]!.serial);
+            locked.open();
+            await held.opened;
+          });
+          await locked.opened;
+          expect(await storage.certificates.deleteExpired(at(HOUR), 100)).toBe(7);
+          held.open();
+          await holder;
+          expect(await left()).toEqual([cs[0]!.serial]);
+          expect(await storage.certificates.deleteExpired(at(HOUR), 100)).toBe(1);
+        });
+    });
   });
 
   describe('nodes', () => {
@@ -1856,7 +1934,7 @@ describeEachImplementation('Storage contract', (impl) => {
         for (const r of chain) expect(r.hash).toStrictEqual(auditHash(r, r.prevHash));
         const verifier = auditVerifier();
         for (const r of chain) verifier.check(r);
-        expect(verifier.result()).toEqual({ ok: true, rows: 3 });
+        expect(verifier.result()).toEqual({ ok: true, rows: 3, from: 1 });
         // The sealed rows read the same through list.
         expect((await storage.audit.list({})).reverse()).toStrictEqual(chain);
       });
@@ -1907,7 +1985,7 @@ describeEachImplementation('Storage contract', (impl) => {
         expect(chain.map((r) => r.details.n)).toEqual([0, 1, 2, 3, 4, 5, 6]);
         const verifier = auditVerifier();
         for (const r of chain) verifier.check(r);
-        expect(verifier.result()).toEqual({ ok: true, rows: 7 });
+        expect(verifier.result()).toEqual({ ok: true, rows: 7, from: 1 });
       });
 
       it('ok/a seal in a transaction that rolls back is undone', async () => {
@@ -1919,6 +1997,109 @@ describeEachImplementation('Storage contract', (impl) => {
           }),
         ).rejects.toThrow('boom');
         expect(await storage.audit.countUnsealed()).toBe(3);
+      });
+    });
+
+    describe('head, pruneCut, deleteSealedThrough (audit retention)', () => {
+      /** Rows recorded at T0 + n minutes for each n, all sealed (seal_seq n + 1), then `unsealed` more. */
+      const chainAt = async (minutes: number[], unsealed = 0) => {
+        for (const n of minutes) await storage.audit.append(auditRow({ at: at(n * MIN), details: { n } }));
+        await storage.audit.seal(1000, auditHash);
+        for (let i = 0; i < unsealed; i++) await storage.audit.append(auditRow({ at: at(0) }));
+      };
+      const seqs = async () => (await storage.audit.sealedAfter(0, 1000)).map((r) => r.sealSeq);
+
+      it('ok/head: null before the first seal, then the newest sealed row (unsealed ones are not the head)', async () => {
+        expect(await storage.audit.head()).toBeNull();
+        await storage.audit.append(auditRow());
+        expect(await storage.audit.head()).toBeNull();
+        await chainAt([1, 2], 2);
+        const chain = await storage.audit.sealedAfter(0, 10);
+        expect(chain).toHaveLength(3);
+        expect(await storage.audit.head()).toStrictEqual(chain[2]);
+      });
+
+      it.each([
+        [
+          'the run up to the first row recorded at or after the time',
+          [0, 1, 2, 3, 4, 5],
+          3,
+          100,
+          { first: 1, through: 3, complete: true },
+        ],
+        [
+          'never the head, even when every row is older',
+          [0, 1, 2],
+          60,
+          100,
+          { first: 1, through: 2, complete: true },
+        ],
+        [
+          'stops at the first newer row even when an older one follows (a prefix only)',
+          [0, 5, 1, 2],
+          3,
+          100,
+          { first: 1, through: 1, complete: true },
+        ],
+        [
+          'at most `limit` rows: not complete',
+          [0, 1, 2, 3, 4, 5],
+          4,
+          2,
+          { first: 1, through: 2, complete: false },
+        ],
+        [
+          '`limit` reaching the stop exactly: complete',
+          [0, 1, 2, 3, 4, 5],
+          2,
+          3,
+          { first: 1, through: 2, complete: true },
+        ],
+        ['nothing when the oldest row is not older', [3, 4], 3, 100, null],
+        ['nothing when the head is the only row', [0], 60, 100, null],
+        ['nothing on an empty chain', [], 60, 100, null],
+      ] as [string, number[], number, number, object | null][])(
+        'ok/pruneCut: %s',
+        async (_n, minutes, beforeMin, limit, want) => {
+          await chainAt(minutes, 1);
+          expect(await storage.audit.pruneCut(at(beforeMin * MIN), limit)).toEqual(want);
+        },
+      );
+
+      it('ok/pruneCut starts at the oldest kept row after a prune', async () => {
+        await chainAt([0, 1, 2, 3, 4, 5]);
+        expect(await storage.audit.deleteSealedThrough(2, 100)).toBe(2);
+        expect(await storage.audit.pruneCut(at(4 * MIN), 100)).toEqual({
+          first: 3,
+          through: 4,
+          complete: true,
+        });
+      });
+
+      it('ok/deleteSealedThrough: at most `limit` sealed rows up to the seal_seq, lowest first; never an unsealed one', async () => {
+        await chainAt([0, 1, 2, 3, 4, 5], 2);
+        expect(await storage.audit.deleteSealedThrough(4, 3)).toBe(3);
+        expect(await seqs()).toEqual([4, 5, 6]);
+        expect(await storage.audit.deleteSealedThrough(4, 3)).toBe(1);
+        expect(await storage.audit.deleteSealedThrough(4, 3)).toBe(0);
+        expect(await seqs()).toEqual([5, 6]);
+        expect(await storage.audit.countUnsealed()).toBe(2);
+        // The kept chain verifies from its first row, whose prev_hash is the anchor, given a prune
+        // that licenses the cut (domain/audit.ts).
+        const kept = await storage.audit.sealedAfter(0, 10);
+        expect(kept[0]!.prevHash).not.toBeNull();
+        const anchored = auditVerifier({ anchored: true });
+        for (const r of kept) expect(anchored.check(r)).toBe(true);
+        expect(anchored.result()).toEqual({ ok: true, rows: 2, from: 5 });
+      });
+
+      it('ok/sealing goes on after a prune: the next row links to the head', async () => {
+        await chainAt([0, 1, 2]);
+        await storage.audit.deleteSealedThrough(2, 100);
+        await chainAt([3]);
+        const kept = await storage.audit.sealedAfter(0, 10);
+        expect(kept.map((r) => r.sealSeq)).toEqual([3, 4]);
+        expect(kept[1]!.prevHash).toStrictEqual(kept[0]!.hash);
       });
     });
   });
@@ -2697,6 +2878,59 @@ describeEachImplementation('Storage contract', (impl) => {
         expect(await storage.nodes.findById('n-1')).toStrictEqual(nodeRecord('n-1'));
       });
     }
+  });
+
+  describe('exclusive (job locks)', () => {
+    it('ok/runs fn and gives its value; the lock is free again after, also after fn threw', async () => {
+      expect(await storage.exclusive('certificate-retention', async () => 42)).toEqual({ value: 42 });
+      await expect(
+        storage.exclusive('certificate-retention', async () => {
+          throw new Error('boom');
+        }),
+      ).rejects.toThrow('boom');
+      expect(await storage.exclusive('certificate-retention', async () => 'again')).toEqual({
+        value: 'again',
+      });
+    });
+
+    // PGlite is one process on one connection: there is no other replica to exclude, and holding
+    // its only connection would stop every request (storage/knex/job-lock.ts).
+    if (impl === 'pglite')
+      it('ok/PGlite: a second caller runs too (one process, one connection, no replica to exclude)', async () => {
+        const inside = gate();
+        const held = gate();
+        const first = storage.exclusive('certificate-retention', async () => {
+          inside.open();
+          await held.opened;
+          return 'first';
+        });
+        await inside.opened;
+        expect(await storage.exclusive('certificate-retention', async () => 'second')).toEqual({
+          value: 'second',
+        });
+        held.open();
+        expect(await first).toEqual({ value: 'first' });
+      });
+    else
+      it('ok/a second holder of this storage gets null at once, without running fn, while the first holds it', async () => {
+        const held = gate();
+        const inside = gate();
+        const first = storage.exclusive('certificate-retention', async () => {
+          inside.open();
+          await held.opened;
+          return 'first';
+        });
+        await inside.opened;
+        let ran = false;
+        expect(
+          await storage.exclusive('certificate-retention', async () => {
+            ran = true;
+          }),
+        ).toBeNull();
+        expect(ran).toBe(false);
+        held.open();
+        expect(await first).toEqual({ value: 'first' });
+      });
   });
 
   it('ok/ping resolves', async () => {

@@ -60,6 +60,10 @@ const SUCCESS: Record<AdminRoute, number> = {
   'DELETE /v1/admin/entries/:name': 204,
   'POST /v1/admin/admins': 201,
   'GET /v1/admin/audit': 200,
+  'GET /v1/admin/audit/checkpoint': 200,
+  'GET /v1/admin/audit/export': 200,
+  // Nothing recorded before 2000 to prune: an answer with nothing done.
+  'POST /v1/admin/audit/prune': 200,
   'GET /v1/admin/ca': 200,
   // Finishing with no rotation in progress: refused on its own merits (a start would change the CA).
   'POST /v1/admin/ca/rotate-root': 409,
@@ -128,6 +132,12 @@ describeEachBackend('admin authorization: every route x every identity', (backen
         };
       case 'GET /v1/admin/audit':
         return { method: 'GET', path: '/v1/admin/audit?limit=5' };
+      case 'GET /v1/admin/audit/checkpoint':
+        return { method: 'GET', path: '/v1/admin/audit/checkpoint' };
+      case 'GET /v1/admin/audit/export':
+        return { method: 'GET', path: '/v1/admin/audit/export?before=2000-01-01T00:00:00Z' };
+      case 'POST /v1/admin/audit/prune':
+        return { method: 'POST', path: '/v1/admin/audit/prune', body: { before: '2000-01-01T00:00:00Z' } };
       case 'GET /v1/admin/ca':
         return { method: 'GET', path: '/v1/admin/ca' };
       case 'POST /v1/admin/ca/rotate-root':
@@ -255,6 +265,8 @@ describeEachBackend('admin authorization: every route x every identity', (backen
       },
       { name: 'expired admin', cred: asCred(expired), refused: { status: 401, code: 'ERR_CERT_EXPIRED' } },
     );
+    // The chain has a head to checkpoint.
+    await t.running.jobs.runOnce();
   });
   afterAll(async () => {
     await t.close();

@@ -322,7 +322,7 @@ describeEachBackend('audit log', (backend) => {
       await sealAudit(replica.audit);
 
       const verdict = await verifyOverApi(16);
-      expect(verdict).toEqual({ ok: true, rows: expect.any(Number), unsealed: 0 });
+      expect(verdict).toEqual({ ok: true, rows: expect.any(Number), from: 1, unsealed: 0 });
       const sealed = await sealedRows();
       expect(sealed.map((r) => r.seal_seq)).toEqual(sealed.map((_, i) => i + 1));
       expect(verdict.rows).toBe(sealed.length);
@@ -356,7 +356,7 @@ describeEachBackend('audit log', (backend) => {
     const sealed = await sealedRows();
     expect(sealed.length).toBeGreaterThanOrEqual(before + n);
     expect(sealed.map((r) => r.seal_seq)).toEqual(sealed.map((_, i) => i + 1));
-    expect(await verifyOverApi(97)).toEqual({ ok: true, rows: sealed.length, unsealed: 0 });
+    expect(await verifyOverApi(97)).toEqual({ ok: true, rows: sealed.length, from: 1, unsealed: 0 });
   });
 
   describe('tampering with a sealed row', () => {

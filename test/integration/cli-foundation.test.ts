@@ -164,6 +164,22 @@ describe('baton command line', () => {
     ['fail/bad listen', ['server', '--listen', 'nowhere'], /--listen: expected HOST:PORT/],
     ['fail/http public url', ['server', '--public-url', 'http://a.org'], /must be an https:\/\/ URL/],
     ['fail/extra argument', ['migrate', 'extra'], /expected no arguments/],
+    [
+      'fail/retention below a minute',
+      ['server', '--retain-expired', '30s'],
+      /--retain-expired: must be at least 1m/,
+    ],
+    [
+      'fail/audit retention not a duration',
+      ['server', '--retain-audit', '90'],
+      /--retain-audit: invalid duration/,
+    ],
+    ['fail/prune without a date', ['audit', 'prune'], /--before DATE is required/],
+    [
+      'fail/export with a bad date',
+      ['audit', 'export', '--before', 'last year'],
+      /--before: an ISO 8601 date/,
+    ],
   ])('%s exits 2 with one line', (_name, args, message) => {
     const dir = tempDir();
     try {
@@ -177,15 +193,20 @@ describe('baton command line', () => {
     }
   });
 
-  it.each(['ca init', 'server', 'migrate', 'admin recover'])(
-    'baton %s --help exits 0 with usage',
-    (command) => {
-      const words = command.split(' ');
-      const r = baton([...words, '--help']);
-      expect(r.status).toBe(0);
-      expect(r.stdout).toMatch(new RegExp(`^usage: baton ${words.join(' ')}`));
-    },
-  );
+  it.each([
+    'ca init',
+    'server',
+    'migrate',
+    'admin recover',
+    'audit export',
+    'audit prune',
+    'audit checkpoint',
+  ])('baton %s --help exits 0 with usage', (command) => {
+    const words = command.split(' ');
+    const r = baton([...words, '--help']);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^usage: baton ${words.join(' ')}`));
+  });
 
   it('baton --help lists the commands', () => {
     const r = baton(['--help']);

@@ -17,6 +17,7 @@ import type {
   Installation,
   IssuanceRepository,
   JwtKeyRecord,
+  JobLockName,
   JwtKeyRepository,
   ListCursorKeyRepository,
   NodeRecord,
@@ -575,6 +576,16 @@ function certificateRepository(run: Run): CertificateRepository {
           copyCertificate,
         ),
       ),
+    deleteExpired: (expiredBefore, limit) =>
+      run(true, [expiredBefore, limit], (s) => {
+        // Serialized writes: no row is ever locked by another writer here, so none is skipped.
+        const gone = [...s.certificates.values()]
+          .filter((c) => c.notAfter.getTime() < expiredBefore.getTime())
+          .sort((a, b) => byTime(a.notAfter, b.notAfter))
+          .slice(0, limit);
+        for (const c of gone) s.certificates.delete(c.serial);
+        return gone.length;
+      }),
   };
 }
 
@@ -979,6 +990,30 @@ function auditRepository(run: Run, seq: Sequences): AuditRepository {
       ),
     countUnsealed: () =>
       run(false, [], (s) => [...s.audit.values()].filter((r) => r.sealSeq === null).length),
+    head: () =>
+      run(false, [], (s) => {
+        const sealed = chainOf(s);
+        return sealed.length ? copyAudit(sealed[sealed.length - 1]!) : null;
+      }),
+    pruneCut: (before, limit) =>
+      run(false, [before, limit], (s) => {
+        const chain = chainOf(s);
+        const head = chain[chain.length - 1]?.sealSeq ?? null;
+        const firsts = chain.slice(0, limit);
+        if (head === null || firsts.length === 0) return null;
+        const stop = firsts.find((r) => r.at.getTime() >= before.getTime() || r.sealSeq! >= head);
+        const first = firsts[0]!.sealSeq!;
+        const through = stop ? stop.sealSeq! - 1 : firsts[firsts.length - 1]!.sealSeq!;
+        return through < first ? null : { first, through, complete: stop !== undefined };
+      }),
+    deleteSealedThrough: (through, limit) =>
+      run(true, [through, limit], (s) => {
+        const gone = chainOf(s)
+          .filter((r) => r.sealSeq! <= through)
+          .slice(0, limit);
+        for (const r of gone) s.audit.delete(r.id);
+        return gone.length;
+      }),
   };
 }
 
@@ -991,6 +1026,9 @@ function listCursorKeyRepository(run: Run): ListCursorKeyRepository {
       }),
   };
 }
+/** The sealed rows in chain order. */
+const chainOf = (s: State): AuditRecord[] =>
+  [...s.audit.values()].filter((r) => r.sealSeq !== null).sort((a, b) => a.sealSeq! - b.sealSeq!);
 
 function repositories(run: Run, seq: Sequences): Repositories {
   return {
@@ -1030,6 +1068,7 @@ export function createMemoryStorage(seed?: { installation: Installation; cas: Ca
   let committed = emptyState();
   const seq: Sequences = { event: 0, audit: 0, crl: 0n };
   const lock = new WriteLock();
+  const heldLocks = new Set<JobLockName>();
   /** Set while a transaction's fn runs: a write outside it from in there would wait for itself. */
   const insideTransaction = new AsyncLocalStorage<true>();
   const refuseNested = (what: string) => {
@@ -1090,6 +1129,16 @@ export function createMemoryStorage(seed?: { installation: Installation; cas: Ca
           open = false;
         }
       });
+    },
+    exclusive: async <T>(name: JobLockName, fn: () => Promise<T>): Promise<{ value: T } | null> => {
+      // An advisory lock of this database: held by one caller at a time, never waited for.
+      if (heldLocks.has(name)) return null;
+      heldLocks.add(name);
+      try {
+        return { value: await fn() };
+      } finally {
+        heldLocks.delete(name);
+      }
     },
     ping: async () => undefined,
     close: async () => undefined,

@@ -94,7 +94,15 @@ export async function startTestServer(
     { BATON_DATA_DIR: '/nonexistent', BATON_BACKGROUND_INTERVAL: '1h' },
   );
   const log = createLogger(opts.logLevel ?? 'silent', opts.logStream);
-  const running = await startServer({ config, ca, clock, log, random: opts.random });
+  const running = await startServer({
+    config,
+    ca,
+    clock,
+    log,
+    random: opts.random,
+    // Retention, like the other jobs, runs when a test says so (running.jobs.runRetention()).
+    retentionPeriodMs: 3_600_000,
+  });
   return {
     url: running.url,
     ca,

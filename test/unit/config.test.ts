@@ -256,6 +256,39 @@ describe('loadServerConfig', () => {
     expect(errorOf(() => server({}, { BATON_SERVER_CERT_TTL: text })).code).toBe('ERR_CONFIG_INVALID');
   });
 
+  it('ok/retention (issue 20): --retain-expired 7d and --retain-audit 90d by default; flag over env', () => {
+    expect(server({})).toMatchObject({ retainExpiredMs: 7 * DAY, retainAuditMs: 90 * DAY });
+    expect(server({}, { BATON_RETAIN_EXPIRED: '1m', BATON_RETAIN_AUDIT: '365d' })).toMatchObject({
+      retainExpiredMs: 60_000,
+      retainAuditMs: 365 * DAY,
+    });
+    expect(
+      server(
+        { 'retain-expired': '2d', 'retain-audit': '30d' },
+        { BATON_RETAIN_EXPIRED: '1m', BATON_RETAIN_AUDIT: '1d' },
+      ),
+    ).toMatchObject({ retainExpiredMs: 2 * DAY, retainAuditMs: 30 * DAY });
+  });
+
+  it.each([
+    ['fail/below 1m', { 'retain-expired': '59s' }, '--retain-expired: must be at least 1m'],
+    [
+      'fail/a bare number',
+      { 'retain-expired': '7' },
+      '--retain-expired: invalid duration "7" (use e.g. 90s, 15m, 24h, 7d)',
+    ],
+    ['fail/audit below 1m', { 'retain-audit': '30s' }, '--retain-audit: must be at least 1m'],
+    [
+      'fail/audit not a duration',
+      { 'retain-audit': 'forever' },
+      '--retain-audit: invalid duration "forever" (use e.g. 90s, 15m, 24h, 7d)',
+    ],
+  ] as [string, Flags, string][])('%s -> ERR_CONFIG_INVALID', (_name, flags, message) => {
+    const e = errorOf(() => server(flags));
+    expect(e.code).toBe('ERR_CONFIG_INVALID');
+    expect(e.message).toBe(message);
+  });
+
   it('ok/--public-http-url and --listen-http', () => {
     const c = server({ 'public-http-url': 'http://pki.example.org:8080', 'listen-http': '0.0.0.0:8080' });
     expect(c.publicHttpUrl).toBe('http://pki.example.org:8080');

@@ -57,6 +57,16 @@ export interface ServerConfig extends StorageConfig {
   readonly crlNextUpdateMs: number;
   /** BATON_BACKGROUND_INTERVAL, default 10s: CRL freshness and audit sealing period */
   readonly backgroundIntervalMs: number;
+  /**
+   * --retain-expired / BATON_RETAIN_EXPIRED, default 7d, at least 1m: certificate rows whose
+   * notAfter is further in the past are deleted by the retention job (domain/retention.ts).
+   */
+  readonly retainExpiredMs: number;
+  /**
+   * --retain-audit / BATON_RETAIN_AUDIT, default 90d, at least 1m: audit rows recorded within it
+   * are never pruned; older ones may be exported and pruned (domain/audit-retention.ts).
+   */
+  readonly retainAuditMs: number;
   /** Set when --x509pop-ca is: the x509pop attestation method is offered (docs/attestation.md). */
   readonly x509pop?: X509popConfig;
   /** Rate limits, quotas and load shedding: per replica, in memory (docs/configuration.md). */
@@ -345,6 +355,21 @@ function checkConnectionBudget(limits: AbuseLimits, http: HttpLimits): void {
     invalid('--max-connections: must be above --max-feed-waiters plus --max-in-flight');
 }
 
+/**
+ * Retention defaults (CONTRACT "Fleet scale"). A week of expired certificates is what an operator
+ * looks back on after an incident (`baton cert list --status expired`); 90 days of audit rows is
+ * the usual online window for security logs, older ones going to an archive (the export).
+ */
+export const DEFAULT_RETAIN_EXPIRED = '7d';
+export const DEFAULT_RETAIN_AUDIT = '90d';
+
+/** A retention window: a duration of at least a minute. */
+function parseRetention(text: string, what: string): number {
+  const ms = parseDuration(text, what);
+  if (ms < MIN_TTL_MS) invalid(`${what}: must be at least 1m`);
+  return ms;
+}
+
 export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
   const level = (env.BATON_LOG_LEVEL || 'info') as LogLevel;
   if (!LOG_LEVELS.includes(level)) invalid(`BATON_LOG_LEVEL: one of ${LOG_LEVELS.join(', ')}`);
@@ -370,6 +395,14 @@ export function loadServerConfig(flags: Flags, env: Env): ServerConfig {
       7 * DAY,
     ),
     backgroundIntervalMs: parseDuration(env.BATON_BACKGROUND_INTERVAL ?? '10s', 'BATON_BACKGROUND_INTERVAL'),
+    retainExpiredMs: parseRetention(
+      str(flags, 'retain-expired', env, 'BATON_RETAIN_EXPIRED') ?? DEFAULT_RETAIN_EXPIRED,
+      '--retain-expired',
+    ),
+    retainAuditMs: parseRetention(
+      str(flags, 'retain-audit', env, 'BATON_RETAIN_AUDIT') ?? DEFAULT_RETAIN_AUDIT,
+      '--retain-audit',
+    ),
     x509pop: loadX509popConfig(flags, env),
     limits,
     http,

@@ -17,5 +17,9 @@ export const F = {
   remoteAddress: 'remote_addr',
   peer: 'peer_spiffe_id',
   notAfter: 'not_after',
+  /** How many rows a job deleted. */
+  rows: 'rows',
+  /** Rows recorded (audit) or expired (certificates) before this time were the job's. */
+  cutoff: 'cutoff',
   err: 'err',
 } as const;

@@ -11,6 +11,12 @@ export interface AdminClient {
   get<T>(path: string): Promise<T>;
   post<T>(path: string, body?: unknown): Promise<T>;
   delete<T>(path: string): Promise<T>;
+  /**
+   * A streamed GET (`GET /v1/admin/audit/export`): each chunk of the body to `onChunk` as it comes,
+   * awaited (backpressure); resolves when the whole body has arrived, rejects with the server's
+   * code on an error answer, and with ERR_SERVER_UNREACHABLE when the body is cut short.
+   */
+  download(path: string, onChunk: (chunk: Buffer) => Promise<void> | void): Promise<void>;
 }
 
 const BUNDLE_PATH = '/v1/bundle';
@@ -128,7 +134,73 @@ export function adminClient(cfg: AdminClientConfig): AdminClient {
       if (payload) req.write(payload);
       req.end();
     });
+  const download = (path: string, onChunk: (chunk: Buffer) => Promise<void> | void): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const req = request(
+        new URL(path, `${cfg.server}/`),
+        { method: 'GET', ...cred, timeout: 30_000 },
+        (res) => {
+          if ((res.statusCode ?? 500) >= 400) {
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
+            res.on('end', () => {
+              let e: { code?: string; message?: string } | undefined;
+              try {
+                e = (JSON.parse(Buffer.concat(chunks).toString('utf8')) as { error?: typeof e }).error;
+              } catch {
+                e = undefined;
+              }
+              reject(
+                new BatonError(
+                  (e?.code ?? 'ERR_INTERNAL') as BatonErrorCode,
+                  e?.message ?? `HTTP ${res.statusCode}`,
+                ),
+              );
+            });
+            return;
+          }
+          let failed = false;
+          const fail = (e: unknown) => {
+            if (failed) return;
+            failed = true;
+            req.destroy();
+            reject(e);
+          };
+          // The chunks in order, one at a time, the response paused meanwhile.
+          let pending = Promise.resolve();
+          res.on('data', (c: Buffer) => {
+            res.pause();
+            pending = pending.then(() => onChunk(c)).then(() => void res.resume(), fail);
+          });
+          res.on('end', () => {
+            void pending.then(() => {
+              // `end` without `complete`: the connection closed before the chunked body's last chunk.
+              if (!res.complete)
+                fail(new BatonError('ERR_SERVER_UNREACHABLE', `the answer from ${cfg.server} was cut short`));
+              else if (!failed) resolve();
+            });
+          });
+          res.on('aborted', () =>
+            fail(new BatonError('ERR_SERVER_UNREACHABLE', `the answer from ${cfg.server} was cut short`)),
+          );
+          res.on('error', () =>
+            fail(new BatonError('ERR_SERVER_UNREACHABLE', `the answer from ${cfg.server} was cut short`)),
+          );
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error('timed out')));
+      req.on('error', (e: NodeJS.ErrnoException) =>
+        reject(
+          new BatonError('ERR_SERVER_UNREACHABLE', `cannot reach ${cfg.server}: ${e.code ?? e.message}`),
+        ),
+      );
+      req.end();
+    });
   return {
+    download: async (p, onChunk) => {
+      await download(p, onChunk);
+      await refreshBundle();
+    },
     get: (p) => callAndRefresh('GET', p),
     post: (p, b) => callAndRefresh('POST', p, b ?? {}),
     delete: (p) => callAndRefresh('DELETE', p),

@@ -67,7 +67,15 @@ export function auditHash(row: SealedContent, prevHash: Buffer | null): Buffer {
 }
 
 export type AuditVerdict =
-  | { ok: true; rows: number }
+  | {
+      ok: true;
+      rows: number;
+      /**
+       * The seal_seq the chain starts at: 1, or after a prune the first kept row, whose prev_hash
+       * (the hash of the last pruned row) is the anchor the kept chain is verified from.
+       */
+      from: number;
+    }
   | {
       ok: false;
       rows: number;
@@ -77,19 +85,42 @@ export type AuditVerdict =
     };
 
 /**
- * Walks sealed rows in chain order and names the first row that was changed, removed or reordered.
- * Rows arrive in pages; call `check` for each and `result` at the end.
+ * The event a prune records before it deletes (domain/audit-retention.ts); its `through_seq` says
+ * how far the chain may be cut from the front.
  */
-export function auditVerifier() {
-  let expectedSeq = 1;
+export const AUDIT_PRUNED_EVENT = 'audit.pruned';
+
+/**
+ * Walks sealed rows in chain order and names the first row that was changed, removed or reordered.
+ * Rows arrive in pages; call `check` for each (false once the chain is broken: stop there) and
+ * `result` at the end.
+ *
+ * The chain may start after seal_seq 1, once rows have been pruned: the first row's prev_hash is
+ * then the anchor, taken as given (what was pruned is in the export, which ends with that hash).
+ * A front cut is accepted only as far as a prune recorded in the kept chain allows (the
+ * `through_seq` of its `audit.pruned` row): rows missing beyond it were removed, not pruned.
+ * `anchored`: a part of the chain on its own (an export), whose start needs no such licence.
+ */
+export function auditVerifier(opts: { anchored?: boolean } = {}) {
+  let expectedSeq: number | null = null;
+  let from = 1;
+  let firstRowId: number | null = null;
   let prev: Buffer | null = null;
   let rows = 0;
+  let prunedThrough = 0;
   let failure: AuditVerdict | null = null;
   return {
     check(row: AuditRecord): boolean {
       if (failure) return false;
       rows += 1;
       const seq = row.sealSeq ?? -1;
+      if (expectedSeq === null) {
+        // The first row: seal_seq 1 links to nothing; a later one to its own prev_hash (the anchor).
+        from = Math.max(seq, 1);
+        firstRowId = row.id;
+        expectedSeq = from;
+        prev = seq > 1 ? row.prevHash : null;
+      }
       if (seq > expectedSeq) {
         failure = { ok: false, rows, rowId: row.id, sealSeq: expectedSeq, problem: 'removed' };
         return false;
@@ -108,12 +139,21 @@ export function auditVerifier() {
         failure = { ok: false, rows, rowId: row.id, sealSeq: seq, problem: 'reordered' };
         return false;
       }
+      if (row.event === AUDIT_PRUNED_EVENT && row.outcome === 'success') {
+        const through = row.details.through_seq;
+        if (typeof through === 'number' && Number.isSafeInteger(through) && through < seq)
+          prunedThrough = Math.max(prunedThrough, through);
+      }
       prev = row.hash;
       expectedSeq += 1;
       return true;
     },
     result(): AuditVerdict {
-      return failure ?? { ok: true, rows };
+      if (failure) return failure;
+      // Rows cut from the front beyond what a recorded prune deleted: the first missing one.
+      if (!opts.anchored && from > prunedThrough + 1)
+        return { ok: false, rows, rowId: firstRowId, sealSeq: prunedThrough + 1, problem: 'removed' };
+      return { ok: true, rows, from };
     },
   };
 }

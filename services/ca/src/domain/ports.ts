@@ -245,6 +245,14 @@ export interface CertificateRepository {
    * so the order is total). `nodeId`: the node's own certificates and those issued through it.
    */
   page(filter: CertificatePageFilter, page: PageRequest): Promise<Page<CertificateRecord>>;
+  /**
+   * Retention (domain/retention.ts): deletes up to `limit` certificates whose notAfter is before
+   * `expiredBefore`, whatever their status, earliest notAfter first; returns how many. One short
+   * statement that picks rows by the not_after index and deletes them by primary key, skipping
+   * rows another transaction holds (FOR UPDATE SKIP LOCKED): it never waits on a renewal or a
+   * revocation, and they never wait on it for long (only on rows past notAfter, which they skip).
+   */
+  deleteExpired(expiredBefore: Date, limit: number): Promise<number>;
 }
 
 /** What a workload issuance re-checks in the database, in the very statement that records it. */
@@ -505,7 +513,31 @@ export interface AuditRepository {
   /** Sealed rows in chain order, from seal_seq > after, at most `limit`. */
   sealedAfter(after: number, limit: number): Promise<AuditRecord[]>;
   countUnsealed(): Promise<number>;
+  /** The newest sealed row (the chain head), or null before the first seal. */
+  head(): Promise<AuditRecord | null>;
+  /**
+   * What a prune of the rows recorded before `before` may delete now (domain/audit-retention.ts):
+   * among the oldest `limit` sealed rows in chain order, the run from the first one up to the
+   * first whose `at` is not before `before`, never the chain head. `complete`: the run ended at
+   * such a row or the head (the prune is done after it), not at `limit`. Null when there is none.
+   */
+  pruneCut(before: Date, limit: number): Promise<AuditPruneCut | null>;
+  /** Deletes up to `limit` sealed rows with seal_seq <= `through`, lowest first; returns how many. */
+  deleteSealedThrough(through: number, limit: number): Promise<number>;
 }
+
+/** Chain positions (seal_seq) of a prune: rows `first` to `through`, both included. */
+export interface AuditPruneCut {
+  first: number;
+  through: number;
+  complete: boolean;
+}
+
+/**
+ * Named locks for work that one replica at a time should do (the retention job): held across
+ * replicas on one database, never in a process's memory.
+ */
+export type JobLockName = 'certificate-retention';
 
 export interface Repositories {
   revocations: RevocationRepository;
@@ -526,6 +558,12 @@ export interface Repositories {
 export interface Storage extends Repositories {
   /** Runs `fn` in one database transaction: all its writes land, or none. */
   transaction<T>(fn: (tx: Repositories) => Promise<T>): Promise<T>;
+  /**
+   * Runs `fn` while holding lock `name`, one holder at a time across every replica of the
+   * database; `null`, without running `fn`, when another holder has it (it does not wait). `fn`'s
+   * statements are its own short ones, not one transaction: the lock is not a transaction's.
+   */
+  exclusive<T>(name: JobLockName, fn: () => Promise<T>): Promise<{ value: T } | null>;
   /** Resolves when the database answers (readiness). */
   ping(): Promise<void>;
   close(): Promise<void>;

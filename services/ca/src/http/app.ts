@@ -21,6 +21,7 @@ import { crlRoutes } from './routes/crl';
 import { adminAdminRoutes } from './routes/admin-admins';
 import { adminCaRoutes } from './routes/admin-ca';
 import { adminAuditRoutes } from './routes/admin-audit';
+import { adminAuditRetentionRoutes } from './routes/admin-audit-retention';
 import { adminEntryRoutes } from './routes/admin-entries';
 import { adminNodeRoutes } from './routes/admin-nodes';
 import { healthRoutes } from './routes/health';
@@ -128,6 +129,7 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   app.use(adminNodeRoutes(deps));
   app.use(adminEntryRoutes(deps));
   app.use(adminAuditRoutes(deps));
+  app.use(adminAuditRetentionRoutes(deps));
   app.use(adminAdminRoutes(deps));
   app.use(adminCaRoutes(deps));
   app.use(crlRoutes(deps));

@@ -47,6 +47,11 @@ export const ADMIN_ROUTES = {
   'DELETE /v1/admin/entries/:name': ['admin', 'operator'],
   'POST /v1/admin/admins': ['admin'],
   'GET /v1/admin/audit': ['admin', 'auditor'],
+  // Issue 20: the signed chain head is for anyone who administers the CA to keep; the rows
+  // themselves only for those who may read the log; deleting them, the admin role alone.
+  'GET /v1/admin/audit/checkpoint': ['admin', 'operator', 'auditor'],
+  'GET /v1/admin/audit/export': ['admin', 'auditor'],
+  'POST /v1/admin/audit/prune': ['admin'],
   'GET /v1/admin/ca': ['admin', 'operator', 'auditor'],
   // A root rotation changes what every peer trusts: the admin role alone.
   'POST /v1/admin/ca/rotate-root': ['admin'],

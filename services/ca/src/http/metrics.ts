@@ -26,6 +26,9 @@ export interface Metrics {
   feedWaiters: Gauge;
   connectionsDropped: Counter;
   scrapeErrors: Counter;
+  retentionDeleted: Counter;
+  retentionRuns: Counter<'outcome'>;
+  retentionLastRun: Gauge;
 }
 
 export function createMetrics(): Metrics {
@@ -107,6 +110,22 @@ export function createMetrics(): Metrics {
     scrapeErrors: new Counter({
       name: 'baton_metrics_scrape_errors_total',
       help: 'Scrapes whose database-backed gauges could not be computed (they are left out)',
+      registers,
+    }),
+    retentionDeleted: new Counter({
+      name: 'baton_retention_certificates_deleted_total',
+      help: 'Certificate rows deleted by the retention job of this replica (--retain-expired)',
+      registers,
+    }),
+    retentionRuns: new Counter({
+      name: 'baton_retention_runs_total',
+      help: 'Retention job runs of this replica by outcome: completed, partial (more left for the next run), skipped (another replica held the lock), failed',
+      labelNames: ['outcome'],
+      registers,
+    }),
+    retentionLastRun: new Gauge({
+      name: 'baton_retention_last_run_timestamp_seconds',
+      help: 'Unix time at which the last retention run of this replica ended (it held the lock and finished)',
       registers,
     }),
   };

@@ -33,6 +33,8 @@ export interface AppDeps {
   monotonicMs: () => number;
   /** JWT-SVID mints, counted for the aggregated audit rows (domain/jwt-mint-tally.ts). */
   jwtMints: MintCounter;
+  /** --retain-audit: audit rows recorded within it are never pruned (domain/audit-retention.ts). */
+  auditRetainMs: number;
   /**
    * What a root rotation needs (routes/admin-ca.ts): the key wrapping of new CA keys, where their
    * CRL Distribution Points point, and a reload of this replica's keyring once a step committed.

@@ -23,7 +23,7 @@ import { BatonError } from '../ground/errors';
 import { ensureJwtKey } from '../domain/jwt-keys';
 import { type Keyring, loadKeyring } from '../domain/keyring';
 import { publicationUrlOf } from '../domain/urls';
-import { type BackgroundJobs, startBackgroundJobs } from './background-jobs';
+import { type BackgroundJobs, RETENTION_MAX_PERIOD_MS, startBackgroundJobs } from './background-jobs';
 import { capConnections } from './connection-cap';
 import { CrlService } from './crl-service';
 import { RevocationFeed } from './revocation-feed';
@@ -90,6 +90,11 @@ export async function startServer(p: {
   random?: () => number;
   /** Monotonic milliseconds for the rate limits; default performance.now(). */
   monotonicMs?: () => number;
+  /**
+   * Period of the retention job; default the background interval, at most a minute (CONTRACT). The
+   * in-process test server runs its jobs by hand and sets it out of the way, as it does the interval.
+   */
+  retentionPeriodMs?: number;
 }): Promise<RunningServer> {
   const { config, ca, clock, log } = p;
   const publicUrl = config.publicUrl ?? ca.installation.publicUrl;
@@ -142,6 +147,7 @@ export async function startServer(p: {
     limits: config.limits,
     monotonicMs: p.monotonicMs ?? (() => performance.now()),
     jwtMints: mints,
+    auditRetainMs: config.retainAuditMs,
   };
   const app = buildApp(appDeps);
   const issue = () =>
@@ -300,6 +306,20 @@ export async function startServer(p: {
     log,
     intervalMs: config.backgroundIntervalMs,
     flushMints: () => mints.flush(),
+    retention: {
+      storage: ca.storage,
+      retainMs: config.retainExpiredMs,
+      periodMs: p.retentionPeriodMs ?? Math.min(config.backgroundIntervalMs, RETENTION_MAX_PERIOD_MS),
+      onBatch: (deleted) => metrics.retentionDeleted.inc(deleted),
+      onRun: (run) => {
+        if (run === 'failed' || !run.ran) {
+          metrics.retentionRuns.inc({ outcome: run === 'failed' ? 'failed' : 'skipped' });
+          return;
+        }
+        metrics.retentionRuns.inc({ outcome: run.complete ? 'completed' : 'partial' });
+        metrics.retentionLastRun.set(clock.now().getTime() / 1000);
+      },
+    },
   });
   const port = (server.address() as AddressInfo).port;
   const url = urlForListen({ host: config.listen.host, port });
@@ -327,7 +347,7 @@ export async function startServer(p: {
     },
     close: async () => {
       if (timer) clearTimeout(timer);
-      jobs.stop();
+      const jobsStopped = jobs.stop();
       feed.close();
       if (publication) {
         const closing = new Promise<void>((resolve) => publication!.close(() => resolve()));
@@ -340,6 +360,8 @@ export async function startServer(p: {
         server.closeIdleConnections();
         setTimeout(() => server.closeAllConnections(), 5000).unref();
       });
+      // A job under way ends after its current statement, before the caller closes the database.
+      await jobsStopped;
       // Requests have finished: every mint is counted.
       await mints
         .flush({ all: true })

@@ -1,3 +1,4 @@
+import { resolve } from 'node:path';
 import { auditVerifier } from '../../domain/audit';
 import { loadAdminClientConfig } from '../../config';
 import type { AuditRecord } from '../../domain/ports';
@@ -5,6 +6,7 @@ import { MAX_PAGE_LIMIT } from '../../domain/admin-lists';
 import { adminClient } from '../admin-client';
 import { printAdminList, totalLimitFlag } from '../admin-list';
 import { ADMIN_OPTIONS, type Command } from '../command';
+import { type CheckpointCheck, checkpointFailure, readCheckpoint } from '../checkpoint-file';
 
 /** One audit row as `GET /v1/admin/audit` renders it. */
 export interface AuditView {
@@ -75,36 +77,85 @@ const PAGE = MAX_PAGE_LIMIT;
 export const auditVerify: Command = {
   words: ['audit', 'verify'],
   summary:
-    'Walk the audit hash chain and recompute every hash; exit 1 naming the first row that was changed, removed or reordered.',
-  options: { ...ADMIN_OPTIONS },
+    'Walk the audit hash chain and recompute every hash; exit 1 naming the first row that was changed, removed or reordered. After a prune the chain is verified from its first kept row, whose prev_hash is the anchor.',
+  options: {
+    checkpoint: {
+      type: 'string',
+      value: 'FILE',
+      description:
+        'also check a checkpoint saved by baton audit checkpoint: exit 1 naming it when its signature does not verify or the chain no longer holds its row with its hash',
+    },
+    ...ADMIN_OPTIONS,
+  },
   async run(ctx) {
-    const client = adminClient(loadAdminClientConfig(ctx.flags, ctx.env));
+    const cfg = loadAdminClientConfig(ctx.flags, ctx.env);
+    const client = adminClient(cfg);
+    let cp: CheckpointCheck | undefined;
+    if (typeof ctx.flags.checkpoint === 'string') {
+      const read = await readCheckpoint(resolve(ctx.flags.checkpoint), cfg);
+      if ('failure' in read) {
+        ctx.stderr.write(`baton: ${read.failure}\n`);
+        return 1;
+      }
+      cp = read.ok;
+    }
     const verifier = auditVerifier();
     let after = 0;
     let unsealed = 0;
+    let broken = false;
+    let last = 0;
+    let hashAtSeq: string | undefined;
     for (;;) {
       const page = await client.get<{ events: AuditView[]; unsealed: number }>(
         `/v1/admin/audit?sealed_after=${after}&limit=${PAGE}`,
       );
       unsealed = page.unsealed;
-      for (const e of page.events) if (!verifier.check(toRecord(e))) break;
-      if (page.events.length < PAGE || !verifier.result().ok) break;
+      for (const e of page.events) {
+        if (!verifier.check(toRecord(e))) {
+          broken = true;
+          break;
+        }
+        last = e.seal_seq ?? last;
+        if (cp && e.seal_seq === cp.checkpoint.seq) hashAtSeq = e.hash ?? undefined;
+      }
+      if (page.events.length < PAGE || broken) break;
       after = page.events[page.events.length - 1]!.seal_seq ?? after;
     }
     const v = verifier.result();
-    if (ctx.flags.json) ctx.stdout.write(`${JSON.stringify({ ...v, unsealed })}\n`);
-    if (v.ok) {
-      if (!ctx.flags.json)
+    const cpFailure = cp && v.ok ? checkpointFailure(cp, { from: v.from, last, hashAtSeq }) : null;
+    if (ctx.flags.json)
+      ctx.stdout.write(
+        `${JSON.stringify({
+          ...v,
+          unsealed,
+          ...(cp ? { checkpoint: { seq: cp.checkpoint.seq, ok: v.ok && !cpFailure } } : {}),
+        })}\n`,
+      );
+    if (v.ok && !cpFailure) {
+      if (!ctx.flags.json) {
+        const from =
+          v.from > 1
+            ? ` from seal_seq ${v.from} (its prev_hash is the anchor: the rows before it were pruned)`
+            : '';
         ctx.stdout.write(
-          `audit log verified: ${v.rows} sealed rows, chain intact${unsealed ? ` (${unsealed} not sealed yet)` : ''}\n`,
+          `audit log verified: ${v.rows} sealed rows${from}, chain intact${unsealed ? ` (${unsealed} not sealed yet)` : ''}\n`,
         );
+        if (cp) ctx.stdout.write(`${cp.name} holds\n`);
+      }
       return 0;
     }
+    if (cpFailure) {
+      ctx.stderr.write(`baton: ${cpFailure}\n`);
+      return 1;
+    }
+    if (v.ok) return 1;
     const where =
       v.problem === 'removed'
         ? `row with seal_seq ${v.sealSeq} is missing (before row ${v.rowId})`
         : `row ${v.rowId} (seal_seq ${v.sealSeq}) was ${v.problem}`;
-    ctx.stderr.write(`baton: audit log tampered: ${where}\n`);
+    // A break at or before the checkpoint's row is a checkpoint that no longer holds.
+    if (cp && v.sealSeq <= cp.checkpoint.seq) ctx.stderr.write(`baton: ${cp.name} does not hold: ${where}\n`);
+    else ctx.stderr.write(`baton: audit log tampered: ${where}\n`);
     return 1;
   },
 };

@@ -3,6 +3,7 @@ import { agent } from './agent';
 import { adminIssue } from './admin-issue';
 import { adminRecover } from './admin-recover';
 import { auditList, auditVerify } from './audit';
+import { auditCheckpoint, auditExport, auditPrune } from './audit-retention';
 import { caImport } from './ca-import';
 import { caInit } from './ca-init';
 import { caRotate } from './ca-rotate';
@@ -37,4 +38,7 @@ export const COMMANDS: Command[] = [
   agent,
   auditList,
   auditVerify,
+  auditCheckpoint,
+  auditExport,
+  auditPrune,
 ];

@@ -53,6 +53,18 @@ export const server: Command = {
       value: '1h',
       description: 'CRL validity (env BATON_CRL_NEXT_UPDATE); rebuilt at half of it and on every revocation',
     },
+    'retain-expired': {
+      type: 'string',
+      value: '7d',
+      description:
+        'certificate rows expired longer than this are deleted, revoked ones too, by a job that runs at least once a minute on one replica at a time; at least 1m (env BATON_RETAIN_EXPIRED)',
+    },
+    'retain-audit': {
+      type: 'string',
+      value: '90d',
+      description:
+        'audit rows recorded within this are never pruned; older ones may be exported and pruned with baton audit export/prune; at least 1m (env BATON_RETAIN_AUDIT)',
+    },
     'rate-limits': {
       type: 'string',
       value: 'on|off',

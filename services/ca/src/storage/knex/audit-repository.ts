@@ -132,6 +132,56 @@ export function knexAuditRepository(k: Knex | Knex.Transaction): AuditRepository
           (await k('audit_log').where('seal_seq', '>', after).orderBy('seal_seq').limit(limit)) as AuditRow[]
         ).map(toRecord),
       ),
+    head: () =>
+      db(async () => {
+        const row = (await k('audit_log').whereNotNull('seal_seq').orderBy('seal_seq', 'desc').first()) as
+          | AuditRow
+          | undefined;
+        return row ? toRecord(row) : null;
+      }),
+    pruneCut: (before, limit) =>
+      db(async () => {
+        // The oldest `limit` sealed rows by the unique seal_seq index, and the head by the same
+        // index backwards: two index scans, whatever the length of the log.
+        const r = (await k.raw(
+          `with firsts as (
+             select seal_seq, at from audit_log where seal_seq is not null order by seal_seq limit ?
+           ), head as (
+             select max(seal_seq) as seq from audit_log
+           )
+           select (select min(seal_seq) from firsts) as first,
+                  (select max(seal_seq) from firsts) as last,
+                  (select min(seal_seq) from firsts where at >= ? or seal_seq >= (select seq from head)) as stop`,
+          [limit, before],
+        )) as {
+          rows: {
+            first: string | number | null;
+            last: string | number | null;
+            stop: string | number | null;
+          }[];
+        };
+        const row = r.rows[0]!;
+        if (row.first === null || row.last === null) return null;
+        const first = Number(row.first);
+        const through = row.stop === null ? Number(row.last) : Number(row.stop) - 1;
+        return through < first ? null : { first, through, complete: row.stop !== null };
+      }),
+    deleteSealedThrough: (through, limit) =>
+      db(async () => {
+        const r = (await k.raw(
+          `with gone as (
+             delete from audit_log
+             where id in (
+               select id from audit_log where seal_seq is not null and seal_seq <= ?
+               order by seal_seq limit ?
+             )
+             returning 1
+           )
+           select count(*)::int as n from gone`,
+          [through, limit],
+        )) as { rows: { n: number }[] };
+        return Number(r.rows[0]!.n);
+      }),
     countUnsealed: () =>
       db(async () => {
         const row = (await k('audit_log').whereNull('seal_seq').count('* as n').first()) as

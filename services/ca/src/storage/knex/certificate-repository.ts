@@ -129,6 +129,24 @@ export function knexCertificateRepository(k: Knex | Knex.Transaction): Certifica
         const rows = (await q) as (CertificateRow & { page_key_at: string })[];
         return pageOf(rows, p.limit, toCertificate, (r) => [r.page_key_at, r.serial]);
       }),
+    deleteExpired: (expiredBefore, limit) =>
+      db(async () => {
+        // The inner select is an index range scan on not_after (migration 20261208110000); SKIP
+        // LOCKED leaves rows a renewal's supersede or a revocation holds right now to a later batch.
+        const r = (await k.raw(
+          `with gone as (
+             delete from certificates
+             where serial in (
+               select serial from certificates where not_after < ?
+               order by not_after limit ? for update skip locked
+             )
+             returning 1
+           )
+           select count(*)::int as n from gone`,
+          [expiredBefore, limit],
+        )) as { rows: { n: number }[] };
+        return Number(r.rows[0]!.n);
+      }),
     findByKeyFingerprint: (fp) =>
       db(async () =>
         (await k<CertificateRow>('certificates').where({ key_fingerprint: fp })).map(toCertificate),

@@ -6,6 +6,7 @@ import { db } from './db-errors';
 import { knexAuditRepository } from './audit-repository';
 import { knexEntryRepository } from './entry-repository';
 import { knexIssuanceRepository } from './issuance-repository';
+import { runExclusive } from './job-lock';
 import { knexJwtKeyRepository } from './jwt-key-repository';
 import { knexListCursorKeyRepository } from './list-cursor-key-repository';
 import { knexCrlRepository, knexRevocationRepository } from './revocation-repository';
@@ -36,6 +37,7 @@ export function knexStorage(knex: Knex): Storage {
   return {
     ...repositories(knex),
     transaction: (fn) => db(() => knex.transaction((trx) => fn(repositories(trx)))),
+    exclusive: (name, fn) => db(() => runExclusive(knex, name, fn)),
     ping: () => db(async () => void (await knex.raw('select 1'))),
     close: () => knex.destroy(),
   };
