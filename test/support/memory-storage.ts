@@ -1017,13 +1017,17 @@ function auditRepository(run: Run, seq: Sequences): AuditRepository {
   };
 }
 
+/** As storage/knex/list-cursor-key-repository.ts: a read while the key exists (a list read writes nothing). */
 function listCursorKeyRepository(run: Run): ListCursorKeyRepository {
   return {
-    getOrCreate: (candidate, _at) =>
-      run(true, [candidate], (s) => {
+    getOrCreate: async (candidate, _at) => {
+      const stored = await run(false, [], (s) => (s.listCursorKey ? bytes(s.listCursorKey) : null));
+      if (stored) return stored;
+      return run(true, [candidate], (s) => {
         s.listCursorKey ??= bytes(candidate);
         return bytes(s.listCursorKey);
-      }),
+      });
+    },
   };
 }
 /** The sealed rows in chain order. */

@@ -41,7 +41,7 @@ export const toRecord = (v: AuditView): AuditRecord => ({
 export const auditList: Command = {
   words: ['audit', 'list'],
   summary:
-    'List audit events, newest first, filtered by actor, subject, event and time, every page of them (--json: one document).',
+    'List audit events, newest first, filtered by actor, subject, event and time. Pages through all of them (--limit N stops after N); --json prints one document.',
   options: {
     actor: { type: 'string', value: 'SPIFFE_ID', description: 'only events by this actor' },
     subject: { type: 'string', value: 'SUBJECT', description: 'only events about this subject' },

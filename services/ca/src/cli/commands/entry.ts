@@ -62,7 +62,8 @@ export const entryCreate: Command = {
 
 export const entryList: Command = {
   words: ['entry', 'list'],
-  summary: 'List registration entries by name, every page of them (--json: one document).',
+  summary:
+    'List registration entries by name. Pages through all of them (--limit N stops after N); --json prints one document.',
   options: {
     limit: { type: 'string', value: 'N', description: 'stop after N entries (default: all)' },
     ...ADMIN_OPTIONS,

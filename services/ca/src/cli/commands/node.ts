@@ -25,7 +25,7 @@ interface CertificateView {
 export const nodeList: Command = {
   words: ['node', 'list'],
   summary:
-    'List the nodes by id with their role, status and attestation method, every page of them (--json: one document).',
+    'List the nodes by id with their role, status and attestation method. Pages through all of them (--limit N stops after N); --json prints one document.',
   options: {
     status: { type: 'string', value: 'STATUS', description: 'only active or revoked nodes' },
     role: { type: 'string', value: 'ROLE', description: 'only worker or manager nodes' },

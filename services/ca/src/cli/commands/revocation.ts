@@ -71,7 +71,8 @@ interface CertView {
 
 export const certList: Command = {
   words: ['cert', 'list'],
-  summary: 'List certificates, newest first, every page of them (--json: one document).',
+  summary:
+    'List certificates, newest first. Pages through all of them (--limit N stops after N); --json prints one document.',
   options: {
     node: {
       type: 'string',
