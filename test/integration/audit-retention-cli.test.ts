@@ -222,11 +222,10 @@ describeEachBackend(
         expect(verifyCheckpoint().stdout).toMatch(/ holds\n$/);
         // The archive ends where the kept chain is anchored.
         const first = (
-          JSON.parse(cli(['audit', 'list', '--json', '--limit', '10000']).stdout) as {
-            seal_seq: number;
-            prev_hash: string;
-          }[]
-        ).find((e) => e.seal_seq === OLD_ROWS + 1);
+          JSON.parse(cli(['audit', 'list', '--json']).stdout) as {
+            events: { seal_seq: number; prev_hash: string }[];
+          }
+        ).events.find((e) => e.seal_seq === OLD_ROWS + 1);
         expect(first?.prev_hash).toBe(lines.at(-1).hash);
         expect(cli(['audit', 'list', '--json', '--event', 'audit.pruned']).stdout).toContain(
           `"through_seq":${OLD_ROWS}`,
