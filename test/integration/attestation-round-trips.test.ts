@@ -15,7 +15,7 @@ import { tempDir } from '../support/tools';
 /**
  * Issue 20: attestation in at most two database round trips (after the challenge, for a method that
  * has one): the evidence's read (a join token with the node it binds, or the node of an x509pop
- * key), then one statement that spends the evidence and records the node, the certificate and the
+ * key; none for a multi-use token read moments ago), then one statement that spends the evidence and records the node, the certificate and the
  * audit row (storage/knex/attestation-statement.ts). Counted twice: every statement knex runs or is
  * told of (its `query` event, which the prepared-statement path emits too), and on PostgreSQL every
  * query the `pg` driver sends, whoever sends it, BEGIN and COMMIT included.
@@ -82,8 +82,28 @@ describeEachBackend('attestation round trips (issue 20)', (backend) => {
     if (counted.wire) expect(firstLines(counted.wire)).toEqual(firstLines(counted.knex));
   };
 
+  it('join token with several uses: the token read and the statement, then the statement alone', async () => {
+    const token = await newToken(t, { uses: 3 });
+    for (const expected of [2, 1]) {
+      const { csrPem } = await keyAndCsr();
+      let r: Awaited<ReturnType<typeof attest>> | undefined;
+      const counted = await countRoundTrips(t.db.knex, backend, async () => {
+        r = await attest(t, { method: 'join_token', token, csr: csrPem });
+      });
+      expect(r!.status).toBe(201);
+      if (expected === 2) expectTwo(counted, /from join_tokens t left join nodes n on n.id = t.node_name/);
+      else {
+        // Read moments ago: the per-replica token cache (domain/token-cache.ts); the statement
+        // checks the uses left itself.
+        expect(firstLines(counted.knex)).toHaveLength(1);
+        expect(counted.knex[0]).toMatch(ATTESTATION_STATEMENT);
+        if (counted.wire) expect(firstLines(counted.wire)).toEqual(firstLines(counted.knex));
+      }
+    }
+  });
+
   it.each([
-    ['a new node of an unbound token', { uses: 2 }],
+    ['a new node of a 1-use token', {}],
     ['a new node bound by name', { nodeName: 'rt-new', nodeTtlMs: 7_200_000 }],
   ])('join token, %s: the token read and the statement', async (_name, tokenOptions) => {
     const token = await newToken(t, tokenOptions);

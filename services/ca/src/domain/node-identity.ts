@@ -11,6 +11,7 @@ import { type IssuedLeaf, type IssueLeafParams, issueLeaf, recordLeaf } from './
 import type { Keyring } from './keyring';
 import type { AttestedNode, Installation, NodeRecord, Repositories, Storage } from './ports';
 import { refreshAt } from './refresh';
+import type { TokenSource } from './token-cache';
 import { nodeSpiffeId } from './trust-domain';
 
 export interface NodeIdentityDeps {
@@ -19,6 +20,8 @@ export interface NodeIdentityDeps {
   keyring: Keyring;
   installation: Installation;
   random: () => number;
+  /** Join-token reads for attestation; a cache is fine (the statement re-checks). Default: storage. */
+  tokens?: TokenSource;
 }
 
 export interface Issuance {
@@ -127,6 +130,7 @@ async function attestNodeOnce(deps: NodeIdentityDeps, p: AttestParams): Promise<
     repos: deps.storage,
     pins: deps.keyring.pins,
     csrDer: p.csr.der,
+    ...(deps.tokens ? { tokens: deps.tokens.lookup } : {}),
   });
   const csr = p.csr.verify();
   let read = policy.node;
@@ -151,7 +155,11 @@ async function attestNodeOnce(deps: NodeIdentityDeps, p: AttestParams): Promise<
           { spend: policy.spend, node, method: policy.method, now },
         );
         if (outcome === 'node-changed') return false;
-        if (outcome === 'evidence-spent') throw unspendableEvidence(policy.spend);
+        if (outcome === 'evidence-spent') {
+          // A cached token may say a use is left when the last one went meanwhile.
+          if (policy.spend.kind === 'token') deps.tokens?.forget(policy.spend.tokenId);
+          throw unspendableEvidence(policy.spend);
+        }
         if (outcome === 'node-revoked') throw nodeRevoked();
         if (outcome === 'node-role') throw otherRole();
         return true;

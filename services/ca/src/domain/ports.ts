@@ -355,6 +355,12 @@ export interface TokenRecord {
   createdAt: Date;
 }
 
+/** A join token and the node its name binds (null: unbound, or no such node yet). */
+export interface TokenForAttestation {
+  token: TokenRecord;
+  boundNode: NodeRecord | null;
+}
+
 export interface TokenRepository {
   insert(token: TokenRecord): Promise<void>;
   findById(id: string): Promise<TokenRecord | null>;
@@ -363,7 +369,7 @@ export interface TokenRepository {
    * read: all an attestation needs to know before it signs. Uses are spent by
    * IssuanceRepository.recordAttestation.
    */
-  findForAttestation(id: string): Promise<{ token: TokenRecord; boundNode: NodeRecord | null } | null>;
+  findForAttestation(id: string): Promise<TokenForAttestation | null>;
   /** Spends every remaining use of the tokens bound to this node name; returns how many tokens. */
   spendBoundTo(nodeName: string): Promise<number>;
 }

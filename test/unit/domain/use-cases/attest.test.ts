@@ -9,6 +9,7 @@ import type {
 } from '../../../../services/ca/src/domain/ports';
 import { readCsr } from '../../../../services/ca/src/pki/csr';
 import { revokeNode } from '../../../../services/ca/src/domain/revocation';
+import { tokenCache } from '../../../../services/ca/src/domain/token-cache';
 import { TEST_TD } from '../../../fixtures/test-ca';
 import { errorOf } from '../../../support/errors';
 import { keyAndCsr } from '../../../support/node-client';
@@ -307,5 +308,39 @@ describe('attestNode and its one statement', () => {
     );
     expect(await w.storage.nodes.list()).toHaveLength(1);
     expect(await usesLeft(w, record.id)).toBe(0);
+  });
+});
+
+describe('attestNode with the token cache (domain/token-cache.ts)', () => {
+  it('a use spent under a cached token: the statement refuses, the token is forgotten and read again', async () => {
+    const w = await world();
+    const { token, record } = await newToken(w, { uses: 2 });
+    let reads = 0;
+    const tokens = tokenCache(
+      {
+        findForAttestation: (id) => {
+          reads++;
+          return w.storage.tokens.findForAttestation(id);
+        },
+      },
+      { nowMs: () => 0 },
+    );
+    const attestCached = async () =>
+      attestNode(nodeDeps(w, { tokens }), {
+        evidence: presentEvidence(joinTokenAttestor, { token: parseJoinToken(token) }),
+        csr: readCsr((await keyAndCsr()).csrPem),
+        audit: AUDIT,
+      });
+    await attestCached();
+    await attestCached();
+    expect(reads).toBe(1);
+    expect(await usesLeft(w, record.id)).toBe(0);
+
+    // The cache still says two uses: the statement finds none, and the cache lets go.
+    expect((await errorOf(attestCached())).code).toBe('ERR_TOKEN_INVALID');
+    expect(reads).toBe(1);
+    expect((await errorOf(attestCached())).code).toBe('ERR_TOKEN_INVALID');
+    expect(reads).toBe(2);
+    expect(await w.storage.nodes.list()).toHaveLength(2);
   });
 });

@@ -2,6 +2,7 @@ import { BatonError } from '../../ground/errors';
 import type { Clock } from '../clock';
 import { invalidToken } from '../join-token';
 import type { EvidenceSpend, NodeRecord, NodeRole, Repositories } from '../ports';
+import type { TokenLookup } from '../token-cache';
 
 export type { EvidenceSpend } from '../ports';
 
@@ -46,6 +47,11 @@ export interface AttestorDeps {
    * evidence and before anything is spent (domain/node-identity.ts), so `verify` must not write.
    */
   csrDer: Buffer;
+  /**
+   * How the join-token attestor reads a token: a cache the recording statement re-checks
+   * (domain/token-cache.ts). Default: `repos.tokens.findForAttestation`.
+   */
+  tokens?: TokenLookup;
 }
 
 /** A server nonce for methods that prove possession (x509pop); recorded in the database, not in memory. */

@@ -15,9 +15,10 @@ export const joinTokenAttestor: Attestor<JoinTokenEvidence> & { readonly method:
   method: 'join_token',
   async verify(deps, { token: t }) {
     if (!deps.pins.includes(t.pin)) throw invalidToken();
-    // One read: the token, and the node its name binds (the leaf's role and lifetime are that
-    // node's when it exists), so that the attestation is this read and one statement.
-    const found = await deps.repos.tokens.findForAttestation(t.id);
+    // One read (none for a multi-use token read moments ago: deps.tokens): the token, and the node
+    // its name binds (the leaf's role and lifetime are that node's when it exists), so that the
+    // attestation is this read and one statement.
+    const found = await (deps.tokens ? deps.tokens(t.id) : deps.repos.tokens.findForAttestation(t.id));
     if (!found || !secretMatches(t.secret, found.token)) throw invalidToken();
     const record = found.token;
     if (record.usesLeft < 1 || record.expiresAt.getTime() <= deps.clock.now().getTime()) throw invalidToken();
