@@ -4,6 +4,8 @@ import { auditHash, auditVerifier } from '../../services/ca/src/domain/audit';
 import { issueLeaf } from '../../services/ca/src/domain/issue';
 import { loadKeyring } from '../../services/ca/src/domain/keyring';
 import type {
+  AttestationGuard,
+  AttestedNode,
   AuditEvent,
   AuditFilter,
   AuditPageFilter,
@@ -15,6 +17,7 @@ import type {
   CertificateRecord,
   CrlRecord,
   EntryRecord,
+  EvidenceSpend,
   Installation,
   JwtKeyRecord,
   JwtMintGuard,
@@ -246,7 +249,7 @@ interface World {
 }
 
 async function world(s: Storage): Promise<World> {
-  await seedCa(s);
+  if (!(await s.cas.getInstallation())) await seedCa(s);
   const w: World = {
     node: nodeRecord('n-1'),
     peer: nodeCertificate('n-1'),
@@ -290,6 +293,43 @@ const issuedAudit = (w: World, serial: string, event = 'certificate.issued'): Au
     subject: w.entry.spiffeId,
     details: { serial },
   });
+/** The node an attestation's certificate was built for: by default a new worker, default lifetime. */
+const attestedNode = (id: string, over: Partial<AttestedNode> = {}): AttestedNode => ({
+  id,
+  role: 'worker',
+  certTtlMs: null,
+  existing: false,
+  ...over,
+});
+const attestationGuard = (spend: EvidenceSpend, node: AttestedNode, now = at(MIN)): AttestationGuard => ({
+  spend,
+  node,
+  method: spend.kind === 'token' ? 'join_token' : spend.method,
+  now,
+});
+/** A node leaf as the domain builds it for an attestation at `now`. */
+const attestationLeaf = (nodeId: string, now = at(MIN), over: Partial<CertificateRecord> = {}) =>
+  nodeCertificate(nodeId, { createdAt: now, notAfter: new Date(now.getTime() + HOUR), ...over });
+const attestationAudit = (leaf: CertificateRecord, now = at(MIN)): AuditEvent =>
+  auditRow({
+    at: now,
+    event: 'node.attested',
+    actor: 'anonymous',
+    source: '127.0.0.1',
+    subject: leaf.spiffeId,
+    details: { serial: leaf.serial, method: 'join_token' },
+  });
+/** The node row an attestation at `now` creates. */
+const createdNode = (n: AttestedNode, method: string, now = at(MIN)): NodeRecord =>
+  nodeRecord(n.id, {
+    role: n.role,
+    certTtlMs: n.certTtlMs,
+    attestationMethod: method,
+    createdAt: now,
+    lastAttestedAt: now,
+    lastSeenAt: now,
+  });
+
 /** An audit row as read back, id aside. */
 const asStored = (e: AuditEvent): AuditRecord => ({
   ...e,
@@ -1242,11 +1282,6 @@ describeEachImplementation('Storage contract', (impl) => {
 
     it.each([
       [
-        'recordAttestation: the time and method of the last attestation',
-        (s: Storage) => s.nodes.recordAttestation('n-1', at(5), 'x509pop'),
-        { lastAttestedAt: at(5), attestationMethod: 'x509pop' },
-      ],
-      [
         'recordSeen: the time last seen',
         (s: Storage) => s.nodes.recordSeen('n-1', at(6)),
         { lastSeenAt: at(6) },
@@ -1268,7 +1303,6 @@ describeEachImplementation('Storage contract', (impl) => {
         // On a node that does not exist: no error, no row.
         await storage.nodes.recordSeen('n-unknown', at(8));
         await storage.nodes.markRevoked('n-unknown', at(8), 1);
-        await storage.nodes.recordAttestation('n-unknown', at(8), 'join_token');
         expect(await storage.nodes.findById('n-unknown')).toBeNull();
       },
     );
@@ -1334,65 +1368,38 @@ describeEachImplementation('Storage contract', (impl) => {
       expect(await storage.tokens.findById(token.id)).toBeNull();
     });
 
-    it('ok/an unknown token is not found and cannot be consumed', async () => {
+    it('ok/an unknown token is not found', async () => {
       expect(await storage.tokens.findById('t-unknown')).toBeNull();
-      expect(await storage.tokens.consume('t-unknown', at(0))).toBeNull();
+      expect(await storage.tokens.findForAttestation('t-unknown')).toBeNull();
     });
 
-    it('ok/consume spends one use at a time and returns the token after the decrement, then null', async () => {
-      const token = tokenRecord({ usesAllowed: 3, usesLeft: 3, nodeName: 'node-a' });
-      await storage.tokens.insert(token);
-      for (const left of [2, 1, 0])
-        expect(await storage.tokens.consume(token.id, at(0))).toStrictEqual({ ...token, usesLeft: left });
-      expect(await storage.tokens.consume(token.id, at(0))).toBeNull();
-      expect(await storage.tokens.findById(token.id)).toStrictEqual({ ...token, usesLeft: 0 });
-    });
+    it('ok/findForAttestation: the token, and the node its name binds when that node exists', async () => {
+      const unbound = tokenRecord();
+      const boundNew = tokenRecord({ nodeName: 'node-new', nodeTtlMs: 40 * 86_400_000 });
+      const boundOld = tokenRecord({ nodeName: 'node-old', role: 'manager' });
+      const node = nodeRecord('node-old', {
+        role: 'manager',
+        status: 'revoked',
+        certTtlMs: 7_200_000,
+        lastSeenAt: at(3),
+        revokedAt: at(4),
+        revocationReason: 1,
+      });
+      for (const t of [unbound, boundNew, boundOld]) await storage.tokens.insert(t);
+      await storage.nodes.insert(node);
+      await storage.nodes.insert(nodeRecord('node-other'));
 
-    it.each([
-      ['at its expiry', 0, null],
-      ['after its expiry', 1, null],
-      ['a millisecond before its expiry', -1, 0],
-    ])('ok/consume %s', async (_name, offset, usesLeft) => {
-      const token = tokenRecord();
-      await storage.tokens.insert(token);
-      const got = await storage.tokens.consume(token.id, new Date(token.expiresAt.getTime() + offset));
-      expect(got).toStrictEqual(usesLeft === null ? null : { ...token, usesLeft });
-      expect((await storage.tokens.findById(token.id))!.usesLeft).toBe(usesLeft ?? 1);
-    });
-
-    it('ok/a used-up token is refused', async () => {
-      const token = tokenRecord({ usesAllowed: 2, usesLeft: 0 });
-      await storage.tokens.insert(token);
-      expect(await storage.tokens.consume(token.id, at(0))).toBeNull();
-      expect(await storage.tokens.findById(token.id)).toStrictEqual(token);
-    });
-
-    it.each([
-      [1, 8],
-      [3, 8],
-    ])('ok/concurrent consumes of a %i-use token: exactly that many win', async (uses, callers) => {
-      const token = tokenRecord({ usesAllowed: uses, usesLeft: uses });
-      await storage.tokens.insert(token);
-      const got = await Promise.all(
-        Array.from({ length: callers }, () => storage.tokens.consume(token.id, at(0))),
-      );
-      const won = got.filter((t) => t !== null);
-      expect(won).toHaveLength(uses);
-      expect(won.map((t) => t!.usesLeft).sort()).toEqual(Array.from({ length: uses }, (_, i) => i));
-      expect((await storage.tokens.findById(token.id))!.usesLeft).toBe(0);
-    });
-
-    it('ok/a use spent in a transaction that rolls back is not spent', async () => {
-      const token = tokenRecord();
-      await storage.tokens.insert(token);
-      const boom = new Error('boom');
-      await expect(
-        storage.transaction(async (tx) => {
-          expect(await tx.tokens.consume(token.id, at(0))).not.toBeNull();
-          throw boom;
-        }),
-      ).rejects.toBe(boom);
-      expect(await storage.tokens.findById(token.id)).toStrictEqual(token);
+      expect(await storage.tokens.findForAttestation(unbound.id)).toStrictEqual({
+        token: unbound,
+        boundNode: null,
+      });
+      expect(await storage.tokens.findForAttestation(boundNew.id)).toStrictEqual({
+        token: boundNew,
+        boundNode: null,
+      });
+      const got = await storage.tokens.findForAttestation(boundOld.id);
+      expect(got).toStrictEqual({ token: boundOld, boundNode: node });
+      expect(Buffer.isBuffer(got!.token.secretHash)).toBe(true);
     });
 
     it('ok/spendBoundTo spends every remaining use of the tokens bound to the name and counts the tokens', async () => {
@@ -1415,26 +1422,23 @@ describeEachImplementation('Storage contract', (impl) => {
 
   describe('nonces', () => {
     const EXPIRES = at(5 * MIN);
+    /** Spends the nonce as an attestation does (the only writer of used_at); the outcome. */
+    const spendNonce = async (nonce: string, method: string, now: Date) => {
+      if (!(await storage.cas.getInstallation())) await seedCa(storage);
+      const node = attestedNode(`n-${randomBytes(4).toString('hex')}`);
+      const leaf = attestationLeaf(node.id, now);
+      return storage.issuances.recordAttestation(
+        leaf,
+        attestationAudit(leaf, now),
+        attestationGuard({ kind: 'nonce', nonce, method }, node, now),
+      );
+    };
 
-    it('ok/a nonce is used once', async () => {
+    it('ok/a nonce is spent once', async () => {
       await storage.nonces.insert('nonce-1', 'x509pop', EXPIRES);
-      expect(await storage.nonces.use('nonce-1', 'x509pop', at(0))).toBe(true);
-      expect(await storage.nonces.use('nonce-1', 'x509pop', at(0))).toBe(false);
+      expect(await spendNonce('nonce-1', 'x509pop', at(0))).toBe('recorded');
+      expect(await spendNonce('nonce-1', 'x509pop', at(0))).toBe('evidence-spent');
     });
-
-    it.each([
-      ['an unknown nonce', 'nonce-2', 'x509pop', at(0)],
-      ['another method', 'nonce-1', 'join_token', at(0)],
-      ['at its expiry', 'nonce-1', 'x509pop', EXPIRES],
-      ['after its expiry', 'nonce-1', 'x509pop', at(HOUR)],
-    ] as const)(
-      'ok/%s is refused and leaves the nonce usable before its expiry',
-      async (_name, nonce, method, now) => {
-        await storage.nonces.insert('nonce-1', 'x509pop', EXPIRES);
-        expect(await storage.nonces.use(nonce, method, now)).toBe(false);
-        expect(await storage.nonces.use('nonce-1', 'x509pop', new Date(EXPIRES.getTime() - 1))).toBe(true);
-      },
-    );
 
     it('fail/a duplicate nonce gives ERR_CONFLICT', async () => {
       await storage.nonces.insert('nonce-1', 'x509pop', EXPIRES);
@@ -1442,29 +1446,20 @@ describeEachImplementation('Storage contract', (impl) => {
         'ERR_CONFLICT',
       );
       // The first one stands: it still expires at EXPIRES.
-      expect(await storage.nonces.use('nonce-1', 'x509pop', EXPIRES)).toBe(false);
+      expect(await spendNonce('nonce-1', 'x509pop', EXPIRES)).toBe('evidence-spent');
     });
 
-    it('ok/concurrent uses of one nonce: exactly one wins', async () => {
-      await storage.nonces.insert('nonce-1', 'x509pop', EXPIRES);
-      const got = await Promise.all(
-        Array.from({ length: 8 }, () => storage.nonces.use('nonce-1', 'x509pop', at(0))),
-      );
-      expect(got.filter(Boolean)).toHaveLength(1);
-    });
-
-    it('ok/a nonce inserted or used in a transaction that rolls back is not', async () => {
-      await storage.nonces.insert('nonce-1', 'x509pop', EXPIRES);
+    it('ok/a nonce inserted in a transaction that rolls back is not', async () => {
       const boom = new Error('boom');
       await expect(
         storage.transaction(async (tx) => {
           await tx.nonces.insert('nonce-2', 'x509pop', EXPIRES);
-          expect(await tx.nonces.use('nonce-1', 'x509pop', at(0))).toBe(true);
           throw boom;
         }),
       ).rejects.toBe(boom);
-      expect(await storage.nonces.use('nonce-2', 'x509pop', at(0))).toBe(false);
-      expect(await storage.nonces.use('nonce-1', 'x509pop', at(0))).toBe(true);
+      expect(await spendNonce('nonce-2', 'x509pop', at(0))).toBe('evidence-spent');
+      await storage.nonces.insert('nonce-2', 'x509pop', EXPIRES);
+      expect(await spendNonce('nonce-2', 'x509pop', at(0))).toBe('recorded');
     });
 
     it('ok/purgeExpired deletes up to `limit` nonces expired at now, used or not, and counts them', async () => {
@@ -1477,7 +1472,7 @@ describeEachImplementation('Storage contract', (impl) => {
         ['fresh', at(HOUR)],
       ] as const)
         await storage.nonces.insert(nonce, 'x509pop', expires);
-      expect(await storage.nonces.use('old-used', 'x509pop', at(0))).toBe(true);
+      expect(await spendNonce('old-used', 'x509pop', at(0))).toBe('recorded');
 
       expect(await storage.nonces.purgeExpired(now, 3)).toBe(3);
       expect(await storage.nonces.purgeExpired(now, 3)).toBe(1);
@@ -1486,7 +1481,7 @@ describeEachImplementation('Storage contract', (impl) => {
       for (const nonce of ['old-1', 'old-2', 'old-used', 'at-now'])
         await storage.nonces.insert(nonce, 'x509pop', at(HOUR));
       expect((await errorOf(storage.nonces.insert('fresh', 'x509pop', at(HOUR)))).code).toBe('ERR_CONFLICT');
-      expect(await storage.nonces.use('fresh', 'x509pop', now)).toBe(true);
+      expect(await spendNonce('fresh', 'x509pop', now)).toBe('recorded');
     });
   });
 
@@ -2447,6 +2442,251 @@ describeEachImplementation('Storage contract', (impl) => {
         expect(await storage.certificates.findBySerial(w.peer.serial)).toStrictEqual(w.peer);
         expect(await storage.nodes.findById(w.node.id)).toStrictEqual(w.node);
         expect(await storage.audit.list({})).toEqual([]);
+      });
+    });
+
+    describe('recordAttestation', () => {
+      /** Everything the statement may write. */
+      const written = async (tokenIds: string[] = []) => ({
+        certificates: bySerial(await allCertificates()),
+        nodes: await storage.nodes.list(),
+        audit: await storage.audit.list({}),
+        tokens: await Promise.all(tokenIds.map((id) => storage.tokens.findById(id))),
+      });
+      const tokenSpend = (t: TokenRecord): EvidenceSpend => ({ kind: 'token', tokenId: t.id });
+      const attest = async (spend: EvidenceSpend, node: AttestedNode, now = at(MIN)) => {
+        const leaf = attestationLeaf(node.id, now);
+        const audit = attestationAudit(leaf, now);
+        const outcome = await storage.issuances.recordAttestation(
+          leaf,
+          audit,
+          attestationGuard(spend, node, now),
+        );
+        return { leaf, audit, outcome };
+      };
+      beforeEach(() => seedCa(storage));
+
+      it('ok/a new node: creates it, spends one use, records the certificate and its audit row', async () => {
+        const token = tokenRecord({ usesAllowed: 3, usesLeft: 3 });
+        const other = tokenRecord();
+        for (const t of [token, other]) await storage.tokens.insert(t);
+        const node = attestedNode('n-new', { role: 'manager', certTtlMs: 40 * 86_400_000 });
+        const leaf = attestationLeaf(node.id, at(MIN), { status: 'revoked', issuedVia: 'n-x' });
+        const audit = attestationAudit(leaf);
+
+        expect(
+          await storage.issuances.recordAttestation(leaf, audit, attestationGuard(tokenSpend(token), node)),
+        ).toBe('recorded');
+
+        expect(await storage.nodes.list()).toStrictEqual([createdNode(node, 'join_token')]);
+        expect(await storage.certificates.findBySerial(leaf.serial)).toStrictEqual({
+          ...leaf,
+          issuedVia: null,
+          status: 'valid',
+        });
+        expect(await storage.audit.list({})).toStrictEqual([asStored(audit)]);
+        expect(await storage.tokens.findById(token.id)).toStrictEqual({ ...token, usesLeft: 2 });
+        expect(await storage.tokens.findById(other.id)).toStrictEqual(other);
+      });
+
+      it('ok/an existing node: records the attestation, supersedes only its valid node certificates', async () => {
+        const w = await world(storage);
+        const older = nodeCertificate(w.node.id, { status: 'superseded' });
+        const workload = certificateRecord(CA_ID, { issuedVia: w.node.id });
+        const server = nodeCertificate(w.node.id, { kind: 'server' });
+        for (const c of [older, workload, server]) await storage.certificates.insert(c);
+        await storage.nonces.insert('nonce-1', 'x509pop', at(HOUR));
+        const now = at(2 * MIN);
+
+        const { leaf, outcome } = await attest(
+          { kind: 'nonce', nonce: 'nonce-1', method: 'x509pop' },
+          attestedNode(w.node.id, { existing: true }),
+          now,
+        );
+
+        expect(outcome).toBe('recorded');
+        expect(await storage.nodes.findById(w.node.id)).toStrictEqual({
+          ...w.node,
+          lastAttestedAt: now,
+          attestationMethod: 'x509pop',
+        });
+        expect(await storage.nodes.findById(w.other.id)).toStrictEqual(w.other);
+        expect((await storage.certificates.findBySerial(w.peer.serial))!.status).toBe('superseded');
+        for (const c of [older, workload, server, w.otherPeer])
+          expect(await storage.certificates.findBySerial(c.serial)).toStrictEqual(c);
+        expect((await storage.certificates.findBySerial(leaf.serial))!.status).toBe('valid');
+        // The nonce is spent.
+        expect(
+          (await attest({ kind: 'nonce', nonce: 'nonce-1', method: 'x509pop' }, attestedNode('n-9'))).outcome,
+        ).toBe('evidence-spent');
+      });
+
+      it.each([
+        ['an unknown token', {}, (t: TokenRecord): EvidenceSpend => ({ kind: 'token', tokenId: `${t.id}x` })],
+        ['a used-up token', { usesAllowed: 2, usesLeft: 0 }, tokenSpend],
+        ['a token expiring at now', { expiresAt: at(MIN) }, tokenSpend],
+        ['an expired token', { expiresAt: at(0) }, tokenSpend],
+        [
+          'an unknown nonce',
+          {},
+          (): EvidenceSpend => ({ kind: 'nonce', nonce: 'nonce-x', method: 'x509pop' }),
+        ],
+        [
+          'a nonce of another method',
+          {},
+          (): EvidenceSpend => ({ kind: 'nonce', nonce: 'nonce-1', method: 'tpm' }),
+        ],
+        [
+          'a nonce expiring at now',
+          {},
+          (): EvidenceSpend => ({ kind: 'nonce', nonce: 'nonce-now', method: 'x509pop' }),
+        ],
+      ] as [string, Partial<TokenRecord>, (t: TokenRecord) => EvidenceSpend][])(
+        'fail/%s: evidence-spent, nothing written',
+        async (_name, over, spendOf) => {
+          const token = tokenRecord(over);
+          await storage.tokens.insert(token);
+          await storage.nonces.insert('nonce-1', 'x509pop', at(HOUR));
+          await storage.nonces.insert('nonce-now', 'x509pop', at(MIN));
+          const before = await written([token.id]);
+
+          expect((await attest(spendOf(token), attestedNode('n-new'))).outcome).toBe('evidence-spent');
+
+          expect(await written([token.id])).toStrictEqual(before);
+          // The x509pop nonce is still there to spend.
+          expect(
+            (await attest({ kind: 'nonce', nonce: 'nonce-1', method: 'x509pop' }, attestedNode('n-2')))
+              .outcome,
+          ).toBe('recorded');
+        },
+      );
+
+      it('ok/a token a millisecond before its expiry is spent', async () => {
+        const token = tokenRecord({ expiresAt: new Date(at(MIN).getTime() + 1) });
+        await storage.tokens.insert(token);
+        expect((await attest(tokenSpend(token), attestedNode('n-new'))).outcome).toBe('recorded');
+        expect((await storage.tokens.findById(token.id))!.usesLeft).toBe(0);
+      });
+
+      it.each([
+        ['the node is revoked', 'node-revoked', { existing: true }, { status: 'revoked' }],
+        ['a new node that exists, revoked', 'node-revoked', { existing: false }, { status: 'revoked' }],
+        ['the node has another role', 'node-role', { existing: true }, { role: 'manager' }],
+        ['a new node that exists with another role', 'node-role', { existing: false }, { role: 'manager' }],
+        ['the node has another lifetime', 'node-changed', { existing: true }, { certTtlMs: 7_200_000 }],
+        ['a new node that exists', 'node-changed', { existing: false }, {}],
+        ['an existing node that does not exist', 'node-changed', { existing: true }, null],
+      ] as [string, string, Partial<AttestedNode>, Partial<NodeRecord> | null][])(
+        'fail/%s: %s, nothing written, the token not spent',
+        async (_name, outcome, expected, row) => {
+          if (row) await storage.nodes.insert(nodeRecord('n-1', row));
+          const token = tokenRecord();
+          await storage.tokens.insert(token);
+          const before = await written([token.id]);
+
+          expect((await attest(tokenSpend(token), attestedNode('n-1', expected))).outcome).toBe(outcome);
+
+          expect(await written([token.id])).toStrictEqual(before);
+        },
+      );
+
+      it('fail/a revoked node with a spent token: node-revoked (the node is judged first)', async () => {
+        await storage.nodes.insert(nodeRecord('n-1', { status: 'revoked' }));
+        const token = tokenRecord({ usesLeft: 0 });
+        await storage.tokens.insert(token);
+        expect((await attest(tokenSpend(token), attestedNode('n-1', { existing: true }))).outcome).toBe(
+          'node-revoked',
+        );
+      });
+
+      it.each([
+        ['a reused key', 'ERR_KEY_REUSED', (w: World) => ({ keyFingerprint: w.otherPeer.keyFingerprint })],
+        ['an existing serial', 'ERR_CONFLICT', (w: World) => ({ serial: w.otherPeer.serial })],
+      ] as [string, string, (w: World) => Partial<CertificateRecord>][])(
+        'fail/a certificate with %s gives %s and writes nothing (no node, no use spent, nothing superseded)',
+        async (_name, code, bad) => {
+          const w = await world(storage);
+          const token = tokenRecord();
+          await storage.tokens.insert(token);
+          const before = await written([token.id]);
+          for (const node of [attestedNode('n-new'), attestedNode(w.node.id, { existing: true })]) {
+            const leaf = attestationLeaf(node.id, at(MIN), bad(w));
+            const e = await errorOf(
+              storage.issuances.recordAttestation(
+                leaf,
+                attestationAudit(leaf),
+                attestationGuard(tokenSpend(token), node),
+              ),
+            );
+            expect(e.code).toBe(code);
+            expect(await written([token.id])).toStrictEqual(before);
+          }
+        },
+      );
+
+      it.each([
+        [1, 8],
+        [3, 8],
+      ])('ok/concurrent attestations on a %i-use token: exactly that many nodes', async (uses, callers) => {
+        const token = tokenRecord({ usesAllowed: uses, usesLeft: uses });
+        await storage.tokens.insert(token);
+        const got = await Promise.all(
+          Array.from({ length: callers }, (_, i) => attest(tokenSpend(token), attestedNode(`n-${i}`))),
+        );
+        const won = got.filter((g) => g.outcome === 'recorded');
+        expect(won).toHaveLength(uses);
+        expect(got.filter((g) => g.outcome === 'evidence-spent')).toHaveLength(callers - uses);
+        expect((await storage.nodes.list()).map((n) => n.id).sort()).toEqual(
+          won.map((g) => g.leaf.nodeId).sort(),
+        );
+        expect(serials(await allCertificates())).toEqual(serials(won.map((g) => g.leaf)));
+        expect((await storage.audit.list({})).map((a) => a.details.serial).sort()).toEqual(
+          serials(won.map((g) => g.leaf)),
+        );
+        expect((await storage.tokens.findById(token.id))!.usesLeft).toBe(0);
+      });
+
+      it('ok/concurrent attestations with one nonce: exactly one', async () => {
+        await storage.nonces.insert('nonce-1', 'x509pop', at(HOUR));
+        const got = await Promise.all(
+          Array.from({ length: 8 }, (_, i) =>
+            attest({ kind: 'nonce', nonce: 'nonce-1', method: 'x509pop' }, attestedNode(`n-${i}`)),
+          ),
+        );
+        expect(got.filter((g) => g.outcome === 'recorded')).toHaveLength(1);
+        expect(await storage.nodes.list()).toHaveLength(1);
+      });
+
+      it('ok/two concurrent first attestations of one node: one creates it, the other writes nothing (node-changed)', async () => {
+        const tokens = [tokenRecord({ nodeName: 'n-1' }), tokenRecord({ nodeName: 'n-1' })];
+        for (const t of tokens) await storage.tokens.insert(t);
+        const got = await Promise.all(tokens.map((t) => attest(tokenSpend(t), attestedNode('n-1'))));
+        expect(got.map((g) => g.outcome).sort()).toEqual(['node-changed', 'recorded']);
+        const loser = tokens[got.findIndex((g) => g.outcome === 'node-changed')]!;
+        expect(await storage.tokens.findById(loser.id)).toStrictEqual(loser);
+        expect(await storage.nodes.list()).toHaveLength(1);
+        expect(await allCertificates()).toHaveLength(1);
+      });
+
+      it('ok/inside a transaction: rolled back with it', async () => {
+        const token = tokenRecord();
+        await storage.tokens.insert(token);
+        const before = await written([token.id]);
+        const node = attestedNode('n-new');
+        const leaf = attestationLeaf(node.id);
+        await expect(
+          storage.transaction(async (tx) => {
+            expect(
+              await tx.issuances.recordAttestation(
+                leaf,
+                attestationAudit(leaf),
+                attestationGuard(tokenSpend(token), node),
+              ),
+            ).toBe('recorded');
+            throw new Error('boom');
+          }),
+        ).rejects.toThrow('boom');
+        expect(await written([token.id])).toStrictEqual(before);
       });
     });
   });

@@ -104,6 +104,29 @@ describeEachBackend('baton agent: node identity', (backend) => {
     );
   });
 
+  it('a first join is two requests: the bundle, then POST /v1/attest (issue 20)', async () => {
+    /** Requests the server answered so far, by route. */
+    const byRoute = async () => {
+      const counts: Record<string, number> = {};
+      for (const v of (await t.running.metrics.httpRequests.get()).values)
+        counts[String(v.labels.route)] = (counts[String(v.labels.route)] ?? 0) + v.value;
+      return counts;
+    };
+    const before = await byRoute();
+    const r = await rotator({
+      token: (await newToken(t)).token,
+      at: join(dirs.path, 'node-count'),
+    }).runOnce();
+    expect(r.action).toBe('attested');
+    const after = await byRoute();
+    const delta = Object.fromEntries(
+      Object.entries(after)
+        .map(([route, n]) => [route, n - (before[route] ?? 0)])
+        .filter(([, n]) => n !== 0),
+    );
+    expect(delta).toEqual({ '/v1/bundle': 1, '/v1/attest': 1 });
+  });
+
   it('fail/the same 1-use token again is refused by the CA (401 ERR_TOKEN_INVALID)', async () => {
     const other = join(dirs.path, 'node-b');
     await expect(rotator({ token, at: other }).runOnce()).rejects.toMatchObject({
@@ -145,9 +168,9 @@ describeEachBackend('baton agent: node identity', (backend) => {
       await expect(
         rotator({ token: fresh, at: join(dirs.path, 'node-mitm'), client: mitmClient }).runOnce(),
       ).rejects.toMatchObject({ code: 'ERR_PIN_MISMATCH' });
-      // The bundle held the pinned root, so the CA certificates were asked for too (public, and
-      // only those the pinned root signed are trusted); the token never left.
-      expect(mitm.seen).toEqual(['GET /v1/bundle', 'GET /v1/ca-certificates']);
+      // The bundle holds the pinned root alone (no root rotation), so nothing else was asked for;
+      // the token never left.
+      expect(mitm.seen).toEqual(['GET /v1/bundle']);
       expect((await t.ca.storage.tokens.findById(record.id))?.usesLeft).toBe(1);
     } finally {
       mitmClient.close();

@@ -1,16 +1,22 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { X509Certificate } from 'node:crypto';
-import { abuseControls } from '../../services/ca/src/http/abuse-controls';
+import { abuseControls, byPeer } from '../../services/ca/src/http/abuse-controls';
 import { createMetrics } from '../../services/ca/src/http/metrics';
-import { fastPath, JWT_SVID_ROUTE, RENEW_ROUTE, WORKLOAD_ROUTE } from '../../services/ca/src/http/fast-path';
+import {
+  ATTEST_ROUTE,
+  fastPath,
+  JWT_SVID_ROUTE,
+  RENEW_ROUTE,
+  WORKLOAD_ROUTE,
+} from '../../services/ca/src/http/fast-path';
 import { createLogger } from '../../services/ca/src/logger';
 import { describeEachBackend } from '../support/database';
 import { https, type HttpsResult } from '../support/https';
-import { attestedNode, keyAndCsr } from '../support/node-client';
+import { attestedNode, keyAndCsr, newToken } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
 
 /**
- * POST /v1/workload-svids and POST /v1/renew have two implementations of their HTTP layer: the
+ * POST /v1/workload-svids, /v1/jwt-svids, /v1/renew and /v1/attest have two implementations of their HTTP layer: the
  * fast path (http/fast-path.ts) for plain requests and Express for everything else. The fast path
  * must be indistinguishable: every case is sent once as `application/json` (fast path) and once as
  * `application/vnd.baton+json` (Express's JSON parser takes it, the fast path does not), and the
@@ -209,26 +215,92 @@ describeEachBackend('workload SVIDs: the fast path answers as Express does', (ba
     if (fast.status === 201) expect(fast.json<{ spiffe_id: string }>().spiffe_id).toBe(`spiffe://${TD}/web`);
   });
 
-  it.each([
+  /** Attestation cases: the body, made anew for each path (a token is spent, a key certified). */
+  const attestBody = async (o: Record<string, unknown> = {}) =>
+    JSON.stringify({ method: 'join_token', token: await newToken(t), csr: (await keyAndCsr()).csrPem, ...o });
+  let multiUse: string | undefined;
+  const attestCases: [string, () => Promise<string>][] = [
+    ['ok: a fresh token', () => attestBody()],
+    [
+      'ok: a multi-use token used before (read from the cache)',
+      async () => {
+        multiUse ??= await newToken(t, { uses: 10 });
+        return attestBody({ token: multiUse });
+      },
+    ],
+    [
+      'a spent token',
+      async () => {
+        const token = await newToken(t);
+        expect(
+          (await send('application/json', await attestBody({ token }), undefined, ATTEST_ROUTE)).status,
+        ).toBe(201);
+        return attestBody({ token });
+      },
+    ],
+    [
+      'a wrong secret',
+      async () => attestBody({ token: (await newToken(t)).replace(/.$/, (c) => (c === 'a' ? 'b' : 'a')) }),
+    ],
+    [
+      'a token bound to a revoked node',
+      async () => attestBody({ token: await newToken(t, { nodeName: 'f3' }) }),
+    ],
+    ['an unknown method', () => attestBody({ method: 'tpm2' })],
+    ['missing csr', () => attestBody({ csr: undefined })],
+    ['a CSR that is not PEM', () => attestBody({ csr: 'nonsense' })],
+    [
+      'the key of a node certificate (ERR_KEY_REUSED)',
+      async () => attestBody({ csr: await csrForKey(n1.key) }),
+    ],
+    ['malformed JSON', async () => '{"method":'],
+    ['a JSON string', async () => '"text"'],
+    ['a JSON array', async () => '[1,2]'],
+    ['an empty body', async () => ''],
+  ];
+
+  it.each(attestCases)('attestation: %s', async (_name, make) => {
+    const fast = await send('application/json', await make(), undefined, ATTEST_ROUTE);
+    const slow = await send('application/vnd.baton+json', await make(), undefined, ATTEST_ROUTE);
+    expect(view(fast)).toEqual(view(slow));
+    if (fast.status === 201) {
+      const issued = fast.json<{ certificate_chain: string; node_id: string }>();
+      const cert = new X509Certificate(issued.certificate_chain);
+      expect(cert.subjectAltName).toBe(`URI:spiffe://${TD}/node/${issued.node_id}`);
+    }
+  });
+
+  it('attestation: a refusal is audited once on either path', async () => {
+    const refusals = async () =>
+      (await t.ca.storage.audit.list({ event: 'node.attestation_refused' })).length;
+    const before = await refusals();
+    for (const type of ['application/json', 'application/vnd.baton+json'])
+      expect((await send(type, await attestBody({ csr: 'nonsense' }), undefined, ATTEST_ROUTE)).status).toBe(
+        400,
+      );
+    expect((await refusals()) - before).toBe(2);
+  });
+
+  type Credential = { cert: string; key: string } | undefined;
+  it.each<[string, () => Promise<string>, () => Credential | Promise<Credential>]>([
     [WORKLOAD_ROUTE, async () => (await cases[0]![1]())[0], () => n1],
     [RENEW_ROUTE, csrBody, fresh],
     [JWT_SVID_ROUTE, async () => jwtBody(), () => n1],
-  ] as const)(
-    'the fast path counts one request per call to %s, under the route pattern',
-    async (route, make, who) => {
-      const metricsText = () => t.running.metrics.registry.metrics();
-      const cred = await who();
-      const body = await make();
-      const before = await metricsText();
-      expect((await send('application/json', body, cred, route)).status).toBe(201);
-      const after = await metricsText();
-      const pattern = new RegExp(
-        `baton_http_requests_total\\{route="${route.replace(/\//g, '\\/')}",method="POST",status="201"\\} (\\d+)`,
-      );
-      const count = (text: string) => Number(pattern.exec(text)?.[1] ?? 0);
-      expect(count(after) - count(before)).toBe(1);
-    },
-  );
+    // Anonymous: the evidence authenticates.
+    [ATTEST_ROUTE, () => attestBody(), () => undefined],
+  ])('the fast path counts one request per call to %s, under the route pattern', async (route, make, who) => {
+    const metricsText = () => t.running.metrics.registry.metrics();
+    const cred = await who();
+    const body = await make();
+    const before = await metricsText();
+    expect((await send('application/json', body, cred, route)).status).toBe(201);
+    const after = await metricsText();
+    const pattern = new RegExp(
+      `baton_http_requests_total\\{route="${route.replace(/\//g, '\\/')}",method="POST",status="201"\\} (\\d+)`,
+    );
+    const count = (text: string) => Number(pattern.exec(text)?.[1] ?? 0);
+    expect(count(after) - count(before)).toBe(1);
+  });
 });
 
 /** A CSR signed by an existing private key (PEM), through openssl. */
@@ -268,8 +340,8 @@ describe('fast path: which requests it takes', () => {
   };
   const fast = fastPath({
     routes: [
-      { path: WORKLOAD_ROUTE, take: controls.takeWorkload, quotaName: 'w', handle },
-      { path: RENEW_ROUTE, take: controls.takeRenew, quotaName: 'r', handle },
+      { path: WORKLOAD_ROUTE, quotaKey: byPeer, take: controls.takeWorkload, quotaName: 'w', handle },
+      { path: RENEW_ROUTE, quotaKey: byPeer, take: controls.takeRenew, quotaName: 'r', handle },
     ],
     controls,
     log: createLogger('silent'),
@@ -308,7 +380,7 @@ describe('fast path: which requests it takes', () => {
   it.each([
     ['another method', { method: 'PUT' }],
     ['a query string', { url: `${WORKLOAD_ROUTE}?x=1` }],
-    ['another route', { url: '/v1/attest' }],
+    ['another route', { url: '/v1/attest/challenge' }],
     ['a route that only starts like one', { url: `${RENEW_ROUTE}/x` }],
     ['a GET of the route', { method: 'GET', url: RENEW_ROUTE }],
     ['a chunked body', { headers: { 'content-length': '', 'transfer-encoding': 'chunked' } }],

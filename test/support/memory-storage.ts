@@ -14,6 +14,7 @@ import type {
   CrossCertificateRecord,
   EntryRecord,
   EntryRepository,
+  EvidenceSpend,
   Installation,
   IssuanceRepository,
   JwtKeyRecord,
@@ -602,6 +603,21 @@ function currentPeer(s: State, nodeId: string, serial: string, der: Buffer, now:
   );
 }
 
+/** Spends one use of a token or a nonce, if it can be spent at `now`; false (nothing written) if not. */
+function spendEvidence(s: State, spend: EvidenceSpend, now: Date): boolean {
+  if (spend.kind === 'token') {
+    const t = s.tokens.get(spend.tokenId);
+    if (!t || t.usesLeft <= 0 || t.expiresAt.getTime() <= now.getTime()) return false;
+    s.tokens.set(t.id, { ...t, usesLeft: t.usesLeft - 1 });
+    return true;
+  }
+  const n = s.nonces.get(spend.nonce);
+  if (!n || n.method !== spend.method || n.usedAt !== null || n.expiresAt.getTime() <= now.getTime())
+    return false;
+  s.nonces.set(n.nonce, { ...n, usedAt: date(now) });
+  return true;
+}
+
 function issuanceRepository(run: Run, seq: Sequences): IssuanceRepository {
   return {
     recordWorkloadGuarded: (record, audit, g) =>
@@ -647,6 +663,53 @@ function issuanceRepository(run: Run, seq: Sequences): IssuanceRepository {
         });
         appendAudit(s, seq, audit);
         return true;
+      }),
+    recordAttestation: (record, audit, g) =>
+      run(true, [record, audit, g], (s) => {
+        const node = s.nodes.get(g.node.id);
+        const want = g.node;
+        const nodeOk = want.existing
+          ? node?.status === 'active' && node.role === want.role && node.certTtlMs === want.certTtlMs
+          : node === undefined;
+        if (!nodeOk) {
+          if (node?.status === 'revoked') return 'node-revoked';
+          if (node && node.role !== want.role) return 'node-role';
+          return 'node-changed';
+        }
+        if (!spendEvidence(s, g.spend, g.now)) return 'evidence-spent';
+        const at = date(g.now);
+        s.nodes.set(
+          want.id,
+          node
+            ? { ...node, lastAttestedAt: at, attestationMethod: g.method }
+            : {
+                id: want.id,
+                role: want.role,
+                status: 'active',
+                attestationMethod: g.method,
+                certTtlMs: want.certTtlMs,
+                createdAt: at,
+                lastAttestedAt: at,
+                lastSeenAt: at,
+                revokedAt: null,
+                revocationReason: null,
+              },
+        );
+        for (const [serial, c] of s.certificates) {
+          if (c.nodeId === want.id && c.kind === 'node' && c.status === 'valid')
+            s.certificates.set(serial, { ...c, status: 'superseded' });
+        }
+        // Throws (key reused, serial taken) before the audit row, and the statement's state is
+        // then dropped whole, as PostgreSQL rolls back the statement.
+        insertCertificate(s, {
+          ...record,
+          issuedVia: null,
+          status: 'valid',
+          revokedAt: null,
+          revocationReason: null,
+        });
+        appendAudit(s, seq, audit);
+        return 'recorded';
       }),
     jwtMintAllowed: (g) =>
       run(false, [g], (s) => {
@@ -717,8 +780,6 @@ function nodeRepository(run: Run): NodeRepository {
         }
         return [...s.nodes.values()].filter((n) => n.status === 'active' && current.has(n.id)).length;
       }),
-    recordAttestation: (id, at, method) =>
-      update(id, [id, at, method], (n) => ({ ...n, lastAttestedAt: date(at), attestationMethod: method })),
     recordSeen: (id, at) => update(id, [id, at], (n) => ({ ...n, lastSeenAt: date(at) })),
     markRevoked: (id, at, reason) =>
       update(id, [id, at, reason], (n) => ({
@@ -744,13 +805,12 @@ function tokenRepository(run: Run): TokenRepository {
         const t = s.tokens.get(id);
         return t ? copyToken(t) : null;
       }),
-    consume: (id, now) =>
-      run(true, [id, now], (s) => {
+    findForAttestation: (id) =>
+      run(false, [id], (s) => {
         const t = s.tokens.get(id);
-        if (!t || t.usesLeft <= 0 || t.expiresAt.getTime() <= now.getTime()) return null;
-        const spent = { ...t, usesLeft: t.usesLeft - 1 };
-        s.tokens.set(id, spent);
-        return copyToken(spent);
+        if (!t) return null;
+        const n = t.nodeName === null ? undefined : s.nodes.get(t.nodeName);
+        return { token: copyToken(t), boundNode: n ? copyNode(n) : null };
       }),
     spendBoundTo: (nodeName) =>
       run(true, [nodeName], (s) => {
@@ -772,14 +832,6 @@ function nonceRepository(run: Run): NonceRepository {
       run(true, [nonce, method, expiresAt], (s) => {
         if (s.nonces.has(nonce)) throw conflict();
         s.nonces.set(nonce, { nonce, method, expiresAt: date(expiresAt), usedAt: null });
-      }),
-    use: (nonce, method, now) =>
-      run(true, [nonce, method, now], (s) => {
-        const n = s.nonces.get(nonce);
-        if (!n || n.method !== method || n.usedAt !== null || n.expiresAt.getTime() <= now.getTime())
-          return false;
-        s.nonces.set(nonce, { ...n, usedAt: date(now) });
-        return true;
       }),
     purgeExpired: (now, limit) =>
       run(true, [now, limit], (s) => {

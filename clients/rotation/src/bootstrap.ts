@@ -12,9 +12,12 @@ import { trustStorePem } from '../../../common/src/trust-store';
  *
  * 1. GET /v1/bundle without verifying TLS (nothing secret is sent on that connection);
  * 2. keep only the roots whose SPKI SHA-256 equals the pin, refusing if there is none;
- * 3. POST /v1/attest over TLS verified against those pinned roots only. Trusting the whole
+ * 3. during a root rotation only (the bundle holds another root besides), GET /v1/ca-certificates;
+ * 4. POST /v1/attest over TLS verified against those pinned roots only. Trusting the whole
  *    downloaded bundle would let an impostor that appends its own root next to the real one
  *    receive the token.
+ *
+ * So a first join is one round trip after the bundle (issue 20): the attestation itself.
  */
 
 /** `BATON1-<pin>-<id>.<secret>`: 52 base32 characters of pin, 16 hex of id, the secret. */
@@ -39,17 +42,24 @@ export function parseJoinToken(token: string): ParsedJoinToken {
 
 /** The PEM of the bundle's roots whose pin is `pin`, or a refusal. */
 export function pinnedRoots(bundlePem: string, pin: string): string {
-  let roots: ReturnType<typeof parseCertificates>;
-  try {
-    roots = parseCertificates(bundlePem);
-  } catch (e) {
-    throw new AgentError('ERR_PIN_MISMATCH', "the server's CA does not match the token's pin", { cause: e });
-  }
-  const pinned = roots.filter((r) => r.ca && certificatePin(r) === pin);
+  const pinned = bundleRoots(bundlePem).filter((r) => certificatePin(r) === pin);
   if (pinned.length === 0)
     throw new AgentError('ERR_PIN_MISMATCH', "the server's CA does not match the token's pin");
   return pinned.map((r) => r.toString()).join('');
 }
+
+/** The CA certificates of a downloaded bundle; one that does not parse is a pin mismatch. */
+function bundleRoots(bundlePem: string): ReturnType<typeof parseCertificates> {
+  try {
+    return parseCertificates(bundlePem).filter((r) => r.ca);
+  } catch (e) {
+    throw new AgentError('ERR_PIN_MISMATCH', "the server's CA does not match the token's pin", { cause: e });
+  }
+}
+
+/** Whether the bundle holds a root besides the pinned one: a root rotation's overlap. */
+const holdsOtherRoot = (bundlePem: string, pin: string): boolean =>
+  bundleRoots(bundlePem).some((r) => certificatePin(r) !== pin);
 
 /** A freshly issued node identity, with the key made here for it. */
 export interface NewNodeIdentity extends Issuance {
@@ -62,14 +72,17 @@ export interface NewNodeIdentity extends Issuance {
  */
 export async function bootstrap(client: NodeCaApi, token: string): Promise<NewNodeIdentity> {
   const { pin } = parseJoinToken(token);
-  const pinned = pinnedRoots(await client.fetchBundleUnverified(), pin);
-  // The server's own chain may list another root's certificate of its CA first (a root rotation);
+  const bundlePem = await client.fetchBundleUnverified();
+  const pinned = pinnedRoots(bundlePem, pin);
+  // During a root rotation the server's own chain lists the old root's certificate of its CA first;
   // the pinned root's certificate of that CA joins the trusted set so that OpenSSL finds the pinned
   // path (common/src/trust-store.ts). Only what the pinned root signed; asked only once the bundle
-  // holds the pinned root, and a server without the route has nothing to add.
-  const caCertificates = client.fetchCaCertificatesUnverified
-    ? await client.fetchCaCertificatesUnverified().catch(() => '')
-    : '';
+  // holds the pinned root beside another one (a cross-certificate is served only while its issuer
+  // is in the bundle: domain/keyring.ts), and a server without the route has nothing to add.
+  const caCertificates =
+    holdsOtherRoot(bundlePem, pin) && client.fetchCaCertificatesUnverified
+      ? await client.fetchCaCertificatesUnverified().catch(() => '')
+      : '';
   const trustBundlePem = trustStorePem(pinned, caCertificates);
   const keys = await generateKeyPair();
   const csr = await createCsr(keys);

@@ -21,7 +21,11 @@ import { memoryCertificates, TEST_TD, testCa } from '../../fixtures/test-ca';
 export class FakeCa implements NodeCaApi {
   readonly ca = testCa();
   readonly certificates = memoryCertificates();
-  readonly calls: { op: 'bundle' | 'attest' | 'renew'; trustBundlePem?: string; token?: string }[] = [];
+  readonly calls: {
+    op: 'bundle' | 'ca-certificates' | 'attest' | 'renew';
+    trustBundlePem?: string;
+    token?: string;
+  }[] = [];
   readonly failures: CaClientError[] = [];
   /** The bundle handed out unverified; an impostor would hand out its own. */
   bundleForBootstrap: string;
@@ -50,6 +54,12 @@ export class FakeCa implements NodeCaApi {
   async fetchBundleUnverified(): Promise<string> {
     this.calls.push({ op: 'bundle' });
     return this.bundleForBootstrap;
+  }
+
+  /** GET /v1/ca-certificates: the signing CA's certificates, as every leaf's chain carries them. */
+  async fetchCaCertificatesUnverified(): Promise<string> {
+    this.calls.push({ op: 'ca-certificates' });
+    return this.ca.keyring.signing.chainPem;
   }
 
   async attest(p: AttestParams): Promise<Issuance> {
@@ -81,7 +91,7 @@ export class FakeCa implements NodeCaApi {
     return this.#issue(record.nodeId, p.csrPem);
   }
 
-  count(op: 'bundle' | 'attest' | 'renew'): number {
+  count(op: 'bundle' | 'ca-certificates' | 'attest' | 'renew'): number {
     return this.calls.filter((c) => c.op === op).length;
   }
 

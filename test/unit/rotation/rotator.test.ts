@@ -89,6 +89,8 @@ describe('NodeRotator.runOnce', () => {
     const r = await s.make({ token }).runOnce();
     expect(r.action).toBe('attested');
     expect(r.identity.nodeId).toBe('node1');
+    // One round trip after the bundle (issue 20): the CA certificates are asked for only during a
+    // root rotation, when the bundle holds another root.
     expect(s.ca.calls.map((c) => c.op)).toEqual(['bundle', 'attest']);
     expect(s.ca.calls[1]!.trustBundlePem).toBe(s.ca.ca.keyring.roots[0]!.certPem);
     expect(s.store.load()!.serial).toBe(r.identity.serial);
@@ -112,7 +114,12 @@ describe('NodeRotator.runOnce', () => {
     const impostor = testCa().keyring.bundlePem;
     s.ca.bundleForBootstrap = `${impostor}${s.ca.ca.keyring.bundlePem}`;
     await s.make({ token }).runOnce();
-    expect(s.ca.calls[1]!.trustBundlePem).toBe(s.ca.ca.keyring.roots[0]!.certPem);
+    // Two roots look like a root rotation: the CA certificates are asked for, and of them only
+    // what the pinned root issued is trusted beside it (common/src/trust-store.ts).
+    expect(s.ca.calls.map((c) => c.op)).toEqual(['bundle', 'ca-certificates', 'attest']);
+    expect(s.ca.calls[2]!.trustBundlePem).toBe(
+      `${s.ca.ca.keyring.roots[0]!.certPem}${s.ca.ca.keyring.signing.certPem}`,
+    );
   });
 
   it('ok/valid: nothing due until refresh_at, no call to the CA', async () => {

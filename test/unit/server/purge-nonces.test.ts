@@ -11,7 +11,6 @@ function fakeNonces(expired: number): { repo: NonceRepository; calls: [Date, num
   const calls: [Date, number][] = [];
   const repo: NonceRepository = {
     insert: async () => {},
-    use: async () => false,
     purgeExpired: async (now, limit) => {
       calls.push([now, limit]);
       const n = Math.min(left, limit);

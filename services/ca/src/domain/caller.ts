@@ -139,10 +139,12 @@ export function assertCurrent(cert: Pick<CertificateRecord, 'status' | 'notAfter
 
 /** Step 4: the node is active. Attestation under an existing node id asks the same question. */
 export function assertNodeActive(node: NodeRecord | null): NodeRecord {
-  if (!node || node.status !== 'active')
-    throw new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
+  if (!node || node.status !== 'active') throw nodeRevoked();
   return node;
 }
+
+/** The refusal of a node that is not active, where the node row was judged in a statement. */
+export const nodeRevoked = (): BatonError => new BatonError('ERR_NODE_REVOKED', 'this node has been revoked');
 
 export interface CallerDeps {
   clock: Clock;

@@ -2,15 +2,16 @@ import { randomBytes } from 'node:crypto';
 import { MAX_TTL } from '../ground/ttl';
 import { base32 } from '../pki/base32';
 import type { ParsedCsr, UnverifiedCsr } from '../pki/csr';
-import type { PresentedEvidence } from './attestation/attestor';
+import { type IssuancePolicy, type PresentedEvidence, unspendableEvidence } from './attestation/attestor';
 import { type AuditContext, auditEvent, recordRefusal } from './audit';
-import { assertNodeActive, decideCaller, type NodeClaim } from './caller';
+import { assertNodeActive, decideCaller, type NodeClaim, nodeRevoked } from './caller';
 import type { Clock } from './clock';
 import { BatonError } from '../ground/errors';
 import { type IssuedLeaf, type IssueLeafParams, issueLeaf, recordLeaf } from './issue';
 import type { Keyring } from './keyring';
-import type { Installation, NodeRecord, NodeRole, Repositories, Storage } from './ports';
+import type { AttestedNode, Installation, NodeRecord, Repositories, Storage } from './ports';
 import { refreshAt } from './refresh';
+import type { TokenSource } from './token-cache';
 import { nodeSpiffeId } from './trust-domain';
 
 export interface NodeIdentityDeps {
@@ -19,6 +20,8 @@ export interface NodeIdentityDeps {
   keyring: Keyring;
   installation: Installation;
   random: () => number;
+  /** Join-token reads for attestation; a cache is fine (the statement re-checks). Default: storage. */
+  tokens?: TokenSource;
 }
 
 export interface Issuance {
@@ -39,7 +42,10 @@ export interface AttestParams {
 
 const newNodeId = (): string => base32(randomBytes(10));
 
-function nodeLeafParams(deps: NodeIdentityDeps, node: NodeRecord, csr: ParsedCsr): IssueLeafParams {
+/** What a node certificate is built from: the node's id, role and lifetime. */
+type LeafNode = Pick<NodeRecord, 'id' | 'role' | 'certTtlMs'>;
+
+function nodeLeafParams(deps: NodeIdentityDeps, node: LeafNode, csr: ParsedCsr): IssueLeafParams {
   return {
     kind: 'node',
     spiffeId: nodeSpiffeId(deps.installation.trustDomain, node.id),
@@ -80,8 +86,9 @@ async function issueNodeCertificate(
 }
 
 /**
- * POST /v1/attest: check the evidence, then in one transaction spend it, create or update the node,
- * and issue and record its certificate. A refusal at any step spends nothing and issues nothing.
+ * POST /v1/attest: check the evidence, then record the certificate, spend the evidence and create
+ * or update the node in one statement (IssuanceRepository.recordAttestation). A refusal at any step
+ * spends nothing and issues nothing.
  */
 export async function attestNode(deps: NodeIdentityDeps, p: AttestParams): Promise<Issuance> {
   try {
@@ -93,8 +100,8 @@ export async function attestNode(deps: NodeIdentityDeps, p: AttestParams): Promi
 }
 
 /**
- * A refused attestation is a security event too: its own audit row, since the issuance
- * transaction rolled back. The HTTP edge calls it for the refusals of reading the request (an
+ * A refused attestation is a security event too: its own audit row, since nothing of the
+ * attestation was written. The HTTP edge calls it for the refusals of reading the request (an
  * unknown method, a malformed CSR or evidence); `method` is what the request named, bounded.
  */
 export const recordAttestationRefused = (
@@ -104,66 +111,85 @@ export const recordAttestationRefused = (
   error: unknown,
 ): Promise<void> => recordRefusal(deps, audit, 'node.attestation_refused', { method }, error);
 
+/**
+ * How many times an attestation is built again when the node changed between the read and the
+ * statement (another attestation or a renewal of the same node committed in between): each time
+ * the statement wrote nothing, and the next read sees the change.
+ */
+const ATTEMPTS = 3;
+
 async function attestNodeOnce(deps: NodeIdentityDeps, p: AttestParams): Promise<Issuance> {
   // The method (at the edge), the CSR's structure and key policy (microseconds, at the edge), then the evidence (for a join token,
   // one lookup by id and a hash), then the CSR's signature, the dearest step: an anonymous caller
   // without valid evidence never gets a signature verified. Only a request whose evidence and CSR
   // signature are both bad is answered differently (the evidence's 401, no longer 400
-  // ERR_CSR_INVALID); an honest client's CSR always verifies. The evidence is spent only in the
-  // transaction below, so a CSR that does not verify still spends nothing.
+  // ERR_CSR_INVALID); an honest client's CSR always verifies. The evidence is spent only by the
+  // statement that records the certificate, so a CSR that does not verify still spends nothing.
   const policy = await p.evidence.verify({
     clock: deps.clock,
     repos: deps.storage,
     pins: deps.keyring.pins,
     csrDer: p.csr.der,
+    ...(deps.tokens ? { tokens: deps.tokens.lookup } : {}),
   });
   const csr = p.csr.verify();
-  return deps.storage.transaction(async (tx) => {
-    await policy.commit(tx);
+  let read = policy.node;
+  for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
+    // Round trips: the evidence's read (a join token's, with the node it binds) or the node's
+    // (x509pop), then the one statement; a new node of an unbound token is not read at all.
+    const node = await nodeToAttest(deps, policy, read);
+    read = undefined;
     const now = deps.clock.now();
-    const nodeId = policy.nodeId ?? newNodeId();
-    let node = await tx.nodes.lockById(nodeId);
-    if (node) {
-      assertNodeActive(node);
-      if (node.role !== policy.role)
-        throw new BatonError('ERR_ATTESTATION_FAILED', 'the node exists with another role');
-      await tx.nodes.recordAttestation(node.id, now, policy.method);
-    } else {
-      node = newNode(nodeId, policy.role, policy.method, policy.certTtlMs, now);
-      await tx.nodes.insert(node);
-    }
-    const issued = await issueNodeCertificate(deps, tx, node, csr);
-    await tx.audit.append(
-      auditEvent(p.audit, now, 'node.attested', issued.leaf.record.spiffeId, 'success', {
-        method: policy.method,
-        role: node.role,
-        serial: issued.leaf.record.serial,
-        ...policy.auditDetails,
-      }),
+    const leaf = await recordLeaf(
+      { clock: deps.clock, issuer: deps.keyring.signing },
+      nodeLeafParams(deps, node, csr),
+      async (l) => {
+        const outcome = await deps.storage.issuances.recordAttestation(
+          l.record,
+          auditEvent(p.audit, now, 'node.attested', l.record.spiffeId, 'success', {
+            method: policy.method,
+            role: node.role,
+            serial: l.record.serial,
+            ...policy.auditDetails,
+          }),
+          { spend: policy.spend, node, method: policy.method, now },
+        );
+        if (outcome === 'node-changed') return false;
+        if (outcome === 'evidence-spent') {
+          // A cached token may say a use is left when the last one went meanwhile.
+          if (policy.spend.kind === 'token') deps.tokens?.forget(policy.spend.tokenId);
+          throw unspendableEvidence(policy.spend);
+        }
+        if (outcome === 'node-revoked') throw nodeRevoked();
+        if (outcome === 'node-role') throw otherRole();
+        return true;
+      },
     );
-    return issued;
-  });
+    if (leaf) return issuanceOf(deps, leaf, node.id);
+  }
+  throw new BatonError('ERR_DATABASE_UNAVAILABLE', 'the node changed during the attestation: retry later');
 }
 
-function newNode(
-  id: string,
-  role: NodeRole,
-  method: string,
-  certTtlMs: number | null,
-  now: Date,
-): NodeRecord {
-  return {
-    id,
-    role,
-    status: 'active',
-    attestationMethod: method,
-    certTtlMs,
-    createdAt: now,
-    lastAttestedAt: now,
-    lastSeenAt: now,
-    revokedAt: null,
-    revocationReason: null,
-  };
+const otherRole = () => new BatonError('ERR_ATTESTATION_FAILED', 'the node exists with another role');
+
+/**
+ * The node the certificate is for, as it is now: an existing node (read unless `verify` read it)
+ * must be active (domain/caller.ts) and have the evidence's role, and keeps its own lifetime; a
+ * node that does not exist is created with the evidence's role and lifetime, and a node without a
+ * bound id gets a new random one (never an existing node: the statement refuses if it exists).
+ */
+async function nodeToAttest(
+  deps: NodeIdentityDeps,
+  policy: IssuancePolicy,
+  read: NodeRecord | null | undefined,
+): Promise<AttestedNode> {
+  if (policy.nodeId === null)
+    return { id: newNodeId(), role: policy.role, certTtlMs: policy.certTtlMs, existing: false };
+  const found = read !== undefined ? read : await deps.storage.nodes.findById(policy.nodeId);
+  if (!found) return { id: policy.nodeId, role: policy.role, certTtlMs: policy.certTtlMs, existing: false };
+  assertNodeActive(found);
+  if (found.role !== policy.role) throw otherRole();
+  return { id: found.id, role: found.role, certTtlMs: found.certTtlMs, existing: true };
 }
 
 /** POST /v1/renew, as the HTTP edge read it. */

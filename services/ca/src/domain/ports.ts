@@ -293,7 +293,62 @@ export interface IssuanceRepository {
    * asks the caller module, which names the reason.
    */
   jwtMintAllowed(guard: JwtMintGuard): Promise<boolean>;
+  /**
+   * An attestation in one statement (one round trip, one commit): locks the node row if there is
+   * one (FOR UPDATE, the lock order of a node revocation), then the evidence's row; only when the
+   * node is as `guard.node` says (new and still absent, or existing, active, with that role and
+   * lifetime and unchanged since the statement's snapshot) and the evidence can be spent, it spends
+   * it (one use of the token, or the nonce), inserts the node or records its attestation,
+   * supersedes its valid node certificates, inserts the certificate and its audit row. Anything
+   * else writes nothing and says why. A key already certified is ERR_KEY_REUSED and a serial taken
+   * ERR_CONFLICT, with nothing written either. N concurrent attestations on a 1-use token, from any
+   * number of replicas: exactly one 'recorded'.
+   */
+  recordAttestation(
+    record: CertificateRecord,
+    audit: AuditEvent,
+    guard: AttestationGuard,
+  ): Promise<AttestationOutcome>;
 }
+
+/**
+ * What an attestation spends, as data the statement that records the certificate carries: one use
+ * of a join token, or a single-use nonce of `attestation_nonces` issued for `method`.
+ */
+export type EvidenceSpend =
+  | { kind: 'token'; tokenId: string }
+  | { kind: 'nonce'; nonce: string; method: string };
+
+/** The node an attestation's certificate was built for, as the recording statement must find it. */
+export interface AttestedNode {
+  id: string;
+  role: NodeRole;
+  /** The lifetime the certificate was built with: an existing node's own, a new node's to record. */
+  certTtlMs: number | null;
+  /** true: the node exists and is attested again (updated); false: it is created. */
+  existing: boolean;
+}
+
+export interface AttestationGuard {
+  spend: EvidenceSpend;
+  node: AttestedNode;
+  /** The attestation method, recorded on the node. */
+  method: string;
+  now: Date;
+}
+
+/**
+ * The answer of IssuanceRepository.recordAttestation. Anything but 'recorded' wrote nothing:
+ * 'evidence-spent' the token or nonce is unknown, expired or used up; 'node-revoked' and
+ * 'node-role' the node is revoked or has another role; 'node-changed' the node is not as the
+ * certificate was built for it any more (created, attested or renewed meanwhile): build again.
+ */
+export type AttestationOutcome =
+  | 'recorded'
+  | 'evidence-spent'
+  | 'node-revoked'
+  | 'node-role'
+  | 'node-changed';
 
 /** What a JWT-SVID mint checks in the database before it signs (IssuanceRepository.jwtMintAllowed). */
 export interface JwtMintGuard {
@@ -346,7 +401,6 @@ export interface NodeRepository {
   page(filter: NodePageFilter, page: PageRequest): Promise<Page<NodeRecord>>;
   /** Nodes that are active and hold a valid node certificate unexpired at `now` (a metric). */
   countActive(now: Date): Promise<number>;
-  recordAttestation(id: string, at: Date, method: string): Promise<void>;
   recordSeen(id: string, at: Date): Promise<void>;
   markRevoked(id: string, at: Date, reason: number): Promise<void>;
 }
@@ -365,22 +419,28 @@ export interface TokenRecord {
   createdAt: Date;
 }
 
+/** A join token and the node its name binds (null: unbound, or no such node yet). */
+export interface TokenForAttestation {
+  token: TokenRecord;
+  boundNode: NodeRecord | null;
+}
+
 export interface TokenRepository {
   insert(token: TokenRecord): Promise<void>;
   findById(id: string): Promise<TokenRecord | null>;
   /**
-   * Spends one use atomically (one conditional UPDATE): returns the token after the decrement, or
-   * null when it is unknown, expired or used up. N concurrent calls on a 1-use token: one non-null.
+   * The token and, when it binds a node name, that node's record (null: no such node yet), in one
+   * read: all an attestation needs to know before it signs. Uses are spent by
+   * IssuanceRepository.recordAttestation.
    */
-  consume(id: string, now: Date): Promise<TokenRecord | null>;
+  findForAttestation(id: string): Promise<TokenForAttestation | null>;
   /** Spends every remaining use of the tokens bound to this node name; returns how many tokens. */
   spendBoundTo(nodeName: string): Promise<number>;
 }
 
+/** Single-use server nonces (challenges); one is spent by IssuanceRepository.recordAttestation. */
 export interface NonceRepository {
   insert(nonce: string, method: string, expiresAt: Date): Promise<void>;
-  /** Marks an unexpired, unused nonce as used; false when it was not (one use, atomically). */
-  use(nonce: string, method: string, now: Date): Promise<boolean>;
   /** Deletes up to `limit` nonces that expired before `now`, used or not; returns how many. */
   purgeExpired(now: Date, limit: number): Promise<number>;
 }

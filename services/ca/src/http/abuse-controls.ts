@@ -1,4 +1,4 @@
-import type { ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIPv6 } from 'node:net';
 import type { Request, RequestHandler } from 'express';
 import type { AbuseLimits, RateLimit } from '../config';
@@ -84,11 +84,13 @@ function limiter(
   };
 }
 
-const byClient = (req: Request) => clientKey(req.socket.remoteAddress);
+/** The quota key of an anonymous route: the client's address (clientKey). */
+export const byClient = (req: IncomingMessage) => clientKey(req.socket.remoteAddress);
 /** The node's SPIFFE ID from its TLS-verified certificate: cheap, and no database read before the quota. */
-const byPeer = (req: Request) => peerCertificate(req).spiffeId;
+export const byPeer = (req: IncomingMessage) => peerCertificate(req).spiffeId;
 
 /** The quotas' names in their refusals, shared with the fast path. */
+export const ATTEST_QUOTA = 'attestation';
 export const RENEW_QUOTA = 'renewal quota';
 export const WORKLOAD_QUOTA = 'workload SVID quota';
 export const JWT_QUOTA = 'JWT-SVID quota';
@@ -107,6 +109,8 @@ export interface AbuseControls {
   takeRenew(peerSpiffeId: string): TakeResult;
   /** The JWT-SVID quota of `jwt`, by the node's SPIFFE ID, outside Express. */
   takeJwt(peerSpiffeId: string): TakeResult;
+  /** The attestation quota of `attest`, by the client's address (byClient), outside Express. */
+  takeAttest(clientAddressKey: string): TakeResult;
   attest: RequestHandler;
   challenge: RequestHandler;
   ocsp: RequestHandler;
@@ -146,13 +150,15 @@ export function abuseControls(limits: AbuseLimits, metrics: Metrics, nowMs: () =
   // JWT-SVIDs: the workload quota's limit (--quota-workload), in a bucket of their own, so that a
   // node minting tokens does not starve its X.509 SVIDs, nor the reverse.
   const takeJwt = quota(limits.workload, nowMs);
+  const takeAttest = quota(limits.attest, nowMs);
   return {
     concurrency,
     tryEnter,
     takeWorkload,
     takeRenew,
     takeJwt,
-    attest: limiter(quota(limits.attest, nowMs), byClient, 'attestation'),
+    takeAttest,
+    attest: limiter(takeAttest, byClient, ATTEST_QUOTA),
     challenge: limiter(quota(limits.attest, nowMs), byClient, 'attestation challenge'),
     ocsp: limiter(quota(limits.public, nowMs), byClient, 'OCSP'),
     crl: limiter(quota(limits.public, nowMs), byClient, 'CRL'),

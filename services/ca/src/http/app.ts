@@ -4,10 +4,13 @@ import { BatonError } from '../ground/errors';
 import { authDepsOf } from './authorization';
 import { errorHandler } from './errors';
 import type { AppDeps } from './ports';
-import { fastPath, JWT_SVID_ROUTE, RENEW_ROUTE, WORKLOAD_ROUTE } from './fast-path';
+import { ATTEST_ROUTE, fastPath, JWT_SVID_ROUTE, RENEW_ROUTE, WORKLOAD_ROUTE } from './fast-path';
 import {
+  ATTEST_QUOTA,
   abuseControls,
   BODY_LIMIT,
+  byClient,
+  byPeer,
   headerLimit,
   JWT_QUOTA,
   RENEW_QUOTA,
@@ -26,7 +29,7 @@ import { adminEntryRoutes } from './routes/admin-entries';
 import { adminNodeRoutes } from './routes/admin-nodes';
 import { healthRoutes } from './routes/health';
 import { jwtSvidMinter, jwtSvidRoutes } from './routes/jwt-svid';
-import { nodeIdentityRoutes, nodeRenewer } from './routes/node-identity';
+import { nodeAttester, nodeIdentityRoutes, nodeRenewer } from './routes/node-identity';
 import { oidcDiscoveryRoutes } from './routes/oidc-discovery';
 import { ocspRoutes } from './routes/ocsp';
 import { revocationRoutes } from './routes/revocation';
@@ -86,8 +89,9 @@ export function buildPublicationApp(deps: AppDeps): RequestListener {
 }
 
 /**
- * Builds the HTTP application; it never listens (tests and main.ts decide that). Workload SVID and
- * renewal requests in the plain case take the fast path (fast-path.ts); everything else, Express.
+ * Builds the HTTP application; it never listens (tests and main.ts decide that). Workload SVID,
+ * JWT-SVID, renewal and attestation requests in the plain case take the fast path (fast-path.ts);
+ * everything else, Express.
  */
 export function buildApp(deps: AppDeps): RequestListener & { express: Express } {
   const { app, limit } = baseApp(deps);
@@ -121,7 +125,8 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   const mintJwt = jwtSvidMinter(deps);
   app.use(jwtSvidRoutes(mintJwt));
   const renewNode = nodeRenewer(deps);
-  app.use(nodeIdentityRoutes(deps, renewNode));
+  const attestNode = nodeAttester(deps);
+  app.use(nodeIdentityRoutes(attestNode, renewNode));
   app.use(bundleRoutes(deps));
   app.use(oidcDiscoveryRoutes(deps));
   app.use(healthRoutes(deps));
@@ -138,9 +143,28 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   app.use(errorHandler(deps.log, deps.metrics));
   const fast = fastPath({
     routes: [
-      { path: WORKLOAD_ROUTE, take: limit.takeWorkload, quotaName: WORKLOAD_QUOTA, handle: issueWorkload },
-      { path: JWT_SVID_ROUTE, take: limit.takeJwt, quotaName: JWT_QUOTA, handle: mintJwt },
-      { path: RENEW_ROUTE, take: limit.takeRenew, quotaName: RENEW_QUOTA, handle: renewNode },
+      {
+        path: WORKLOAD_ROUTE,
+        quotaKey: byPeer,
+        take: limit.takeWorkload,
+        quotaName: WORKLOAD_QUOTA,
+        handle: issueWorkload,
+      },
+      { path: JWT_SVID_ROUTE, quotaKey: byPeer, take: limit.takeJwt, quotaName: JWT_QUOTA, handle: mintJwt },
+      {
+        path: RENEW_ROUTE,
+        quotaKey: byPeer,
+        take: limit.takeRenew,
+        quotaName: RENEW_QUOTA,
+        handle: renewNode,
+      },
+      {
+        path: ATTEST_ROUTE,
+        quotaKey: byClient,
+        take: limit.takeAttest,
+        quotaName: ATTEST_QUOTA,
+        handle: attestNode,
+      },
     ],
     controls: limit,
     log: deps.log,

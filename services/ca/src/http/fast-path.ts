@@ -4,21 +4,27 @@ import { BatonError } from '../ground/errors';
 import { type AbuseControls, BODY_LIMIT, MAX_HEADERS } from './abuse-controls';
 import { refusal } from './errors';
 import type { Metrics } from './metrics';
-import { peerCertificate } from './peer-cert';
 import { newRequestId, recordRequest, SECURE_HEADERS } from './request-context';
 import type { TakeResult } from './token-bucket';
 
 export const WORKLOAD_ROUTE = '/v1/workload-svids';
 export const RENEW_ROUTE = '/v1/renew';
 export const JWT_SVID_ROUTE = '/v1/jwt-svids';
+export const ATTEST_ROUTE = '/v1/attest';
 const JSON_TYPE = /^application\/json\s*(;\s*charset\s*=\s*"?utf-8"?\s*)?$/i;
 
-/** A node-authenticated POST route that the fast path may answer. */
+/** A POST route that the fast path may answer. */
 export interface FastRoute {
   /** The exact path; a query string goes to Express. */
   path: string;
-  /** The route's per-node quota (the one its Express limiter uses), and its name in a refusal. */
-  take(peerSpiffeId: string): TakeResult;
+  /**
+   * Whose quota the request takes, known before a byte of body is read: the node's SPIFFE ID from
+   * the TLS handshake (byPeer, which refuses a request without a node certificate), or the
+   * client's address (byClient), as the route's Express limiter keys it.
+   */
+  quotaKey(req: IncomingMessage): string;
+  /** The route's quota (the one its Express limiter uses), and its name in a refusal. */
+  take(key: string): TakeResult;
   quotaName: string;
   /** The 201 body for a request whose JSON body has been read, or a throw: the Express route's own. */
   handle(req: IncomingMessage, parsedBody: unknown): Promise<unknown>;
@@ -26,8 +32,9 @@ export interface FastRoute {
 
 /**
  * The routes a fleet calls most, without Express: POST /v1/workload-svids (a node minting its
- * workloads' SVIDs), POST /v1/jwt-svids (their JWT-SVIDs, short-lived and asked for often) and
- * POST /v1/renew (a node renewing its own certificate, all nodes at once in a renewal storm). Each is answered by the same handler as its Express route, with the same headers,
+ * workloads' SVIDs), POST /v1/jwt-svids (their JWT-SVIDs, short-lived and asked for often),
+ * POST /v1/renew (a node renewing its own certificate, all nodes at once in a renewal storm) and
+ * POST /v1/attest (a fleet bootstrap or an autoscaling burst, issue 20). Each is answered by the same handler as its Express route, with the same headers,
  * request id, log line, metrics, in-flight limit, quota and error bodies. Express costs more per
  * request than the rest of the HTTP stack (bench: `loadgen_echo_server_cpu_ms_per_request` against
  * Baton's).
@@ -93,15 +100,15 @@ export function fastPath(p: {
       send(answer.status, answer.body);
     };
 
-    // The quota is the node's, known from the TLS handshake before a byte of body is read.
-    let peerId: string;
+    // The quota's key (the node, from the TLS handshake; or the client's address) needs no body.
+    let key: string;
     try {
-      peerId = peerCertificate(req).spiffeId;
+      key = route.quotaKey(req);
     } catch (e) {
       fail(e);
       return true;
     }
-    const quota = route.take(peerId);
+    const quota = route.take(key);
     if (!quota.ok) {
       res.setHeader('Retry-After', String(quota.retryAfterS));
       fail(

@@ -171,8 +171,8 @@ export async function dump(s: Storage) {
 }
 
 /**
- * The same storage, but the guarded one-statement inserts of the fast paths, and the JWT-SVID
- * guard's read, refuse (as they do when a concurrent change wins the race), so a use case takes its
+ * The same storage, but the guarded one-statement inserts of the fast paths (workload, renewal),
+ * and the JWT-SVID guard's read, refuse (as they do when a concurrent change wins the race), so a use case takes its
  * general path.
  */
 export function withoutFastPaths(s: Storage): Storage & { refused: string[] } {
@@ -193,6 +193,8 @@ export function withoutFastPaths(s: Storage): Storage & { refused: string[] } {
         refused.push('jwt');
         return false;
       },
+      // An attestation has no general path: its one statement is the only way it records.
+      recordAttestation: (r, a, g) => s.issuances.recordAttestation(r, a, g),
     },
   };
 }

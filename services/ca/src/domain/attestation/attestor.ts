@@ -1,5 +1,10 @@
+import { BatonError } from '../../ground/errors';
 import type { Clock } from '../clock';
-import type { NodeRole, Repositories } from '../ports';
+import { invalidToken } from '../join-token';
+import type { EvidenceSpend, NodeRecord, NodeRole, Repositories } from '../ports';
+import type { TokenLookup } from '../token-cache';
+
+export type { EvidenceSpend } from '../ports';
 
 /**
  * What a successful attestation proves: who the node is and what it may be issued.
@@ -13,10 +18,16 @@ export interface IssuancePolicy {
   /** Node certificate lifetime requested by the evidence (token --node-ttl); null: default. */
   certTtlMs: number | null;
   /**
-   * Spends the evidence inside the issuance transaction (a token use, a nonce), so that a refused
-   * issuance spends nothing and an issued certificate always spent its evidence.
+   * What the evidence spends (a token use, a nonce), as data: the one statement that records the
+   * certificate spends it (IssuanceRepository.recordAttestation), so that a refused issuance spends
+   * nothing and an issued certificate always spent its evidence, in one round trip.
    */
-  commit(tx: Repositories): Promise<void>;
+  spend: EvidenceSpend;
+  /**
+   * The record of node `nodeId` if `verify` read it with the evidence (null: no such node yet), so
+   * that the attestation does not read it again; absent: not read.
+   */
+  node?: NodeRecord | null;
   /** What the audit row of this attestation records about the evidence (never a secret). */
   auditDetails?: Record<string, unknown>;
 }
@@ -33,9 +44,14 @@ export interface AttestorDeps {
    * The DER of the CSR being attested, so that evidence can be bound to the requested key: x509pop
    * signs its hash, and a stolen nonce and signature then cannot be replayed with another key. It
    * is parsed and within the key policy; its own signature is verified after `verify` accepts the
-   * evidence and before `commit` (domain/node-identity.ts), so `verify` must not spend anything.
+   * evidence and before anything is spent (domain/node-identity.ts), so `verify` must not write.
    */
   csrDer: Buffer;
+  /**
+   * How the join-token attestor reads a token: a cache the recording statement re-checks
+   * (domain/token-cache.ts). Default: `repos.tokens.findForAttestation`.
+   */
+  tokens?: TokenLookup;
 }
 
 /** A server nonce for methods that prove possession (x509pop); recorded in the database, not in memory. */
@@ -71,4 +87,17 @@ export interface PresentedEvidence {
 
 export function presentEvidence<E>(attestor: Attestor<E>, evidence: E): PresentedEvidence {
   return { method: attestor.method, verify: (deps) => attestor.verify(deps, evidence) };
+}
+
+/**
+ * The refusal of evidence that could not be spent when the certificate was to be recorded (spent
+ * meanwhile by another request, or expired): a token's is the same 401 as every bad token.
+ */
+export function unspendableEvidence(spend: EvidenceSpend): BatonError {
+  return spend.kind === 'token'
+    ? invalidToken()
+    : new BatonError(
+        'ERR_ATTESTATION_FAILED',
+        'the nonce is unknown, expired or already used: request a new challenge',
+      );
 }

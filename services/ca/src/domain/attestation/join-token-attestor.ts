@@ -15,8 +15,12 @@ export const joinTokenAttestor: Attestor<JoinTokenEvidence> & { readonly method:
   method: 'join_token',
   async verify(deps, { token: t }) {
     if (!deps.pins.includes(t.pin)) throw invalidToken();
-    const record = await deps.repos.tokens.findById(t.id);
-    if (!record || !secretMatches(t.secret, record)) throw invalidToken();
+    // One read (none for a multi-use token read moments ago: deps.tokens): the token, and the node
+    // its name binds (the leaf's role and lifetime are that node's when it exists), so that the
+    // attestation is this read and one statement.
+    const found = await (deps.tokens ? deps.tokens(t.id) : deps.repos.tokens.findForAttestation(t.id));
+    if (!found || !secretMatches(t.secret, found.token)) throw invalidToken();
+    const record = found.token;
     if (record.usesLeft < 1 || record.expiresAt.getTime() <= deps.clock.now().getTime()) throw invalidToken();
     return {
       method: 'join_token',
@@ -24,10 +28,10 @@ export const joinTokenAttestor: Attestor<JoinTokenEvidence> & { readonly method:
       role: record.role,
       certTtlMs: record.nodeTtlMs,
       auditDetails: { token_id: record.id },
-      commit: async (tx) => {
-        // The atomic spend: re-checks uses and expiry under the row lock.
-        if (!(await tx.tokens.consume(record.id, deps.clock.now()))) throw invalidToken();
-      },
+      // Spent by the statement that records the certificate, which re-checks uses and expiry
+      // under the token's row lock.
+      spend: { kind: 'token', tokenId: record.id },
+      ...(record.nodeName === null ? {} : { node: found.boundNode }),
     };
   },
 };

@@ -26,9 +26,9 @@ import type { Attestor } from './attestor';
  *    anything in another protocol.
  *
  * The chain (leaf first, then optional intermediates) must lead to a configured provisioning CA,
- * every certificate valid at the injected clock's now. The nonce is spent in the issuance
- * transaction (IssuancePolicy.commit), so a refused issuance spends nothing and a nonce gives at most
- * one certificate, whichever replica sees it.
+ * every certificate valid at the injected clock's now. The nonce is spent by the statement that
+ * records the certificate (IssuancePolicy.spend), so a refused issuance spends nothing and a nonce
+ * gives at most one certificate, whichever replica sees it.
  *
  * The node id is `x509pop-` + the first 16 hex digits of the SHA-256 of the leaf's
  * SubjectPublicKeyInfo: re-attesting with the same provisioning key finds the same node (SPIRE
@@ -163,11 +163,7 @@ export function x509popAttestor(
         nodeId: x509popNodeId(leaf.cert),
         role: settings.role,
         certTtlMs: null,
-        commit: async (tx) => {
-          if (!(await tx.nonces.use(nonce, X509POP_METHOD, deps.clock.now()))) {
-            throw failed('the nonce is unknown, expired or already used: request a new challenge');
-          }
-        },
+        spend: { kind: 'nonce', nonce, method: X509POP_METHOD },
       };
     },
   };

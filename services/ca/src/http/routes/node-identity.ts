@@ -10,13 +10,14 @@ import {
   renewNode,
 } from '../../domain/node-identity';
 import type { AuditContext } from '../../domain/audit';
+import { type TokenSource, tokenCache } from '../../domain/token-cache';
 import { attestorFor, readEvidence } from '../attestation-evidence';
 import type { AppDeps } from '../ports';
 import { auditContext } from '../audit-context';
 import { nodeClaimOf } from '../authorization';
 import { timedIssuance } from '../metrics';
 import { renderIssuance } from '../render';
-import { body, csrField, jsonObject } from '../validate';
+import { csrField, jsonObject } from '../validate';
 
 const identityDepsOf = (deps: AppDeps): NodeIdentityDeps => ({
   clock: deps.clock,
@@ -72,11 +73,24 @@ function readAttestParams(deps: AppDeps, b: Record<string, unknown>, audit: Audi
  */
 const methodLabel = (m: unknown): string => (typeof m === 'string' ? m.slice(0, 64) : `(${typeof m})`);
 
-/** POST /v1/attest (unauthenticated: the evidence authenticates) and POST /v1/renew (node mTLS). */
-export function nodeIdentityRoutes(deps: AppDeps, renew: NodeRenewer): Router {
-  const r = Router();
-  r.post('/v1/attest', async (req, res) => {
-    const b = body(req);
+/** POST /v1/attest for a request whose JSON body has been read: the 201 body, or a throw. */
+export type NodeAttester = (
+  req: IncomingMessage,
+  parsedBody: unknown,
+) => Promise<ReturnType<typeof renderIssuance>>;
+
+/**
+ * The one implementation of POST /v1/attest (unauthenticated: the evidence authenticates), shared
+ * by the Express route and the fast path (http/fast-path.ts). Join tokens are read through a
+ * per-replica cache of multi-use tokens that the recording statement re-checks
+ * (domain/token-cache.ts).
+ */
+export function nodeAttester(
+  deps: AppDeps,
+  tokens: TokenSource = tokenCache(deps.storage.tokens, { nowMs: deps.monotonicMs }),
+): NodeAttester {
+  return async (req, parsedBody) => {
+    const b = jsonObject(parsedBody);
     const audit = auditContext(req, 'anonymous');
     let params: AttestParams;
     try {
@@ -86,9 +100,17 @@ export function nodeIdentityRoutes(deps: AppDeps, renew: NodeRenewer): Router {
       throw e;
     }
     const issued = await timedIssuance(deps.metrics, 'node', 'attest', () =>
-      attestNode(identityDepsOf(deps), params),
+      attestNode({ ...identityDepsOf(deps), tokens }, params),
     );
-    res.status(201).json(renderIssuance(issued, { withNodeId: true }));
+    return renderIssuance(issued, { withNodeId: true });
+  };
+}
+
+/** POST /v1/attest and POST /v1/renew (node mTLS), for Express. */
+export function nodeIdentityRoutes(attest: NodeAttester, renew: NodeRenewer): Router {
+  const r = Router();
+  r.post('/v1/attest', async (req, res) => {
+    res.status(201).json(await attest(req, req.body));
   });
   r.post('/v1/renew', async (req, res) => {
     res.status(201).json(await renew(req, req.body));

@@ -6,6 +6,7 @@ import type {
   JwtMintGuard,
   WorkloadGuard,
 } from '../../domain/ports';
+import { recordAttestation } from './attestation-statement';
 import { db } from './db-errors';
 import { runPrepared } from './prepared-statement';
 
@@ -254,11 +255,14 @@ export function knexIssuanceRepository(
       ]);
       return Number(rows[0]?.n ?? 0) === 1;
     });
+  const attest: IssuanceRepository['recordAttestation'] = (r, a, g) =>
+    db(() => recordAttestation(k, r, a, g));
   // Inside a transaction there is nothing to batch with.
   if (k.isTransaction) {
     return {
       recordWorkloadGuarded: (record, audit, guard) => one({ record, audit, guard }),
       recordRenewalGuarded,
+      recordAttestation: attest,
       jwtMintAllowed: (guard) => db(async () => (await jwtBatch(k, [guard])).has(0)),
     };
   }
@@ -286,6 +290,7 @@ export function knexIssuanceRepository(
   };
   return {
     recordRenewalGuarded,
+    recordAttestation: attest,
     jwtMintAllowed: jwtReads(k, batching),
     recordWorkloadGuarded: (record, audit, guard) =>
       db(

@@ -4,7 +4,7 @@ import { db } from './db-errors';
 import { pageOf } from './keyset';
 import { runPrepared } from './prepared-statement';
 
-interface NodeRow {
+export interface NodeRow {
   id: string;
   role: NodeRecord['role'];
   status: NodeRecord['status'];
@@ -32,7 +32,7 @@ from nodes n join certificates c on c.node_id = n.id
 where c.serial = ? and c.kind = 'node'
 limit 1`;
 
-const toNode = (r: NodeRow): NodeRecord => ({
+export const toNode = (r: NodeRow): NodeRecord => ({
   id: r.id,
   role: r.role,
   status: r.status,
@@ -100,11 +100,6 @@ export function knexNodeRepository(k: Knex | Knex.Transaction): NodeRepository {
           .first()) as { n: string | number } | undefined;
         return Number(row?.n ?? 0);
       }),
-    recordAttestation: (id, at, method) =>
-      db(
-        async () =>
-          void (await k('nodes').where({ id }).update({ last_attested_at: at, attestation_method: method })),
-      ),
     markRevoked: (id, at, reason) =>
       db(
         async () =>
