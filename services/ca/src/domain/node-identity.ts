@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { MAX_TTL } from '../ground/ttl';
 import { base32 } from '../pki/base32';
 import type { ParsedCsr, UnverifiedCsr } from '../pki/csr';
-import type { PresentedEvidence } from './attestation/attestor';
+import { type IssuancePolicy, type PresentedEvidence, withAuditDetails } from './attestation/attestor';
 import { type AuditContext, auditEvent, recordRefusal } from './audit';
 import { assertNodeActive, decideCaller, type NodeClaim } from './caller';
 import type { Clock } from './clock';
@@ -117,6 +117,16 @@ async function attestNodeOnce(deps: NodeIdentityDeps, p: AttestParams): Promise<
     pins: deps.keyring.pins,
     csrDer: p.csr.der,
   });
+  // A refusal from here on is about the evidence verify accepted: its audit row says which (the
+  // token id, the TPM's EK identifier).
+  return withAuditDetails(policy.auditDetails ?? {}, () => issueAttested(deps, p, policy));
+}
+
+async function issueAttested(
+  deps: NodeIdentityDeps,
+  p: AttestParams,
+  policy: IssuancePolicy,
+): Promise<Issuance> {
   const csr = p.csr.verify();
   return deps.storage.transaction(async (tx) => {
     await policy.commit(tx);

@@ -23,6 +23,7 @@ import { adminCaRoutes } from './routes/admin-ca';
 import { adminAuditRoutes } from './routes/admin-audit';
 import { adminEntryRoutes } from './routes/admin-entries';
 import { adminNodeRoutes } from './routes/admin-nodes';
+import { adminTpmRoutes } from './routes/admin-tpm';
 import { healthRoutes } from './routes/health';
 import { jwtSvidMinter, jwtSvidRoutes } from './routes/jwt-svid';
 import { nodeIdentityRoutes, nodeRenewer } from './routes/node-identity';
@@ -130,6 +131,7 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   app.use(adminAuditRoutes(deps));
   app.use(adminAdminRoutes(deps));
   app.use(adminCaRoutes(deps));
+  app.use(adminTpmRoutes(deps));
   app.use(crlRoutes(deps));
   app.use(revocationRoutes(deps));
   app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));

@@ -10,6 +10,7 @@ import { knexJwtKeyRepository } from './jwt-key-repository';
 import { knexCrlRepository, knexRevocationRepository } from './revocation-repository';
 import { knexNodeRepository } from './node-repository';
 import { knexNonceRepository, knexTokenRepository } from './token-repository';
+import { knexTpmRepository } from './tpm-repository';
 import { knexUpstreamRepository } from './upstream-repository';
 
 function repositories(k: Knex | Knex.Transaction): Repositories {
@@ -26,6 +27,7 @@ function repositories(k: Knex | Knex.Transaction): Repositories {
     tokens: knexTokenRepository(k),
     nonces: knexNonceRepository(k),
     jwtKeys: knexJwtKeyRepository(k),
+    tpm: knexTpmRepository(k),
   };
 }
 
