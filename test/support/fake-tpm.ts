@@ -58,7 +58,7 @@ export class FakeTpm {
 
   /** The EK's SubjectPublicKeyInfo DER. */
   get ekSpki(): Buffer {
-    return createPublicKey(this.ek.publicKey).export({ type: 'spki', format: 'der' });
+    return this.ek.publicKey.export({ type: 'spki', format: 'der' });
   }
 
   /**

@@ -28,18 +28,15 @@ export function readTpmChallengeEvidence(payload: Record<string, unknown>): TpmC
     what: 'the EK TPM2B_PUBLIC',
   });
   const ek = atField('ek_public', () => readPublicArea(ekBytes));
-  const ekCertificate =
-    payload.ek_certificate === undefined || payload.ek_certificate === null
-      ? null
-      : atField('ek_certificate', () =>
-          readEkCertificate(
-            base64Field(payload, 'ek_certificate', {
-              min: 1,
-              max: MAX_EK_CERTIFICATE_BYTES,
-              what: 'the EK certificate DER',
-            }),
-          ),
-        );
+  let ekCertificate: TpmChallengeEvidence['ekCertificate'] = null;
+  if (payload.ek_certificate !== undefined && payload.ek_certificate !== null) {
+    const der = base64Field(payload, 'ek_certificate', {
+      min: 1,
+      max: MAX_EK_CERTIFICATE_BYTES,
+      what: 'the EK certificate DER',
+    });
+    ekCertificate = atField('ek_certificate', () => readEkCertificate(der));
+  }
   const akBytes = base64Field(payload, 'ak_public', {
     min: MIN_PUBLIC_BYTES,
     max: MAX_PUBLIC_BYTES,
