@@ -69,7 +69,9 @@ describeWith(SWTPM_TOOLS, 'TPM cryptography on swtpm (pki/tpm)', () => {
       // The quote of another AK of the same TPM does not verify with this one.
       const other = await node.newAk();
       const theirs = await node.quote(data, other.akCtx);
-      expect(verifyQuoteSignature(key, readQuote(theirs.quote), readQuoteSignature(theirs.signature))).toBe(false);
+      expect(verifyQuoteSignature(key, readQuote(theirs.quote), readQuoteSignature(theirs.signature))).toBe(
+        false,
+      );
       expect(readQuote(theirs.quote).qualifiedSigner.equals(q.qualifiedSigner)).toBe(false);
     }, 60_000);
   });
