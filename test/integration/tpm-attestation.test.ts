@@ -18,7 +18,14 @@ import {
   SWTPM_TOOLS,
 } from '../support/swtpm';
 import { startTestServer, type TestServer } from '../support/test-server';
-import { type TpmNode, tpmIsClean, tpmNode } from '../support/tpm-node';
+import {
+  type TpmChallengeBody as ChallengeBody,
+  type TpmExchange,
+  type TpmNode,
+  tpmExchange,
+  tpmIsClean,
+  tpmNode,
+} from '../support/tpm-node';
 import { describeWith, opensslText, run, tempDir, writeFiles } from '../support/tools';
 
 /**
@@ -26,13 +33,6 @@ import { describeWith, opensslText, run, tempDir, writeFiles } from '../support/
  * (swtpm) exactly as docs/api.md "TPM attestation" describes it: enrolled EKs, EK certificates
  * from swtpm_setup's manufacturer CA, the refusals, the revocation ban, and malformed input.
  */
-
-interface ChallengeBody {
-  nonce: string;
-  expires_at: string;
-  credential_blob: string;
-  encrypted_secret: string;
-}
 
 const b64 = (b: Buffer) => b.toString('base64');
 
@@ -99,48 +99,10 @@ describeWith(SWTPM_TOOLS, 'TPM attestation over HTTPS (issue 19)', () => {
     const postAttest = (body: Record<string, unknown>, url = t.url) =>
       https(`${url}/v1/attest`, { method: 'POST', body: JSON.stringify(body), ca: t.bundle });
 
-    interface Exchange {
-      challenge: HttpsResult;
-      c?: ChallengeBody;
-      body?: Record<string, unknown>;
-      r?: HttpsResult;
-    }
+    const exchange = (node: TpmNode, o: Parameters<typeof tpmExchange>[2] & { url?: string } = {}) =>
+      tpmExchange({ url: o.url ?? t.url, bundle: t.bundle }, node, o);
 
-    /** The agent's whole exchange; options break one step of it. */
-    async function exchange(
-      node: TpmNode,
-      o: {
-        withCertificate?: boolean;
-        fields?: Record<string, unknown>;
-        quotedCsrPem?: string;
-        url?: string;
-        /** false: stop before POST /v1/attest (the test sends the body itself). */
-        answer?: boolean;
-      } = {},
-    ): Promise<Exchange> {
-      const challenge = await postChallenge(
-        { method: 'tpm', ...node.challengeFields({ withCertificate: o.withCertificate }), ...o.fields },
-        o.url,
-      );
-      if (challenge.status !== 201) return { challenge };
-      const c = challenge.json<ChallengeBody>();
-      const secret = await node.activate(c);
-      const { csrPem } = await keyAndCsr();
-      const q = await node.quote(
-        tpmQualifyingData(c.nonce, fromPem(o.quotedCsrPem ?? csrPem, 'CERTIFICATE REQUEST')),
-      );
-      const body = {
-        method: 'tpm',
-        nonce: c.nonce,
-        secret: b64(secret),
-        quote: b64(q.quote),
-        quote_signature: b64(q.signature),
-        csr: csrPem,
-      };
-      return { challenge, c, body, r: o.answer === false ? undefined : await postAttest(body, o.url) };
-    }
-
-    const expectIssued = (x: Exchange, nodeId: string) => {
+    const expectIssued = (x: TpmExchange, nodeId: string) => {
       expect(x.challenge.status).toBe(201);
       expect(x.r?.status).toBe(201);
       const b = x.r!.json<IssuanceBody>();

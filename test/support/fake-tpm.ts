@@ -4,7 +4,6 @@ import {
   createHmac,
   createPublicKey,
   diffieHellman,
-  generateKeyPairSync,
   type KeyObject,
   privateDecrypt,
   sign,
@@ -20,14 +19,19 @@ import {
   readPublicArea,
   TpmReader,
 } from '../../services/ca/src/pki/tpm';
-import { akSpec, ekSpec, type PublicSpec, tpm2bPublic, tpmsAttest, tpmtSignature } from './tpm-structures';
+import {
+  akSpec,
+  ekSpec,
+  freshKeyPair,
+  type PublicSpec,
+  tpm2bPublic,
+  tpmsAttest,
+  tpmtSignature,
+} from './tpm-structures';
 
 type KeyPair = { privateKey: KeyObject; publicKey: KeyObject };
 
-const keyPair = (type: 'rsa' | 'ecc'): KeyPair =>
-  type === 'rsa'
-    ? generateKeyPairSync('rsa', { modulusLength: 2048 })
-    : generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+const keyPair = freshKeyPair;
 
 /**
  * A TPM in JavaScript for domain tests that need no swtpm: the EK and AK are node:crypto keys, and

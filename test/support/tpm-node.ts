@@ -1,6 +1,10 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fromPem } from '../../services/ca/src/pki/der-reader';
+import { tpmQualifyingData } from '../../services/ca/src/pki/tpm';
+import { type HttpsResult, https } from './https';
+import { keyAndCsr } from './node-client';
 import type { SoftwareTpm } from './swtpm';
 
 /**
@@ -160,4 +164,66 @@ export async function tpmIsClean(tpm: SoftwareTpm): Promise<boolean> {
   const transient = (await tpm.tool('tpm2_getcap', ['handles-transient'])).toString().trim();
   const sessions = (await tpm.tool('tpm2_getcap', ['handles-loaded-session'])).toString().trim();
   return transient === '' && sessions === '' && existsSync(tpm.dir);
+}
+
+/** The 201 body of POST /v1/attest/challenge for the tpm method. */
+export interface TpmChallengeBody {
+  nonce: string;
+  expires_at: string;
+  credential_blob: string;
+  encrypted_secret: string;
+}
+
+export interface TpmExchange {
+  challenge: HttpsResult;
+  /** The challenge's body when it was 201. */
+  c?: TpmChallengeBody;
+  /** The POST /v1/attest body the node made. */
+  body?: Record<string, unknown>;
+  /** Its answer, unless `answer: false`. */
+  r?: HttpsResult;
+}
+
+const b64 = (b: Buffer) => b.toString('base64');
+
+/**
+ * The whole exchange as an agent makes it (docs/api.md "TPM attestation"): the challenge with the
+ * EK and AK, tpm2_activatecredential, a fresh key and CSR, tpm2_quote over the qualifying data,
+ * POST /v1/attest. Options break one step of it.
+ */
+export async function tpmExchange(
+  server: { url: string; bundle: string },
+  node: TpmNode,
+  o: {
+    withCertificate?: boolean;
+    /** Fields added to (or replacing those of) the challenge request. */
+    fields?: Record<string, unknown>;
+    /** The CSR the quote is over (default: the one sent). */
+    quotedCsrPem?: string;
+    /** false: stop before POST /v1/attest (the test sends the body itself). */
+    answer?: boolean;
+  } = {},
+): Promise<TpmExchange> {
+  const post = (path: string, body: Record<string, unknown>) =>
+    https(`${server.url}${path}`, { method: 'POST', body: JSON.stringify(body), ca: server.bundle });
+  const challenge = await post('/v1/attest/challenge', {
+    method: 'tpm',
+    ...node.challengeFields({ withCertificate: o.withCertificate }),
+    ...o.fields,
+  });
+  if (challenge.status !== 201) return { challenge };
+  const c = challenge.json<TpmChallengeBody>();
+  const secret = await node.activate(c);
+  const { csrPem } = await keyAndCsr();
+  const quoted = fromPem(o.quotedCsrPem ?? csrPem, 'CERTIFICATE REQUEST');
+  const q = await node.quote(tpmQualifyingData(c.nonce, quoted));
+  const body = {
+    method: 'tpm',
+    nonce: c.nonce,
+    secret: b64(secret),
+    quote: b64(q.quote),
+    quote_signature: b64(q.signature),
+    csr: csrPem,
+  };
+  return { challenge, c, body, r: o.answer === false ? undefined : await post('/v1/attest', body) };
 }

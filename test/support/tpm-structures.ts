@@ -1,4 +1,4 @@
-import { createPublicKey, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import {
   EK_AUTH_POLICY,
   EK_TEMPLATE_ATTRIBUTES,
@@ -33,6 +33,30 @@ export interface PublicSpec {
 }
 
 const u8 = (n: number): Buffer => Buffer.from([n]);
+
+/**
+ * A fresh key pair, encoded by the generation itself and imported again: Node 20 can deadlock when
+ * a KeyObject that generateKeyPairSync returned is exported while a garbage collection destroys
+ * its generation job (services/ca/src/pki/tpm/make-credential.ts), and the tests export keys.
+ */
+export function freshKeyPair(type: 'rsa' | 'ecc'): { privateKey: KeyObject; publicKey: KeyObject } {
+  const pair: { publicKey: Buffer; privateKey: Buffer } =
+    type === 'rsa'
+      ? generateKeyPairSync('rsa', {
+          modulusLength: 2048,
+          publicKeyEncoding: { type: 'spki', format: 'der' },
+          privateKeyEncoding: { type: 'pkcs8', format: 'der' },
+        })
+      : generateKeyPairSync('ec', {
+          namedCurve: 'prime256v1',
+          publicKeyEncoding: { type: 'spki', format: 'der' },
+          privateKeyEncoding: { type: 'pkcs8', format: 'der' },
+        });
+  return {
+    privateKey: createPrivateKey({ key: pair.privateKey, format: 'der', type: 'pkcs8' }),
+    publicKey: createPublicKey({ key: pair.publicKey, format: 'der', type: 'spki' }),
+  };
+}
 
 /** TPMT_PUBLIC, the marshalled bytes (no size). */
 export function tpmtPublic(s: PublicSpec): Buffer {

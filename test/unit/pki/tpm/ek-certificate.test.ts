@@ -1,4 +1,4 @@
-import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { BatonError } from '../../../../services/ca/src/ground/errors';
 import {
@@ -10,6 +10,7 @@ import {
 import { CorporatePki } from '../../../support/corporate-ca';
 import { issueEkCertificate } from '../../../support/ek-certificates';
 import { tempDir } from '../../../support/tools';
+import { freshKeyPair } from '../../../support/tpm-structures';
 
 /**
  * EK certificates against manufacturer CAs (pki/tpm/ek-certificate.ts), made with the openssl
@@ -46,8 +47,8 @@ describe('EK certificates (pki/tpm/ek-certificate.ts)', () => {
   const anchors = [anchor(root.pem), anchor(issuer.pem)];
   const now = () => new Date();
 
-  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey;
-  const ecc = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey;
+  const rsa = freshKeyPair('rsa').publicKey;
+  const ecc = freshKeyPair('ecc').publicKey;
   const spki = (k: typeof rsa) => k.export({ type: 'spki', format: 'der' });
   const ekOf = (k: typeof rsa) => ({
     spki: spki(k),

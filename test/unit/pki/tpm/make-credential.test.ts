@@ -1,14 +1,8 @@
-import {
-  constants,
-  createPrivateKey,
-  createPublicKey,
-  generateKeyPairSync,
-  privateDecrypt,
-} from 'node:crypto';
+import { constants, createPrivateKey, createPublicKey, privateDecrypt } from 'node:crypto';
 import { makeCredential, objectName, readPublicArea } from '../../../../services/ca/src/pki/tpm';
 import { hex } from '../../../fixtures/tpm-swtpm';
 import { FakeTpm } from '../../../support/fake-tpm';
-import { akSpec, ekSpec, tpm2bPublic } from '../../../support/tpm-structures';
+import { akSpec, ekSpec, freshKeyPair, tpm2bPublic } from '../../../support/tpm-structures';
 
 /**
  * TPM2_MakeCredential (pki/tpm/make-credential.ts). Its activation by a real TPM is tested on
@@ -39,7 +33,7 @@ K6h1XucUbUlFHKpEYJL124pDQqo/F6PZO9l1VJ7nd2YpRk7W+c4QAloX
 
 describe('TPM2_MakeCredential (pki/tpm/make-credential.ts)', () => {
   it('ok/RSA EK, a fixed seed: the TPM2B_ID_OBJECT is the known answer; the seed travels under RSA-OAEP "IDENTITY"', () => {
-    const ek = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const ek = freshKeyPair('rsa');
     const area = readPublicArea(tpm2bPublic(ekSpec('rsa', ek.publicKey)));
     const seed = hex('19b25856e1c150ca834cffc8b59b23adbd0ec0389e58eb22b3b64768098d002b'); // SHA-256("seed")
     const c = makeCredential(area, NAME, SECRET, { seed });
@@ -76,10 +70,9 @@ describe('TPM2_MakeCredential (pki/tpm/make-credential.ts)', () => {
   it('ok/ECC EK, a fixed ephemeral key: the TPMS_ECC_POINT of e and the TPM2B_ID_OBJECT are the known answers', () => {
     const ekPublic = createPublicKey(createPrivateKey(EK_PRIVATE));
     const area = readPublicArea(tpm2bPublic(ekSpec('ecc', ekPublic)));
-    const e = createPrivateKey(EPHEMERAL_PRIVATE);
-    const c = makeCredential(area, NAME, SECRET, {
-      ephemeral: { privateKey: e, publicKey: createPublicKey(e) },
-    });
+    // The ephemeral key's scalar d (RFC 7518 §6.2.2.1), from the imported PEM.
+    const d = Buffer.from(createPrivateKey(EPHEMERAL_PRIVATE).export({ format: 'jwk' }).d!, 'base64url');
+    const c = makeCredential(area, NAME, SECRET, { ephemeralPrivateKey: d });
     expect(c.encryptedSecret.toString('hex')).toBe(
       '004400204567a024a7c0ec653cd42b7e54b76554c87cfa66747b2ba8755ee7146d49451c0020aa446092f5db8a4342aa3f17a3d93bd975549ee7776629464ed6f9ce10025a17',
     );
@@ -100,9 +93,7 @@ describe('TPM2_MakeCredential (pki/tpm/make-credential.ts)', () => {
       expect(a.encryptedSecret.equals(b.encryptedSecret)).toBe(false);
       expect(tpm.activate(a.idObject, a.encryptedSecret).equals(SECRET)).toBe(true);
       // Another AK's Name: the integrity check fails, as TPM2_ActivateCredential's would.
-      const otherAk = tpm2bPublic(
-        akSpec('ecc', generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey),
-      );
+      const otherAk = tpm2bPublic(akSpec('ecc', freshKeyPair('ecc').publicKey));
       expect(() => tpm.activate(a.idObject, a.encryptedSecret, otherAk)).toThrow('TPM_RC_INTEGRITY');
       // Another TPM: its EK does not open the seed (RSA: OAEP fails; ECC: another Z, integrity fails).
       expect(() => new FakeTpm(type).activate(a.idObject, a.encryptedSecret)).toThrow();

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { generateKeyPairSync, randomBytes, sign } from 'node:crypto';
+import { randomBytes, sign } from 'node:crypto';
 import { BatonError } from '../../../../services/ca/src/ground/errors';
 import {
   publicKeyOf,
@@ -11,7 +11,7 @@ import {
   verifyQuoteSignature,
 } from '../../../../services/ca/src/pki/tpm';
 import { hex, SWTPM } from '../../../fixtures/tpm-swtpm';
-import { tpmsAttest, tpmtSignature } from '../../../support/tpm-structures';
+import { tpmsAttest, tpmtSignature, freshKeyPair } from '../../../support/tpm-structures';
 
 function refusal(fn: () => unknown): string {
   try {
@@ -59,7 +59,7 @@ describe('quotes (pki/tpm/quote.ts)', () => {
 
   it('fail/the signature of another key, a hash other than SHA-256, RSASSA on an ECC AK, r longer than 32 bytes', () => {
     const quote = readQuote(hex(SWTPM.quote));
-    const other = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const other = freshKeyPair('ecc');
     const rs = sign('sha256', quote.raw, { key: other.privateKey, dsaEncoding: 'ieee-p1363' });
     const forged = readQuoteSignature(
       tpmtSignature({ sigAlg: 'ecdsa', r: rs.subarray(0, 32), s: rs.subarray(32) }),
@@ -85,7 +85,7 @@ describe('quotes (pki/tpm/quote.ts)', () => {
   });
 
   it('ok/an RSA AK: RSASSA-PKCS1-v1_5 with SHA-256; an ECDSA signature for it is false', () => {
-    const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const rsa = freshKeyPair('rsa');
     const quote = readQuote(
       tpmsAttest({ qualifiedSigner: Buffer.alloc(34, 1), extraData: Buffer.alloc(32, 2) }),
     );

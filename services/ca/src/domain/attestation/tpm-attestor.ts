@@ -82,12 +82,12 @@ export const tpmAttestor: Attestor<TpmEvidence, TpmChallengeEvidence> & {
   method: TPM_METHOD,
 
   async challenge(deps, evidence) {
-    const ek = publicKeyOf(evidence.ek);
+    const ek = publicKeyOf(evidence.ek, 'the endorsement key');
     const ekId = ekIdentifier(ek.spki);
     return withAuditDetails({ ek_id: ekId }, async () => {
       checkEndorsementKey(evidence.ek);
       checkAttestationKey(evidence.ak);
-      const ak = publicKeyOf(evidence.ak);
+      const ak = publicKeyOf(evidence.ak, 'the attestation key');
       const now = deps.clock.now();
       await assertNotBanned(deps.repos, ekId);
       const admission = await admit(
@@ -121,7 +121,9 @@ export const tpmAttestor: Attestor<TpmEvidence, TpmChallengeEvidence> & {
     const auditDetails = { ek_id: challenge.ekId, admitted_by: challenge.admittedBy };
     return withAuditDetails(auditDetails, async () => {
       await assertNotBanned(deps.repos, challenge.ekId);
-      if (!timingSafeEqual(sha256(evidence.secret), challenge.secretHash)) {
+      const presented = sha256(evidence.secret);
+      const stored = challenge.secretHash;
+      if (stored.length !== presented.length || !timingSafeEqual(presented, stored)) {
         throw failed('the activated credential does not match the challenge');
       }
       checkQuote(deps, evidence, challenge.akSpki, challenge.akQualifiedName);

@@ -120,8 +120,7 @@ export function checkEkCertificate<A extends ManufacturerAnchor>(
   anchors: readonly A[],
   now: Date,
 ): A {
-  const certSpki = ekCert.cert.publicKey.export({ type: 'spki', format: 'der' });
-  if (!certSpki.equals(ek.spki)) throw unknownTpm('the EK certificate is for another key');
+  if (!certifies(ekCert.cert, ek.spki)) throw unknownTpm('the EK certificate is for another key');
   if (!validAt(ekCert, now)) throw unknownTpm('the EK certificate is expired or not yet valid');
   if (ekCert.unknownCritical) throw unknownTpm('the EK certificate has an unsupported critical extension');
   if (ekCert.isCa) throw unknownTpm('the EK certificate is a CA certificate');
@@ -138,6 +137,15 @@ export function checkEkCertificate<A extends ManufacturerAnchor>(
   if (!anchor) throw unknownTpm('the EK certificate is not issued by a manufacturer CA');
   if (!validAt(anchor, now)) throw unknownTpm('the manufacturer CA certificate is expired or not yet valid');
   return anchor;
+}
+
+/** Whether the certificate's key is the one of `spki` (node:crypto re-encodes it; a key type it cannot read is not). */
+function certifies(cert: X509Certificate, spki: Buffer): boolean {
+  try {
+    return cert.publicKey.export({ type: 'spki', format: 'der' }).equals(spki);
+  } catch {
+    return false;
+  }
 }
 
 function issued(issuer: X509Certificate, subject: X509Certificate): boolean {

@@ -1,13 +1,4 @@
-import {
-  constants,
-  createCipheriv,
-  createHmac,
-  diffieHellman,
-  generateKeyPairSync,
-  type KeyObject,
-  publicEncrypt,
-  randomBytes,
-} from 'node:crypto';
+import { constants, createCipheriv, createECDH, createHmac, publicEncrypt, randomBytes } from 'node:crypto';
 import { BatonError } from '../../ground/errors';
 import { SHA256_SIZE } from './constants';
 import { kdfa, kdfe } from './kdf';
@@ -32,11 +23,12 @@ export interface Credential {
 
 /**
  * For known-answer tests only: a fixed seed (RSA EKs; OAEP still randomizes the ciphertext) or a
- * fixed ephemeral key (ECC EKs, from which the seed follows). In production both are fresh.
+ * fixed ephemeral private key, the 32-byte P-256 scalar (ECC EKs, from which the seed follows). In
+ * production both are fresh.
  */
 export interface FixedCredentialInputs {
   seed?: Buffer;
-  ephemeral?: { privateKey: KeyObject; publicKey: KeyObject };
+  ephemeralPrivateKey?: Buffer;
 }
 
 /** Part 1 §24.4: the seed's OAEP label and its KDFe use for the EK: "IDENTITY" (zero-terminated). */
@@ -79,8 +71,8 @@ function protectSeed(
   ek: PublicArea,
   fixed: FixedCredentialInputs,
 ): { seed: Buffer; encryptedSecret: Buffer } {
-  const { key } = publicKeyOf(ek);
   if (ek.type === 'rsa') {
+    const { key } = publicKeyOf(ek);
     const seed = fixed.seed ?? randomBytes(SHA256_SIZE);
     const encrypted = publicEncrypt(
       {
@@ -93,12 +85,18 @@ function protectSeed(
     );
     return { seed, encryptedSecret: encrypted };
   }
-  const e = fixed.ephemeral ?? generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-  const jwk = e.publicKey.export({ format: 'jwk' });
-  const ex = Buffer.from(jwk.x ?? '', 'base64url');
-  const ey = Buffer.from(jwk.y ?? '', 'base64url');
-  // node:crypto's ECDH secret is the x-coordinate of the shared point, 32 bytes for P-256.
-  const z = diffieHellman({ privateKey: e.privateKey, publicKey: key });
+  // node:crypto's ECDH class, not a generated KeyObject: Node 20 can deadlock exporting a KeyObject
+  // that generateKeyPairSync just made when a garbage collection runs during the export (the
+  // generation job's destructor takes the key's lock the export holds), and this runs per request.
+  const e = createECDH('prime256v1');
+  if (fixed.ephemeralPrivateKey) e.setPrivateKey(fixed.ephemeralPrivateKey);
+  else e.generateKeys();
+  const point = e.getPublicKey(); // 0x04 || x || y (SEC 1 §2.3.3)
+  const ex = point.subarray(1, 1 + SHA256_SIZE);
+  const ey = point.subarray(1 + SHA256_SIZE);
+  // The ECDH secret is the x-coordinate of e·EK, 32 bytes for P-256; computeSecret refuses a point
+  // that is not on the curve (the challenge checked it already, publicKeyOf).
+  const z = e.computeSecret(Buffer.concat([Buffer.from([4]), ek.x, ek.y]));
   const seed = kdfe(z, IDENTITY, ex, ek.x, SHA256_SIZE * 8);
   return { seed, encryptedSecret: Buffer.concat([tpm2b(ex), tpm2b(ey)]) };
 }

@@ -45,7 +45,7 @@ const RSA_DEFAULT_EXPONENT = 0x10001;
  * (RFC 5480 §2.2). Imported through a JWK (RFC 7518 §6), so OpenSSL checks the point is on the
  * curve; the SPKI is then OpenSSL's DER encoding, the same bytes `tpm2_readpublic -f pem` gives.
  */
-export function publicKeyOf(pub: PublicArea): { key: KeyObject; spki: Buffer } {
+export function publicKeyOf(pub: PublicArea, what = 'the public key'): { key: KeyObject; spki: Buffer } {
   let key: KeyObject;
   try {
     if (pub.type === 'rsa') {
@@ -68,10 +68,7 @@ export function publicKeyOf(pub: PublicArea): { key: KeyObject; spki: Buffer } {
       });
     }
   } catch {
-    throw new BatonError(
-      'ERR_BAD_REQUEST',
-      'the public key cannot be decoded (not a valid RSA key or P-256 point)',
-    );
+    throw new BatonError('ERR_BAD_REQUEST', `${what} cannot be decoded (not a valid RSA key or P-256 point)`);
   }
   return { key, spki: key.export({ type: 'spki', format: 'der' }) };
 }
