@@ -19,6 +19,7 @@ import { batonPostgres } from './sections/baton';
 import { batonPglite, workersAb } from './sections/baton-variants';
 import { PKCS11_FIGURES, pkcs11Section } from './sections/pkcs11';
 import { cfsslSection } from './sections/cfssl';
+import { TPM_FIGURES, tpmSection } from './sections/tpm';
 import { versusSection } from './sections/versus';
 import { WORKLOAD_API_FIGURES, workloadApiSection, workloadApiTargets } from './sections/workload-api';
 
@@ -85,6 +86,8 @@ async function main() {
       versusSection(c),
     );
     await section(c, 'workload-api', WORKLOAD_API_FIGURES, () => workloadApiSection(c));
+    // Issue 19: the server's CPU per TPM attestation, the TPM excluded.
+    await section(c, 'tpm', TPM_FIGURES, () => tpmSection(c));
   } finally {
     rmSync(c.work, { recursive: true, force: true });
   }

@@ -8,6 +8,7 @@ import * as workloadApiEntries from './20261207190000_workload_api_entries';
 import * as publicHttpUrl from './20261207200000_public_http_url';
 import * as upstreamCa from './20261208020000_upstream_ca';
 import * as rootRotation from './20261208030000_root_rotation';
+import * as tpmAttestation from './20261208100000_tpm_attestation';
 import * as retention from './20261208110000_retention';
 import * as adminListPaging from './20261208120000_admin_list_paging';
 
@@ -30,6 +31,7 @@ export const migrations: ReadonlyArray<{
   { name: '20261207200000_public_http_url', ...publicHttpUrl },
   { name: '20261208020000_upstream_ca', ...upstreamCa },
   { name: '20261208030000_root_rotation', ...rootRotation },
+  { name: '20261208100000_tpm_attestation', ...tpmAttestation },
   { name: '20261208110000_retention', ...retention },
   { name: '20261208120000_admin_list_paging', ...adminListPaging },
 ];

@@ -9,7 +9,7 @@ export interface BenchOptions {
   workers: number;
   runs: number;
   logLevel: string;
-  /** Sections to leave out while iterating: crypto, crl, loadgen, baton, jwt, pkcs11, workers, pglite, cfssl, versus, storm, revocation. */
+  /** Sections to leave out while iterating: crypto, crl, loadgen, baton, jwt, pkcs11, workers, pglite, cfssl, versus, storm, revocation, workload-api, tpm. */
   skip: Set<string>;
   resultsDir?: string;
   /** Writes CPU profiles of the Baton server processes (node --cpu-prof) into this directory. */
@@ -87,7 +87,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     else if (a === '--help' || a === '-h') {
       process.stdout.write(
         'usage: npm run bench [-- --quick] [--workers N (default 1)] [--runs N (default 5)] [--log-level info]\n' +
-          '                     [--skip crypto,crl,loadgen,baton,jwt,pkcs11,workers,pglite,cfssl,versus,storm,revocation,workload-api] [--results-dir DIR] [--cpu-prof DIR]\n',
+          '                     [--skip crypto,crl,loadgen,baton,jwt,pkcs11,workers,pglite,cfssl,versus,storm,revocation,workload-api,tpm] [--results-dir DIR] [--cpu-prof DIR]\n',
       );
       process.exit(0);
     } else throw new Error(`unknown option ${a}`);

@@ -26,12 +26,16 @@ import type {
   Page,
   PageKey,
   PageRequest,
+  NodeRole,
   RenewalGuard,
   Repositories,
   PendingUpstream,
   RevocationEvent,
   Storage,
   TokenRecord,
+  TpmChallengeRecord,
+  TpmEnrollmentRecord,
+  TpmManufacturerCaRecord,
   WorkloadGuard,
 } from '../../services/ca/src/domain/ports';
 import { NO_KEY } from '../../services/ca/src/domain/upstream-ca';
@@ -445,7 +449,10 @@ const EVERY_TABLE = [
   'entries',
   'certificates',
   'join_tokens',
+  'tpm_challenges',
   'attestation_nonces',
+  'tpm_enrollments',
+  'tpm_manufacturer_cas',
   'nodes',
   'jwt_keys',
   'ca_cross_certificates',
@@ -484,6 +491,21 @@ describeEachImplementation('Storage contract', (impl) => {
   });
 
   const allCertificates = () => storage.certificates.list({});
+
+  /** Spends the nonce as an attestation does (the only writer of used_at); the outcome. */
+  const spendNonce = async (nonce: string, method: string, now: Date) => {
+    if (!(await storage.cas.getInstallation())) await seedCa(storage);
+    const node = attestedNode(`n-${randomBytes(4).toString('hex')}`);
+    const leaf = attestationLeaf(node.id, now);
+    return storage.issuances.recordAttestation(
+      leaf,
+      attestationAudit(leaf, now),
+      attestationGuard({ kind: 'nonce', nonce, method }, node, now),
+    );
+  };
+  /** True when an attestation's one statement spent the nonce (it is the only writer of used_at). */
+  const useNonce = async (nonce: string, method: string, now: Date) =>
+    (await spendNonce(nonce, method, now)) === 'recorded';
 
   describe('cas', () => {
     it('ok/a fresh database is not initialized', async () => {
@@ -1327,6 +1349,203 @@ describeEachImplementation('Storage contract', (impl) => {
       expect(await storage.nodes.countActive(now)).toBe(2);
       expect(await storage.nodes.countActive(at(2 * HOUR))).toBe(0);
     });
+    it('ok/reinstate: a revoked node is active again with the role given, its revocation cleared; nothing else changes', async () => {
+      const revoked = nodeRecord('n-1', {
+        status: 'revoked',
+        revokedAt: at(7),
+        revocationReason: 1,
+        certTtlMs: 7_200_000,
+      });
+      const other = nodeRecord('n-2', { status: 'revoked', revokedAt: at(7), revocationReason: 1 });
+      await storage.nodes.insert(revoked);
+      await storage.nodes.insert(other);
+      await storage.nodes.insert(nodeRecord('n-active'));
+      expect(await storage.nodes.reinstate('n-1', 'manager')).toBe(true);
+      expect(await storage.nodes.findById('n-1')).toStrictEqual({
+        ...revoked,
+        role: 'manager',
+        status: 'active',
+        revokedAt: null,
+        revocationReason: null,
+      });
+      expect(await storage.nodes.findById('n-2')).toStrictEqual(other);
+      // Not revoked, or unknown: false, nothing changed.
+      expect(await storage.nodes.reinstate('n-1', 'worker')).toBe(false);
+      expect((await storage.nodes.findById('n-1'))?.role).toBe('manager');
+      expect(await storage.nodes.reinstate('n-active', 'manager')).toBe(false);
+      expect((await storage.nodes.findById('n-active'))?.role).toBe('worker');
+      expect(await storage.nodes.reinstate('n-unknown', 'worker')).toBe(false);
+      expect(await storage.nodes.findById('n-unknown')).toBeNull();
+    });
+
+    it('fail/reinstate with an unknown role is refused untranslated (check) and changes nothing', async () => {
+      const revoked = nodeRecord('n-1', { status: 'revoked', revokedAt: at(7), revocationReason: 1 });
+      await storage.nodes.insert(revoked);
+      await expectUntranslated(storage.nodes.reinstate('n-1', 'admin' as NodeRecord['role']), '23514');
+      expect(await storage.nodes.findById('n-1')).toStrictEqual(revoked);
+    });
+  });
+
+  describe('tpm', () => {
+    const EK_A = 'a'.repeat(64);
+    const EK_B = 'b'.repeat(64);
+    const EXPIRES = at(5 * MIN);
+    const enrollment = (over: Partial<TpmEnrollmentRecord> = {}): TpmEnrollmentRecord => ({
+      ekId: EK_A,
+      role: 'worker',
+      enrolledBy: 'spiffe://test.example.org/admin/root',
+      enrolledAt: at(1),
+      ...over,
+    });
+    const maker = (
+      fingerprint: string,
+      over: Partial<TpmManufacturerCaRecord> = {},
+    ): TpmManufacturerCaRecord => ({
+      fingerprint,
+      certificateDer: randomBytes(300),
+      subject: 'CN=TPM Maker',
+      notBefore: at(-HOUR),
+      notAfter: at(10 * 365 * 24 * HOUR),
+      role: 'manager',
+      createdBy: 'spiffe://test.example.org/admin/root',
+      createdAt: at(2),
+      ...over,
+    });
+    const challenge = (nonce: string, over: Partial<TpmChallengeRecord> = {}): TpmChallengeRecord => ({
+      nonce,
+      expiresAt: EXPIRES,
+      ekId: EK_A,
+      role: 'worker',
+      admittedBy: 'enrollment',
+      akSpki: randomBytes(91),
+      akQualifiedName: randomBytes(34),
+      secretHash: randomBytes(32),
+      ...over,
+    });
+
+    it('ok/enroll round-trips; enrolling again replaces the role and the enroller (an upsert)', async () => {
+      const first = enrollment();
+      await storage.tpm.enroll(first);
+      await storage.tpm.enroll(enrollment({ ekId: EK_B }));
+      expect(await storage.tpm.findEnrollment(EK_A)).toStrictEqual(first);
+      const again = enrollment({
+        role: 'manager',
+        enrolledBy: 'spiffe://test.example.org/admin/other',
+        enrolledAt: at(9),
+      });
+      await storage.tpm.enroll(again);
+      expect(await storage.tpm.findEnrollment(EK_A)).toStrictEqual(again);
+      expect(await storage.tpm.findEnrollment(EK_B)).toStrictEqual(enrollment({ ekId: EK_B }));
+      expect(await storage.tpm.findEnrollment('c'.repeat(64))).toBeNull();
+    });
+
+    it.each([
+      ['an EK id that is not 64 lowercase hex digits', { ekId: 'A'.repeat(64) }],
+      ['a short EK id', { ekId: 'a'.repeat(63) }],
+      ['an unknown role', { role: 'admin' as NodeRole }],
+    ] as [string, Partial<TpmEnrollmentRecord>][])(
+      'fail/enroll with %s is refused untranslated (check)',
+      async (_name, over) => {
+        await expectUntranslated(storage.tpm.enroll(enrollment(over)), '23514');
+        expect(await storage.tpm.findEnrollment(over.ekId ?? EK_A)).toBeNull();
+      },
+    );
+
+    it('ok/manufacturer CAs round-trip, listed oldest first then by fingerprint; a duplicate is ERR_CONFLICT', async () => {
+      const cas = [
+        maker('f2', { createdAt: at(5) }),
+        maker('f3', { createdAt: at(1), role: 'worker' }),
+        maker('f1', { createdAt: at(5) }),
+      ];
+      for (const c of cas) await storage.tpm.addManufacturerCa(c);
+      expect(await storage.tpm.listManufacturerCas()).toStrictEqual([cas[1], cas[2], cas[0]]);
+      expect((await errorOf(storage.tpm.addManufacturerCa(maker('f1', { subject: 'CN=Other' })))).code).toBe(
+        'ERR_CONFLICT',
+      );
+      expect((await storage.tpm.listManufacturerCas()).find((c) => c.fingerprint === 'f1')).toStrictEqual(
+        cas[2],
+      );
+    });
+
+    it('fail/a manufacturer CA with an unknown role is refused untranslated (check)', async () => {
+      await expectUntranslated(
+        storage.tpm.addManufacturerCa(maker('f1', { role: 'admin' as NodeRole })),
+        '23514',
+      );
+      expect(await storage.tpm.listManufacturerCas()).toEqual([]);
+    });
+
+    it('ok/a challenge: found while its tpm nonce is unused and unexpired, spent by an attestation like any nonce', async () => {
+      const c = challenge('tpm-1');
+      await storage.tpm.insertChallenge(c);
+      expect(await storage.tpm.findChallenge('tpm-1', at(0))).toStrictEqual(c);
+      expect(await storage.tpm.findChallenge('tpm-1', new Date(EXPIRES.getTime() - 1))).toStrictEqual(c);
+      expect(await storage.tpm.findChallenge('tpm-1', EXPIRES)).toBeNull();
+      expect(await storage.tpm.findChallenge('tpm-unknown', at(0))).toBeNull();
+      // Its nonce is an attestation_nonces row of method tpm: another method does not spend it.
+      expect(await useNonce('tpm-1', 'x509pop', at(0))).toBe(false);
+      expect(await useNonce('tpm-1', 'tpm', at(0))).toBe(true);
+      expect(await storage.tpm.findChallenge('tpm-1', at(0))).toBeNull();
+      expect(await useNonce('tpm-1', 'tpm', at(0))).toBe(false);
+    });
+
+    it('ok/an x509pop nonce has no challenge; a duplicate nonce is ERR_CONFLICT and writes neither row', async () => {
+      await storage.nonces.insert('pop-1', 'x509pop', EXPIRES);
+      expect(await storage.tpm.findChallenge('pop-1', at(0))).toBeNull();
+      expect((await errorOf(storage.tpm.insertChallenge(challenge('pop-1')))).code).toBe('ERR_CONFLICT');
+      expect(await storage.tpm.findChallenge('pop-1', at(0))).toBeNull();
+      // The x509pop nonce is untouched.
+      expect(await useNonce('pop-1', 'x509pop', at(0))).toBe(true);
+      await storage.tpm.insertChallenge(challenge('tpm-1'));
+      expect((await errorOf(storage.tpm.insertChallenge(challenge('tpm-1', { ekId: EK_B })))).code).toBe(
+        'ERR_CONFLICT',
+      );
+      expect((await storage.tpm.findChallenge('tpm-1', at(0)))?.ekId).toBe(EK_A);
+    });
+
+    it('fail/a challenge with an unknown role writes neither its nonce nor its row', async () => {
+      await expectUntranslated(
+        storage.tpm.insertChallenge(challenge('tpm-1', { role: 'admin' as NodeRole })),
+        '23514',
+      );
+      expect(await useNonce('tpm-1', 'tpm', at(0))).toBe(false);
+      await storage.tpm.insertChallenge(challenge('tpm-1'));
+      expect(await storage.tpm.findChallenge('tpm-1', at(0))).not.toBeNull();
+    });
+
+    it('ok/purging an expired nonce deletes its challenge too (the name is free again)', async () => {
+      await storage.tpm.insertChallenge(challenge('tpm-old', { expiresAt: at(MIN) }));
+      await storage.tpm.insertChallenge(challenge('tpm-live', { expiresAt: at(HOUR) }));
+      expect(await storage.nonces.purgeExpired(at(10 * MIN), 10)).toBe(1);
+      expect(await storage.tpm.findChallenge('tpm-live', at(10 * MIN))).not.toBeNull();
+      const again = challenge('tpm-old', { expiresAt: at(HOUR) });
+      await storage.tpm.insertChallenge(again);
+      expect(await storage.tpm.findChallenge('tpm-old', at(10 * MIN))).toStrictEqual(again);
+    });
+
+    it('ok/what a transaction that rolls back wrote is not there', async () => {
+      const boom = new Error('boom');
+      await expect(
+        storage.transaction(async (tx) => {
+          await tx.tpm.enroll(enrollment());
+          await tx.tpm.addManufacturerCa(maker('f1'));
+          await tx.tpm.insertChallenge(challenge('tpm-1'));
+          throw boom;
+        }),
+      ).rejects.toBe(boom);
+      expect(await storage.tpm.findEnrollment(EK_A)).toBeNull();
+      expect(await storage.tpm.listManufacturerCas()).toEqual([]);
+      expect(await storage.tpm.findChallenge('tpm-1', at(0))).toBeNull();
+    });
+
+    it('ok/concurrent enrollments of one EK: one row, one of the roles', async () => {
+      await Promise.all(
+        Array.from({ length: 6 }, (_, i) =>
+          storage.tpm.enroll(enrollment({ role: i % 2 ? 'manager' : 'worker' })),
+        ),
+      );
+      expect(['worker', 'manager']).toContain((await storage.tpm.findEnrollment(EK_A))?.role);
+    });
   });
 
   describe('tokens', () => {
@@ -1422,17 +1641,6 @@ describeEachImplementation('Storage contract', (impl) => {
 
   describe('nonces', () => {
     const EXPIRES = at(5 * MIN);
-    /** Spends the nonce as an attestation does (the only writer of used_at); the outcome. */
-    const spendNonce = async (nonce: string, method: string, now: Date) => {
-      if (!(await storage.cas.getInstallation())) await seedCa(storage);
-      const node = attestedNode(`n-${randomBytes(4).toString('hex')}`);
-      const leaf = attestationLeaf(node.id, now);
-      return storage.issuances.recordAttestation(
-        leaf,
-        attestationAudit(leaf, now),
-        attestationGuard({ kind: 'nonce', nonce, method }, node, now),
-      );
-    };
 
     it('ok/a nonce is spent once', async () => {
       await storage.nonces.insert('nonce-1', 'x509pop', EXPIRES);

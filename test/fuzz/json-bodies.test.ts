@@ -35,6 +35,9 @@ const ROUTES: JsonRoute[] = [
     valid: { oracle: isValidTokenRequest, table: 'join_tokens' },
   },
   { name: 'POST /v1/admin/admins', path: '/v1/admin/admins', as: 'admin' },
+  // Issue 19: a valid enrollment needs 64 hex digits, a valid CA a certificate: not by chance.
+  { name: 'POST /v1/admin/tpm/enrollments', path: '/v1/admin/tpm/enrollments', as: 'admin' },
+  { name: 'POST /v1/admin/tpm/cas', path: '/v1/admin/tpm/cas', as: 'admin' },
   { name: 'POST /v1/admin/nodes/:id/revoke', path: '/v1/admin/nodes/fuzz-no-such-node/revoke', as: 'admin' },
   {
     name: 'POST /v1/admin/certificates/:serial/revoke',
@@ -48,7 +51,16 @@ describe('fuzz: JSON bodies', () => {
   const f = useFuzzServer('JSON bodies', {
     node: true,
     admin: 'fuzzer',
-    unchangedTables: ['nodes', 'join_tokens', 'entries', 'certificates', 'revocation_events'],
+    unchangedTables: [
+      'nodes',
+      'join_tokens',
+      'entries',
+      'certificates',
+      'revocation_events',
+      'tpm_enrollments',
+      'tpm_manufacturer_cas',
+      'tpm_challenges',
+    ],
   });
 
   const post = (

@@ -1,4 +1,4 @@
-import { createPublicKey } from 'node:crypto';
+import { createHash, createPublicKey } from 'node:crypto';
 import { mkdirSync, readFileSync, statSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 import { join } from 'node:path';
@@ -13,7 +13,7 @@ import { describeEachBackend } from '../support/database';
 import { callAs } from '../support/https';
 import { attestedNode, type IssuanceBody, keyAndCsr } from '../support/node-client';
 import { startTestServer, type TestServer } from '../support/test-server';
-import { opensslText, tempDir, writeFiles } from '../support/tools';
+import { opensslText, selfSignedEc, tempDir, writeFiles } from '../support/tools';
 
 /**
  * Issue 6 "Admin identities and roles": one table maps every admin route to the roles allowed on
@@ -67,6 +67,9 @@ const SUCCESS: Record<AdminRoute, number> = {
   'GET /v1/admin/ca': 200,
   // Finishing with no rotation in progress: refused on its own merits (a start would change the CA).
   'POST /v1/admin/ca/rotate-root': 409,
+  'POST /v1/admin/tpm/enrollments': 201,
+  'POST /v1/admin/tpm/cas': 201,
+  'GET /v1/admin/tpm/cas': 200,
 };
 
 /** Every `/v1/admin/…` route the Express app has, as "METHOD /path". */
@@ -142,6 +145,21 @@ describeEachBackend('admin authorization: every route x every identity', (backen
         return { method: 'GET', path: '/v1/admin/ca' };
       case 'POST /v1/admin/ca/rotate-root':
         return { method: 'POST', path: '/v1/admin/ca/rotate-root', body: { finish: true } };
+      case 'POST /v1/admin/tpm/enrollments':
+        return {
+          method: 'POST',
+          path: '/v1/admin/tpm/enrollments',
+          body: { ek_id: createHash('sha256').update(who).digest('hex'), role: 'worker' },
+        };
+      case 'POST /v1/admin/tpm/cas':
+        // A CA of its own per identity: adding one twice is a conflict.
+        return {
+          method: 'POST',
+          path: '/v1/admin/tpm/cas',
+          body: { pem: selfSignedEc(`/CN=TPM maker of ${who}`).cert.toString('utf8') },
+        };
+      case 'GET /v1/admin/tpm/cas':
+        return { method: 'GET', path: '/v1/admin/tpm/cas' };
     }
   };
 

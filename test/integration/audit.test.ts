@@ -177,7 +177,7 @@ describeEachBackend('audit log', (backend) => {
     const r = await attest(t, { method: 'join_token', token: wrong, csr: (await keyAndCsr()).csrPem });
     expect(r.status).toBe(401);
     expect(r.json<{ error: { code: string } }>().error.code).toBe('ERR_TOKEN_INVALID');
-    const u = await attest(t, { method: 'tpm', csr: (await keyAndCsr()).csrPem });
+    const u = await attest(t, { method: 'sgx', csr: (await keyAndCsr()).csrPem });
     expect(u.status).toBe(400);
 
     const rows = (await audit({ event: 'node.attestation_refused' })).filter((e) => e.id > since).reverse();
@@ -190,7 +190,7 @@ describeEachBackend('audit log', (backend) => {
       }),
       expect.objectContaining({
         outcome: 'failure',
-        details: { method: 'tpm', code: 'ERR_ATTESTATION_METHOD_UNKNOWN' },
+        details: { method: 'sgx', code: 'ERR_ATTESTATION_METHOD_UNKNOWN' },
       }),
     ]);
     // The token is still good: a refusal spends nothing.

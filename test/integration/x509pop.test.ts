@@ -521,7 +521,7 @@ describeEachBackend('x509pop attestation (issue 3)', (backend) => {
     expect(c.status).toBe(400);
     expect(errorBodyOf(c)).toEqual({
       code: 'ERR_ATTESTATION_METHOD_UNKNOWN',
-      message: 'unknown attestation method; supported: join_token',
+      message: 'unknown attestation method; supported: join_token, tpm',
     });
     const leaf = pki.issue(provisioning, { cn: 'node-unconfigured' });
     const { csrPem } = await keyAndCsr();

@@ -35,6 +35,10 @@ import type {
   Storage,
   TokenRecord,
   TokenRepository,
+  TpmChallengeRecord,
+  TpmEnrollmentRecord,
+  TpmManufacturerCaRecord,
+  TpmRepository,
   UpstreamRepository,
 } from '../../services/ca/src/domain/ports';
 import { BatonError } from '../../services/ca/src/ground/errors';
@@ -85,6 +89,10 @@ interface State {
   cross: Map<string, CrossCertificateRecord>;
   upstream: PendingUpstream | null;
   listCursorKey: Buffer | null;
+  tpmEnrollments: Map<string, TpmEnrollmentRecord>;
+  tpmCas: Map<string, TpmManufacturerCaRecord>;
+  /** tpm_challenges, keyed by nonce: the nonce's own row is in `nonces`. */
+  tpmChallenges: Map<string, Omit<TpmChallengeRecord, 'expiresAt'>>;
 }
 
 /** PostgreSQL sequences: outside every transaction, never rolled back. */
@@ -109,6 +117,9 @@ const emptyState = (): State => ({
   cross: new Map(),
   upstream: null,
   listCursorKey: null,
+  tpmEnrollments: new Map(),
+  tpmCas: new Map(),
+  tpmChallenges: new Map(),
 });
 
 /** Records are immutable here, so a copy of the collections is a copy of the state. */
@@ -127,6 +138,9 @@ const cloneState = (s: State): State => ({
   cross: new Map(s.cross),
   upstream: s.upstream,
   listCursorKey: s.listCursorKey,
+  tpmEnrollments: new Map(s.tpmEnrollments),
+  tpmCas: new Map(s.tpmCas),
+  tpmChallenges: new Map(s.tpmChallenges),
 });
 
 // Copies: field by field, as a row read back from the database has exactly these fields.
@@ -264,6 +278,34 @@ const copyAudit = (a: AuditRecord): AuditRecord => ({
   sealSeq: a.sealSeq,
   prevHash: a.prevHash ? bytes(a.prevHash) : null,
   hash: a.hash ? bytes(a.hash) : null,
+});
+
+const copyEnrollment = (e: TpmEnrollmentRecord): TpmEnrollmentRecord => ({
+  ekId: e.ekId,
+  role: e.role,
+  enrolledBy: e.enrolledBy,
+  enrolledAt: date(e.enrolledAt),
+});
+
+const copyManufacturerCa = (c: TpmManufacturerCaRecord): TpmManufacturerCaRecord => ({
+  fingerprint: c.fingerprint,
+  certificateDer: bytes(c.certificateDer),
+  subject: c.subject,
+  notBefore: date(c.notBefore),
+  notAfter: date(c.notAfter),
+  role: c.role,
+  createdBy: c.createdBy,
+  createdAt: date(c.createdAt),
+});
+
+const copyChallenge = (c: Omit<TpmChallengeRecord, 'expiresAt'>): Omit<TpmChallengeRecord, 'expiresAt'> => ({
+  nonce: c.nonce,
+  ekId: c.ekId,
+  role: c.role,
+  admittedBy: c.admittedBy,
+  akSpki: bytes(c.akSpki),
+  akQualifiedName: bytes(c.akQualifiedName),
+  secretHash: bytes(c.secretHash),
 });
 
 // Errors, as storage/knex/db-errors.ts maps PostgreSQL's.
@@ -781,6 +823,14 @@ function nodeRepository(run: Run): NodeRepository {
         return [...s.nodes.values()].filter((n) => n.status === 'active' && current.has(n.id)).length;
       }),
     recordSeen: (id, at) => update(id, [id, at], (n) => ({ ...n, lastSeenAt: date(at) })),
+    reinstate: (id, role) =>
+      run(true, [id, role], (s) => {
+        const n = s.nodes.get(id);
+        if (n?.status !== 'revoked') return false;
+        checkConstraint(['worker', 'manager'].includes(role), 'nodes', 'nodes_role');
+        s.nodes.set(id, { ...n, status: 'active', role, revokedAt: null, revocationReason: null });
+        return true;
+      }),
     markRevoked: (id, at, reason) =>
       update(id, [id, at, reason], (n) => ({
         ...n,
@@ -838,8 +888,57 @@ function nonceRepository(run: Run): NonceRepository {
         const expired = [...s.nonces.values()]
           .filter((n) => n.expiresAt.getTime() <= now.getTime())
           .slice(0, limit);
-        for (const n of expired) s.nonces.delete(n.nonce);
+        // tpm_challenges.nonce references the nonce ON DELETE CASCADE.
+        for (const n of expired) {
+          s.nonces.delete(n.nonce);
+          s.tpmChallenges.delete(n.nonce);
+        }
         return expired.length;
+      }),
+  };
+}
+
+function tpmRepository(run: Run): TpmRepository {
+  const role = (r: string, table: string) =>
+    checkConstraint(['worker', 'manager'].includes(r), table, `${table}_role`);
+  return {
+    enroll: (e) =>
+      run(true, [e], (s) => {
+        checkConstraint(/^[0-9a-f]{64}$/.test(e.ekId), 'tpm_enrollments', 'tpm_enrollments_ek_id');
+        role(e.role, 'tpm_enrollments');
+        s.tpmEnrollments.set(e.ekId, copyEnrollment(e));
+      }),
+    findEnrollment: (ekId) =>
+      run(false, [ekId], (s) => {
+        const e = s.tpmEnrollments.get(ekId);
+        return e ? copyEnrollment(e) : null;
+      }),
+    addManufacturerCa: (ca) =>
+      run(true, [ca], (s) => {
+        if (s.tpmCas.has(ca.fingerprint)) throw conflict();
+        role(ca.role, 'tpm_manufacturer_cas');
+        s.tpmCas.set(ca.fingerprint, copyManufacturerCa(ca));
+      }),
+    listManufacturerCas: () =>
+      run(false, [], (s) =>
+        [...s.tpmCas.values()]
+          .sort((a, b) => byTime(a.createdAt, b.createdAt) || byText(a.fingerprint, b.fingerprint))
+          .map(copyManufacturerCa),
+      ),
+    insertChallenge: (c) =>
+      run(true, [c], (s) => {
+        if (s.nonces.has(c.nonce)) throw conflict();
+        role(c.role, 'tpm_challenges');
+        s.nonces.set(c.nonce, { nonce: c.nonce, method: 'tpm', expiresAt: date(c.expiresAt), usedAt: null });
+        s.tpmChallenges.set(c.nonce, copyChallenge(c));
+      }),
+    findChallenge: (nonce, now) =>
+      run(false, [nonce, now], (s) => {
+        const n = s.nonces.get(nonce);
+        const c = s.tpmChallenges.get(nonce);
+        if (!n || !c || n.method !== 'tpm' || n.usedAt !== null || n.expiresAt.getTime() <= now.getTime())
+          return null;
+        return { ...copyChallenge(c), expiresAt: date(n.expiresAt) };
       }),
   };
 }
@@ -1101,6 +1200,7 @@ function repositories(run: Run, seq: Sequences): Repositories {
     nonces: nonceRepository(run),
     jwtKeys: jwtKeyRepository(run),
     listCursorKey: listCursorKeyRepository(run),
+    tpm: tpmRepository(run),
   };
 }
 

@@ -34,6 +34,9 @@ export interface ManufacturerCa {
   issuerPem(): string;
 }
 
+/** What the software TPM tests need (`.ci/run` installs them): for describeWith / itWith. */
+export const SWTPM_TOOLS = ['swtpm', 'swtpm_setup', 'tpm2_createek'];
+
 /** True when swtpm, swtpm_setup and tpm2-tools are installed (`.ci/run` installs them). */
 export function swtpmAvailable(): boolean {
   return ['swtpm', 'swtpm_setup', 'tpm2_createek'].every(

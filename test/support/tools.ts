@@ -101,6 +101,9 @@ const PACKAGE_OF: Record<string, string> = {
   setpriv: 'util-linux',
   base32: 'coreutils',
   go: 'golang-go',
+  swtpm: 'swtpm',
+  swtpm_setup: 'swtpm-tools',
+  tpm2_createek: 'tpm2-tools',
 };
 
 /** A program, by name (looked up on PATH) or by absolute path (which must be executable). */

@@ -262,6 +262,9 @@ export const TABLES = [
   'revocation_events',
   'crls',
   'audit_log',
+  'tpm_enrollments',
+  'tpm_manufacturer_cas',
+  'tpm_challenges',
 ] as const;
 
 export type Table = (typeof TABLES)[number];

@@ -11,6 +11,7 @@ import {
 import type { Repositories } from '../../../services/ca/src/domain/ports';
 import {
   attestorFor,
+  CHALLENGE_READERS,
   checkEvidenceReaders,
   EVIDENCE_READERS,
   readEvidence,
@@ -174,13 +175,14 @@ describe('attestation methods at the edge', () => {
   it('attestorFor names the method exactly, or refuses with the methods offered', () => {
     expect(attestorFor(attestors, 'join_token')).toBe(joinTokenAttestor);
     expect(attestorFor(attestors, 'x509pop').method).toBe('x509pop');
-    for (const method of [undefined, null, 5, 'JOIN_TOKEN', 'tpm', '__proto__', 'toString', ['join_token']]) {
+    expect(attestorFor(attestors, 'tpm').method).toBe('tpm');
+    for (const method of [undefined, null, 5, 'JOIN_TOKEN', 'TPM', '__proto__', 'toString', ['join_token']]) {
       expect(refusal(() => attestorFor(attestors, method))).toBe(
-        'ERR_ATTESTATION_METHOD_UNKNOWN unknown attestation method; supported: join_token, x509pop',
+        'ERR_ATTESTATION_METHOD_UNKNOWN unknown attestation method; supported: join_token, tpm, x509pop',
       );
     }
     expect(refusal(() => attestorFor(defaultAttestors(), 'x509pop'))).toBe(
-      'ERR_ATTESTATION_METHOD_UNKNOWN unknown attestation method; supported: join_token',
+      'ERR_ATTESTATION_METHOD_UNKNOWN unknown attestation method; supported: join_token, tpm',
     );
   });
 
@@ -196,11 +198,12 @@ describe('attestation methods at the edge', () => {
   });
 
   it('every method has a reader; an attestor without one stops the server at start', () => {
-    expect(Object.keys(EVIDENCE_READERS).sort()).toEqual(['join_token', 'x509pop']);
+    expect(Object.keys(EVIDENCE_READERS).sort()).toEqual(['join_token', 'tpm', 'x509pop']);
+    expect(Object.keys(CHALLENGE_READERS).sort()).toEqual(['join_token', 'tpm', 'x509pop']);
     expect(() => checkEvidenceReaders(attestors)).not.toThrow();
-    const tpm: Attestor = { method: 'tpm', verify: async () => Promise.reject(new Error('unused')) };
-    expect(refusal(() => checkEvidenceReaders(new Map([['tpm', tpm]])))).toBe(
-      'ERR_INTERNAL attestation method tpm has no evidence reader',
+    const sgx: Attestor = { method: 'sgx', verify: async () => Promise.reject(new Error('unused')) };
+    expect(refusal(() => checkEvidenceReaders(new Map([['sgx', sgx]])))).toBe(
+      'ERR_INTERNAL attestation method sgx has no evidence reader',
     );
   });
 });

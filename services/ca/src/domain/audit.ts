@@ -210,7 +210,8 @@ export async function recordRefusal(
   error: unknown,
 ): Promise<void> {
   const code = error instanceof BatonError ? error.code : 'ERR_INTERNAL';
+  const about = error instanceof BatonError ? error.auditDetails : undefined;
   await deps.storage.audit
-    .append(auditEvent(audit, deps.clock.now(), event, null, 'failure', { ...details, code }))
+    .append(auditEvent(audit, deps.clock.now(), event, null, 'failure', { ...about, ...details, code }))
     .catch(() => undefined);
 }

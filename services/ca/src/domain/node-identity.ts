@@ -2,7 +2,12 @@ import { randomBytes } from 'node:crypto';
 import { MAX_TTL } from '../ground/ttl';
 import { base32 } from '../pki/base32';
 import type { ParsedCsr, UnverifiedCsr } from '../pki/csr';
-import { type IssuancePolicy, type PresentedEvidence, unspendableEvidence } from './attestation/attestor';
+import {
+  type IssuancePolicy,
+  type PresentedEvidence,
+  unspendableEvidence,
+  withAuditDetails,
+} from './attestation/attestor';
 import { type AuditContext, auditEvent, recordRefusal } from './audit';
 import { assertNodeActive, decideCaller, type NodeClaim, nodeRevoked } from './caller';
 import type { Clock } from './clock';
@@ -132,6 +137,16 @@ async function attestNodeOnce(deps: NodeIdentityDeps, p: AttestParams): Promise<
     csrDer: p.csr.der,
     ...(deps.tokens ? { tokens: deps.tokens.lookup } : {}),
   });
+  // A refusal from here on is about the evidence verify accepted: its audit row says which (the
+  // token id, the TPM's EK identifier).
+  return withAuditDetails(policy.auditDetails ?? {}, () => issueAttested(deps, p, policy));
+}
+
+async function issueAttested(
+  deps: NodeIdentityDeps,
+  p: AttestParams,
+  policy: IssuancePolicy,
+): Promise<Issuance> {
   const csr = p.csr.verify();
   let read = policy.node;
   for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {

@@ -403,6 +403,12 @@ export interface NodeRepository {
   countActive(now: Date): Promise<number>;
   recordSeen(id: string, at: Date): Promise<void>;
   markRevoked(id: string, at: Date, reason: number): Promise<void>;
+  /**
+   * Lifts a revocation: a revoked node becomes active again with `role`, its revocation time and
+   * reason cleared (its certificates stay revoked). Only `baton node enroll` of a TPM does this
+   * (domain/tpm-enrollment.ts). False, having changed nothing, when the node is not revoked.
+   */
+  reinstate(id: string, role: NodeRole): Promise<boolean>;
 }
 
 export interface TokenRecord {
@@ -443,6 +449,69 @@ export interface NonceRepository {
   insert(nonce: string, method: string, expiresAt: Date): Promise<void>;
   /** Deletes up to `limit` nonces that expired before `now`, used or not; returns how many. */
   purgeExpired(now: Date, limit: number): Promise<number>;
+}
+
+/** An EK admitted by `baton node enroll --tpm-ek-id` (issue 19). */
+export interface TpmEnrollmentRecord {
+  /** The EK identifier: 64 lowercase hex digits (pki/tpm/names.ts ekIdentifier). */
+  ekId: string;
+  role: NodeRole;
+  /** Who enrolled it last, and when (an enrollment again replaces both, and the role). */
+  enrolledBy: string;
+  enrolledAt: Date;
+}
+
+/** A TPM manufacturer CA added by `baton tpm ca add`: every TPM whose EK certificate it issued may join. */
+export interface TpmManufacturerCaRecord {
+  /** Lowercase hex SHA-256 of the certificate DER. */
+  fingerprint: string;
+  certificateDer: Buffer;
+  subject: string;
+  notBefore: Date;
+  notAfter: Date;
+  /** The role of the nodes it admits. */
+  role: NodeRole;
+  createdBy: string;
+  createdAt: Date;
+}
+
+/**
+ * A TPM attestation challenge (POST /v1/attest/challenge, method `tpm`): what the answer is checked
+ * against. Its nonce is an `attestation_nonces` row like x509pop's, spent the same way
+ * (NonceRepository.use); the secret itself is never stored, only its hash.
+ */
+export interface TpmChallengeRecord {
+  nonce: string;
+  expiresAt: Date;
+  ekId: string;
+  role: NodeRole;
+  /** What admitted the EK: `enrollment`, or `manufacturer_ca:<fingerprint>`. */
+  admittedBy: string;
+  /** SubjectPublicKeyInfo DER of the attestation key: it verifies the quote. */
+  akSpki: Buffer;
+  /** The AK's qualified name under the EK: the quote's qualifiedSigner must be exactly this. */
+  akQualifiedName: Buffer;
+  /** SHA-256 of the credential MakeCredential protected. */
+  secretHash: Buffer;
+}
+
+export interface TpmRepository {
+  /** Admits an EK, or replaces the role and enroller of one already admitted (an upsert). */
+  enroll(e: TpmEnrollmentRecord): Promise<void>;
+  findEnrollment(ekId: string): Promise<TpmEnrollmentRecord | null>;
+  /** ERR_CONFLICT when a CA with this fingerprint exists. */
+  addManufacturerCa(ca: TpmManufacturerCaRecord): Promise<void>;
+  /** Every manufacturer CA, oldest first (then by fingerprint). */
+  listManufacturerCas(): Promise<TpmManufacturerCaRecord[]>;
+  /**
+   * Records a challenge: its `attestation_nonces` row (method `tpm`, unused, expiring at
+   * `expiresAt`) and its own row, in one statement, so that neither exists without the other.
+   * ERR_CONFLICT when the nonce exists. Purging the nonce (NonceRepository.purgeExpired) deletes
+   * the challenge with it.
+   */
+  insertChallenge(c: TpmChallengeRecord): Promise<void>;
+  /** The challenge of nonce `nonce` if it is a `tpm` nonce, unused and unexpired at `now`; else null. */
+  findChallenge(nonce: string, now: Date): Promise<TpmChallengeRecord | null>;
 }
 
 /** A selector the agent matches workloads by (`unix:uid:N`, `unix:gid:N`, `unix:path:/abs`). */
@@ -613,6 +682,7 @@ export interface Repositories {
   nonces: NonceRepository;
   jwtKeys: JwtKeyRepository;
   listCursorKey: ListCursorKeyRepository;
+  tpm: TpmRepository;
 }
 
 export interface Storage extends Repositories {

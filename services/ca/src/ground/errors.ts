@@ -52,12 +52,18 @@ export type BatonErrorCode =
 
 export class BatonError extends Error {
   override readonly name = 'BatonError';
+  /**
+   * What the audit row of this refusal records about the request besides its code, never a secret
+   * (a refused TPM attestation: the EK identifier). Never sent to the client.
+   */
+  readonly auditDetails: Readonly<Record<string, unknown>> | undefined;
   constructor(
     readonly code: BatonErrorCode,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; auditDetails?: Readonly<Record<string, unknown>> },
   ) {
-    super(message, options);
+    super(message, options && 'cause' in options ? { cause: options.cause } : undefined);
+    this.auditDetails = options?.auditDetails;
   }
 }
 

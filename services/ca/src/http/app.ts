@@ -27,6 +27,7 @@ import { adminAuditRoutes } from './routes/admin-audit';
 import { adminAuditRetentionRoutes } from './routes/admin-audit-retention';
 import { adminEntryRoutes } from './routes/admin-entries';
 import { adminNodeRoutes } from './routes/admin-nodes';
+import { adminTpmRoutes } from './routes/admin-tpm';
 import { healthRoutes } from './routes/health';
 import { jwtSvidMinter, jwtSvidRoutes } from './routes/jwt-svid';
 import { nodeAttester, nodeIdentityRoutes, nodeRenewer } from './routes/node-identity';
@@ -137,6 +138,7 @@ export function buildApp(deps: AppDeps): RequestListener & { express: Express } 
   app.use(adminAuditRetentionRoutes(deps));
   app.use(adminAdminRoutes(deps));
   app.use(adminCaRoutes(deps));
+  app.use(adminTpmRoutes(deps));
   app.use(crlRoutes(deps));
   app.use(revocationRoutes(deps));
   app.use((_req, _res, next) => next(new BatonError('ERR_NOT_FOUND', 'no such route')));

@@ -1,7 +1,17 @@
 import { X509Certificate } from 'node:crypto';
-import { type Attestor, type PresentedEvidence, presentEvidence } from '../domain/attestation/attestor';
+import {
+  type Attestor,
+  type PresentedChallenge,
+  type PresentedEvidence,
+  presentEvidence,
+} from '../domain/attestation/attestor';
 import type { JoinTokenEvidence } from '../domain/attestation/join-token-attestor';
-import type { AttestationMethod, EvidenceByMethod, KnownAttestor } from '../domain/attestation/registry';
+import type {
+  AttestationMethod,
+  ChallengeEvidenceByMethod,
+  EvidenceByMethod,
+  KnownAttestor,
+} from '../domain/attestation/registry';
 import {
   type PresentedCertificate,
   X509POP_MAX_CHAIN_CERTS,
@@ -11,7 +21,8 @@ import {
 import { parseJoinToken } from '../domain/join-token';
 import { BatonError } from '../ground/errors';
 import { allPem } from '../pki/der-reader';
-import { atField, textOrEmpty } from './validate';
+import { readTpmChallengeEvidence, readTpmEvidence } from './tpm-evidence';
+import { atField, attestationNonce, isBase64, textOrEmpty } from './validate';
 
 /**
  * POST /v1/attest, the evidence: one reader per attestation method turns the body (without
@@ -35,8 +46,6 @@ export const readJoinTokenEvidence: EvidenceReader<JoinTokenEvidence> = (payload
 const MAX_CHAIN_CHARS = 32 * 1024;
 /** RSA-4096 gives 512 bytes (684 base64 characters); 1024 leaves room for RSA-8192 provisioning keys. */
 const MAX_SIGNATURE_CHARS = 1024;
-const NONCE_PATTERN = /^[A-Za-z0-9_-]{43}$/;
-const BASE64_PATTERN = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
 const bad = (field: string, why: string): BatonError => new BatonError('ERR_BAD_REQUEST', `${field}: ${why}`);
 
@@ -46,7 +55,7 @@ const bad = (field: string, why: string): BatonError => new BatonError('ERR_BAD_
  */
 export const readX509popEvidence: EvidenceReader<X509popEvidence> = (payload) => {
   const chain = readChain(payload.certificate_chain);
-  const nonce = readNonce(payload.nonce);
+  const nonce = attestationNonce(payload.nonce);
   const signature = readSignature(payload.signature);
   return { chain, nonce, signature };
 };
@@ -75,15 +84,8 @@ function presented(cert: X509Certificate): PresentedCertificate {
   return { cert, profile: () => atField('certificate_chain', () => x509popProfile(cert)) };
 }
 
-function readNonce(v: unknown): string {
-  if (typeof v !== 'string' || !NONCE_PATTERN.test(v)) {
-    throw bad('nonce', 'the base64url nonce from POST /v1/attest/challenge is required');
-  }
-  return v;
-}
-
 function readSignature(v: unknown): Buffer {
-  if (typeof v !== 'string' || v.length === 0 || v.length > MAX_SIGNATURE_CHARS || !BASE64_PATTERN.test(v)) {
+  if (typeof v !== 'string' || v.length === 0 || v.length > MAX_SIGNATURE_CHARS || !isBase64(v)) {
     throw bad('signature', 'a base64 signature is required');
   }
   return Buffer.from(v, 'base64');
@@ -92,7 +94,23 @@ function readSignature(v: unknown): Buffer {
 /** One reader per method of domain/attestation/registry.ts: a method without one does not compile. */
 export const EVIDENCE_READERS: { readonly [M in AttestationMethod]: EvidenceReader<EvidenceByMethod[M]> } = {
   join_token: readJoinTokenEvidence,
+  tpm: readTpmEvidence,
   x509pop: readX509popEvidence,
+};
+
+/** A challenge that is a bare nonce: the request's other fields are not read. */
+const noChallengeEvidence: EvidenceReader<undefined> = () => undefined;
+
+/**
+ * One reader per method for the body of POST /v1/attest/challenge (without `method`): what the
+ * method's challenge needs (tpm: the EK and AK), each refusal 400 ERR_BAD_REQUEST naming its field.
+ */
+export const CHALLENGE_READERS: {
+  readonly [M in AttestationMethod]: EvidenceReader<ChallengeEvidenceByMethod[M]>;
+} = {
+  join_token: noChallengeEvidence,
+  tpm: readTpmChallengeEvidence,
+  x509pop: noChallengeEvidence,
 };
 
 /**
@@ -124,6 +142,25 @@ function readFor<M extends AttestationMethod>(
 }
 
 /**
+ * POST /v1/attest/challenge after its method: the request for `attestor`'s challenge, read and
+ * bound to it; 400 ERR_BAD_REQUEST (`method: this method takes no challenge`) for a method without.
+ */
+export function readChallenge(attestor: KnownAttestor, payload: Record<string, unknown>): PresentedChallenge {
+  return challengeFor(attestor, payload);
+}
+
+function challengeFor<M extends AttestationMethod>(
+  attestor: Attestor<EvidenceByMethod[M], ChallengeEvidenceByMethod[M]> & { readonly method: M },
+  payload: Record<string, unknown>,
+): PresentedChallenge {
+  const challenge = attestor.challenge;
+  if (!challenge) throw new BatonError('ERR_BAD_REQUEST', 'method: this method takes no challenge');
+  const read: EvidenceReader<ChallengeEvidenceByMethod[M]> = CHALLENGE_READERS[attestor.method];
+  const evidence = read(payload);
+  return { method: attestor.method, challenge: (deps) => challenge.call(attestor, deps, evidence) };
+}
+
+/**
  * Every attestor a server offers must have a reader here: called when the routes are built, so
  * that an attestor registered under a method this edge cannot read stops the server at start.
  */
@@ -132,7 +169,7 @@ export function checkEvidenceReaders(attestors: ReadonlyMap<string, Attestor>): 
 }
 
 function withReader(a: Attestor): KnownAttestor {
-  if (!Object.hasOwn(EVIDENCE_READERS, a.method)) {
+  if (!Object.hasOwn(EVIDENCE_READERS, a.method) || !Object.hasOwn(CHALLENGE_READERS, a.method)) {
     throw new BatonError('ERR_INTERNAL', `attestation method ${a.method} has no evidence reader`);
   }
   return a as KnownAttestor;

@@ -55,6 +55,11 @@ export const ADMIN_ROUTES = {
   'GET /v1/admin/ca': ['admin', 'operator', 'auditor'],
   // A root rotation changes what every peer trusts: the admin role alone.
   'POST /v1/admin/ca/rotate-root': ['admin'],
+  // Issue 19: admitting one TPM is fleet work (like a join token); trusting a manufacturer CA admits
+  // every TPM it ever certified, a trust anchor: the admin role alone.
+  'POST /v1/admin/tpm/enrollments': ['admin', 'operator'],
+  'POST /v1/admin/tpm/cas': ['admin'],
+  'GET /v1/admin/tpm/cas': ['admin', 'operator', 'auditor'],
 } as const satisfies Record<string, readonly AdminRole[]>;
 
 export type AdminRoute = keyof typeof ADMIN_ROUTES;

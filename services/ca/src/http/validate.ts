@@ -106,6 +106,41 @@ export function atField<T>(field: string, check: () => T): T {
   }
 }
 
+const NONCE_PATTERN = /^[A-Za-z0-9_-]{43}$/;
+const BASE64_PATTERN = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** Standard base64 with its padding (RFC 4648 §4), nothing else: no whitespace, no base64url. */
+export const isBase64 = (v: string): boolean => BASE64_PATTERN.test(v);
+
+/** `nonce` of an attestation: the 32-byte base64url nonce POST /v1/attest/challenge gave. */
+export function attestationNonce(v: unknown): string {
+  if (typeof v !== 'string' || !NONCE_PATTERN.test(v)) {
+    throw bad('nonce', 'the base64url nonce from POST /v1/attest/challenge is required');
+  }
+  return v;
+}
+
+/**
+ * A required base64 field of binary data (RFC 4648 §4, padded) of `min` to `max` decoded bytes;
+ * 400 ERR_BAD_REQUEST naming the field, its length checked before it is decoded.
+ */
+export function base64Field(
+  b: Record<string, unknown>,
+  field: string,
+  p: { min: number; max: number; what: string },
+): Buffer {
+  const v = b[field];
+  const limit = Math.ceil(p.max / 3) * 4;
+  if (typeof v !== 'string' || v.length === 0 || v.length > limit || !isBase64(v)) {
+    throw bad(field, `${p.what}, base64, is required`);
+  }
+  const bytes = Buffer.from(v, 'base64');
+  if (bytes.length < p.min || bytes.length > p.max) {
+    throw bad(field, p.min === p.max ? `must be ${p.min} bytes` : `must be ${p.min} to ${p.max} bytes`);
+  }
+  return bytes;
+}
+
 /**
  * A string field for a domain check that refuses the empty string as missing ("required"): an
  * absent field, null or any other JSON type is refused the same way, so it is read as ''.

@@ -14,6 +14,7 @@ import { nodeList, nodeShow } from './node';
 import { certList, certRevoke, crlShow, nodeRevoke } from './revocation';
 import { server } from './server';
 import { tokenCreate } from './token';
+import { nodeEnroll, tpmCaAdd, tpmCaList } from './tpm';
 
 /** Every command of `baton`, in the order `baton --help` lists them. */
 export const COMMANDS: Command[] = [
@@ -29,6 +30,9 @@ export const COMMANDS: Command[] = [
   nodeList,
   nodeShow,
   nodeRevoke,
+  nodeEnroll,
+  tpmCaAdd,
+  tpmCaList,
   certList,
   certRevoke,
   crlShow,

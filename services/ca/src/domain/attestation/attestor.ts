@@ -54,10 +54,15 @@ export interface AttestorDeps {
   tokens?: TokenLookup;
 }
 
-/** A server nonce for methods that prove possession (x509pop); recorded in the database, not in memory. */
+/** A server nonce for methods that prove possession (x509pop, tpm); recorded in the database, not in memory. */
 export interface AttestationChallenge {
   nonce: string;
   expiresAt: Date;
+  /**
+   * tpm: TPM2_MakeCredential's output for the node's EK and AK (pki/tpm/make-credential.ts), which
+   * only that TPM can activate. Absent for methods whose challenge is the nonce alone.
+   */
+  credential?: { idObject: Buffer; encryptedSecret: Buffer };
 }
 
 /**
@@ -68,12 +73,15 @@ export interface AttestationChallenge {
  * narrows it to a `KnownAttestor` of registry.ts, whose method names its evidence type, before it
  * reads any evidence (http/attestation-evidence.ts).
  */
-export interface Attestor<E = unknown> {
+export interface Attestor<E = unknown, C = unknown> {
   readonly method: string;
   /** Checks the evidence; throws BatonError (ERR_TOKEN_INVALID, ERR_ATTESTATION_FAILED …). */
   verify(deps: AttestorDeps, evidence: E): Promise<IssuancePolicy>;
-  /** Present on methods that need a fresh server nonce (POST /v1/attest/challenge). */
-  challenge?(deps: Pick<AttestorDeps, 'clock' | 'repos'>): Promise<AttestationChallenge>;
+  /**
+   * Present on methods that need a fresh server nonce (POST /v1/attest/challenge). `evidence` is
+   * what the challenge request brings, read by the edge (x509pop: nothing; tpm: the EK and AK).
+   */
+  challenge?(deps: Pick<AttestorDeps, 'clock' | 'repos'>, evidence: C): Promise<AttestationChallenge>;
 }
 
 /**
@@ -100,4 +108,29 @@ export function unspendableEvidence(spend: EvidenceSpend): BatonError {
         'ERR_ATTESTATION_FAILED',
         'the nonce is unknown, expired or already used: request a new challenge',
       );
+}
+
+/** A challenge request the edge read, bound to the attestor that answers it (POST /v1/attest/challenge). */
+export interface PresentedChallenge {
+  readonly method: string;
+  challenge(deps: Pick<AttestorDeps, 'clock' | 'repos'>): Promise<AttestationChallenge>;
+}
+
+/**
+ * Runs `fn` and gives a refusal it throws the audit details `details` (BatonError.auditDetails)
+ * unless it has some: an attestor knows what the evidence is about (an EK identifier) before it
+ * knows whether the evidence holds, and the refusal's audit row should say it.
+ */
+export async function withAuditDetails<T>(
+  details: Readonly<Record<string, unknown>>,
+  fn: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof BatonError && e.auditDetails === undefined) {
+      throw new BatonError(e.code, e.message, { cause: e.cause, auditDetails: details });
+    }
+    throw e;
+  }
 }

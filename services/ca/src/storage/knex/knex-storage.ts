@@ -12,6 +12,7 @@ import { knexListCursorKeyRepository } from './list-cursor-key-repository';
 import { knexCrlRepository, knexRevocationRepository } from './revocation-repository';
 import { knexNodeRepository } from './node-repository';
 import { knexNonceRepository, knexTokenRepository } from './token-repository';
+import { knexTpmRepository } from './tpm-repository';
 import { knexUpstreamRepository } from './upstream-repository';
 
 function repositories(k: Knex | Knex.Transaction): Repositories {
@@ -29,6 +30,7 @@ function repositories(k: Knex | Knex.Transaction): Repositories {
     nonces: knexNonceRepository(k),
     jwtKeys: knexJwtKeyRepository(k),
     listCursorKey: knexListCursorKeyRepository(k),
+    tpm: knexTpmRepository(k),
   };
 }
 

@@ -107,6 +107,13 @@ export function knexNodeRepository(k: Knex | Knex.Transaction): NodeRepository {
             .where({ id })
             .update({ status: 'revoked', revoked_at: at, revocation_reason: reason })),
       ),
+    reinstate: (id, role) =>
+      db(async () => {
+        const n = await k('nodes')
+          .where({ id, status: 'revoked' })
+          .update({ status: 'active', role, revoked_at: null, revocation_reason: null });
+        return n === 1;
+      }),
     recordSeen: (id, at) =>
       db(async () => void (await k('nodes').where({ id }).update({ last_seen_at: at }))),
   };
