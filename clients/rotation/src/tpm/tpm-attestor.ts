@@ -9,7 +9,7 @@ import {
 import { CaClientError, type Issuance, type NodeCaApi, type TpmCaApi } from '../ca-client';
 import { createCsr, exportPrivateKeyPem, generateKeyPair } from '../../../../common/src/csr';
 import { parseCertificates } from '../pem';
-import { readOwnFile } from '../safe-fs';
+import { ensurePrivateDirectory, readOwnFile } from '../safe-fs';
 import type { NodeTpm, TpmSession } from './node-tpm';
 import { nodeIdOfEk, qualifyingData } from './tpm-wire';
 
@@ -54,6 +54,8 @@ export class TpmAttestor implements NodeAttestor {
     const { client } = this.#o;
     const trust = await this.#trust();
     const trustBundlePem = await trustedForBootstrap(client, trust.rootsPem);
+    // The working directory goes in DIR, which must be the agent's alone (safe-fs, STYLE §18).
+    ensurePrivateDirectory(this.#o.tpm.workParent, 0o755);
     const session = await this.#o.tpm.open();
     const ekId = session.endorsement.ekId;
     let evidence: Evidence;
