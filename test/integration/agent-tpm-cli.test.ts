@@ -2,9 +2,9 @@ import { createHash, createPublicKey } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { baton } from '../support/cli';
-import { type SoftwareTpm, startSwtpm, swtpmAvailable } from '../support/swtpm';
+import { type SoftwareTpm, startSwtpm, SWTPM_TOOLS } from '../support/swtpm';
 import { testCa } from '../fixtures/test-ca';
-import { tempDir } from '../support/tools';
+import { describeWith, tempDir } from '../support/tools';
 
 /**
  * `baton agent --tpm` and `baton agent tpm-id` at the command line, without a CA (CONTRACT "TPM
@@ -112,11 +112,7 @@ describe('baton agent --tpm: usage (exit 2, one line)', () => {
   });
 });
 
-const d = swtpmAvailable() ? describe : describe.skip;
-if (!swtpmAvailable())
-  console.warn('agent-tpm-cli.test.ts (TPM part) skipped: swtpm, swtpm_setup or tpm2-tools is not installed');
-
-d('baton agent tpm-id', () => {
+describeWith(SWTPM_TOOLS, 'baton agent tpm-id', () => {
   let tpm: SoftwareTpm;
   beforeAll(async () => {
     tpm = await startSwtpm();

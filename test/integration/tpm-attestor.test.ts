@@ -23,9 +23,9 @@ import {
   manufacturerCa,
   type SoftwareTpm,
   startSwtpm,
-  swtpmAvailable,
+  SWTPM_TOOLS,
 } from '../support/swtpm';
-import { tempDir } from '../support/tools';
+import { describeWith, tempDir } from '../support/tools';
 import { tpmName, tpmPublicToSpki } from '../support/tpm-public';
 import { FakeCa } from '../unit/rotation/fake-ca';
 
@@ -36,10 +36,6 @@ import { FakeCa } from '../unit/rotation/fake-ca';
  * by `tpm2_checkquote` against the qualifying data of the nonce and the CSR it received. The
  * same flows against a real `baton server` are in tpm-agent-e2e.test.ts.
  */
-
-const d = swtpmAvailable() ? describe : describe.skip;
-if (!swtpmAvailable())
-  console.warn('tpm-attestor.test.ts skipped: swtpm, swtpm_setup or tpm2-tools is not installed');
 
 const HOUR = 3600_000;
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest();
@@ -143,7 +139,7 @@ async function leftovers(tpm: SoftwareTpm): Promise<string> {
   return out.trim();
 }
 
-d('TpmAttestor: baton agent --tpm with software TPMs and a CA double', () => {
+describeWith(SWTPM_TOOLS, 'TpmAttestor: baton agent --tpm with software TPMs and a CA double', () => {
   const root = tempDir('baton-tpm-attestor-');
   let maker: ManufacturerCa;
   let made: SoftwareTpm;

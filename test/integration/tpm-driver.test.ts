@@ -16,9 +16,9 @@ import {
   manufacturerCa,
   type SoftwareTpm,
   startSwtpm,
-  swtpmAvailable,
+  SWTPM_TOOLS,
 } from '../support/swtpm';
-import { tempDir } from '../support/tools';
+import { describeWith, tempDir } from '../support/tools';
 
 /**
  * The TPM driver (clients/rotation/src/tpm) against software TPMs, with no CA: the credential is
@@ -26,10 +26,6 @@ import { tempDir } from '../support/tools';
  * quote checked by `tpm2_checkquote`. swtpm has no resource manager, so whatever the driver leaves
  * loaded shows in `tpm2_getcap handles-transient`.
  */
-
-const d = swtpmAvailable() ? describe : describe.skip;
-if (!swtpmAvailable())
-  console.warn('tpm-driver.test.ts skipped: swtpm, swtpm_setup or tpm2-tools is not installed');
 
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest();
 /** TPM 2.0 Library Part 1 §16: Name = nameAlg || H(TPMT_PUBLIC); the TPM2B_PUBLIC less its size. */
@@ -44,7 +40,7 @@ async function leftovers(tpm: SoftwareTpm): Promise<string> {
   return out.trim();
 }
 
-d('the TPM driver with software TPMs (tpm2-tools)', () => {
+describeWith(SWTPM_TOOLS, 'the TPM driver with software TPMs (tpm2-tools)', () => {
   const work = tempDir('baton-tpm-driver-');
   chmodSync(work.path, 0o700);
   let maker: ManufacturerCa;

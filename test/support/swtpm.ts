@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { Requirement } from './tools';
 
 const run = promisify(execFile);
 
@@ -24,6 +25,17 @@ export interface SoftwareTpm {
   tool(cmd: string, args: readonly string[]): Promise<Buffer>;
   stop(): Promise<void>;
 }
+
+/**
+ * What the TPM tests need, for describeWith (support/tools.ts): skipped with this reason when
+ * missing, a failure under BATON_REQUIRE_TOOLS=1 (`.ci/run` installs them).
+ */
+export const SWTPM_TOOLS: Requirement = {
+  what: 'swtpm, swtpm_setup and tpm2-tools (Debian swtpm, swtpm-tools, tpm2-tools)',
+  get met() {
+    return swtpmAvailable();
+  },
+};
 
 /** A local TPM manufacturer CA (swtpm_localca): a root and an intermediate that signs EK certificates. */
 export interface ManufacturerCa {
