@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { Requirement } from './tools';
 
 const run = promisify(execFile);
 
@@ -25,6 +26,17 @@ export interface SoftwareTpm {
   stop(): Promise<void>;
 }
 
+/**
+ * What the TPM tests need, for describeWith (support/tools.ts): skipped with this reason when
+ * missing, a failure under BATON_REQUIRE_TOOLS=1 (`.ci/run` installs them).
+ */
+export const SWTPM_TOOLS: Requirement = {
+  what: 'swtpm, swtpm_setup and tpm2-tools (Debian swtpm, swtpm-tools, tpm2-tools)',
+  get met() {
+    return swtpmAvailable();
+  },
+};
+
 /** A local TPM manufacturer CA (swtpm_localca): a root and an intermediate that signs EK certificates. */
 export interface ManufacturerCa {
   readonly dir: string;
@@ -33,9 +45,6 @@ export interface ManufacturerCa {
   /** The intermediate that signs EK certificates (PEM). */
   issuerPem(): string;
 }
-
-/** What the software TPM tests need (`.ci/run` installs them): for describeWith / itWith. */
-export const SWTPM_TOOLS = ['swtpm', 'swtpm_setup', 'tpm2_createek'];
 
 /** True when swtpm, swtpm_setup and tpm2-tools are installed (`.ci/run` installs them). */
 export function swtpmAvailable(): boolean {

@@ -40,26 +40,58 @@ export function parseJoinToken(token: string): ParsedJoinToken {
   return { pin: m[1]!, id: m[2]! };
 }
 
-/** The PEM of the bundle's roots whose pin is `pin`, or a refusal. */
-export function pinnedRoots(bundlePem: string, pin: string): string {
-  const pinned = bundleRoots(bundlePem).filter((r) => certificatePin(r) === pin);
+/**
+ * The PEM of the bundle's roots whose pin is `pin`, or a refusal. `whose` names the pin in the
+ * message: the token's, or `--pin` for a TPM attestation.
+ */
+export function pinnedRoots(bundlePem: string, pin: string, whose = "the token's pin"): string {
+  let roots: ReturnType<typeof parseCertificates>;
+  try {
+    roots = parseCertificates(bundlePem);
+  } catch (e) {
+    throw new AgentError('ERR_PIN_MISMATCH', `the server's CA does not match ${whose}`, { cause: e });
+  }
+  const pinned = roots.filter((r) => r.ca && certificatePin(r) === pin);
   if (pinned.length === 0)
-    throw new AgentError('ERR_PIN_MISMATCH', "the server's CA does not match the token's pin");
+    throw new AgentError('ERR_PIN_MISMATCH', `the server's CA does not match ${whose}`);
   return pinned.map((r) => r.toString()).join('');
 }
 
-/** The CA certificates of a downloaded bundle; one that does not parse is a pin mismatch. */
-function bundleRoots(bundlePem: string): ReturnType<typeof parseCertificates> {
-  try {
-    return parseCertificates(bundlePem).filter((r) => r.ca);
-  } catch (e) {
-    throw new AgentError('ERR_PIN_MISMATCH', "the server's CA does not match the token's pin", { cause: e });
-  }
+/** Whether the bundle holds a root besides the pinned one: a root rotation's overlap. */
+export const holdsOtherRoot = (bundlePem: string, pin: string): boolean =>
+  parseCertificates(bundlePem).some((r) => r.ca && certificatePin(r) !== pin);
+
+/**
+ * What the pinned roots (or, for a TPM agent, the roots it already holds) let OpenSSL verify: the
+ * server's own chain may list another root's certificate of its CA first (a root rotation), so the
+ * trusted root's certificate of that CA joins the trusted set (common/src/trust-store.ts). Only
+ * what a trusted root signed; a server without the route has nothing to add. `askCaCertificates`
+ * false: the bundle holds no other root, so there is no cross-certificate to find (one request less).
+ */
+export async function trustedForBootstrap(
+  client: NodeCaApi,
+  rootsPem: string,
+  askCaCertificates = true,
+): Promise<string> {
+  const caCertificates =
+    askCaCertificates && client.fetchCaCertificatesUnverified
+      ? await client.fetchCaCertificatesUnverified().catch(() => '')
+      : '';
+  return trustStorePem(rootsPem, caCertificates);
 }
 
-/** Whether the bundle holds a root besides the pinned one: a root rotation's overlap. */
-const holdsOtherRoot = (bundlePem: string, pin: string): boolean =>
-  bundleRoots(bundlePem).some((r) => certificatePin(r) !== pin);
+/**
+ * A way to obtain a first (or, after expiry, a new) node identity, the server checked against what
+ * the node trusts on first contact: a join token with its pin (tokenAttestor), or the TPM
+ * (tpm/tpm-attestor.ts).
+ */
+export interface NodeAttestor {
+  attest(): Promise<NewNodeIdentity>;
+}
+
+export const tokenAttestor = (client: NodeCaApi, token: string): NodeAttestor => ({
+  attest: () => bootstrap(client, token),
+});
 
 /** A freshly issued node identity, with the key made here for it. */
 export interface NewNodeIdentity extends Issuance {
@@ -74,16 +106,9 @@ export async function bootstrap(client: NodeCaApi, token: string): Promise<NewNo
   const { pin } = parseJoinToken(token);
   const bundlePem = await client.fetchBundleUnverified();
   const pinned = pinnedRoots(bundlePem, pin);
-  // During a root rotation the server's own chain lists the old root's certificate of its CA first;
-  // the pinned root's certificate of that CA joins the trusted set so that OpenSSL finds the pinned
-  // path (common/src/trust-store.ts). Only what the pinned root signed; asked only once the bundle
-  // holds the pinned root beside another one (a cross-certificate is served only while its issuer
-  // is in the bundle: domain/keyring.ts), and a server without the route has nothing to add.
-  const caCertificates =
-    holdsOtherRoot(bundlePem, pin) && client.fetchCaCertificatesUnverified
-      ? await client.fetchCaCertificatesUnverified().catch(() => '')
-      : '';
-  const trustBundlePem = trustStorePem(pinned, caCertificates);
+  // Asked only once the bundle holds the pinned root beside another one (a cross-certificate is
+  // served only while its issuer is in the bundle: domain/keyring.ts).
+  const trustBundlePem = await trustedForBootstrap(client, pinned, holdsOtherRoot(bundlePem, pin));
   const keys = await generateKeyPair();
   const csr = await createCsr(keys);
   const issued = await client

@@ -20,6 +20,7 @@ import {
   type WorkloadIssuance,
   type WorkloadSvidParams,
 } from './agent-api';
+import { parseTpmChallenge, type TpmChallenge } from './tpm/tpm-wire';
 
 /**
  * A small HTTPS JSON client for the node side of the CA API (CONTRACT "HTTP API"). The server is
@@ -46,6 +47,34 @@ export interface AttestParams {
   csrPem: string;
   /** The roots to verify the server against (for the bootstrap: the pinned root only). */
   trustBundlePem: string;
+}
+
+/** Step 1 of the TPM exchange (docs/api.md "TPM attestation"): the TPM's public parts. */
+export interface TpmChallengeParams {
+  /** TPM2B_PUBLIC of the EK. */
+  ekPublic: Buffer;
+  /** The EK certificate (DER), when the TPM holds one. */
+  ekCertificate?: Buffer;
+  /** TPM2B_PUBLIC of the AK. */
+  akPublic: Buffer;
+  trustBundlePem: string;
+}
+
+/** Step 3: the activated secret, the quote over this CSR, and the CSR. */
+export interface TpmAttestParams {
+  nonce: string;
+  secret: Buffer;
+  /** TPMS_ATTEST and TPMT_SIGNATURE. */
+  quote: Buffer;
+  quoteSignature: Buffer;
+  csrPem: string;
+  trustBundlePem: string;
+}
+
+/** The TPM attestation calls (both unauthenticated, the server verified against the pinned roots). */
+export interface TpmCaApi {
+  tpmChallenge(p: TpmChallengeParams): Promise<TpmChallenge>;
+  attestTpm(p: TpmAttestParams): Promise<Issuance>;
 }
 
 export interface RenewParams {
@@ -160,6 +189,36 @@ export class CaClient implements AgentCaApi {
     const res = await this.#send('POST', '/v1/attest', {
       ca: p.trustBundlePem,
       json: { method: 'join_token', token: p.token, csr: p.csrPem },
+    });
+    return parseIssuance(res.body);
+  }
+
+  /** POST /v1/attest/challenge, method tpm: the CA's credential for the TPM to activate. */
+  async tpmChallenge(p: TpmChallengeParams): Promise<TpmChallenge> {
+    const res = await this.#send('POST', '/v1/attest/challenge', {
+      ca: p.trustBundlePem,
+      json: {
+        method: 'tpm',
+        ek_public: p.ekPublic.toString('base64'),
+        ...(p.ekCertificate ? { ek_certificate: p.ekCertificate.toString('base64') } : {}),
+        ak_public: p.akPublic.toString('base64'),
+      },
+    });
+    return parseTpmChallenge(parseJson(res.body));
+  }
+
+  /** POST /v1/attest, method tpm. */
+  async attestTpm(p: TpmAttestParams): Promise<Issuance> {
+    const res = await this.#send('POST', '/v1/attest', {
+      ca: p.trustBundlePem,
+      json: {
+        method: 'tpm',
+        nonce: p.nonce,
+        secret: p.secret.toString('base64'),
+        quote: p.quote.toString('base64'),
+        quote_signature: p.quoteSignature.toString('base64'),
+        csr: p.csrPem,
+      },
     });
     return parseIssuance(res.body);
   }
@@ -388,13 +447,16 @@ function retryAfterMs(value: string | undefined): number | undefined {
   return Number.isFinite(at) ? Math.max(0, at - Date.now()) : undefined;
 }
 
-function parseIssuance(body: Buffer): Issuance {
-  let j: Record<string, unknown>;
+function parseJson(body: Buffer): unknown {
   try {
-    j = JSON.parse(body.toString('utf8')) as Record<string, unknown>;
+    return JSON.parse(body.toString('utf8'));
   } catch {
     throw new CaClientError('ERR_BAD_RESPONSE', 'the CA answered with something that is not JSON');
   }
+}
+
+function parseIssuance(body: Buffer): Issuance {
+  const j = (parseJson(body) ?? {}) as Record<string, unknown>;
   const str = (k: string): string => {
     const v = j[k];
     if (typeof v !== 'string' || v === '')

@@ -24,9 +24,11 @@ export { writeFileAtomic } from '../../../common/src/atomic-file';
 export {
   bootstrap,
   type NewNodeIdentity,
+  type NodeAttestor,
   type ParsedJoinToken,
   parseJoinToken,
   pinnedRoots,
+  tokenAttestor,
 } from './bootstrap';
 export {
   type AttestParams,
@@ -37,6 +39,9 @@ export {
   type Issuance,
   type NodeCaApi,
   type RenewParams,
+  type TpmAttestParams,
+  type TpmCaApi,
+  type TpmChallengeParams,
 } from './ca-client';
 export {
   type CreateCsrParams,
@@ -78,6 +83,24 @@ export {
   type Timers,
   unrefTimers,
 } from './rotator';
+export {
+  EK_TYPES,
+  type EkType,
+  NodeTpm,
+  type TpmEndorsement,
+  type TpmQuote,
+  TpmSession,
+} from './tpm/node-tpm';
+export { TpmAttestor, type TpmAttestorOptions } from './tpm/tpm-attestor';
+export {
+  credentialFile,
+  ekIdentifier,
+  nodeIdOfEk,
+  parseTpmChallenge,
+  qualifyingData,
+  type TpmChallenge,
+} from './tpm/tpm-wire';
+export { DEFAULT_TCTI, resolveTcti, Tpm2Tools, type Tpm2ToolsOptions } from './tpm/tpm2-tools';
 export { RevocationFollower, type RevocationFollowerOptions } from './revocation-follower';
 export {
   isNodeCredentialRefusal,

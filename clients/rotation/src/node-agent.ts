@@ -8,6 +8,7 @@ import type {
   WorkloadEntry,
 } from './agent-api';
 import { AgentState } from './agent-state';
+import type { NodeAttestor } from './bootstrap';
 import { CaClientError } from './ca-client';
 import { type CrlResult, CrlStore } from './crl-store';
 import { JwtSvidCache } from './jwt-svid-cache';
@@ -86,6 +87,8 @@ export interface NodeAgentOptions {
   random?: () => number;
   /** A join token: for the first attestation and after expiry. */
   token?: string;
+  /** Another way to attest (the TPM), instead of a token: see RotatorOptions.attestor. */
+  attestor?: NodeAttestor;
   timers?: Timers;
   onEvent?: (event: AgentEvent) => void;
   /** See WorkloadRotatorOptions.getuid. */
@@ -167,6 +170,7 @@ export class NodeAgent {
       store: this.#store,
       random: this.#o.random,
       token: options.token,
+      attestor: options.attestor,
       timers: this.#o.timers,
       onEvent: emit,
     });

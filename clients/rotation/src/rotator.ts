@@ -1,5 +1,5 @@
 import { AgentError } from './agent-error';
-import { bootstrap, checkIssued, type NewNodeIdentity } from './bootstrap';
+import { checkIssued, type NewNodeIdentity, type NodeAttestor, tokenAttestor } from './bootstrap';
 import { CaClientError, type NodeCaApi } from './ca-client';
 import { createCsr, exportPrivateKeyPem, generateKeyPair } from '../../../common/src/csr';
 import type { NodeIdentityStorage, StoredNodeIdentity } from './node-identity-store';
@@ -10,10 +10,11 @@ import { backoffDelay, nextRefreshAt, rotationState } from './rotation-strategy'
  * The node identity rotator (after SPIRE's pkg/agent/svid/rotator.go and smallstep's ca/renew.go).
  * `runOnce()` does what is due now; `run()` repeats it at the server's refresh_at until stopped.
  *
- *   no identity        → attest with the token (pinned bootstrap), or refuse without one
+ *   no identity        → attest (a join token's pinned bootstrap, or the TPM), or refuse without
+ *                        a way to attest
  *   valid              → nothing until refresh_at
  *   due                → renew over mTLS with a new key
- *   expired            → re-attest with the token, or refuse: an expired certificate cannot renew
+ *   expired            → re-attest the same way, or refuse: an expired certificate cannot renew
  *
  * The previous certificate is never removed before its successor is verified and stored
  * (STYLE §9), and no refusal deletes anything: a node that still holds a valid certificate keeps
@@ -60,6 +61,11 @@ export interface RotatorOptions {
   random?: () => number;
   /** A join token: needed for the first attestation and after expiry; ignored otherwise. */
   token?: string;
+  /**
+   * How to attest instead of a token (the TPM: tpm/tpm-attestor.ts), for the first attestation and
+   * after expiry. Takes precedence over `token`.
+   */
+  attestor?: NodeAttestor;
   timers?: Timers;
   onEvent?: (event: RotatorEvent) => void;
   /**
@@ -74,6 +80,12 @@ const TERMINAL = new Set([
   'ERR_TOKEN_REQUIRED',
   'ERR_TOKEN_INVALID',
   'ERR_PIN_MISMATCH',
+  'ERR_PIN_REQUIRED',
+  // The CA does not admit this TPM (unknown, or not enrolled): an admin must act first.
+  'ERR_ATTESTATION_FAILED',
+  // tpm2-tools is not installed, or the TCTI reaches no TPM: the host must be fixed first.
+  'ERR_TPM_TOOLS_MISSING',
+  'ERR_TPM_UNAVAILABLE',
   'ERR_CERT_EXPIRED',
   'ERR_CERT_SUPERSEDED',
   'ERR_CERT_REVOKED',
@@ -99,8 +111,9 @@ const RENEW_REFUSALS: Record<string, string> = {
 const MIN_SLEEP_MS = 1000;
 
 export class NodeRotator {
-  readonly #o: Required<Omit<RotatorOptions, 'token' | 'onEvent'>> &
-    Pick<RotatorOptions, 'token' | 'onEvent'>;
+  readonly #o: Required<Omit<RotatorOptions, 'token' | 'attestor' | 'onEvent'>> &
+    Pick<RotatorOptions, 'onEvent'>;
+  readonly #attestor?: NodeAttestor;
   /** A refresh time computed locally is kept per serial, so that its jitter does not move. */
   #plan?: { serial: string; at: Date };
 
@@ -111,13 +124,15 @@ export class NodeRotator {
       timers: options.timers ?? unrefTimers,
       maxSleepMs: options.maxSleepMs ?? 3600_000,
     };
+    this.#attestor =
+      options.attestor ?? (options.token ? tokenAttestor(options.client, options.token) : undefined);
   }
 
   /** Does what is due now: attest, renew, re-attest, or nothing. */
   async runOnce(): Promise<RunOnceResult> {
     const current = this.#o.store.load();
     if (!current) {
-      if (!this.#o.token) throw new AgentError('ERR_TOKEN_REQUIRED', 'no node identity yet: pass --token');
+      if (!this.#attestor) throw new AgentError('ERR_TOKEN_REQUIRED', 'no node identity yet: pass --token');
       return this.#attest('attested');
     }
     const refreshAt = this.#refreshAt(current);
@@ -128,7 +143,7 @@ export class NodeRotator {
     );
     if (state === 'valid') return { action: 'none', identity: summary(current, refreshAt) };
     if (state === 'expired') {
-      if (!this.#o.token)
+      if (!this.#attestor)
         throw new AgentError('ERR_CERT_EXPIRED', 'the node certificate has expired: a new token is needed');
       return this.#attest('re-attested');
     }
@@ -180,7 +195,7 @@ export class NodeRotator {
   }
 
   async #attest(action: 'attested' | 're-attested'): Promise<RunOnceResult> {
-    const identity = await bootstrap(this.#o.client, this.#o.token!);
+    const identity = await this.#attestor!.attest();
     return this.#store(action, identity);
   }
 
@@ -199,8 +214,9 @@ export class NodeRotator {
     } catch (e) {
       const code = e instanceof CaClientError ? e.code : undefined;
       // Expired (clock skew with the CA) or superseded: only a new attestation helps. Never after
-      // a revocation: a token left in the agent's arguments must not undo an operator's decision.
-      if ((code === 'ERR_CERT_EXPIRED' || code === 'ERR_CERT_SUPERSEDED') && this.#o.token)
+      // a revocation: a token left in the agent's arguments must not undo an operator's decision
+      // (and the CA refuses a revoked node's TPM until it is enrolled again).
+      if ((code === 'ERR_CERT_EXPIRED' || code === 'ERR_CERT_SUPERSEDED') && this.#attestor)
         return this.#attest('re-attested');
       if (code && RENEW_REFUSALS[code]) throw new AgentError(code, RENEW_REFUSALS[code], { cause: e });
       throw e;

@@ -68,7 +68,7 @@ export class FakeCa implements NodeCaApi {
     const left = this.tokens.get(p.token) ?? 0;
     if (left < 1) throw new CaClientError('ERR_TOKEN_INVALID', 'invalid join token', 401);
     this.tokens.set(p.token, left - 1);
-    return this.#issue(`node${++this.#nodes}`, p.csrPem);
+    return this.issueFor(`node${++this.#nodes}`, p.csrPem);
   }
 
   async renew(p: RenewParams): Promise<Issuance> {
@@ -88,7 +88,7 @@ export class FakeCa implements NodeCaApi {
       throw new CaClientError('ERR_CERT_REVOKED', 'this certificate has been revoked', 403);
     if (record.notAfter <= this.clock.now())
       throw new CaClientError('ERR_CERT_EXPIRED', 'this certificate has expired: attest again', 401);
-    return this.#issue(record.nodeId, p.csrPem);
+    return this.issueFor(record.nodeId, p.csrPem);
   }
 
   count(op: 'bundle' | 'ca-certificates' | 'attest' | 'renew'): number {
@@ -100,7 +100,8 @@ export class FakeCa implements NodeCaApi {
     if (f) throw f;
   }
 
-  async #issue(nodeId: string, csrPem: string): Promise<Issuance> {
+  /** Issues a node certificate for `nodeId` (superseding its others), as the CA does on attest. */
+  async issueFor(nodeId: string, csrPem: string): Promise<Issuance> {
     await this.certificates.supersedeForNode(nodeId, 'node');
     const spiffeId = nodeSpiffeId(TEST_TD, nodeId);
     const leaf = await issueLeaf(

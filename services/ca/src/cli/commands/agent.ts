@@ -1,19 +1,29 @@
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import {
   AgentError,
   type AgentEvent,
   type AgentRunResult,
   CaClient,
+  EK_TYPES,
+  type EkType,
   NodeAgent,
   type NodeIdentitySummary,
+  NodeTpm,
+  nodeIdOfEk,
   parseJoinToken,
+  resolveTcti,
   type RunOnceResult,
   type Timers,
+  Tpm2Tools,
+  TpmAttestor,
   loadPeerCredentialReader,
   WorkloadApiServer,
   WorkloadApiState,
   type WorkloadResult,
 } from '../../../../../clients/rotation/src';
+import type { Flags } from '../../config';
 import { loadAdminClientConfig } from '../../config';
 import { systemClock } from '../../domain/clock';
 import { parseDuration } from '../../domain/duration';
@@ -107,13 +117,78 @@ function json(r: AgentRunResult): string {
   })}\n`;
 }
 
+/** A root pin: lowercase base32 (no padding) of a SHA-256, as in join tokens (CONTRACT "Join tokens"). */
+const PIN_RE = /^[a-z2-7]{52}$/;
+
+const TPM_OPTIONS: Command['options'] = {
+  'tpm-tcti': {
+    type: 'string',
+    value: 'TCTI',
+    description:
+      "the TPM's TCTI for tpm2-tools, e.g. device:/dev/tpm0 or swtpm:path=SOCK (env TPM2TOOLS_TCTI, default device:/dev/tpmrm0, the kernel resource manager)",
+  },
+  'tpm-ek-type': {
+    type: 'string',
+    value: 'rsa|ecc',
+    description: 'which TCG default endorsement key: rsa (RSA 2048, the default) or ecc (NIST P-256)',
+  },
+};
+
+const usage = (message: string) => new BatonError('ERR_USAGE', message);
+const stringFlag = (flags: Flags, name: string) =>
+  typeof flags[name] === 'string' ? (flags[name] as string) : undefined;
+
+/** The node's TPM as the TPM flags name it; working files go in private directories under `workParent`. */
+function nodeTpm(
+  ctx: { flags: Flags; env: Readonly<Record<string, string | undefined>> },
+  workParent: string,
+) {
+  const ekType = stringFlag(ctx.flags, 'tpm-ek-type') ?? 'rsa';
+  if (!(EK_TYPES as readonly string[]).includes(ekType)) throw usage('--tpm-ek-type: rsa or ecc');
+  const tctiFlag = stringFlag(ctx.flags, 'tpm-tcti');
+  if (tctiFlag !== undefined && tctiFlag.trim() === '')
+    throw usage('--tpm-tcti: a TCTI, e.g. device:/dev/tpmrm0');
+  const tools = new Tpm2Tools({ tcti: resolveTcti(tctiFlag, ctx.env), env: ctx.env });
+  return new NodeTpm(tools, ekType as EkType, workParent);
+}
+
+/**
+ * `--tpm` (CONTRACT "TPM node attestation"): no token, so `--pin` (or BATON_PIN) or an existing
+ * DIR/bundle.pem says which CA to trust on first contact. Undefined without --tpm.
+ */
+function tpmAttestor(ctx: Parameters<Command['run']>[0], dir: string, client: CaClient, token?: string) {
+  const pinFlag = stringFlag(ctx.flags, 'pin');
+  if (!ctx.flags.tpm) {
+    if (
+      pinFlag !== undefined ||
+      ctx.flags['tpm-tcti'] !== undefined ||
+      ctx.flags['tpm-ek-type'] !== undefined
+    )
+      throw usage('--pin, --tpm-tcti and --tpm-ek-type go with --tpm (a join token carries its own pin)');
+    return undefined;
+  }
+  if (token)
+    throw usage(
+      '--tpm and a join token (--token or BATON_TOKEN) exclude each other: the node attests with one',
+    );
+  const pin = (pinFlag ?? ctx.env.BATON_PIN)?.trim() || undefined;
+  if (pin !== undefined && !PIN_RE.test(pin))
+    throw usage('--pin: not a root pin (52 characters of lowercase base32, as `baton ca init` prints it)');
+  const bundlePath = join(dir, 'bundle.pem');
+  if (!pin && !existsSync(bundlePath))
+    throw usage(
+      '--tpm needs --pin ROOT_PIN (the root pin `baton ca init` printed) until DIR/bundle.pem exists',
+    );
+  return new TpmAttestor({ client, tpm: nodeTpm(ctx, dir), pin, bundlePath });
+}
+
 const secondsUntil = (at: Date | undefined) =>
   at ? Math.max(0, Math.ceil((at.getTime() - systemClock.now().getTime()) / 1000)) : 0;
 
 export const agent: Command = {
   words: ['agent'],
   summary:
-    "Run the node agent: attest with a join token after checking the server against the token's pin, write DIR/node/{cert.pem,key.pem} and DIR/bundle.pem, renew over mTLS at the server's refresh_at, keep DIR/workloads/<entry>/{cert.pem,key.pem,bundle.pem} for the entries parented to this node and DIR/crl.pem fresh, and follow the revocation feed, until SIGTERM/SIGINT or until the node is revoked. An expired node certificate needs a new token.",
+    "Run the node agent: attest with a join token after checking the server against the token's pin (or, with --tpm, with the node's TPM after checking the server against --pin), write DIR/node/{cert.pem,key.pem} and DIR/bundle.pem, renew over mTLS at the server's refresh_at, keep DIR/workloads/<entry>/{cert.pem,key.pem,bundle.pem} for the entries parented to this node and DIR/crl.pem fresh, and follow the revocation feed, until SIGTERM/SIGINT or until the node is revoked. An expired node certificate needs a new token; with --tpm the agent attests again with the TPM.",
   options: {
     server: {
       type: 'string',
@@ -126,6 +201,18 @@ export const agent: Command = {
       value: 'TOKEN',
       description: 'join token, for the first attestation or after expiry (env BATON_TOKEN)',
     },
+    tpm: {
+      type: 'boolean',
+      description:
+        'attest with the TPM 2.0 endorsement key instead of a token, first and after expiry (needs tpm2-tools)',
+    },
+    pin: {
+      type: 'string',
+      value: 'ROOT_PIN',
+      description:
+        'with --tpm: the root pin `baton ca init` printed, which CA to trust until DIR/bundle.pem exists (env BATON_PIN)',
+    },
+    ...TPM_OPTIONS,
     once: { type: 'boolean', description: 'do what is due now (node, workloads, crl.pem) and exit' },
     'sync-interval': {
       type: 'string',
@@ -178,6 +265,13 @@ export const agent: Command = {
         'the Workload API needs the native peer-credential module (services/ca/native, built by `npm run build` with python3, make and a C compiler); build it, or run with --socket none',
       );
     const client = new CaClient({ serverUrl: server });
+    let attestor: TpmAttestor | undefined;
+    try {
+      attestor = tpmAttestor(ctx, resolve(dir), client, token);
+    } catch (e) {
+      client.close();
+      throw e;
+    }
     const onEvent = (e: AgentEvent) => {
       switch (e.type) {
         case 'waiting':
@@ -215,6 +309,7 @@ export const agent: Command = {
       client,
       random: Math.random,
       token,
+      attestor,
       timers: processTimers,
       onEvent: ctx.flags.once ? undefined : onEvent,
       syncIntervalMs,
@@ -253,13 +348,29 @@ export const agent: Command = {
       }
       return 0;
     } catch (e) {
-      // A missing token is a usage error (exit 2); every other refusal is a runtime one (exit 1).
-      if (e instanceof AgentError && e.code === 'ERR_TOKEN_REQUIRED')
+      // A missing token or pin is a usage error (exit 2); every other refusal is a runtime one (exit 1).
+      if (e instanceof AgentError && (e.code === 'ERR_TOKEN_REQUIRED' || e.code === 'ERR_PIN_REQUIRED'))
         throw new BatonError('ERR_USAGE', e.message, { cause: e });
       throw e;
     } finally {
       await socket?.stop();
       client.close();
     }
+  },
+};
+
+/** `baton agent tpm-id` (CONTRACT "TPM node attestation"): what an admin enrolls. */
+export const agentTpmId: Command = {
+  words: ['agent', 'tpm-id'],
+  summary:
+    "Print the EK identifier of this node's TPM alone on stdout (lowercase hex SHA-256 of the endorsement key's SubjectPublicKeyInfo), for `baton node enroll --tpm-ek-id`; the node ID is tpm- and its first 20 characters. Needs tpm2-tools and access to the TPM.",
+  options: { ...TPM_OPTIONS, ...JSON_OPTION },
+  async run(ctx) {
+    // The EK's public parts only: a private directory of the system's temporary one will do.
+    const ekId = await nodeTpm(ctx, tmpdir()).ekIdentifier();
+    ctx.stdout.write(
+      ctx.flags.json ? `${JSON.stringify({ ek_id: ekId, node_id: nodeIdOfEk(ekId) })}\n` : `${ekId}\n`,
+    );
+    return 0;
   },
 };

@@ -1,5 +1,5 @@
 import type { Command } from '../command';
-import { agent } from './agent';
+import { agent, agentTpmId } from './agent';
 import { adminIssue } from './admin-issue';
 import { adminRecover } from './admin-recover';
 import { auditList, auditVerify } from './audit';
@@ -40,6 +40,7 @@ export const COMMANDS: Command[] = [
   entryList,
   entryDelete,
   agent,
+  agentTpmId,
   auditList,
   auditVerify,
   auditCheckpoint,
