@@ -22,6 +22,7 @@ import {
   type TpmChallengeBody as ChallengeBody,
   type TpmExchange,
   type TpmNode,
+  tpmAnswerBody,
   tpmExchange,
   tpmIsClean,
   tpmNode,
@@ -300,16 +301,7 @@ describeWith(SWTPM_TOOLS, 'TPM attestation over HTTPS (issue 19)', () => {
         expect(await tpmIsClean(eccNode.tpm)).toBe(true);
         const own = await postChallenge({ method: 'tpm', ...eccNode.challengeFields() });
         const secret = await eccNode.activate(own.json<ChallengeBody>());
-        const { csrPem } = await keyAndCsr();
-        const q = await eccNode.quote(tpmQualifyingData(c.nonce, fromPem(csrPem, 'CERTIFICATE REQUEST')));
-        const r = await postAttest({
-          method: 'tpm',
-          nonce: c.nonce,
-          secret: b64(secret),
-          quote: b64(q.quote),
-          quote_signature: b64(q.signature),
-          csr: csrPem,
-        });
+        const r = await postAttest(await tpmAnswerBody(eccNode, c.nonce, secret));
         expectRefused(
           r,
           401,
@@ -336,19 +328,7 @@ describeWith(SWTPM_TOOLS, 'TPM attestation over HTTPS (issue 19)', () => {
         const other = await rsaNode.newAk();
         await expect(rsaNode.activate(c, other.akCtx)).rejects.toThrow();
         const secret = await rsaNode.activate(c);
-        const { csrPem } = await keyAndCsr();
-        const q = await rsaNode.quote(
-          tpmQualifyingData(c.nonce, fromPem(csrPem, 'CERTIFICATE REQUEST')),
-          other.akCtx,
-        );
-        const r = await postAttest({
-          method: 'tpm',
-          nonce: c.nonce,
-          secret: b64(secret),
-          quote: b64(q.quote),
-          quote_signature: b64(q.signature),
-          csr: csrPem,
-        });
+        const r = await postAttest(await tpmAnswerBody(rsaNode, c.nonce, secret, { akCtx: other.akCtx }));
         expectRefused(
           r,
           401,

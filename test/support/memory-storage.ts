@@ -562,6 +562,27 @@ function jwtKeyRepository(run: Run): JwtKeyRepository {
   };
 }
 
+/**
+ * What the renewal and attestation statements record for a node: its valid node certificates
+ * superseded, the new one inserted, the audit row appended. insertCertificate throws (key reused,
+ * serial taken) before the audit row, and the statement's state is then dropped whole, as
+ * PostgreSQL rolls back the statement.
+ */
+function recordNodeCertificate(s: State, seq: Sequences, record: CertificateRecord, audit: AuditEvent): void {
+  for (const [serial, c] of s.certificates) {
+    if (c.nodeId === record.nodeId && c.kind === 'node' && c.status === 'valid')
+      s.certificates.set(serial, { ...c, status: 'superseded' });
+  }
+  insertCertificate(s, {
+    ...record,
+    issuedVia: null,
+    status: 'valid',
+    revokedAt: null,
+    revocationReason: null,
+  });
+  appendAudit(s, seq, audit);
+}
+
 function certificateRepository(run: Run): CertificateRepository {
   const find = (serial: string) =>
     run(false, [serial], (s) => {
@@ -692,18 +713,7 @@ function issuanceRepository(run: Run, seq: Sequences): IssuanceRepository {
         if (node?.status !== 'active' || !currentPeer(s, node.id, g.peerSerial, g.peerDer, g.now))
           return false;
         s.nodes.set(node.id, { ...node, lastSeenAt: date(g.now) });
-        for (const [serial, c] of s.certificates) {
-          if (c.nodeId === node.id && c.kind === 'node' && c.status === 'valid')
-            s.certificates.set(serial, { ...c, status: 'superseded' });
-        }
-        insertCertificate(s, {
-          ...record,
-          issuedVia: null,
-          status: 'valid',
-          revokedAt: null,
-          revocationReason: null,
-        });
-        appendAudit(s, seq, audit);
+        recordNodeCertificate(s, seq, record, audit);
         return true;
       }),
     recordAttestation: (record, audit, g) =>
@@ -737,20 +747,7 @@ function issuanceRepository(run: Run, seq: Sequences): IssuanceRepository {
                 revocationReason: null,
               },
         );
-        for (const [serial, c] of s.certificates) {
-          if (c.nodeId === want.id && c.kind === 'node' && c.status === 'valid')
-            s.certificates.set(serial, { ...c, status: 'superseded' });
-        }
-        // Throws (key reused, serial taken) before the audit row, and the statement's state is
-        // then dropped whole, as PostgreSQL rolls back the statement.
-        insertCertificate(s, {
-          ...record,
-          issuedVia: null,
-          status: 'valid',
-          revokedAt: null,
-          revocationReason: null,
-        });
-        appendAudit(s, seq, audit);
+        recordNodeCertificate(s, seq, record, audit);
         return 'recorded';
       }),
     jwtMintAllowed: (g) =>

@@ -213,17 +213,29 @@ export async function tpmExchange(
   });
   if (challenge.status !== 201) return { challenge };
   const c = challenge.json<TpmChallengeBody>();
-  const secret = await node.activate(c);
+  const body = await tpmAnswerBody(node, c.nonce, await node.activate(c), { quotedCsrPem: o.quotedCsrPem });
+  return { challenge, c, body, r: o.answer === false ? undefined : await post('/v1/attest', body) };
+}
+
+/**
+ * The body of POST /v1/attest for challenge `nonce` with the activated `secret`: a fresh CSR and
+ * the node's quote over it (or over `quotedCsrPem`), made by its AK or by the AK in `akCtx`.
+ */
+export async function tpmAnswerBody(
+  node: TpmNode,
+  nonce: string,
+  secret: Buffer,
+  o: { quotedCsrPem?: string; akCtx?: string } = {},
+): Promise<Record<string, unknown>> {
   const { csrPem } = await keyAndCsr();
   const quoted = fromPem(o.quotedCsrPem ?? csrPem, 'CERTIFICATE REQUEST');
-  const q = await node.quote(tpmQualifyingData(c.nonce, quoted));
-  const body = {
+  const q = await node.quote(tpmQualifyingData(nonce, quoted), o.akCtx);
+  return {
     method: 'tpm',
-    nonce: c.nonce,
+    nonce,
     secret: b64(secret),
     quote: b64(q.quote),
     quote_signature: b64(q.signature),
     csr: csrPem,
   };
-  return { challenge, c, body, r: o.answer === false ? undefined : await post('/v1/attest', body) };
 }

@@ -7,6 +7,7 @@ import type {
   EvidenceSpend,
 } from '../../domain/ports';
 import { runPrepared } from './prepared-statement';
+import { auditValues, certificateValues } from './recorded-row-values';
 
 /**
  * An attestation in one statement (IssuanceRepository.recordAttestation): what the general path
@@ -148,23 +149,8 @@ export async function recordAttestation(
     n.existing,
     ...e.spend(g.now),
     n.id,
-    r.serial,
-    r.caId,
-    r.kind,
-    r.spiffeId,
-    r.nodeId,
-    r.notBefore,
-    r.notAfter,
-    r.keyFingerprint,
-    r.der,
-    r.createdAt,
-    a.at,
-    a.event,
-    a.actor,
-    a.source,
-    a.subject,
-    a.outcome,
-    JSON.stringify(a.details),
+    ...certificateValues(r),
+    ...auditValues(a),
   ]);
   if (!v) throw new Error('the attestation statement returned no row');
   if (Number(v.recorded) === 1) return 'recorded';

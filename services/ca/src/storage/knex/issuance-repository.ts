@@ -9,6 +9,7 @@ import type {
 import { recordAttestation } from './attestation-statement';
 import { db } from './db-errors';
 import { runPrepared } from './prepared-statement';
+import { auditValues, certificateValues } from './recorded-row-values';
 
 /**
  * The hot path of workload issuance: guard, certificate row and audit row commit together or not
@@ -186,34 +187,6 @@ const bindingsOf = (row: GuardedRow, i: number): Knex.RawBinding[] => {
     ...auditValues(a),
   ];
 };
-
-/**
- * The new certificate's columns, in the order of both statements' inserts (issued_via, which both
- * take from elsewhere, left out: the guarding node for a workload, null for a node certificate).
- */
-const certificateValues = (r: CertificateRecord): Knex.RawBinding[] => [
-  r.serial,
-  r.caId,
-  r.kind,
-  r.spiffeId,
-  r.nodeId,
-  r.notBefore,
-  r.notAfter,
-  r.keyFingerprint,
-  r.der,
-  r.createdAt,
-];
-
-/** The audit row's columns, in the order of both statements' `insert into audit_log`. */
-const auditValues = (a: AuditEvent): Knex.RawBinding[] => [
-  a.at,
-  a.event,
-  a.actor,
-  a.source,
-  a.subject,
-  a.outcome,
-  JSON.stringify(a.details),
-];
 
 /** Records `batch` in one statement; the set of serials that were inserted. */
 async function insertBatch(k: Knex | Knex.Transaction, batch: readonly GuardedRow[]): Promise<Set<string>> {
